@@ -91,3 +91,50 @@ def load_inference(path: str | os.PathLike):
          "extra": {k: v for k, v in meta.items() if k not in ("model", "text")}}
     )
     return TACO.from_config(model_config), state, config
+
+
+# ----------------------------------------------------------------------------- training
+# Training checkpoints: orbax CheckpointManager under <workdir>/checkpoints/<step>/state.
+# Orbax writes each step into a temporary directory and renames it when every host has
+# finished (atomic finalize), so a run killed at any moment leaves only complete steps
+# (plus temporaries that the next manager removes).
+TRAIN_CHECKPOINTS = "checkpoints"
+
+
+def train_checkpoint_manager(
+    workdir: str | os.PathLike, every_steps: int = 1000, keep: int = 3, use_async: bool = True
+) -> ocp.CheckpointManager:
+    """A manager that saves every `every_steps` steps, keeps `keep`, writes asynchronously."""
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, int(every_steps)),
+        max_to_keep=int(keep) if keep else None,
+        enable_async_checkpointing=use_async,
+        cleanup_tmp_directories=True,
+        create=True,
+    )
+    return ocp.CheckpointManager(Path(workdir).absolute() / TRAIN_CHECKPOINTS, options=options)
+
+
+def save_train_state(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
+    """Saves `state` at `step` when the interval says so (or `force`); True if it saved."""
+    return manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
+
+
+def restore_train_state(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+    """Restores a train state into the shapes/shardings of `abstract_state` (latest step)."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def restore_train_params(workdir: str | os.PathLike, step: int | None = None):
+    """(params as numpy, step) from a training workdir's latest (or given) checkpoint."""
+    manager = train_checkpoint_manager(workdir, use_async=False)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no training checkpoint under {workdir}/{TRAIN_CHECKPOINTS}")
+    # Without a target orbax restores the saved tree as nested dicts; only params are read.
+    restored = manager.restore(step, args=ocp.args.StandardRestore())
+    manager.close()
+    return _to_numpy(restored["params"]), int(step)

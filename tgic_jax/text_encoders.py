@@ -12,21 +12,26 @@ TACO conditions its encoder g_a on the token states of a frozen text tower. Two 
 Both use ``max_length`` = 38 tokens, padded and truncated. No padding mask is applied by
 TACO's attention; the mask is returned for callers that want it.
 
-Where the text states are computed (measured, not assumed). CPU of the dev machine
-(2 shared cores), batch 8 x 38 tokens, jitted forward, median of 5 after warm-up:
+Where the text states are computed (measured, not assumed). Jitted forward, batch 8 x 38
+tokens, median after warm-up, on this project's 2-core CPU, measured twice (idle / shared
+with ~5 other jobs, load average 5):
 
-    MiniLM-L6 (D=384)          :  ~19 ms
-    CLIP ViT-B/32 text (D=512) :  ~55 ms  (random weights, same graph as the real tower)
-    paper-size TACO train step (B=8, 256x256, forward+backward, with LPIPS and CLIP
-    image terms): seconds on the same CPU (lead's estimate, the model is not here yet).
+    MiniLM-L6 (D=384)                         :   48 ms /  212 ms
+    CLIP ViT-B/32 text tower (D=512)          :  175 ms /  571 ms  (random weights, same graph)
+    loss part alone of a paper-size train step:    - / 8040 ms
+      (LPIPS-Alex + CLIP ViT-B/32 image tower on x_hat and x, forward + backward, B=8,
+      256x256; the TACO model's forward/backward comes on top)
 
-The tower is frozen, so it needs no gradient and no optimizer state; its cost is 1-3% of
-an image step even on CPU, and on an accelerator it is a few ms either way. It is run on
-the host side, once per batch, by the input pipeline (``TextEncoder.encode``), and the train
-step takes the states as data. This keeps the text-tower weights out of the train step's
-arguments (no 60-250 MB replicated per device, no gradient bookkeeping), lets the same
-train step serve both towers (and precomputed states), and lets the states be cached per
-caption. Re-measure with ``python -m tgic_jax.text_encoders --bench``.
+The tower is frozen: no gradient, no optimizer state. Its forward is at most ~7% of the
+loss part alone, and a few ms on an accelerator, so there is no speed to win by fusing it
+into the train step, while doing so would put the tower's weights (90 MB MiniLM, 250 MB
+CLIP text) into the train step's arguments on every device and tie the step to one tower.
+Decision: the text states are computed once per batch outside the train step, by the
+input pipeline on the host side (``TextEncoder.encode``, numpy out), and the train step
+takes the states [B, 38, D] as data. The same
+holds for the CLIP text embeddings of the joint loss (``losses.build_clip_text_embedder``).
+States of a fixed caption set (Kodak) can be cached. Re-measure the towers with
+``python -m tgic_jax.text_encoders --bench``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,86 @@
+r"""A small TACO that trains on a CPU: Kodak crops, MiniLM text, rate + MSE + LPIPS.
+
+For the offline demo and smoke runs (no MS-COCO, no CLIP weights, so k_J = 0):
+  python train.py --config configs/small.py --workdir /tmp/taco_small
+The `tiny` variant is for tests (random hash-based text states, 64x64 crops, no LPIPS):
+  python train.py --config configs/small.py:tiny --workdir /tmp/taco_tiny --config.total_steps=20
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+KODAK = Path(__file__).resolve().parents[1] / "data" / "kodak"
+
+
+def get_config(arg=None):
+    """The small CPU config; arg 'tiny' gives the test-size variant."""
+    tiny = arg == "tiny"
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    # -1: epochs x steps per epoch from config.optim; > 0 overrides it.
+    config.total_steps = -1
+
+    config.model = ml_collections.ConfigDict(
+        dict(N=64, M=96, slices=(8, 8, 16, 16, 48), text_dim=384, heads=8)
+    )
+    config.text = ml_collections.ConfigDict(dict(encoder="minilm", path="", max_length=38))
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            lmbda=0.0067,  # a mid rate point of the small model
+            k_p=1.0,
+            k_j=0.0,  # CLIP image weights are not available offline
+            lpips_input_range="minus_one_one",
+            clip_path="openai/clip-vit-base-patch32",
+            clip_embed_weight=40.0,
+            clip_logit_scale_log=2.6592,
+        )
+    )
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            learning_rate=1e-4,
+            aux_learning_rate=1e-3,
+            grad_clip_norm=1.0,
+            epochs=50,
+            decay_epochs=(45, 48),
+            decay_factor=0.1,
+            train_images=96,  # 12 images x 8 crops counted as one epoch
+        )
+    )
+    config.input = ml_collections.ConfigDict(
+        dict(
+            source="folder",
+            tfds_name="coco_captions",
+            tfds_split="train",
+            data_dir="",
+            folder=str(KODAK),
+            captions=str(KODAK / "captions.json"),
+            max_images=12,  # kodim01-12 train, kodim13-24 stay unseen
+            cache=True,
+            crop_size=128,
+            batch_size_per_device=4,
+            shuffle_buffer=64,
+        )
+    )
+    config.ckpt = ml_collections.ConfigDict(dict(every_steps=100, keep=3, use_async=True))
+    config.log_every_steps = 10
+    config.eval = ml_collections.ConfigDict(
+        dict(folder="", captions="", every_steps=0, max_images=4)
+    )
+    config.mesh = ml_collections.ConfigDict(dict(data=-1))
+
+    if tiny:
+        config.model = ml_collections.ConfigDict(
+            dict(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4)
+        )
+        config.text = ml_collections.ConfigDict(dict(encoder="random", path="", max_length=8))
+        config.loss.lmbda = 0.013
+        config.loss.k_p = 0.0
+        config.optim.learning_rate = 1e-3  # a few hundred steps must show learning
+        config.optim.train_images = 1000
+        config.input.crop_size = 64
+        config.input.batch_size_per_device = 2
+        config.input.shuffle_buffer = 16
+        config.ckpt.every_steps = 10
+        config.log_every_steps = 5
+    return config

@@ -1,0 +1,54 @@
+r"""Evaluates a training run: `python eval.py --config configs/taco.py --workdir DIR`.
+
+Exports the workdir's latest training checkpoint to DIR/inference (params + coding
+tables), then codes config.eval's images (default: Kodak in data/kodak) to real files and
+writes the per-image CSV/JSON, summary, RD plots and reconstructions to DIR/eval.
+`--checkpoint A B ...` evaluates existing inference checkpoints instead (one per rate
+point); `--ablation` adds the empty and mismatched captions. The same evaluation is
+`tgic evaluate --checkpoint CKPT --images DIR --captions JSON --out DIR`.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from tgic_jax import evaluation
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (its eval section).")
+flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/, config.json).")
+flags.DEFINE_list("checkpoint", None, "Inference checkpoints to evaluate instead of exporting.")
+flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval).")
+flags.DEFINE_bool("ablation", False, "Also code with the empty and the mismatched caption.")
+flags.DEFINE_bool("lpips", True, "Compute LPIPS-Alex.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    config, workdir = FLAGS.config, Path(FLAGS.workdir)
+    checkpoints = FLAGS.checkpoint
+    if not checkpoints:
+        from tgic_jax import train_lib
+
+        checkpoints = [str(train_lib.export_inference(workdir, workdir / "inference"))]
+    eval_cfg = config.get("eval") or {}
+    argv = ["--checkpoint", *checkpoints, "--out", FLAGS.out or str(workdir / "eval")]
+    if eval_cfg.get("folder"):
+        argv += ["--images", eval_cfg["folder"]]
+        if eval_cfg.get("captions"):
+            argv += ["--captions", eval_cfg["captions"]]
+    else:
+        argv += ["--dataset", "kodak"]
+    argv += ["--max-images", str(int(eval_cfg.get("max_images", 0) or 0))]
+    argv += ["--ablation"] * FLAGS.ablation + ["--no-lpips"] * (not FLAGS.lpips)
+    parser = argparse.ArgumentParser(prog="eval.py")
+    evaluation.add_cli_arguments(parser)
+    sys.exit(evaluation.run_from_args(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,351 @@
+"""The evaluate driver: real bpp from files on disk, outputs, failures, caption ablation."""
+
+import argparse
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tgic_jax import datasets, evaluation, metrics
+
+
+class FakeCodec:
+    """A lossy stand-in for TACO: quantizes to `levels` grey levels and zlib-packs them.
+
+    The empty caption costs quality (half the levels) so caption variants are distinguishable.
+    """
+
+    def __init__(self, label, levels):
+        self.label, self.levels = label, levels
+        self.encoded_captions = []
+
+    def _levels(self, caption):
+        return self.levels if caption else max(2, self.levels // 2)
+
+    def encode(self, image, caption):
+        self.encoded_captions.append(caption)
+        n = self._levels(caption)
+        q = np.round(np.clip(image, 0, 1) * (n - 1)).astype(np.uint8)
+        h, w = image.shape[:2]
+        return struct.pack("<HHH", h, w, n) + zlib.compress(q.tobytes(), 9)
+
+    def decode(self, data):
+        h, w, n = struct.unpack("<HHH", data[:6])
+        q = np.frombuffer(zlib.decompress(data[6:]), np.uint8).reshape(h, w, 3)
+        return q.astype(np.float32) / (n - 1)
+
+    def estimate(self, image, caption):
+        x_hat = self.decode(self.encode(image, caption))
+        # Unclamped float output: overshoots [0, 1] like a real decoder can.
+        return {"x_hat_float": x_hat * 1.02 - 0.01, "bpp_estimated": 0.5 * self.levels / 8}
+
+
+def fake_lpips(a, b, input_range="minus_one_one"):
+    scale = 2.0 if input_range == "minus_one_one" else 1.0
+    return float(np.mean(np.abs(a - b)) * scale)
+
+
+def _write_images(folder, n=3, size=(40, 56), seed=0):
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n):
+        yy, xx = np.mgrid[: size[0], : size[1]]
+        base = np.stack([np.sin(xx / (3 + i)), np.cos(yy / 5), (xx + yy) / sum(size)], -1)
+        img = np.clip(0.5 + 0.4 * base + 0.05 * rng.standard_normal(base.shape), 0, 1)
+        name = f"img{i}.png"
+        Image.fromarray(metrics.to_uint8(img)).save(folder / name)
+        names.append(name)
+    return names
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = _write_images(folder)
+    captions = {n: f"caption of {n}" for n in names}
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    return folder, tmp_path / "captions.json", names
+
+
+def _options(**kw):
+    base = dict(jpeg_qualities=(10, 40, 70, 95), progress=False, warmup=True)
+    base.update(kw)
+    return evaluation.EvalOptions(**base)
+
+
+def test_real_bpp_is_eight_times_file_bytes_over_pixels_and_outputs_are_written(
+    image_folder, tmp_path
+):
+    folder, captions, names = image_folder
+    out = tmp_path / "out"
+    codecs = [FakeCodec("low", 4), FakeCodec("mid", 16), FakeCodec("high", 64)]
+    summary = evaluation.evaluate(codecs, datasets.folder_set(folder, captions), out,
+                                  _options(), lpips_fn=fake_lpips)  # fmt: skip
+    rows = json.loads((out / "per_image.json").read_text())["rows"]
+    assert len(rows) == 3 * len(names)
+    for row in rows:
+        size = (out / row["bitstream"]).stat().st_size
+        assert row["bytes"] == size
+        assert row["bpp"] == pytest.approx(8 * size / (row["height"] * row["width"]), rel=1e-12)
+        # The PNG on disk is the 8-bit reconstruction the PSNR was computed on.
+        recon = np.asarray(Image.open(out / row["recon"]), np.float32) / 255.0
+        original = np.asarray(Image.open(folder / row["image"]), np.float32) / 255.0
+        assert metrics.psnr(original, recon) == pytest.approx(row["psnr"], abs=1e-9)
+        assert row["psnr_float"] != pytest.approx(row["psnr"], abs=1e-3)  # unclamped differs
+        assert row["lpips_zero_one"] == pytest.approx(row["lpips"] / 2)
+        assert row["caption"] == f"caption of {row['image']}"
+    csv_lines = (out / "per_image.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 1 + len(rows) and csv_lines[0].startswith("checkpoint,variant")
+    for metric in ("psnr", "ms_ssim", "lpips"):
+        for ext in ("png", "svg"):
+            assert (out / f"rd_{metric}.{ext}").stat().st_size > 1000
+    # Higher rate point, higher quality: the table is a real RD curve.
+    table = sorted(summary["table"], key=lambda t: t["bpp"])
+    assert [t["checkpoint"] for t in table] == ["low", "mid", "high"]
+    assert table[0]["psnr"] < table[1]["psnr"] < table[2]["psnr"]
+    assert summary["failures"] == []
+
+
+def test_summary_states_bd_rate_against_the_jpeg_curve_in_the_plot(image_folder, tmp_path):
+    folder, captions, _ = image_folder
+    out = tmp_path / "out"
+    codecs = [FakeCodec(f"q{n}", n) for n in (4, 8, 16, 32)]
+    summary = evaluation.evaluate(codecs, datasets.folder_set(folder, captions), out,
+                                  _options(), lpips_fn=fake_lpips)  # fmt: skip
+    assert len(summary["jpeg"]) == 4 and all(p["bpp"] > 0 for p in summary["jpeg"])
+    jpeg_csv = (out / "jpeg.csv").read_text().splitlines()
+    assert len(jpeg_csv) == 1 + 4 * 3
+    # The JPEG bpp is its real file size too.
+    jpg = out / "jpeg" / "q40" / "img0.jpg"
+    row = next(r for r in summary_rows(out / "jpeg.csv") if r["image"] == "img0.png"
+               and r["quality"] == "40")  # fmt: skip
+    assert float(row["bpp"]) == pytest.approx(8 * jpg.stat().st_size / (40 * 56))
+    key = "TACO-JAX (correct caption) vs JPEG"
+    assert key in summary["bd"]
+    md = (out / "summary.md").read_text()
+    assert key in md and "BD-rate" in md
+    assert "JPEG (Pillow" in (out / "rd_psnr.svg").read_text()
+    bd = summary["bd"][key]["psnr"]
+    if bd["bd_rate_percent"] is not None:  # defined when the PSNR ranges overlap
+        assert f"{bd['bd_rate_percent']:.2f}" in md
+    else:
+        assert bd["note"] in md
+
+
+def summary_rows(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _args(**kw):
+    parser = argparse.ArgumentParser()
+    evaluation.add_cli_arguments(parser)
+    argv = ["--checkpoint", "ckptA", "--out", str(kw.pop("out")), "--no-lpips", "--no-progress"]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}"] + ([str(v)] if v is not True else [])
+    return parser.parse_args(argv)
+
+
+def test_unreadable_image_and_missing_caption_are_listed_and_the_others_finish(
+    image_folder, tmp_path
+):
+    folder, captions, names = image_folder
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    _write_images(folder, n=1, seed=5)  # overwrites img0? no: write under a new name below
+    Image.open(folder / "img0.png").save(folder / "zz_uncaptioned.png")
+    args = _args(out=tmp_path / "out", images=folder, captions=captions, jpeg_qualities=50)
+    code = evaluation.run_from_args(args, codec_loader=lambda c: FakeCodec(c, 16))
+    assert code == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    by_image = {f["image"]: f for f in summary["failures"]}
+    assert by_image["broken.png"]["stage"] == "load"
+    assert "broken.png" in by_image["broken.png"]["error"]
+    assert by_image["zz_uncaptioned.png"]["stage"] == "caption"
+    rows = json.loads((tmp_path / "out" / "per_image.json").read_text())["rows"]
+    coded = {r["image"]: r for r in rows}
+    assert set(coded) == set(names) | {"zz_uncaptioned.png"}
+    assert coded["zz_uncaptioned.png"]["caption"] == ""
+    assert "empty caption" in coded["zz_uncaptioned.png"]["caption_note"]
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "broken.png" in md and "zz_uncaptioned.png" in md
+
+
+def test_malformed_captions_json_gives_a_clear_message_and_the_run_finishes(image_folder, tmp_path):
+    folder, _, names = image_folder
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"img0.png": "a caption",,}')
+    args = _args(out=tmp_path / "out", images=folder, captions=bad, jpeg_qualities=50)
+    assert evaluation.run_from_args(args, codec_loader=lambda c: FakeCodec(c, 16)) == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    (failure,) = [f for f in summary["failures"] if f["stage"] == "captions"]
+    assert "bad.json is not valid JSON (line 1" in failure["error"]
+    rows = json.loads((tmp_path / "out" / "per_image.json").read_text())["rows"]
+    assert sorted(r["image"] for r in rows) == names
+    assert all(r["caption"] == "" and "unreadable" in r["caption_note"] for r in rows)
+
+
+def test_a_checkpoint_that_cannot_load_is_reported_and_others_run(image_folder, tmp_path):
+    folder, captions, _ = image_folder
+    parser = argparse.ArgumentParser()
+    evaluation.add_cli_arguments(parser)
+    args = parser.parse_args(["--checkpoint", "good", "missing", "--out", str(tmp_path / "o"),
+                              "--images", str(folder), "--captions", str(captions),
+                              "--no-lpips", "--no-progress", "--jpeg-qualities"])  # fmt: skip
+
+    def loader(c):
+        if c == "missing":
+            raise FileNotFoundError("missing: not a tgic_jax inference checkpoint")
+        return FakeCodec(c, 8)
+
+    assert evaluation.run_from_args(args, codec_loader=loader) == 1
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["failures"][0]["checkpoint"] == "missing"
+    assert [t["checkpoint"] for t in summary["table"]] == ["good"]
+    assert summary["jpeg"] == []
+
+
+def test_caption_ablation_codes_correct_empty_and_shifted_captions_side_by_side(
+    image_folder, tmp_path
+):
+    folder, captions, names = image_folder
+    codec = FakeCodec("taco", 16)
+    summary = evaluation.evaluate(
+        [codec], datasets.folder_set(folder, captions), tmp_path / "out",
+        _options(variants=evaluation.VARIANTS, jpeg_qualities=()), lpips_fn=fake_lpips,
+    )  # fmt: skip
+    rows = json.loads((tmp_path / "out" / "per_image.json").read_text())["rows"]
+    got = {(r["variant"], r["image"]): r["caption"] for r in rows}
+    for i, name in enumerate(names):
+        assert got[("correct", name)] == f"caption of {name}"
+        assert got[("empty", name)] == ""
+        assert got[("mismatched", name)] == f"caption of {names[(i + 1) % len(names)]}"
+    ablation = {a["variant"]: a for a in summary["ablation"]}
+    assert set(ablation) == {"empty", "mismatched"}
+    assert ablation["empty"]["psnr_change_db"] < -1.0  # the fake codec degrades without text
+    assert ablation["mismatched"]["psnr_change_db"] == pytest.approx(0.0, abs=1e-9)
+    assert (tmp_path / "out" / "recon" / "taco" / "mismatched" / "img1.png").is_file()
+
+
+def test_best_of_captions_is_an_oracle_choice_by_lpips_and_labelled(tmp_path):
+    folder = tmp_path / "im"
+    folder.mkdir()
+    _write_images(folder, n=2)
+    caps = {"img0.png": ["", "long caption"], "img1.png": ["only one"]}
+    (tmp_path / "c.json").write_text(json.dumps(caps))
+    eval_set = datasets.folder_set(folder, tmp_path / "c.json")
+    eval_set.caption_mode = "best_lpips"
+    summary = evaluation.evaluate([FakeCodec("t", 16)], eval_set, tmp_path / "out",
+                                  _options(jpeg_qualities=()), lpips_fn=fake_lpips)  # fmt: skip
+    rows = {r["image"]: r for r in json.loads((tmp_path / "out" / "per_image.json").read_text())
+            ["rows"]}  # fmt: skip
+    assert rows["img0.png"]["caption"] == "long caption"  # the non-empty one codes better
+    assert "oracle" in rows["img0.png"]["caption_note"]
+    assert "ORACLE" in (tmp_path / "out" / "summary.md").read_text()
+    assert summary["caption_mode"] == "best_lpips"
+
+
+def test_kodak_captions_load_with_the_garbled_kodim17_kept(kodak_dir):
+    eval_set = datasets.kodak_set(kodak_dir)
+    assert len(eval_set) == 24 and eval_set.errors == []
+    by_name = {item.name: item for item in eval_set}
+    assert by_name["kodim01.png"].caption == "a brick building with red doors and windows"
+    assert by_name["kodim17.png"].caption.startswith("a statue of a woman holding a coco")
+    assert "\ufffd" in by_name["kodim17.png"].caption
+
+
+def test_captions_json_list_form_and_bad_entries(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps([{"image": "a.png", "caption": "x"},
+                                {"file_name": "b.png", "captions": ["y", "z"]},
+                                {"image": "c.png", "caption": 3}]))  # fmt: skip
+    caps, problems = datasets.load_captions(path)
+    assert caps == {"a.png": ["x"], "b.png": ["y", "z"]}
+    assert len(problems) == 1 and "'c.png'" in problems[0]
+    path.write_text("[1, 2]")
+    with pytest.raises(datasets.CaptionsError, match="entry 0 is not an object"):
+        datasets.load_captions(path)
+    with pytest.raises(datasets.CaptionsError, match="does not exist"):
+        datasets.load_captions(tmp_path / "nope.json")
+
+
+def test_real_lpips_is_zero_for_identical_images_and_depends_on_input_range():
+    lpips = evaluation.make_lpips_fn()
+    rng = np.random.default_rng(0)
+    a = rng.random((64, 64, 3)).astype(np.float32)
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    assert lpips(a, a) == pytest.approx(0.0, abs=1e-6)
+    correct, authors = lpips(a, b, "minus_one_one"), lpips(a, b, "zero_one")
+    assert correct > 0.01 and authors > 0
+    assert abs(correct - authors) > 1e-3
+
+
+class _HashText:
+    """Deterministic caption -> token states, standing in for MiniLM/CLIP (no weights)."""
+
+    def __init__(self, width, length=8):
+        self.width, self.length = width, length
+
+    def encode(self, captions):
+        out = []
+        for c in captions:
+            seed = zlib.crc32(c.encode("utf-8"))
+            out.append(np.random.default_rng(seed).standard_normal((self.length, self.width)))
+        return np.asarray(out, np.float32), np.ones((len(captions), self.length), np.int32)
+
+
+@pytest.mark.slow  # compiles a (tiny) TACO for 768x512 on CPU: ~1-2 minutes on 2 cores
+def test_kodak_with_a_real_checkpoint_writes_everything_and_bpp_is_the_file_size(
+    kodak_dir, tmp_path
+):
+    pytest.importorskip("tgic_jax.codec")
+    import jax
+
+    from tgic_jax import checkpoint
+    from tgic_jax.model import TACO, ModelConfig, init_variables
+
+    cfg = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4)
+    model = TACO.from_config(cfg)
+    params = init_variables(model, jax.random.PRNGKey(0))["params"]
+    ckpt = checkpoint.save_inference(tmp_path / "tiny_ckpt", cfg, params,
+                                     text_config={"encoder": "test-hash"})  # fmt: skip
+    codec = evaluation.TacoCodec(ckpt, text_encoder=_HashText(16))
+    out = tmp_path / "out"
+    summary = evaluation.evaluate(
+        [codec], datasets.kodak_set(kodak_dir, max_images=1), out,
+        _options(jpeg_qualities=(10, 50), variants=("correct", "empty")),
+    )  # fmt: skip
+    assert summary["failures"] == []
+    rows = json.loads((out / "per_image.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["correct", "empty"]
+    for row in rows:
+        size = (out / row["bitstream"]).stat().st_size
+        assert (row["height"], row["width"]) == (512, 768)
+        assert row["bpp"] == pytest.approx(8 * size / (512 * 768), rel=1e-12)
+        assert row["bpp_estimated"] > 0 and np.isfinite(row["lpips"])
+        assert (out / row["recon"]).is_file()
+    assert rows[0]["caption"].startswith("a brick building")
+    for name in ("summary.md", "summary.json", "per_image.csv", "rd_psnr.png", "rd_psnr.svg"):
+        assert (out / name).is_file()
+    assert "ELIC" in (out / "summary.md").read_text()
+
+
+def test_tfds_coco_uses_the_first_caption_by_default_and_labels_the_oracle(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=3):
+        first = datasets.tfds_set("coco", max_images=2)
+        oracle = datasets.tfds_set("coco", max_images=2, caption_mode="best_lpips")
+        clic = datasets.tfds_set("clic", max_images=1)
+    assert first.name == "coco/val" and len(first) == 2
+    item = first.items[0]
+    assert item.array.ndim == 3 and len(item.captions) > 1
+    assert item.caption == item.captions[0] and item.caption_note.startswith("COCO caption 1 of")
+    assert "ORACLE" in oracle.caption_source and "oracle" in oracle.items[0].caption_note
+    assert clic.items[0].caption == "" and "no captions" in clic.items[0].caption_note
+    image, _ = evaluation.load_item_image(clic.items[0])
+    assert image.dtype == np.float32 and image.shape[-1] == 3 and image.max() <= 1.0

@@ -1,0 +1,109 @@
+"""The TACO model: structure, text conditioning, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict
+
+from tgic_jax.layers import LayerNorm
+from tgic_jax.model import TACO, ModelConfig, checkerboard_masks, init_variables
+from tgic_jax.text_adapter import Injector
+
+TINY = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=8)
+
+
+def _tiny(seed=0, gamma=None):
+    model = TACO.from_config(TINY)
+    v = init_variables(model, jax.random.PRNGKey(seed))
+    if gamma is not None:  # give the text path weight, as a trained model has
+        for name in ("analysis_transform_8", "analysis_transform_15"):
+            g = v["params"]["g_a"][name]["gamma"]
+            v["params"]["g_a"][name]["gamma"] = jnp.full_like(g, gamma)
+    return model, v
+
+
+def test_checkerboard_masks_partition_the_latent():
+    for h, w in [(4, 6), (5, 3), (1, 1)]:
+        anchor, non_anchor = checkerboard_masks(h, w)
+        np.testing.assert_array_equal(anchor + non_anchor, np.ones((h, w, 1)))
+        assert np.all(anchor * non_anchor == 0)
+        for i in range(h):
+            for j in range(w):  # anchors at (even, odd) and (odd, even)
+                assert anchor[i, j, 0] == (i % 2 != j % 2)
+
+
+def test_injector_with_zero_gamma_equals_layernorm_of_its_input():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 5, 16)) * 3 + 1
+    text = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 24))
+    inj = Injector(heads=8)
+    v = inj.init(jax.random.PRNGKey(2), x, text)
+    assert float(jnp.abs(v["params"]["gamma"]).max()) == 0.0  # its initial value
+    ln = LayerNorm()
+    ln_v = {"params": v["params"]["image_norm"]}
+    np.testing.assert_allclose(inj.apply(v, x, text), ln.apply(ln_v, x), atol=1e-6)
+
+
+def test_different_caption_changes_y_when_gamma_is_nonzero():
+    x = jax.random.uniform(jax.random.PRNGKey(0), (1, 64, 64, 3))
+    t1 = jax.random.normal(jax.random.PRNGKey(1), (1, 38, TINY.text_dim))
+    t2 = jax.random.normal(jax.random.PRNGKey(2), (1, 38, TINY.text_dim))
+    model, v = _tiny(gamma=0.5)
+    y1, _ = model.apply(v, x, t1, method="analysis")
+    y2, _ = model.apply(v, x, t2, method="analysis")
+    assert float(jnp.abs(y1 - y2).max()) > 1e-4
+    model, v0 = _tiny(gamma=0.0)  # gamma = 0: the Extractor's output never reaches y
+    y1, _ = model.apply(v0, x, t1, method="analysis")
+    y2, _ = model.apply(v0, x, t2, method="analysis")
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_outputs_follow_the_contract_and_likelihoods_are_in_unit_interval():
+    model, v = _tiny(gamma=0.3)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 128, 64, 3))
+    text = jax.random.normal(jax.random.PRNGKey(1), (2, 38, TINY.text_dim))
+    for train in (False, True):
+        out = model.apply(v, x, text, train=train, rngs={"noise": jax.random.PRNGKey(3)})
+        assert out["x_hat"].shape == x.shape
+        assert out["likelihoods"]["y"].shape == (2, 8, 4, TINY.M)
+        assert out["likelihoods"]["z"].shape == (2, 2, 1, TINY.N)
+        for lik in out["likelihoods"].values():
+            assert float(lik.min()) > 0 and float(lik.max()) <= 1.0
+
+
+def test_eval_mode_is_deterministic_and_training_mode_is_noisy():
+    model, v = _tiny(gamma=0.3)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (1, 64, 64, 3))
+    text = jax.random.normal(jax.random.PRNGKey(1), (1, 38, TINY.text_dim))
+    a, b = model.apply(v, x, text), model.apply(v, x, text)
+    np.testing.assert_array_equal(a["likelihoods"]["y"], b["likelihoods"]["y"])
+    c = model.apply(v, x, text, train=True, rngs={"noise": jax.random.PRNGKey(0)})
+    d = model.apply(v, x, text, train=True, rngs={"noise": jax.random.PRNGKey(1)})
+    assert float(jnp.abs(c["likelihoods"]["y"] - d["likelihoods"]["y"]).max()) > 0
+    np.testing.assert_array_equal(c["x_hat"], a["x_hat"])  # g_s sees rounded y_hat either way
+
+
+def test_one_gradient_of_bpp_plus_mse_in_training_mode_is_finite_for_every_parameter():
+    model, v = _tiny(gamma=0.3)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3))
+    text = jax.random.normal(jax.random.PRNGKey(1), (2, 38, TINY.text_dim))
+
+    def loss(params):
+        out = model.apply({"params": params}, x, text, train=True, rngs={"noise": jax.random.PRNGKey(2)})
+        bits = sum(-jnp.log2(l).sum() for l in out["likelihoods"].values())
+        return bits / (2 * 64 * 64) + 0.01 * 255**2 * jnp.mean((out["x_hat"] - x) ** 2)
+
+    grads = flatten_dict(jax.jit(jax.grad(loss))(v["params"]))
+    bad = ["/".join(k) for k, g in grads.items() if not bool(jnp.all(jnp.isfinite(g)))]
+    assert not bad
+    # the rate reaches the context model and the distortion reaches g_a
+    assert float(jnp.abs(grads[("entropy_parameters_nonanchor_4", "fusion_4", "kernel")]).sum()) > 0
+    assert float(jnp.abs(grads[("g_a", "analysis_transform_0", "kernel")]).sum()) > 0
+
+
+def test_model_rejects_sizes_that_are_not_multiples_of_64_and_wrong_text_width():
+    model, v = _tiny()
+    with pytest.raises(ValueError, match="multiples of 64"):
+        model.apply(v, jnp.zeros((1, 96, 64, 3)), jnp.zeros((1, 38, TINY.text_dim)))
+    with pytest.raises(ValueError, match="text must be"):
+        model.apply(v, jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 38, TINY.text_dim + 8)))

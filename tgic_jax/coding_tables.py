@@ -1,0 +1,162 @@
+"""Range-coding tables: a pure function of the parameters (CompressAI's `update()`, no state).
+
+Two families of quantized CDFs, both at 16-bit precision with the coder's overflow
+(Elias-gamma escape) enabled, so no symbol is ever out of range:
+
+- Gaussian (y): one table per entry of the scale table exp(linspace(ln 0.11, ln 256, 64)).
+  Table k covers the integer offsets -c..c around the mean, c = ceil(s_k * 6.1) (the
+  1e-9 tail quantile), followed by one overflow bin holding the tail mass.
+- Factorized (z): one table per channel, over median - minima .. median + maxima with
+  minima/maxima from the bottleneck's quantiles, plus the tail mass as overflow bin.
+
+Layout (what `tensorflow_compression_ops.create_range_encoder` takes as `lookup`): the
+tables of one family concatenated into one int32 vector, each preceded by its precision
+negated (-16 = overflow on), so `index` k in `entropy_encode_index` selects table k. A
+symbol s is coded as the value s - offset[k]; values outside [0, length) are escaped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import jax
+import numpy as np
+import scipy.special
+
+from tgic_jax import entropy_models as em
+
+PRECISION = 16
+NUM_SCALES = 64
+SCALE_MIN = em.SCALE_BOUND
+SCALE_MAX = 256.0
+TABLE_KEYS = (
+    "scale_table", "gaussian_lookup", "gaussian_offset", "z_lookup", "z_offset", "z_medians"
+)
+
+
+def scale_table() -> np.ndarray:
+    """The 64 Gaussian scales, float32, log-spaced from 0.11 to 256."""
+    return np.exp(np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), NUM_SCALES)).astype(
+        np.float32
+    )
+
+
+def _tail_multiplier(tail_mass: float = em.TAIL_MASS) -> float:
+    """-Phi^-1(tail / 2): how many scales out the table must reach (6.109 for 1e-9)."""
+    return float(-scipy.special.ndtri(tail_mass / 2))
+
+
+def _std_cumulative(x: np.ndarray) -> np.ndarray:
+    return 0.5 * scipy.special.erfc(-(2**-0.5) * x)
+
+
+def quantize_pmfs(pmfs: list[np.ndarray], precision: int = PRECISION) -> np.ndarray:
+    """[pmf + overflow bin] per table -> the concatenated lookup [-precision, cdf..., ...]."""
+    import tensorflow_compression_ops as tco  # noqa: PLC0415 - TF only when tables are built
+
+    from tgic_jax.range_coder import hide_gpus_from_tf  # noqa: PLC0415
+
+    hide_gpus_from_tf()
+    parts = []
+    for pmf in pmfs:
+        # The escape symbol is the last one of non-zero probability: keep it non-zero.
+        overflow = max(1.0 - float(np.sum(pmf)), 2.0**-precision)
+        p = np.concatenate([np.asarray(pmf, np.float64), [overflow]]).astype(np.float32)
+        cdf = np.asarray(tco.pmf_to_quantized_cdf(p, precision=precision), np.int32)
+        parts.append(np.concatenate([[-precision], cdf]).astype(np.int32))
+    return np.concatenate(parts)
+
+
+def gaussian_tables(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lookup, offset [64]) for zero-mean Gaussians of the given scales."""
+    centers = np.ceil(scales.astype(np.float64) * _tail_multiplier()).astype(np.int64)
+    pmfs = []
+    for s, c in zip(scales.astype(np.float64), centers, strict=True):
+        v = np.abs(np.arange(-c, c + 1, dtype=np.float64))
+        pmfs.append(_std_cumulative((0.5 - v) / s) - _std_cumulative((-0.5 - v) / s))
+    return quantize_pmfs(pmfs), (-centers).astype(np.int32)
+
+
+def bottleneck_tables(eb_params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lookup, offset [N], medians [N]) for the factorized prior of z."""
+    eb = {k: np.asarray(v, np.float32) for k, v in eb_params.items()}
+    q = eb["quantiles"][:, 0, :].astype(np.float32)
+    medians = q[:, 1]
+    minima = np.maximum(np.ceil(medians - q[:, 0]), 0).astype(np.int64)
+    maxima = np.maximum(np.ceil(q[:, 2] - medians), 0).astype(np.int64)
+    lengths = minima + maxima + 1
+    n = int(lengths.max())
+    # Sample every channel at n steps from its own start; each keeps its first `length`.
+    samples = medians[:, None] - minima[:, None].astype(np.float32) + np.arange(n, dtype=np.float32)
+    samples = samples[:, None, :].astype(np.float32)
+    cpu = jax.devices("cpu")[0]
+    with jax.default_device(cpu):
+        lik = np.asarray(jax.jit(em.bottleneck_likelihood_cl)(eb, samples))[:, 0, :]
+        lower = np.asarray(jax.jit(em.bottleneck_logits_cumulative)(eb, samples - 0.5))[:, 0, :]
+        upper = np.asarray(jax.jit(em.bottleneck_logits_cumulative)(eb, samples + 0.5))[:, 0, :]
+    pmfs = []
+    for ch, length in enumerate(lengths):
+        # Tail mass outside the table: below its first bin and above its last.
+        tail = scipy.special.expit(lower[ch, 0]) + scipy.special.expit(-upper[ch, length - 1])
+        pmf = lik[ch, :length].astype(np.float64)
+        # The overflow bin is 1 - sum(pmf) in `quantize_pmfs`; keep at least the tail.
+        pmf = pmf * min(1.0, (1.0 - tail) / max(pmf.sum(), 1e-12))
+        pmfs.append(pmf)
+    return quantize_pmfs(pmfs), (-minima).astype(np.int32), medians.astype(np.float32)
+
+
+def build_tables(params) -> dict[str, np.ndarray]:
+    """All coding tables from the model parameters (deterministic on one platform)."""
+    scales = scale_table()
+    g_lookup, g_offset = gaussian_tables(scales)
+    z_lookup, z_offset, z_medians = bottleneck_tables(params["entropy_bottleneck"])
+    return {
+        "scale_table": scales,
+        "gaussian_lookup": g_lookup,
+        "gaussian_offset": g_offset,
+        "z_lookup": z_lookup,
+        "z_offset": z_offset,
+        "z_medians": z_medians,
+    }
+
+
+def split_lookup(lookup: np.ndarray) -> list[np.ndarray]:
+    """The concatenated lookup back into its CDFs (each without the precision entry)."""
+    lookup = np.asarray(lookup)
+    cdfs, i = [], 0
+    while i < len(lookup):
+        if lookup[i] >= 0:
+            raise ValueError(f"lookup entry {i} is not a (negated) precision")
+        top = 2 ** -int(lookup[i])
+        # A CDF ends at its first entry equal to 2**precision.
+        ends = np.flatnonzero(lookup[i + 1 :] == top)
+        if not len(ends):
+            raise ValueError(f"lookup CDF at {i} never reaches {top}")
+        end = i + 2 + int(ends[0])
+        cdfs.append(lookup[i + 1 : end])
+        i = end
+    return cdfs
+
+
+def check_tables(tables) -> None:
+    """Raises ValueError when `tables` lacks a key or its arrays disagree in size."""
+    missing = [k for k in TABLE_KEYS if k not in tables]
+    if missing:
+        raise ValueError(f"coding tables lack {', '.join(missing)}")
+    if len(tables["scale_table"]) != len(tables["gaussian_offset"]):
+        raise ValueError("coding tables: scale table and Gaussian offsets differ in size")
+    if len(tables["z_offset"]) != len(tables["z_medians"]):
+        raise ValueError("coding tables: z offsets and medians differ in size")
+
+
+def fingerprint(model_config: dict, tables) -> bytes:
+    """SHA-256 over the model sizes and every coding table (first bytes go in each file)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(model_config, sort_keys=True).encode())
+    for key in TABLE_KEYS:
+        a = np.ascontiguousarray(np.asarray(tables[key]))
+        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.digest()

@@ -1,0 +1,270 @@
+"""Evaluation image sets with their captions: a folder + captions JSON, Kodak, TFDS CLIC/COCO.
+
+Every set is a list of `EvalItem`s: a name, where the pixels come from (a file or an
+in-memory array from TFDS), the candidate captions, and a note that says where the
+caption came from. An image without a caption is coded with the empty caption "" and the
+note says so; nothing is silently skipped.
+
+Captions JSON: an object mapping an image's file name (or its stem) to a caption or a list
+of captions, e.g. ``{"kodim01.png": "a brick building with red doors and windows"}`` (the
+format of the TACO authors' ``materials/kodak_ofa.json``). A list of objects
+``[{"image": "a.png", "caption": "..."}]`` (or "file_name" / "captions") is also read.
+
+Which caption is used when an image has several (MS-COCO has ~5):
+- ``first`` (default): the first listed caption. Honest: needs nothing but the image's
+  metadata.
+- ``best_lpips`` (oracle): code the image once per caption and keep the one with the
+  lowest LPIPS to the original. The TACO authors' COCO script meant to do this; it needs
+  the original image at the encoder to choose, so its numbers are an upper bound and are
+  labelled "oracle" in every report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+CAPTION_MODES = ("first", "best_lpips")
+
+NOTE_FROM_JSON = "from captions JSON"
+NOTE_MISSING = "missing: empty caption used"
+
+
+class CaptionsError(ValueError):
+    """The captions JSON cannot be read or does not have the expected structure."""
+
+
+@dataclasses.dataclass
+class EvalItem:
+    """One image to evaluate: pixels from `path` or `array` (uint8 HWC), candidate captions."""
+
+    name: str
+    path: str | None = None
+    array: np.ndarray | None = None
+    captions: tuple[str, ...] = ()
+    caption_note: str = NOTE_MISSING
+
+    @property
+    def caption(self) -> str:
+        """The default (first) caption, "" when there is none."""
+        return self.captions[0] if self.captions else ""
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """A named list of items plus how captions were chosen and any set-level problems."""
+
+    name: str
+    items: list[EvalItem]
+    caption_mode: str = "first"
+    caption_source: str = ""
+    problems: list[str] = dataclasses.field(default_factory=list)  # warnings
+    errors: list[str] = dataclasses.field(default_factory=list)  # e.g. bad captions JSON
+
+    def __iter__(self) -> Iterator[EvalItem]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def repo_kodak_dir() -> Path:
+    """data/kodak/ of the source checkout (Kodak's 24 images + the authors' OFA captions)."""
+    return Path(__file__).resolve().parents[1] / "data" / "kodak"
+
+
+def _as_caption_list(value, key: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise CaptionsError(
+        f"caption for {key!r} must be a string or a non-empty list of strings, "
+        f"got {type(value).__name__}"
+    )
+
+
+def load_captions(path: str | os.PathLike) -> tuple[dict[str, list[str]], list[str]]:
+    """Reads a captions JSON -> ({image name: [captions]}, per-entry problems).
+
+    Raises CaptionsError with the file name and the reason when the file is unreadable
+    or is not an object / list of objects; a malformed single entry is reported in the
+    returned problems and that image gets no caption.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise CaptionsError(f"captions JSON {path} does not exist") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise CaptionsError(f"captions JSON {path} cannot be read: {err}") from err
+    except json.JSONDecodeError as err:
+        raise CaptionsError(
+            f"captions JSON {path} is not valid JSON (line {err.lineno}, column {err.colno}: "
+            f"{err.msg})"
+        ) from err
+    if isinstance(data, list):
+        entries = []
+        for i, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise CaptionsError(f"captions JSON {path}: entry {i} is not an object")
+            key = row.get("image", row.get("file_name"))
+            if not isinstance(key, str):
+                raise CaptionsError(f"captions JSON {path}: entry {i} has no 'image' name")
+            entries.append((key, row.get("caption", row.get("captions"))))
+    elif isinstance(data, dict):
+        entries = list(data.items())
+    else:
+        raise CaptionsError(
+            f"captions JSON {path} must be an object {{image name: caption}} or a list of "
+            f"objects, got {type(data).__name__}"
+        )
+    captions, problems = {}, []
+    for key, value in entries:
+        try:
+            captions[key] = _as_caption_list(value, key)
+        except CaptionsError as err:
+            problems.append(f"{path.name}: {err}")
+    return captions, problems
+
+
+def _lookup(captions: dict[str, list[str]], file_name: str) -> list[str] | None:
+    for key in (file_name, Path(file_name).stem):
+        if key in captions:
+            return captions[key]
+    return None
+
+
+def folder_set(
+    folder: str | os.PathLike,
+    captions_json: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    name: str | None = None,
+) -> EvalSet:
+    """All images of `folder` (sorted by name) with captions from `captions_json`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if max_images:
+        files = files[:max_images]
+    problems: list[str] = []
+    errors: list[str] = []
+    captions: dict[str, list[str]] = {}
+    fallback_note = NOTE_MISSING
+    if captions_json:
+        try:
+            captions, errors = load_captions(captions_json)
+        except CaptionsError as err:
+            errors.append(str(err))
+            fallback_note = "captions JSON unreadable: empty caption used"
+    else:
+        fallback_note = "no captions JSON given: empty caption used"
+    items = []
+    for p in files:
+        found = _lookup(captions, p.name)
+        if found is None:
+            items.append(EvalItem(p.name, path=str(p), caption_note=fallback_note))
+        else:
+            items.append(
+                EvalItem(p.name, path=str(p), captions=tuple(found), caption_note=NOTE_FROM_JSON)
+            )
+    known = {p.name for p in files} | {p.stem for p in files}
+    unused = sorted(k for k in captions if k not in known)
+    if unused and not max_images:
+        problems.append(f"{len(unused)} captions name no image in {folder}: {unused[:5]}")
+    source = str(captions_json) if captions_json else "none (empty captions)"
+    return EvalSet(
+        name or folder.name, items, caption_source=source, problems=problems, errors=errors
+    )
+
+
+def kodak_set(root: str | os.PathLike | None = None, max_images: int | None = None) -> EvalSet:
+    """Kodak's 24 images with the OFA captions the TACO authors used (data/kodak/)."""
+    root = Path(root) if root else repo_kodak_dir()
+    if not (root / "captions.json").is_file():
+        raise FileNotFoundError(
+            f"Kodak not found at {root} (expected kodim01.png ... and captions.json); pass "
+            "--images DIR --captions JSON instead"
+        )
+    return folder_set(root, root / "captions.json", max_images, name="kodak")
+
+
+def _tfds_items(name: str, split: str, data_dir: str | None, max_images: int | None):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    tf.config.set_visible_devices([], "GPU")
+    ds = tfds.load(name, split=split, data_dir=data_dir or None, shuffle_files=False)
+    if max_images:
+        ds = ds.take(max_images)
+    return tfds.as_numpy(ds)
+
+
+def _decode_text(values) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.ravel(values)]
+
+
+def tfds_set(
+    dataset: str,
+    split: str | None = None,
+    data_dir: str | None = None,
+    max_images: int | None = None,
+    caption_mode: str = "first",
+) -> EvalSet:
+    """CLIC ('clic', validation split, no captions) or MS-COCO ('coco': coco_captions/val).
+
+    COCO's 'val' split of TFDS coco_captions is the 5,000-image Karpathy validation split
+    of COCO 2014; each image carries ~5 human captions (see `caption_mode`).
+    """
+    if caption_mode not in CAPTION_MODES:
+        raise ValueError(f"caption_mode must be one of {CAPTION_MODES}, got {caption_mode!r}")
+    items = []
+    if dataset == "clic":
+        split = split or "validation"
+        for i, ex in enumerate(_tfds_items("clic", split, data_dir, max_images)):
+            items.append(
+                EvalItem(
+                    f"clic_{split}_{i:04d}.png",
+                    array=ex["image"],
+                    caption_note="CLIC has no captions: empty caption used",
+                )
+            )
+        return EvalSet(f"clic/{split}", items, caption_source="none (CLIC has no captions)")
+    if dataset == "coco":
+        split = split or "val"
+        for i, ex in enumerate(_tfds_items("coco_captions", split, data_dir, max_images)):
+            fname = ex.get("image/filename", b"")
+            fname = fname.decode() if isinstance(fname, bytes) and fname else f"coco_{i:05d}.jpg"
+            texts = tuple(_decode_text(ex["captions"]["text"])) if "captions" in ex else ()
+            note = (
+                (
+                    f"COCO caption 1 of {len(texts)}"
+                    if caption_mode == "first"
+                    else f"best of {len(texts)} COCO captions by LPIPS (oracle)"
+                )
+                if texts
+                else NOTE_MISSING
+            )
+            items.append(
+                EvalItem(Path(fname).name, array=ex["image"], captions=texts, caption_note=note)
+            )
+        source = (
+            "coco_captions first caption"
+            if caption_mode == "first"
+            else "coco_captions best-of-5 by LPIPS (ORACLE: chooses with the original image)"
+        )
+        return EvalSet(f"coco/{split}", items, caption_mode=caption_mode, caption_source=source)
+    raise ValueError(f"unknown TFDS evaluation set {dataset!r}: expected 'clic' or 'coco'")
+
+
+def shifted_captions(items: Sequence[EvalItem], shift: int = 1) -> list[tuple[str, ...]]:
+    """Captions of the image `shift` places further on (wrapping): the mismatched ablation."""
+    n = len(items)
+    return [items[(i + shift) % n].captions for i in range(n)]

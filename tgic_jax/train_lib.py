@@ -1,0 +1,428 @@
+"""Training: the train state, the optimizer, the jitted update step and the loop.
+
+`train_and_evaluate(config, workdir)` is the whole run (train.py only parses flags). In
+labelled sections: mesh, model + loss, state (created or restored), input, update step,
+checkpoints, metrics, evaluation, loop. The update step is a pure function of
+(state, frozen loss weights, global batch), jitted with explicit shardings and the state
+donated; data parallelism comes from the batch being sharded over the `data` mesh axis.
+
+Optimizers (as in the authors' code): Adam on every parameter except the bottleneck's
+`quantiles`, with global-norm clipping of its gradients and the paper's step decay; a
+separate Adam on `quantiles` driven by the auxiliary loss only.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from tgic_jax import checkpoint as ckpt_lib
+from tgic_jax import input_pipeline
+from tgic_jax import sharding as shd
+from tgic_jax.model import TACO, ModelConfig, init_variables
+
+Params = Any
+QUANTILES = ("entropy_bottleneck", "quantiles")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue: params, optimizer state, step, rng."""
+
+    step: jax.Array
+    params: Params
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+# ----------------------------------------------------------------------------- schedule
+def global_batch_size(config, num_devices: int) -> int:
+    """Global batch = batch_size_per_device x devices in the mesh."""
+    return int(config.input.batch_size_per_device) * int(num_devices)
+
+
+def steps_per_epoch(optim_config, global_batch: int) -> int:
+    """train_images // global batch (at least 1)."""
+    return max(1, int(optim_config.train_images) // int(global_batch))
+
+
+def total_steps(config, global_batch: int) -> int:
+    """config.total_steps when > 0, else epochs x steps per epoch."""
+    explicit = int(config.get("total_steps", -1) or -1)
+    if explicit > 0:
+        return explicit
+    return int(config.optim.epochs) * steps_per_epoch(config.optim, global_batch)
+
+
+def learning_rate_schedule(optim_config, global_batch: int) -> optax.Schedule:
+    """Constant learning_rate, x decay_factor at each of decay_epochs (in steps)."""
+    spe = steps_per_epoch(optim_config, global_batch)
+    factor = float(optim_config.get("decay_factor", 0.1))
+    boundaries = {int(e) * spe: factor for e in optim_config.get("decay_epochs", ())}
+    return optax.piecewise_constant_schedule(float(optim_config.learning_rate), boundaries)
+
+
+def param_labels(params: Params) -> Params:
+    """'aux' for the bottleneck quantiles, 'main' for every other parameter."""
+    flat = flax.traverse_util.flatten_dict(params)
+    labels = {k: "aux" if k[-2:] == QUANTILES else "main" for k in flat}
+    return flax.traverse_util.unflatten_dict(labels)
+
+
+def make_optimizer(optim_config, global_batch: int) -> optax.GradientTransformation:
+    """Main Adam (clipped, scheduled) on all but quantiles; aux Adam on quantiles only."""
+    main = optax.chain(
+        optax.clip_by_global_norm(float(optim_config.grad_clip_norm)),
+        optax.adam(learning_rate_schedule(optim_config, global_batch)),
+    )
+    aux = optax.adam(float(optim_config.aux_learning_rate))
+    return optax.multi_transform({"main": main, "aux": aux}, param_labels)
+
+
+def _with_quantile_grads(grads: Params, aux_grads: Params) -> Params:
+    """The main gradients with the quantiles' entry replaced by the aux-loss gradient."""
+    flat = flax.traverse_util.flatten_dict(grads)
+    aux_flat = flax.traverse_util.flatten_dict(aux_grads)
+    for k in flat:
+        if k[-2:] == QUANTILES:
+            flat[k] = aux_flat[k]
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def _main_grad_norm(grads: Params) -> jax.Array:
+    flat = flax.traverse_util.flatten_dict(grads)
+    return optax.global_norm([v for k, v in flat.items() if k[-2:] != QUANTILES])
+
+
+# ----------------------------------------------------------------------------- state
+def create_train_state(
+    model: TACO, optimizer: optax.GradientTransformation, seed: int
+) -> TrainState:
+    """A fresh state (pure: jit it with out_shardings to create it already sharded)."""
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+    params = init_variables(model, init_rng)["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        rng=train_rng,
+    )
+
+
+def init_sharded_state(model, optimizer, seed: int, mesh, mesh_config=None):
+    """(state created directly with its shardings, the shardings, the abstract state)."""
+    make = functools.partial(create_train_state, model, optimizer, seed)
+    shapes = jax.eval_shape(make)
+    shardings = shd.state_sharding(mesh, shapes, mesh_config)
+    abstract = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+    return jax.jit(make, out_shardings=shardings)(), shardings, abstract
+
+
+# ----------------------------------------------------------------------------- step
+def make_train_step(model: TACO, loss_fn, optimizer, optim_config, global_batch: int):
+    """The pure update: (state, frozen, batch) -> (new state, metrics)."""
+    schedule = learning_rate_schedule(optim_config, global_batch)
+
+    def train_step(state: TrainState, frozen: Params, batch: dict):
+        noise_rng = jax.random.fold_in(state.rng, state.step)
+
+        def main_loss(params):
+            outputs = model.apply(
+                {"params": params}, batch["image"], batch["text"], train=True,
+                rngs={"noise": noise_rng},
+            )  # fmt: skip
+            return loss_fn(frozen, outputs, batch["image"], batch.get("clip_text"))
+
+        def aux_loss(params):
+            return model.apply({"params": params}, method=TACO.aux_loss)
+
+        (_, metrics), grads = jax.value_and_grad(main_loss, has_aux=True)(state.params)
+        aux, aux_grads = jax.value_and_grad(aux_loss)(state.params)
+        grads = _with_quantile_grads(grads, aux_grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(
+            metrics, aux_loss=aux, grad_norm=_main_grad_norm(grads),
+            learning_rate=schedule(state.step),
+        )  # fmt: skip
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(train_step, mesh, state_shardings):
+    """jit with explicit shardings: state as given (donated), batch on `data`."""
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, shd.replicated(mesh), shd.batch_sharding(mesh)),
+        out_shardings=(state_shardings, shd.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+# ----------------------------------------------------------------------------- text
+def make_clip_text_fn(loss_config):
+    """captions -> L2-normalized CLIP text embeddings [B, P] (host side), or None if k_j == 0."""
+    if float(loss_config.k_j) <= 0:
+        return None, None
+    from transformers import CLIPTokenizer  # noqa: PLC0415
+
+    from tgic_jax import losses  # noqa: PLC0415
+
+    clip_model = losses.build_clip(loss_config.clip_path)
+    tokenizer = CLIPTokenizer.from_pretrained(loss_config.clip_path)
+    embed = jax.jit(functools.partial(losses.clip_text_embeddings, clip_model))
+
+    def clip_text_fn(captions):
+        tok = tokenizer(list(captions), padding="max_length", truncation=True,
+                        max_length=tokenizer.model_max_length, return_tensors="np")  # fmt: skip
+        return np.asarray(embed(clip_model.params, tok["input_ids"], tok["attention_mask"]))
+
+    return clip_text_fn, clip_model
+
+
+# ----------------------------------------------------------------------------- eval
+def pad_to_multiple(x: np.ndarray, multiple: int = 64) -> np.ndarray:
+    """Zero-pads an NHWC batch at the bottom/right to a multiple of `multiple`."""
+    h, w = x.shape[1:3]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+
+
+def _codec():
+    """tgic_jax.codec if it exists and has compress/decompress, else None."""
+    try:
+        codec = importlib.import_module("tgic_jax.codec")
+    except ImportError:
+        return None
+    return codec if hasattr(codec, "compress") and hasattr(codec, "decompress") else None
+
+
+def evaluate(model: TACO, params: Params, text_encoder, eval_config) -> dict[str, float]:
+    """Mean estimated bpp / PSNR on a folder, and real-bitstream bpp / PSNR via the codec."""
+    from PIL import Image  # noqa: PLC0415
+
+    items = input_pipeline.list_folder(
+        eval_config.folder, eval_config.get("captions") or None,
+        int(eval_config.get("max_images", 0)),
+    )  # fmt: skip
+    forward = jax.jit(functools.partial(model.apply, train=False))
+    codec = _codec()
+    rows = []
+    for path, captions in items:
+        x = np.asarray(Image.open(path).convert("RGB"), np.float32)[None] / 255.0
+        h, w = x.shape[1:3]
+        text = text_encoder.encode(captions[:1])[0]
+        out = forward({"params": params}, pad_to_multiple(x), text)
+        bits = sum(float(-np.log2(np.asarray(v, np.float64)).sum()) for v in out["likelihoods"].values())
+        x_hat = np.asarray(out["x_hat"])[:, :h, :w]
+        row = {"bpp_estimate": bits / (h * w), "psnr": _psnr(x, x_hat)}
+        if codec is not None:
+            row.update(_codec_row(codec, model, params, x, text))
+        rows.append(row)
+    keys = set.intersection(*(set(r) for r in rows))
+    return {k: float(np.mean([r[k] for r in rows])) for k in sorted(keys)}
+
+
+def _psnr(x: np.ndarray, x_hat: np.ndarray) -> float:
+    mse = float(np.mean(np.square(x_hat.astype(np.float64) - x)))
+    return -10.0 * math.log10(max(mse, 1e-12))
+
+
+def _codec_row(codec, model, params, x, text) -> dict[str, float]:
+    """Real bpp and PSNR through codec.compress / decompress (skipped if the API differs)."""
+    try:
+        variables = {"params": params}
+        stream = codec.compress(model, variables, x, text)
+        x_hat = np.asarray(codec.decompress(model, variables, stream))
+        data = stream if isinstance(stream, bytes | bytearray) else getattr(stream, "data", b"")
+        h, w = x.shape[1:3]
+        return {"bpp_real": 8.0 * len(data) / (h * w), "psnr_real": _psnr(x, x_hat[..., :h, :w, :])}
+    except Exception as err:  # noqa: BLE001 - the codec is optional here; say why, carry on
+        logging.warning("evaluation through tgic_jax.codec failed: %r", err)
+        return {}
+
+
+# ----------------------------------------------------------------------------- metrics
+class MetricWriter:
+    """TensorBoard scalars (process 0 only) and a console line."""
+
+    def __init__(self, logdir: Path, enabled: bool):
+        self._writer = None
+        if enabled:
+            from flax.metrics import tensorboard  # noqa: PLC0415 - imports TensorFlow
+
+            input_pipeline._tf()  # hide GPUs from TF before it starts
+            self._writer = tensorboard.SummaryWriter(str(logdir))
+
+    def write(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
+        """Writes scalars at step and logs one line."""
+        if self._writer is not None:
+            for k, v in scalars.items():
+                self._writer.scalar(f"{prefix}/{k}", v, step)
+            self._writer.flush()
+        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items()))
+        logging.info("[%s] step %d %s", prefix, step, shown)
+        if jax.process_index() == 0:
+            print(f"[{prefix}] step {step} {shown}", flush=True)
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        if self._writer is not None:
+            self._writer.close()
+
+
+# ----------------------------------------------------------------------------- preemption
+class _StopFlag:
+    """Set by SIGTERM: the loop saves a checkpoint and returns at the next step."""
+
+    def __init__(self):
+        self.stop = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        self.stop = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# ----------------------------------------------------------------------------- loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
+    """Trains (resuming from workdir's latest checkpoint), evaluates, checkpoints."""
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json(indent=1))
+
+    # Mesh and batch sizes.
+    mesh = shd.make_mesh(config.get("mesh"))
+    global_batch = global_batch_size(config, mesh.size)
+    host_batch = shd.local_batch_size(global_batch, mesh)
+    num_steps = total_steps(config, global_batch)
+
+    # Model, loss, optimizer.
+    from tgic_jax import losses  # noqa: PLC0415 - heavy (LPIPS, transformers)
+
+    model = TACO.from_config(ModelConfig.from_config(config.model))
+    clip_text_fn, clip_model = make_clip_text_fn(config.loss)
+    loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
+    frozen = shd.put_replicated(frozen, mesh)
+    optimizer = make_optimizer(config.optim, global_batch)
+
+    # State: restored from the workdir when a checkpoint exists, else fresh.
+    manager = ckpt_lib.train_checkpoint_manager(
+        workdir, config.ckpt.every_steps, config.ckpt.keep, config.ckpt.get("use_async", True)
+    )
+    state, state_shardings, abstract = init_sharded_state(
+        model, optimizer, int(config.seed), mesh, config.get("mesh")
+    )
+    if manager.latest_step() is not None:
+        del state
+        state = ckpt_lib.restore_train_state(manager, abstract)
+        logging.info("resumed from step %d", int(state.step))
+        if is_main:
+            print(f"resumed from step {int(state.step)}", flush=True)
+    start_step = int(state.step)
+
+    # Input: this host's share of every global batch, text encoded on the host.
+    text_encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
+    ds = input_pipeline.make_dataset(
+        config.input, host_batch, seed=int(config.seed) + start_step,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )  # fmt: skip
+    batches = input_pipeline.encode_batches(
+        input_pipeline.numpy_batches(ds), text_encoder, clip_text_fn
+    )
+
+    # Update step.
+    step_fn = jit_train_step(
+        make_train_step(model, loss_fn, optimizer, config.optim, global_batch),
+        mesh, state_shardings,
+    )  # fmt: skip
+
+    writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
+    stop = _StopFlag()
+    log_every = max(1, int(config.get("log_every_steps", 100)))
+    eval_config = config.get("eval")
+    eval_every = int(eval_config.get("every_steps", 0)) if eval_config and eval_config.folder else 0
+    step = start_step
+    pending, t0, t0_step = None, time.perf_counter(), step
+    try:
+        while step < num_steps and not stop.stop:
+            batch = shd.make_global_batch(mesh, next(batches))
+            state, metrics = step_fn(state, frozen, batch)
+            step += 1
+            pending = metrics
+            if step % log_every == 0 or step == num_steps:
+                scalars = {k: float(v) for k, v in jax.device_get(pending).items()}
+                elapsed = time.perf_counter() - t0
+                scalars["images_per_second"] = (step - t0_step) * global_batch / max(elapsed, 1e-9)
+                writer.write(step, scalars)
+                t0, t0_step = time.perf_counter(), step
+            ckpt_lib.save_train_state(manager, step, state)
+            if eval_every and (step % eval_every == 0 or step == num_steps):
+                writer.write(step, evaluate(model, state.params, text_encoder, eval_config), "eval")
+        # Always leave the last step on disk (end of run or SIGTERM).
+        if manager.latest_step() != step:
+            ckpt_lib.save_train_state(manager, step, state, force=True)
+        manager.wait_until_finished()
+    finally:
+        stop.restore()
+        manager.close()
+        writer.close()
+    return state
+
+
+# ----------------------------------------------------------------------------- export
+def load_workdir_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a training workdir was started with (its config.json)."""
+    return ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
+
+
+def export_inference(workdir: str | Path, out: str | Path, step: int | None = None) -> Path:
+    """Writes an inference checkpoint (params, config, coding tables; no optimizer state)."""
+    config = load_workdir_config(workdir)
+    params, step = ckpt_lib.restore_train_params(workdir, step)
+    return ckpt_lib.save_inference(
+        out, ModelConfig.from_config(config.model), params,
+        text_config=config.text.to_dict(), extra={"train_step": step},
+    )  # fmt: skip
+
+
+def add_export_arguments(p) -> None:
+    """Arguments of `tgic export`."""
+    p.add_argument("--workdir", required=True, help="training workdir (with checkpoints/)")
+    p.add_argument("--out", required=True, help="inference checkpoint directory to write")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+
+def run_export(args) -> int:
+    """`tgic export` handler."""
+    path = export_inference(args.workdir, args.out, args.step)
+    print(f"wrote {path}")
+    return 0
