@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def random_variables(model: TACO, seed: int = 0) -> dict:
     """Random but well-scaled variables, without running the (slow) Flax init."""
-    shapes = flatten_dict(jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))["params"])
+    shapes = flatten_dict(
+        jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))["params"]
+    )
     rng = np.random.default_rng(seed)
     params = {}
     for path, s in shapes.items():
@@ -38,7 +40,7 @@ def random_variables(model: TACO, seed: int = 0) -> dict:
         elif leaf == "gamma":
             a = np.full(shape, 0.5)  # the text path matters
         elif leaf.startswith("matrices_"):
-            a = np.full(shape, np.log(np.expm1(1.0 / 10.0 ** 0.2 / shape[1])))
+            a = np.full(shape, np.log(np.expm1(1.0 / 10.0**0.2 / shape[1])))
         elif leaf.startswith("biases_"):
             a = rng.uniform(-0.5, 0.5, shape)
         elif leaf.startswith("factors_"):
@@ -141,16 +143,19 @@ def _roundtrip_in_other_process(tmp_path, tiny, ckpt, images):
     return results
 
 
-def test_decoding_in_another_process_is_bitwise_identical(tmp_path, tiny, tiny_ckpt, kodak_dir):
-    images = [_kodak_images(kodak_dir, ["kodim23.png"])[0][1], synthetic_image(97, 131), synthetic_image(1, 1)]
+def test_decoding_in_another_process_is_bitwise_identical(tmp_path, tiny, tiny_ckpt):
+    # Two shapes only (each costs a compile in both processes); Kodak in the slow test.
+    images = [synthetic_image(97, 131), synthetic_image(1, 1), synthetic_image(64, 64, 5)]
     results = _roundtrip_in_other_process(tmp_path, tiny, tiny_ckpt, images)
-    # A real image gives a real stream (not all-zero symbols): hundreds of bytes at least.
+    # A textured image gives a real stream (not all-zero symbols): hundreds of bytes.
     assert results[0].payload_bytes["y"] > 200
     assert all(abs(r.bpp - 8 * len(r.data) / (r.height * r.width)) < 1e-12 for r in results)
 
 
 @pytest.mark.slow
-def test_all_24_kodak_images_decode_bitwise_in_another_process(tmp_path, tiny, tiny_ckpt, kodak_dir):
+def test_all_24_kodak_images_decode_bitwise_in_another_process(
+    tmp_path, tiny, tiny_ckpt, kodak_dir
+):
     names = [f"kodim{i:02d}.png" for i in range(1, 25)]
     images = [im for _, im, _ in _kodak_images(kodak_dir, names)]
     _roundtrip_in_other_process(tmp_path, tiny, tiny_ckpt, images)
@@ -158,15 +163,18 @@ def test_all_24_kodak_images_decode_bitwise_in_another_process(tmp_path, tiny, t
 
 def test_decoder_matches_the_eval_mode_model_and_reports_the_estimate(tiny):
     model, v = tiny
-    im, text = synthetic_image(70, 90, 1), _text(1)
+    im, text = synthetic_image(100, 130, 1), _text(1)
     r = codec.encode(model, v, [im], [text], with_reconstruction=True)[0]
     rec = codec.reconstruct(model, v, im, text)
     # Same latents up to float re-association in XLA: the outputs agree to round-off.
     np.testing.assert_allclose(r.x_hat, rec["x_hat_float"], atol=1e-4)
     payload_bits = 8 * sum(r.payload_bytes.values())
-    est_bits = rec["bpp_estimated"] * 70 * 90
-    assert est_bits > 100
-    assert 0.97 * est_bits < payload_bits < est_bits + 8 * 16  # two streams' flush bytes
+    est_bits = rec["bpp_estimated"] * 100 * 130
+    assert est_bits > 1000
+    # Random weights put many latents far in the tails, where the estimate counts the
+    # 1e-9 likelihood floor (30 bits) and the coder's escape spends fewer: real <= estimate
+    # here (a trained model's gap is checked on the parity fixture).
+    assert payload_bits < est_bits + 8 * 16
     np.testing.assert_array_equal(codec.decompress(model, v, r.data), np.clip(r.x_hat, 0, 1))
 
 
@@ -227,7 +235,9 @@ def test_bad_inputs_to_the_encoder_raise_value_errors(tiny):
 def parity(parity_dir):
     from tgic_jax.convert import from_official_state_dict, load_state_dict_file
 
-    model, v = from_official_state_dict(load_state_dict_file(parity_dir / "official_state_dict.npz"))
+    model, v = from_official_state_dict(
+        load_state_dict_file(parity_dir / "official_state_dict.npz")
+    )
     with np.load(parity_dir / "io.npz") as f:
         io = {k: f[k] for k in f.files}
     return model, v, io
@@ -272,7 +282,7 @@ def test_trained_model_real_bpp_within_one_percent_of_estimate(kodak_dir):
     n = int(os.environ.get("TGIC_TRAINED_IMAGES", "24"))
     names = [f"kodim{i:02d}.png" for i in range(1, 25)][:n]
     real = est = 0.0
-    for name, im, caption in _kodak_images(kodak_dir, names):
+    for _name, im, caption in _kodak_images(kodak_dir, names):
         text = encoder.encode([caption])[0][0]
         r = codec.encode(model, v, [im], [text])[0]
         real += 8 * sum(r.payload_bytes.values()) / (r.height * r.width)
@@ -280,3 +290,104 @@ def test_trained_model_real_bpp_within_one_percent_of_estimate(kodak_dir):
     print(f"Kodak x{len(names)}: real {real / len(names):.4f} bpp (payload), "
           f"estimate {est / len(names):.4f} bpp, gap {real / est - 1:+.3%}")  # fmt: skip
     assert abs(real / est - 1) < 0.01
+
+
+# ------------------------------------------------------------------------- image_io, CLI
+
+
+def test_load_image_converts_odd_modes_and_says_so(tmp_path):
+    from PIL import Image
+
+    rgb = (synthetic_image(5, 7) * 255).round().astype(np.uint8)
+    cases = {
+        "rgba.png": (
+            Image.fromarray(np.dstack([rgb, np.full((5, 7), 128, np.uint8)]), "RGBA"),
+            "alpha",
+        ),
+        "gray.png": (Image.fromarray(rgb[..., 0], "L"), "grayscale"),
+        "pal.png": (Image.fromarray(rgb).convert("P"), "palette"),
+        "g16.png": (Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), "16-bit"),
+    }
+    for name, (im, word) in cases.items():
+        im.save(tmp_path / name)
+        x, notes = image_io.load_image(tmp_path / name)
+        assert x.shape == (5, 7, 3) and x.dtype == np.float32, name
+        assert 0 <= x.min() and x.max() <= 1
+        assert any(word in n for n in notes), (name, notes)
+    x, _ = image_io.load_image(tmp_path / "g16.png")  # 16-bit values scaled by 65535
+    np.testing.assert_allclose(x[..., 0], rgb[..., 0] / 255.0, atol=1e-6)
+    x, notes = image_io.load_image(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(np.round(x * 255).astype(np.uint8), rgb)
+
+
+def test_load_image_refuses_unreadable_and_oversized_files(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    for path in (tmp_path / "bad.png", tmp_path / "missing.png", tmp_path):
+        with pytest.raises(image_io.ImageError, match=str(path.name)):
+            image_io.load_image(path)
+    image_io.save_png(tmp_path / "big.png", synthetic_image(20, 30))
+    with pytest.raises(image_io.ImageError, match="max_pixels"):
+        image_io.load_image(tmp_path / "big.png", max_pixels=599)
+    x, notes = image_io.load_image(tmp_path / "big.png", max_pixels=600)
+    assert x.shape == (20, 30, 3) and notes == []
+
+
+def test_save_png_clamps_and_rounds(tmp_path):
+    x = np.array([[[-0.5, 0.5, 1.7], [0.2, 0.998, 0.001]]], np.float32)
+    image_io.save_png(tmp_path / "o.png", x)
+    y, _ = image_io.load_image(tmp_path / "o.png")
+    np.testing.assert_array_equal(np.round(y * 255), [[[0, 128, 255], [51, 254, 0]]])
+
+
+def _cli(argv):
+    import argparse
+
+    from tgic_jax import cli_codec
+
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd")
+    cli_codec.add_compress_arguments(sub.add_parser("compress"))
+    cli_codec.add_decompress_arguments(sub.add_parser("decompress"))
+    args = p.parse_args(argv)
+    return (cli_codec.run_compress if args.cmd == "compress" else cli_codec.run_decompress)(args)
+
+
+def test_cli_compresses_a_folder_and_decodes_it_back(tmp_path, tiny_ckpt, capsys):
+    src = tmp_path / "images"
+    src.mkdir()
+    for k, (h, w) in enumerate([(64, 64), (1, 1), (40, 50)]):
+        image_io.save_png(src / f"im{k}.png", synthetic_image(h, w, k))
+    (src / "notes.txt").write_text("not an image")
+    np.save(tmp_path / "text.npy", _text())
+    rc = _cli(["compress", str(src), "--text-embeddings", str(tmp_path / "text.npy"),
+               "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "bits")])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.count("bpp") == 3 and "bytes" in out and " ms" in out
+    files = sorted((tmp_path / "bits").glob("*.tgic"))
+    assert [f.name for f in files] == ["im0.tgic", "im1.tgic", "im2.tgic"]
+    rc = _cli(["decompress", str(tmp_path / "bits"), "--checkpoint", str(tiny_ckpt),
+               "-o", str(tmp_path / "back")])  # fmt: skip
+    assert rc == 0
+    back, _ = image_io.load_image(tmp_path / "back" / "im2.png")
+    assert back.shape == (40, 50, 3)
+    # A damaged file: one clear line on stderr, non-zero exit, the other files still done.
+    bad = tmp_path / "bits" / "im1.tgic"
+    bad.write_bytes(bad.read_bytes()[:-1])
+    rc = _cli(["decompress", str(tmp_path / "bits"), "--checkpoint", str(tiny_ckpt),
+               "-o", str(tmp_path / "back2")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "im1.tgic" in err and "checksum" in err
+    assert sorted(p.name for p in (tmp_path / "back2").iterdir()) == ["im0.png", "im2.png"]
+
+
+def test_cli_single_file_output_and_missing_caption_source(tmp_path, tiny_ckpt, capsys):
+    image_io.save_png(tmp_path / "a.png", synthetic_image(8, 8))
+    np.save(tmp_path / "t.npy", _text())
+    rc = _cli(["compress", str(tmp_path / "a.png"), "--text-embeddings", str(tmp_path / "t.npy"),
+               "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "a.tgic")])  # fmt: skip
+    assert rc == 0 and (tmp_path / "a.tgic").is_file()
+    # The tiny checkpoint names no text encoder: a caption cannot be encoded.
+    rc = _cli(["compress", str(tmp_path / "a.png"), "--caption", "a cat",
+               "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "b.tgic")])  # fmt: skip
+    assert rc == 2 and "text-embeddings" in capsys.readouterr().err

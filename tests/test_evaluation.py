@@ -349,3 +349,11 @@ def test_tfds_coco_uses_the_first_caption_by_default_and_labels_the_oracle(tmp_p
     assert clic.items[0].caption == "" and "no captions" in clic.items[0].caption_note
     image, _ = evaluation.load_item_image(clic.items[0])
     assert image.dtype == np.float32 and image.shape[-1] == 3 and image.max() <= 1.0
+
+
+def test_single_rate_point_gets_rate_at_equal_quality_instead_of_bd_rate():
+    jpeg = [{"bpp": 0.5, "psnr": 30.0}, {"bpp": 1.0, "psnr": 34.0}]
+    # Halfway in PSNR is the geometric mean in rate (log-rate interpolation): sqrt(0.5).
+    point = {"bpp": 0.5 * 2**0.5 * 0.8, "psnr": 32.0}
+    assert evaluation.rate_saving_at_equal_quality(point, jpeg, "psnr") == pytest.approx(-20.0)
+    assert evaluation.rate_saving_at_equal_quality({"bpp": 1, "psnr": 40}, jpeg, "psnr") is None

@@ -157,7 +157,7 @@ def _networks(model: TACO) -> _Networks:
 class _Prepared:
     """Device params and host tables for one `variables` (cached: built once)."""
 
-    source: object  # the params object this was made from (kept alive so ids stay unique)
+    source: tuple  # the (params, tables) objects this was made from (kept alive: ids stay unique)
     params: object
     tables: dict
     table: jax.Array  # scale table on device
@@ -165,16 +165,17 @@ class _Prepared:
     fingerprint: bytes
 
 
-_PREPARED: dict[int, _Prepared] = {}
+_PREPARED: dict[tuple, _Prepared] = {}
 
 
 def _prepare(model: TACO, variables) -> _Prepared:
     params = variables["params"]
-    key = id(params)
+    given_tables = variables.get("tables") if hasattr(variables, "get") else None
+    key = (id(params), id(given_tables), _model_key(model))
     hit = _PREPARED.get(key)
-    if hit is not None and hit.source is params:
+    if hit is not None and hit.source[0] is params and hit.source[1] is given_tables:
         return hit
-    tables = variables.get("tables") if hasattr(variables, "get") else None
+    tables = given_tables
     if tables is None:
         tables = coding_tables.build_tables(params)
     tables = {k: np.asarray(tables[k]) for k in coding_tables.TABLE_KEYS if k in tables}
@@ -184,7 +185,7 @@ def _prepare(model: TACO, variables) -> _Prepared:
     config = ModelConfig(model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
     fp = coding_tables.fingerprint(config.to_dict(), tables)[:FINGERPRINT_BYTES]
     prepared = _Prepared(
-        source=params,
+        source=(params, given_tables),
         params=jax.device_put(params),
         tables=tables,
         table=jnp.asarray(tables["scale_table"], jnp.float32),
@@ -264,8 +265,14 @@ def encode(
         for j, k in enumerate(members):
             im = checked[k][0]
             results[k] = _encode_latents(
-                nets, prep, y[j : j + 1], z[j : j + 1], im.shape[0], im.shape[1],
-                with_reconstruction, t_analysis,
+                nets,
+                prep,
+                y[j : j + 1],
+                z[j : j + 1],
+                im.shape[0],
+                im.shape[1],
+                with_reconstruction,
+                t_analysis,
             )
     return results
 
@@ -435,7 +442,9 @@ def decode(
     except BitstreamError:
         raise
     except Exception as e:  # the coder's own complaints about a malformed stream
-        raise BitstreamError(f"range decoding failed: {type(e).__name__}: {e}".split("\n")[0]) from e
+        raise BitstreamError(
+            f"range decoding failed: {type(e).__name__}: {e}".split("\n")[0]
+        ) from e
     t0 = time.perf_counter()
     x_hat = np.asarray(nets.synthesis(prep.params, tuple(y_hat_slices)))[0, : c.height, : c.width]
     t_net += time.perf_counter() - t0

@@ -32,7 +32,12 @@ NUM_SCALES = 64
 SCALE_MIN = em.SCALE_BOUND
 SCALE_MAX = 256.0
 TABLE_KEYS = (
-    "scale_table", "gaussian_lookup", "gaussian_offset", "z_lookup", "z_offset", "z_medians"
+    "scale_table",
+    "gaussian_lookup",
+    "gaussian_offset",
+    "z_lookup",
+    "z_offset",
+    "z_medians",
 )
 
 

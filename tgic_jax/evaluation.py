@@ -346,7 +346,13 @@ def _bd_block(test: Sequence[dict], anchor: Sequence[dict], keys: Sequence[str])
         res = bdrate.bd_metrics([p["bpp"] for p in a], [p[key] for p in a],
                                 [p["bpp"] for p in t], [p[key] for p in t])  # fmt: skip
         if len(t) == 1:  # one checkpoint: BD is undefined, give the single-point saving
-            res["single_point_rate_percent"] = rate_saving_at_equal_quality(t[0], a, key)
+            saving = rate_saving_at_equal_quality(t[0], a, key)
+            res["single_point_rate_percent"] = saving
+            res["note"] = "one rate point: BD-rate needs >= 2 checkpoints; " + (
+                "single-point rate at equal quality (log-rate interpolation of the anchor)"
+                if saving is not None
+                else "its quality is outside the anchor's range"
+            )
         out[key] = res
     return out
 

@@ -45,7 +45,11 @@ def load_image(
         raise ImageError(f"{path}: no such file") from e
     except IsADirectoryError as e:
         raise ImageError(f"{path}: is a directory") from e
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as e:
         raise ImageError(f"{path}: cannot read image ({_one_line(e)})") from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
         raise ImageError(f"{path}: cannot read image ({_one_line(e)})") from e

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,11 +93,12 @@ def plot_rd(
     if title:
         ax.set_title(title)
     if drawn:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     sources = [f"{c.label}: {c.source}" for c in drawn if c.kind == "anchor" and c.source]
     if sources:  # where published points come from, on the figure itself
-        fig.text(0.01, 0.005, "\n".join(s[:150] for s in sources), fontsize=5, va="bottom")
-        fig.subplots_adjust(bottom=0.1 + 0.02 * len(sources))
+        text = "\n".join(textwrap.fill(s, 190) for s in sources)
+        fig.text(0.01, 0.005, text, fontsize=5, va="bottom")
+        fig.subplots_adjust(bottom=0.12 + 0.015 * text.count("\n"))
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]

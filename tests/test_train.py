@@ -1,0 +1,266 @@
+"""Training: optimizer partition, schedule, 1 vs 8 devices, kill/resume, loss falls, export.
+
+Runs that need fresh XLA device counts or must be killed run as subprocesses; they share a
+persistent compilation cache so the tiny model's train step compiles once per test module.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from tgic_jax import train_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(cache_dir, devices=1):
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(REPO),
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+# ----------------------------------------------------------------------------- optimizer
+def _fake_params():
+    return {
+        "entropy_bottleneck": {"quantiles": jnp.ones((2, 1, 3)), "matrices_0": jnp.ones((2, 3, 1))},
+        "g_a": {"kernel": jnp.ones((4,))},
+    }
+
+
+def _optim(**kw):
+    base = dict(learning_rate=1e-4, aux_learning_rate=1e-3, grad_clip_norm=1.0, epochs=50,
+                decay_epochs=(45, 48), decay_factor=0.1, train_images=100)  # fmt: skip
+    return ml_collections.ConfigDict({**base, **kw})
+
+
+def test_main_gradients_never_move_quantiles_and_aux_gradients_move_only_quantiles():
+    params = _fake_params()
+    opt = train_lib.make_optimizer(_optim(), global_batch=10)
+    state = opt.init(params)
+    ones = jax.tree_util.tree_map(jnp.ones_like, params)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    # Main-loss gradients everywhere (quantiles included), aux gradient zero.
+    grads = train_lib._with_quantile_grads(ones, zeros)
+    updates, _ = opt.update(grads, state, params)
+    assert float(jnp.abs(updates["entropy_bottleneck"]["quantiles"]).max()) == 0.0
+    assert float(jnp.abs(updates["g_a"]["kernel"]).min()) > 0.0
+    # Aux gradient only: only the quantiles move, at the aux learning rate (Adam step 1).
+    grads = train_lib._with_quantile_grads(zeros, ones)
+    updates, _ = opt.update(grads, state, params)
+    np.testing.assert_allclose(updates["entropy_bottleneck"]["quantiles"], -1e-3, rtol=1e-4)
+    assert float(jnp.abs(updates["g_a"]["kernel"]).max()) == 0.0
+    assert float(jnp.abs(updates["entropy_bottleneck"]["matrices_0"]).max()) == 0.0
+
+
+def test_main_gradients_are_clipped_to_global_norm_one_before_adam():
+    params = {"entropy_bottleneck": {"quantiles": jnp.zeros((1, 1, 3))}, "w": jnp.zeros((2,))}
+    opt = train_lib.make_optimizer(_optim(learning_rate=1.0), global_batch=10)
+    state = opt.init(params)
+    grads = {"entropy_bottleneck": {"quantiles": jnp.full((1, 1, 3), 100.0)},
+             "w": jnp.array([300.0, 400.0])}  # fmt: skip
+    _, state = opt.update(grads, state, params)
+    # Adam's first moment after one step is (1 - b1) * clipped gradient: norm 500 -> 1.
+    main_mu = state.inner_states["main"].inner_state[1][0].mu["w"]
+    np.testing.assert_allclose(main_mu, 0.1 * np.array([0.6, 0.8]), rtol=1e-5)
+    aux_mu = state.inner_states["aux"].inner_state[0].mu["entropy_bottleneck"]["quantiles"]
+    np.testing.assert_allclose(aux_mu, 10.0, rtol=1e-5)  # aux gradients are not clipped
+
+
+def test_learning_rate_drops_tenfold_at_epochs_45_and_48():
+    schedule = train_lib.learning_rate_schedule(_optim(), global_batch=10)  # 10 steps/epoch
+    lrs = [float(schedule(s)) for s in (0, 449, 450, 479, 480, 499)]
+    np.testing.assert_allclose(lrs, [1e-4, 1e-4, 1e-5, 1e-5, 1e-6, 1e-6], rtol=1e-6)
+    config = ml_collections.ConfigDict(dict(total_steps=-1, optim=_optim()))
+    assert train_lib.total_steps(config, 10) == 500
+
+
+# ----------------------------------------------------------------------------- devices
+_EQUIVALENCE = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from configs.small import get_config
+    from tgic_jax import losses, sharding as shd, train_lib
+    from tgic_jax.model import TACO, ModelConfig
+
+    assert jax.device_count() == 8
+    config = get_config("tiny")
+    rng = np.random.default_rng(0)
+    host_batch = {"image": rng.random((8, 64, 64, 3), np.float32),
+                  "text": rng.standard_normal((8, 8, config.model.text_dim), np.float32)}
+    model = TACO.from_config(ModelConfig.from_config(config.model))
+    loss_fn, frozen = losses.build_loss(config.loss)
+    optimizer = train_lib.make_optimizer(config.optim, 8)
+    step = train_lib.make_train_step(model, loss_fn, optimizer, config.optim, 8)
+    initial, results = None, {}
+    for n in (1, 8):
+        mesh = shd.make_mesh({"data": n})
+        state, shardings, _ = train_lib.init_sharded_state(model, optimizer, 0, mesh)
+        if initial is None:
+            initial = jax.device_get(state)
+        state = jax.device_put(initial, shardings)  # identical starting point
+        jitted = train_lib.jit_train_step(step, mesh, shardings)
+        state, metrics = jitted(state, shd.put_replicated(frozen, mesh),
+                                shd.make_global_batch(mesh, host_batch))
+        assert len(jax.tree_util.tree_leaves(state.params)[0].sharding.device_set) == n
+        results[n] = jax.device_get((state.params, metrics))
+    (p1, m1), (p8, m8) = results[1], results[8]
+    rel = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)), p1, p8))
+    moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: float(np.abs(a - b).max()), p1, initial.params))
+    print(json.dumps({"loss": [float(m1["loss"]), float(m8["loss"])], "max_rel": max(rel),
+                      "moved": max(moved), "leaves": len(rel)}))
+    """
+)
+
+
+def test_one_step_on_8_devices_matches_1_device(cache_dir, tmp_path):
+    script = tmp_path / "equivalence.py"
+    script.write_text(_EQUIVALENCE)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=REPO, env=_env(cache_dir, devices=8),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    loss_1, loss_8 = out["loss"]
+    assert abs(loss_1 - loss_8) <= 1e-5 * abs(loss_1)
+    assert out["moved"] > 1e-4  # the step really updated the parameters
+    assert out["max_rel"] < 1e-5, out
+
+
+# ----------------------------------------------------------------------------- resume
+def _train_cmd(workdir, *overrides):
+    return [sys.executable, str(REPO / "train.py"), "--config", f"{REPO}/configs/small.py:tiny",
+            "--workdir", str(workdir), *overrides]  # fmt: skip
+
+
+def _finished_steps(workdir):
+    ckpts = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+
+
+def _start_and_signal(cmd, env, workdir, sig, after_step):
+    """Starts a run, sends `sig` once a checkpoint at >= after_step is finalized."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(s >= after_step for s in _finished_steps(workdir)):
+                proc.send_signal(sig)
+                break
+            time.sleep(0.2)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out
+
+
+def _restorable_steps(workdir):
+    from tgic_jax import checkpoint as ckpt_lib
+
+    steps = []
+    for step in _finished_steps(workdir):
+        params, restored_step = ckpt_lib.restore_train_params(workdir, step)
+        assert restored_step == step
+        assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(params))
+        steps.append(step)
+    return steps
+
+
+def test_run_resumes_after_sigterm_and_sigkill_and_continues_the_step_count(cache_dir, tmp_path):
+    workdir = tmp_path / "run"
+    cmd = _train_cmd(workdir, "--config.total_steps=60", "--config.ckpt.every_steps=5",
+                     "--config.ckpt.keep=3", "--config.log_every_steps=1")  # fmt: skip
+    env = _env(cache_dir)
+
+    # SIGTERM: the run stops at the next step and leaves a checkpoint of that step.
+    rc, out = _start_and_signal(cmd, env, workdir, signal.SIGTERM, after_step=5)
+    assert rc == 0, out[-2000:]
+    last_logged = max(int(s) for s in re.findall(r"\[train\] step (\d+)", out))
+    assert max(_finished_steps(workdir)) == last_logged < 60
+
+    # SIGKILL mid-training: whatever is on disk must be complete checkpoints.
+    rc, out = _start_and_signal(cmd, env, workdir, signal.SIGKILL, after_step=last_logged + 10)
+    assert rc == -signal.SIGKILL
+    assert f"resumed from step {last_logged}" in out
+    survivors = _restorable_steps(workdir)
+    assert survivors and max(survivors) >= last_logged + 10
+
+    # Same command again: resumes from the last complete checkpoint and finishes.
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"resumed from step {max(survivors)}" in proc.stdout
+    steps = [int(s) for s in re.findall(r"\[train\] step (\d+)", proc.stdout)]
+    assert steps[0] == max(survivors) + 1 and steps[-1] == 60
+    assert max(_restorable_steps(workdir)) == 60
+    assert not list((workdir / "checkpoints").glob("*tmp*"))
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# ----------------------------------------------------------------------------- learning
+@pytest.mark.slow
+def test_tiny_config_loss_falls_over_200_steps_on_kodak_crops(cache_dir, tmp_path, kodak_dir):
+    cmd = _train_cmd(tmp_path / "run", "--config.total_steps=200", "--config.ckpt.every_steps=200",
+                     "--config.log_every_steps=10", f"--config.input.folder={kodak_dir}",
+                     f"--config.input.captions={kodak_dir / 'captions.json'}")  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(cache_dir), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    losses = [float(v) for v in re.findall(r"\[train\] step \d+ .*? loss=([0-9.e+-]+)", proc.stdout)]
+    assert len(losses) == 20
+    first, last = np.mean(losses[:2]), np.mean(losses[-3:])
+    assert last < 0.6 * first, losses
+
+
+def test_export_writes_an_inference_checkpoint_without_optimizer_state(tmp_path):
+    pytest.importorskip("tgic_jax.coding_tables")
+    from tgic_jax import checkpoint as ckpt_lib
+    from tgic_jax.model import TACO, ModelConfig
+
+    config = ml_collections.ConfigDict(
+        dict(model=dict(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4),
+             text=dict(encoder="random", max_length=8), optim=_optim(), input={}, mesh={})
+    )  # fmt: skip
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(config.to_json())
+    model = TACO.from_config(ModelConfig.from_config(config.model))
+    optimizer = train_lib.make_optimizer(config.optim, 2)
+    state = train_lib.create_train_state(model, optimizer, seed=0).replace(step=jnp.int32(7))
+    manager = ckpt_lib.train_checkpoint_manager(workdir, 1, 1, use_async=False)
+    ckpt_lib.save_train_state(manager, 7, state, force=True)
+    manager.close()
+    path = train_lib.export_inference(workdir, tmp_path / "export")
+    _, variables, loaded = ckpt_lib.load_inference(path)
+    assert set(variables) == {"params", "tables"} and loaded.extra.train_step == 7
+    jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"],
+                           jax.device_get(state.params))  # fmt: skip
