@@ -1,7 +1,8 @@
 """Training: optimizer partition, schedule, 1 vs 8 devices, kill/resume, loss falls, export.
 
-Runs that need fresh XLA device counts or must be killed run as subprocesses; they share a
-persistent compilation cache so the tiny model's train step compiles once per test module.
+Runs that need fresh XLA device counts or must be killed run as subprocesses. Each compiles
+the tiny model's train step (~50 s on 2 CPU cores): JAX's persistent compilation cache is
+not used because reloading cached CPU executables crashed (SIGABRT) or hung on jax 0.5.3.
 """
 
 import json
@@ -25,23 +26,15 @@ from tgic_jax import train_lib
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _env(cache_dir, devices=1):
+def _env(devices=1):
     env = dict(os.environ)
     env.update(
         JAX_PLATFORMS="cpu",
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONPATH=str(REPO),
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
     return env
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -130,21 +123,24 @@ _EQUIVALENCE = textwrap.dedent(
         assert len(jax.tree_util.tree_leaves(state.params)[0].sharding.device_set) == n
         results[n] = jax.device_get((state.params, metrics))
     (p1, m1), (p8, m8) = results[1], results[8]
-    rel = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda a, b: float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)), p1, p8))
+    sq = lambda v: float(np.sum(np.square(v, dtype=np.float64)))
+    diff = sum(jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: sq(a - b), p1, p8)))
+    norm = sum(sq(a) for a in jax.tree_util.tree_leaves(p1))
+    max_abs = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: float(np.abs(a - b).max()), p1, p8)))
     moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: float(np.abs(a - b).max()), p1, initial.params))
-    print(json.dumps({"loss": [float(m1["loss"]), float(m8["loss"])], "max_rel": max(rel),
-                      "moved": max(moved), "leaves": len(rel)}))
+    print(json.dumps({"loss": [float(m1["loss"]), float(m8["loss"])], "moved": max(moved),
+                      "rel": (diff / norm) ** 0.5, "max_abs": max_abs}))
     """
 )
 
 
-def test_one_step_on_8_devices_matches_1_device(cache_dir, tmp_path):
+def test_one_step_on_8_devices_matches_1_device(tmp_path):
     script = tmp_path / "equivalence.py"
     script.write_text(_EQUIVALENCE)
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=REPO, env=_env(cache_dir, devices=8),
+        [sys.executable, str(script)], cwd=REPO, env=_env(devices=8),
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -152,7 +148,11 @@ def test_one_step_on_8_devices_matches_1_device(cache_dir, tmp_path):
     loss_1, loss_8 = out["loss"]
     assert abs(loss_1 - loss_8) <= 1e-5 * abs(loss_1)
     assert out["moved"] > 1e-4  # the step really updated the parameters
-    assert out["max_rel"] < 1e-5, out
+    # All parameters as one vector agree to 1e-5. Per element, the worst case is a
+    # zero-initialized bias whose value is one Adam step lr * g / (|g| + eps): where g is
+    # ~eps, summation order moves it by ~1e-7, 1e-4 of the lr=1e-3 step (measured 2.5e-7).
+    assert out["rel"] < 1e-5, out
+    assert out["max_abs"] < 1e-6, out
 
 
 # ----------------------------------------------------------------------------- resume
@@ -163,7 +163,9 @@ def _train_cmd(workdir, *overrides):
 
 def _finished_steps(workdir):
     ckpts = Path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+    return (
+        sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+    )
 
 
 def _start_and_signal(cmd, env, workdir, sig, after_step):
@@ -196,46 +198,49 @@ def _restorable_steps(workdir):
     return steps
 
 
-def test_run_resumes_after_sigterm_and_sigkill_and_continues_the_step_count(cache_dir, tmp_path):
+@pytest.mark.slow
+def test_run_resumes_after_sigterm_and_sigkill_and_continues_the_step_count(tmp_path):
     workdir = tmp_path / "run"
-    cmd = _train_cmd(workdir, "--config.total_steps=60", "--config.ckpt.every_steps=5",
+    cmd = _train_cmd(workdir, "--config.total_steps=30", "--config.ckpt.every_steps=5",
                      "--config.ckpt.keep=3", "--config.log_every_steps=1")  # fmt: skip
-    env = _env(cache_dir)
+    env = _env()
 
     # SIGTERM: the run stops at the next step and leaves a checkpoint of that step.
     rc, out = _start_and_signal(cmd, env, workdir, signal.SIGTERM, after_step=5)
     assert rc == 0, out[-2000:]
     last_logged = max(int(s) for s in re.findall(r"\[train\] step (\d+)", out))
-    assert max(_finished_steps(workdir)) == last_logged < 60
+    assert max(_finished_steps(workdir)) == last_logged < 30
 
     # SIGKILL mid-training: whatever is on disk must be complete checkpoints.
-    rc, out = _start_and_signal(cmd, env, workdir, signal.SIGKILL, after_step=last_logged + 10)
+    rc, out = _start_and_signal(cmd, env, workdir, signal.SIGKILL, after_step=last_logged + 5)
     assert rc == -signal.SIGKILL
     assert f"resumed from step {last_logged}" in out
     survivors = _restorable_steps(workdir)
-    assert survivors and max(survivors) >= last_logged + 10
+    assert survivors and max(survivors) >= last_logged + 5
 
     # Same command again: resumes from the last complete checkpoint and finishes.
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"resumed from step {max(survivors)}" in proc.stdout
     steps = [int(s) for s in re.findall(r"\[train\] step (\d+)", proc.stdout)]
-    assert steps[0] == max(survivors) + 1 and steps[-1] == 60
-    assert max(_restorable_steps(workdir)) == 60
+    assert steps[0] == max(survivors) + 1 and steps[-1] == 30
+    assert max(_restorable_steps(workdir)) == 30
     assert not list((workdir / "checkpoints").glob("*tmp*"))
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
 
 # ----------------------------------------------------------------------------- learning
 @pytest.mark.slow
-def test_tiny_config_loss_falls_over_200_steps_on_kodak_crops(cache_dir, tmp_path, kodak_dir):
+def test_tiny_config_loss_falls_over_200_steps_on_kodak_crops(tmp_path, kodak_dir):
     cmd = _train_cmd(tmp_path / "run", "--config.total_steps=200", "--config.ckpt.every_steps=200",
                      "--config.log_every_steps=10", f"--config.input.folder={kodak_dir}",
                      f"--config.input.captions={kodak_dir / 'captions.json'}")  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(cache_dir), capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    losses = [float(v) for v in re.findall(r"\[train\] step \d+ .*? loss=([0-9.e+-]+)", proc.stdout)]
+    losses = [
+        float(v) for v in re.findall(r"\[train\] step \d+ .*? loss=([0-9.e+-]+)", proc.stdout)
+    ]
     assert len(losses) == 20
     first, last = np.mean(losses[:2]), np.mean(losses[-3:])
     assert last < 0.6 * first, losses
@@ -264,3 +269,25 @@ def test_export_writes_an_inference_checkpoint_without_optimizer_state(tmp_path)
     assert set(variables) == {"params", "tables"} and loaded.extra.train_step == 7
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"],
                            jax.device_get(state.params))  # fmt: skip
+
+
+def test_evaluation_reports_estimated_and_real_bitstream_rates(tmp_path, kodak_dir):
+    pytest.importorskip("tgic_jax.codec")
+    from PIL import Image
+
+    from configs.small import get_config
+    from tgic_jax import input_pipeline
+    from tgic_jax.model import TACO, ModelConfig
+
+    Image.open(kodak_dir / "kodim01.png").crop((0, 0, 96, 64)).save(tmp_path / "a.png")
+    (tmp_path / "captions.json").write_text(json.dumps({"a.png": "a brick building"}))
+    config = get_config("tiny")
+    model = TACO.from_config(ModelConfig.from_config(config.model))
+    optimizer = train_lib.make_optimizer(config.optim, 2)
+    state = jax.jit(lambda: train_lib.create_train_state(model, optimizer, 0))()
+    encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
+    eval_config = ml_collections.ConfigDict(dict(folder=str(tmp_path), captions="", max_images=1))
+    out = train_lib.evaluate(model, state.params, encoder, eval_config)
+    assert set(out) == {"bpp_estimate", "bpp_real", "psnr", "psnr_real"}
+    assert out["bpp_real"] > 0.1 and out["bpp_estimate"] > 0.1  # 96x64: header bytes count
+    assert np.isfinite(out["psnr"]) and np.isfinite(out["psnr_real"])

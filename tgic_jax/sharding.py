@@ -11,7 +11,8 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA = "data"
 
@@ -80,9 +81,13 @@ def state_sharding(mesh: Mesh, state_shapes, mesh_config=None):
 def local_batch_size(global_batch: int, mesh: Mesh) -> int:
     """This process's share of a global batch (batch split evenly over processes)."""
     if global_batch % jax.process_count():
-        raise ValueError(f"global batch {global_batch} not divisible by {jax.process_count()} hosts")
+        raise ValueError(
+            f"global batch {global_batch} not divisible by {jax.process_count()} hosts"
+        )
     if global_batch % mesh.shape[DATA]:
-        raise ValueError(f"global batch {global_batch} not divisible by mesh data={mesh.shape[DATA]}")
+        raise ValueError(
+            f"global batch {global_batch} not divisible by mesh data={mesh.shape[DATA]}"
+        )
     return global_batch // jax.process_count()
 
 

@@ -217,7 +217,14 @@ def build_text_encoder(text_config) -> TextEncoder:
         return load_clip_text(path or "openai/clip-vit-base-patch32", max_length)
     if encoder == "minilm":
         return load_minilm(path, max_length)
-    raise ValueError(f"Unknown text encoder {encoder!r}: expected 'clip' or 'minilm'.")
+    if encoder == "random":  # test-only: pseudo-random states from a caption hash
+        from tgic_jax.input_pipeline import RandomTextEncoder  # noqa: PLC0415
+
+        width = int(text_config.get("width", 0) or 0)
+        if not width:
+            raise ValueError("text.encoder='random' needs text.width")
+        return RandomTextEncoder(width, max_length)
+    raise ValueError(f"Unknown text encoder {encoder!r}: expected 'clip', 'minilm' or 'random'.")
 
 
 def _bench(batch: int = 8, repeats: int = 5) -> dict[str, float]:

@@ -237,7 +237,9 @@ def evaluate(model: TACO, params: Params, text_encoder, eval_config) -> dict[str
         h, w = x.shape[1:3]
         text = text_encoder.encode(captions[:1])[0]
         out = forward({"params": params}, pad_to_multiple(x), text)
-        bits = sum(float(-np.log2(np.asarray(v, np.float64)).sum()) for v in out["likelihoods"].values())
+        bits = sum(
+            float(-np.log2(np.asarray(v, np.float64)).sum()) for v in out["likelihoods"].values()
+        )
         x_hat = np.asarray(out["x_hat"])[:, :h, :w]
         row = {"bpp_estimate": bits / (h * w), "psnr": _psnr(x, x_hat)}
         if codec is not None:
@@ -253,15 +255,14 @@ def _psnr(x: np.ndarray, x_hat: np.ndarray) -> float:
 
 
 def _codec_row(codec, model, params, x, text) -> dict[str, float]:
-    """Real bpp and PSNR through codec.compress / decompress (skipped if the API differs)."""
+    """Real bpp and PSNR through codec.compress / decompress (one image, [H, W, 3])."""
     try:
-        variables = {"params": params}
-        stream = codec.compress(model, variables, x, text)
-        x_hat = np.asarray(codec.decompress(model, variables, stream))
-        data = stream if isinstance(stream, bytes | bytearray) else getattr(stream, "data", b"")
+        variables = {"params": jax.device_get(params)}
+        data = codec.compress(model, variables, x[0], text[0])
+        x_hat = np.asarray(codec.decompress(model, variables, data))
         h, w = x.shape[1:3]
-        return {"bpp_real": 8.0 * len(data) / (h * w), "psnr_real": _psnr(x, x_hat[..., :h, :w, :])}
-    except Exception as err:  # noqa: BLE001 - the codec is optional here; say why, carry on
+        return {"bpp_real": 8.0 * len(data) / (h * w), "psnr_real": _psnr(x[0], x_hat)}
+    except Exception as err:  # noqa: BLE001 - evaluation must not kill training; say why
         logging.warning("evaluation through tgic_jax.codec failed: %r", err)
         return {}
 
@@ -373,12 +374,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
     stop = _StopFlag()
     log_every = max(1, int(config.get("log_every_steps", 100)))
+    every = max(1, int(config.ckpt.every_steps))
     eval_config = config.get("eval")
     eval_every = int(eval_config.get("every_steps", 0)) if eval_config and eval_config.folder else 0
+    # Optional wall-clock budget (demo runs): stop, checkpoint, return when it is spent.
+    time_limit_s = 60.0 * float(config.get("train_time_limit_minutes", 0) or 0)
     step = start_step
     pending, t0, t0_step = None, time.perf_counter(), step
+    t_start = t0
     try:
+        # An optional wall-clock budget (the demo's), checked between steps.
+        # Single-host only: hosts that stopped at different steps would deadlock.
+        deadline = float(config.get("train_time_limit_minutes", 0) or 0) * 60
+        deadline = deadline if jax.process_count() == 1 else 0.0
+        started = time.perf_counter()
         while step < num_steps and not stop.stop:
+            if time_limit_s and time.perf_counter() - t_start > time_limit_s:
+                logging.info("train_time_limit_minutes reached at step %d", step)
+                break
+            if deadline and time.perf_counter() - started > deadline:
+                if is_main:
+                    print(f"time limit reached at step {step}", flush=True)
+                break
             batch = shd.make_global_batch(mesh, next(batches))
             state, metrics = step_fn(state, frozen, batch)
             step += 1
@@ -389,7 +406,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 scalars["images_per_second"] = (step - t0_step) * global_batch / max(elapsed, 1e-9)
                 writer.write(step, scalars)
                 t0, t0_step = time.perf_counter(), step
-            ckpt_lib.save_train_state(manager, step, state)
+            if step % every == 0:  # orbax alone would also save the first step of a run
+                ckpt_lib.save_train_state(manager, step, state)
             if eval_every and (step % eval_every == 0 or step == num_steps):
                 writer.write(step, evaluate(model, state.params, text_encoder, eval_config), "eval")
         # Always leave the last step on disk (end of run or SIGTERM).
