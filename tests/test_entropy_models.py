@@ -22,8 +22,9 @@ def test_training_noise_lies_in_half_unit_interval():
 
 
 def test_rounding_is_half_to_even():
-    np.testing.assert_array_equal(em.quantize_around(jnp.array([0.5, 1.5, 2.5, -0.5]), 0.0),
-                                  [0.0, 2.0, 2.0, -0.0])
+    np.testing.assert_array_equal(
+        em.quantize_around(jnp.array([0.5, 1.5, 2.5, -0.5]), 0.0), [0.0, 2.0, 2.0, -0.0]
+    )
 
 
 def test_gaussian_likelihoods_are_in_unit_interval_and_sum_to_one():
@@ -41,7 +42,9 @@ def test_gaussian_likelihoods_are_in_unit_interval_and_sum_to_one():
 
 def test_scale_lower_bound_passes_gradient_only_upward():
     f = lambda s: em.gaussian_likelihood(jnp.float32(0.0), s, 0.0)
-    assert float(jax.grad(lambda s: -jnp.log(f(s)))(jnp.float32(0.05))) == 0.0  # pushes down: blocked
+    assert (
+        float(jax.grad(lambda s: -jnp.log(f(s)))(jnp.float32(0.05))) == 0.0
+    )  # pushes down: blocked
     assert float(jax.grad(lambda s: jnp.log(f(s)))(jnp.float32(0.05))) != 0.0  # pushes up: passes
 
 
@@ -65,7 +68,9 @@ def test_aux_loss_moves_quantiles_toward_targets():
     before = distance(params)
     p = dict(params)
     for _ in range(200):
-        p["quantiles"] = p["quantiles"] - 0.5 * jnp.sign(jax.grad(em.bottleneck_aux_loss)(p)["quantiles"])
+        p["quantiles"] = p["quantiles"] - 0.5 * jnp.sign(
+            jax.grad(em.bottleneck_aux_loss)(p)["quantiles"]
+        )
     assert distance(p) < 0.6 * before
 
 

@@ -15,8 +15,13 @@ def _torch_style_transposed_conv(x, kernel, stride, padding, output_padding):
     flipped = kernel[::-1, ::-1]
     lo, hi = k - 1 - padding, k - 1 - padding + output_padding
     return lax.conv_general_dilated(
-        x, flipped, (1, 1), ((lo, hi), (lo, hi)), lhs_dilation=(stride, stride),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST,
+        x,
+        flipped,
+        (1, 1),
+        ((lo, hi), (lo, hi)),
+        lhs_dilation=(stride, stride),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=lax.Precision.HIGHEST,
     )
 
 

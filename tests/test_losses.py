@@ -283,7 +283,8 @@ def test_whole_loss_on_the_paper_size_model_is_finite_with_every_term_logged(tin
 
     @jax.jit
     def step(params):
-        out = model.apply({"params": params}, x, text, train=True, rngs={"noise": jax.random.key(1)})
+        rngs = {"noise": jax.random.key(1)}
+        out = model.apply({"params": params}, x, text, train=True, rngs=rngs)
         return loss_fn(frozen, out, x, clip_text)
 
     loss, metrics = step(variables["params"])

@@ -89,8 +89,10 @@ def test_one_gradient_of_bpp_plus_mse_in_training_mode_is_finite_for_every_param
     text = jax.random.normal(jax.random.PRNGKey(1), (2, 38, TINY.text_dim))
 
     def loss(params):
-        out = model.apply({"params": params}, x, text, train=True, rngs={"noise": jax.random.PRNGKey(2)})
-        bits = sum(-jnp.log2(l).sum() for l in out["likelihoods"].values())
+        out = model.apply(
+            {"params": params}, x, text, train=True, rngs={"noise": jax.random.PRNGKey(2)}
+        )
+        bits = sum(-jnp.log2(p).sum() for p in out["likelihoods"].values())
         return bits / (2 * 64 * 64) + 0.01 * 255**2 * jnp.mean((out["x_hat"] - x) ** 2)
 
     grads = flatten_dict(jax.jit(jax.grad(loss))(v["params"]))

@@ -87,8 +87,11 @@ def load_inference(path: str | os.PathLike):
     state = ocp.PyTreeCheckpointer().restore(Path(path).absolute() / "state")
     state = jax.tree_util.tree_map(np.asarray, state)
     config = ml_collections.ConfigDict(
-        {"model": model_config.to_dict(), "text": meta.get("text", {}),
-         "extra": {k: v for k, v in meta.items() if k not in ("model", "text")}}
+        {
+            "model": model_config.to_dict(),
+            "text": meta.get("text", {}),
+            "extra": {k: v for k, v in meta.items() if k not in ("model", "text")},
+        }
     )
     return TACO.from_config(model_config), state, config
 

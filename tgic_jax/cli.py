@@ -17,14 +17,22 @@ def _quiet_tensorflow() -> None:
 
 
 def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="the authors' .pth.tar (needs torch) or an .npz of their state_dict")
-    p.add_argument("output_dir", help="where to write the inference checkpoint")
-    p.add_argument("--heads", type=int, default=8, help="attention heads (8 in every released model)")
     p.add_argument(
-        "--text-encoder", default="clip", choices=["clip", "minilm"],
+        "input", help="the authors' .pth.tar (needs torch) or an .npz of their state_dict"
+    )
+    p.add_argument("output_dir", help="where to write the inference checkpoint")
+    p.add_argument(
+        "--heads", type=int, default=8, help="attention heads (8 in every released model)"
+    )
+    p.add_argument(
+        "--text-encoder",
+        default="clip",
+        choices=["clip", "minilm"],
         help="text encoder the checkpoint expects (the authors used CLIP ViT-B/32)",
     )
-    p.add_argument("--text-path", default="openai/clip-vit-base-patch32", help="hub id or local folder")
+    p.add_argument(
+        "--text-path", default="openai/clip-vit-base-patch32", help="hub id or local folder"
+    )
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -39,12 +47,20 @@ def _run_convert(args: argparse.Namespace) -> int:
     cfg = infer_model_config(state_dict, args.heads)
     model, variables = from_official_state_dict(state_dict, heads=args.heads)
     print(f"read {len(state_dict)} tensors from {args.input}")
-    print(f"model: N={cfg.N} M={cfg.M} slices={list(cfg.slices)} text width={cfg.text_dim} heads={cfg.heads}")
+    print(
+        f"model: N={cfg.N} M={cfg.M} slices={list(cfg.slices)} "
+        f"text width={cfg.text_dim} heads={cfg.heads}"
+    )
     summary = parameter_summary(variables["params"])
     print(summary)
     text = {"encoder": args.text_encoder, "path": args.text_path, "max_length": 38}
-    out = save_inference(args.output_dir, cfg, variables["params"], text_config=text,
-                         extra={"source": os.path.basename(args.input)})
+    out = save_inference(
+        args.output_dir,
+        cfg,
+        variables["params"],
+        text_config=text,
+        extra={"source": os.path.basename(args.input)},
+    )
     print(f"wrote {out} in {time.time() - t0:.1f} s")
     return 0
 
@@ -60,7 +76,9 @@ def parameter_summary(params) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"{'module':<{width}}  tensors  parameters"]
     lines += [f"{n:<{width}}  {t:7d}  {c:>10,}" for n, t, c in rows]
-    lines.append(f"{'total':<{width}}  {sum(r[1] for r in rows):7d}  {sum(r[2] for r in rows):>10,}")
+    lines.append(
+        f"{'total':<{width}}  {sum(r[1] for r in rows):7d}  {sum(r[2] for r in rows):>10,}"
+    )
     return "\n".join(lines)
 
 
@@ -69,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tgic", description="TACO text-guided image codec (JAX)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="convert the authors' PyTorch checkpoint to an orbax checkpoint")
+    p = sub.add_parser(
+        "convert", help="convert the authors' PyTorch checkpoint to an orbax checkpoint"
+    )
     _add_convert_arguments(p)
     p.set_defaults(run=_run_convert)
 

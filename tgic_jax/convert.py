@@ -36,7 +36,9 @@ BUFFERS = {
     "entropy_bottleneck.target",
     "entropy_bottleneck.likelihood_lower_bound.bound",
 }
-_TRANSPOSED_CONV = re.compile(r"^(g_s\.synthesis_transform\.(1|5|10|14)|h_s\.increase\.\d+)\.weight$")
+_TRANSPOSED_CONV = re.compile(
+    r"^(g_s\.synthesis_transform\.(1|5|10|14)|h_s\.increase\.\d+)\.weight$"
+)
 
 
 class ConversionError(ValueError):
@@ -62,13 +64,15 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], heads: int = 8) -> 
         N=int(np.shape(state_dict["g_a.analysis_transform.0.weight"])[0]),
         M=int(np.shape(state_dict["g_a.analysis_transform.16.weight"])[0]),
         slices=tuple(slices),
-        text_dim=int(np.shape(state_dict["g_a.analysis_transform.8.text_feature_dim_proj.weight"])[1]),
+        text_dim=int(
+            np.shape(state_dict["g_a.analysis_transform.8.text_feature_dim_proj.weight"])[1]
+        ),
         heads=heads,
     )
 
 
 def flax_path(torch_key: str) -> tuple[str, ...]:
-    """'g_a.analysis_transform.1.branch.0.weight' -> ('g_a', 'analysis_transform_1', 'branch_0', 'weight')."""
+    """'g_a.analysis_transform.1.branch.0.weight' -> ('g_a', 'analysis_transform_1', ...)."""
     out: list[str] = []
     for part in torch_key.split("."):
         if part.isdigit() and out:

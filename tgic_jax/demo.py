@@ -127,8 +127,16 @@ def _report(out: Path, ckpt: Path, summary: dict, rows: list[dict], train_info: 
         "## Caption ablation (same checkpoint, same images)",
         "",
         _table(
-            [{"variant": v, **{k: mean(k, [r for r in rows if r["variant"] == v])
-                               for k in ("bpp", "psnr", "ms_ssim", "lpips")}} for v in variants],
+            [
+                {
+                    "variant": v,
+                    **{
+                        k: mean(k, [r for r in rows if r["variant"] == v])
+                        for k in ("bpp", "psnr", "ms_ssim", "lpips")
+                    },
+                }
+                for v in variants
+            ],
             [
                 ("caption", lambda r: r["variant"]),
                 ("bpp", lambda r: f"{r['bpp']:.4f}"),
@@ -183,7 +191,9 @@ def run(out: Path, minutes: float, retrain: bool) -> int:
     _log("step 3/4: compress / decompress Kodak 13-24 (real files), caption ablation, JPEG")
     full = datasets.kodak_set(REPO / "data" / "kodak")
     held_out = datasets.EvalSet(
-        name="Kodak 13-24 (held out)", items=full.items[12:], caption_mode=full.caption_mode,
+        name="Kodak 13-24 (held out)",
+        items=full.items[12:],
+        caption_mode=full.caption_mode,
         caption_source=full.caption_source,
     )
     lpips_fn = evaluation.make_lpips_fn()
@@ -216,10 +226,16 @@ def run(out: Path, minutes: float, retrain: bool) -> int:
 
 def main(argv=None) -> int:
     """Command-line entry point."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default=str(REPO / "demo_output"), help="output folder")
-    p.add_argument("--minutes", type=float, default=float(os.environ.get("TGIC_DEMO_MINUTES", 8)),
-                   help="training time budget")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=float(os.environ.get("TGIC_DEMO_MINUTES", 8)),
+        help="training time budget",
+    )
     p.add_argument("--retrain", action="store_true", help="train again even if a checkpoint exists")
     args = p.parse_args(argv)
     return run(Path(args.out), args.minutes, args.retrain)

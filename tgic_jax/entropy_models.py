@@ -135,7 +135,11 @@ class EntropyBottleneck(nn.Module):
         for i in range(len(filters) - 1):
             init = float(np.log(np.expm1(1.0 / scale / filters[i + 1])))
             shape = (c, filters[i + 1], filters[i])
-            setattr(self, f"matrices_{i}", self.param(f"matrices_{i}", nn.initializers.constant(init), shape))
+            setattr(
+                self,
+                f"matrices_{i}",
+                self.param(f"matrices_{i}", nn.initializers.constant(init), shape),
+            )
             setattr(
                 self,
                 f"biases_{i}",
@@ -146,7 +150,11 @@ class EntropyBottleneck(nn.Module):
                 ),
             )
             if i < len(filters) - 2:
-                setattr(self, f"factors_{i}", self.param(f"factors_{i}", nn.initializers.zeros, (c, filters[i + 1], 1)))
+                setattr(
+                    self,
+                    f"factors_{i}",
+                    self.param(f"factors_{i}", nn.initializers.zeros, (c, filters[i + 1], 1)),
+                )
         q = np.array([-BOTTLENECK_INIT_SCALE, 0.0, BOTTLENECK_INIT_SCALE], np.float32)
         self.quantiles = self.param("quantiles", lambda k, s: jnp.tile(q, (c, 1, 1)), (c, 1, 3))
 
@@ -168,7 +176,9 @@ class EntropyBottleneck(nn.Module):
     def likelihood(self, z_hat: jax.Array) -> jax.Array:
         """Likelihoods of z_hat (NHWC), same shape."""
         v = _to_channels_last_rows(z_hat)
-        return _from_channels_last_rows(bottleneck_likelihood_cl(self.params_dict(), v), z_hat.shape)
+        return _from_channels_last_rows(
+            bottleneck_likelihood_cl(self.params_dict(), v), z_hat.shape
+        )
 
     def aux_loss(self) -> jax.Array:
         """The quantile loss (trains `quantiles` only)."""

@@ -183,7 +183,8 @@ class MultiheadAttention(nn.Module):
         e = q.shape[-1]
         bound = np.sqrt(6.0 / (e + 3 * e))  # xavier_uniform on [3E, E], as torch does
         w_in = self.param(
-            "in_proj_weight", lambda key, s: jax.random.uniform(key, s, jnp.float32, -bound, bound),
+            "in_proj_weight",
+            lambda key, s: jax.random.uniform(key, s, jnp.float32, -bound, bound),
             (3 * e, e),
         )
         b_in = self.param("in_proj_bias", nn.initializers.zeros, (3 * e,))

@@ -6,7 +6,8 @@ Data flow (NHWC; the caption enters g_a only, nothing about it is transmitted):
                           v
     x [B,H,W,3] ──> g_a(x, text) ──> y [B,H/16,W/16,M] ──> h_a ──> z [B,H/64,W/64,N]
                                       │                               │ Q around medians
-                                      │                       z_hat ──┤──> EntropyBottleneck: p(z_hat)
+                                      │                       z_hat ──┤──> EntropyBottleneck
+                                      │                               │    p(z_hat)
                                       │                               v
                                       │                       h_s(z_hat) = hyper [.., 2M]
                                       v                               │
@@ -120,7 +121,9 @@ class TACO(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> TACO:
         """Builds the module from a `ModelConfig`."""
-        return cls(N=cfg.N, M=cfg.M, slices=tuple(cfg.slices), text_dim=cfg.text_dim, heads=cfg.heads)
+        return cls(
+            N=cfg.N, M=cfg.M, slices=tuple(cfg.slices), text_dim=cfg.text_dim, heads=cfg.heads
+        )
 
     def setup(self):
         self.g_a = AnalysisTransform(self.N, self.M, self.heads)
@@ -130,7 +133,9 @@ class TACO(nn.Module):
         self.entropy_bottleneck = em.EntropyBottleneck(self.N)
         self.local_context = [Conv(2 * c, 5, 1) for c in self.slices]
         # channel_context has no entry for slice 0 (nothing precedes it).
-        self.channel_context = {str(i): ChannelContext(2 * c) for i, c in enumerate(self.slices) if i}
+        self.channel_context = {
+            str(i): ChannelContext(2 * c) for i, c in enumerate(self.slices) if i
+        }
         self.entropy_parameters_anchor = [EntropyParameters(2 * c) for c in self.slices]
         self.entropy_parameters_nonanchor = [EntropyParameters(2 * c) for c in self.slices]
 

@@ -40,4 +40,3 @@ class Extractor(nn.Module):
         v = LayerNorm(name="image_norm")(v)
         q = LayerNorm(name="text_norm")(text)
         return q + MultiheadAttention(self.heads, name="cross_attn")(q, v, v)
-

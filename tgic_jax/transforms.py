@@ -1,7 +1,7 @@
 """The four transforms: g_a(x, text), g_s(y_hat), h_a(y), h_s(z_hat).
 
-Submodule names follow the authors' state_dict (`analysis_transform.<i>` -> `analysis_transform_<i>`),
-so that conversion is a mechanical renaming.
+Submodule names follow the authors' state_dict (`analysis_transform.<i>` becomes
+`analysis_transform_<i>`), so that conversion is a mechanical renaming.
 """
 
 from __future__ import annotations
