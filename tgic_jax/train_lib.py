@@ -433,7 +433,8 @@ def export_inference(workdir: str | Path, out: str | Path, step: int | None = No
     params, step = ckpt_lib.restore_train_params(workdir, step)
     return ckpt_lib.save_inference(
         out, ModelConfig.from_config(config.model), params,
-        text_config=config.text.to_dict(), extra={"train_step": step},
+        text_config={"width": int(config.model.text_dim), **config.text.to_dict()},
+        extra={"train_step": step},
     )  # fmt: skip
 
 
