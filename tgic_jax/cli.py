@@ -1,7 +1,7 @@
 """The `tgic` command line: convert, compress, decompress, evaluate, export.
 
 Each subcommand's work lives in its module; this file only wires arguments to it.
-Imports are lazy so that `tgic --help` is instant.
+Heavy imports (jax, tensorflow) happen inside the handlers, when a command runs.
 """
 
 from __future__ import annotations
@@ -93,35 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_arguments(p)
     p.set_defaults(run=_run_convert)
 
-    try:
-        from tgic_jax import cli_codec  # noqa: PLC0415
-    except ImportError:
-        cli_codec = None
-    if cli_codec is not None:
-        p = sub.add_parser("compress", help="compress images to .tgic files (needs each caption)")
-        cli_codec.add_compress_arguments(p)
-        p.set_defaults(run=cli_codec.run_compress)
-        p = sub.add_parser("decompress", help="decode .tgic files to PNG (no caption needed)")
-        cli_codec.add_decompress_arguments(p)
-        p.set_defaults(run=cli_codec.run_decompress)
+    from tgic_jax import cli_codec, evaluation, train_lib  # noqa: PLC0415
 
-    try:
-        from tgic_jax import evaluation  # noqa: PLC0415
-    except ImportError:
-        evaluation = None
-    if evaluation is not None:
-        p = sub.add_parser("evaluate", help="rate-distortion evaluation with real bitstreams")
-        evaluation.add_cli_arguments(p)
-        p.set_defaults(run=evaluation.run_from_args)
-
-    try:
-        from tgic_jax import train_lib  # noqa: PLC0415
-    except ImportError:
-        train_lib = None
-    if train_lib is not None:
-        p = sub.add_parser("export", help="export an inference checkpoint from a training workdir")
-        train_lib.add_export_arguments(p)
-        p.set_defaults(run=train_lib.run_export)
+    commands = [
+        ("compress", "compress images to .tgic files (needs each caption)",
+         cli_codec.add_compress_arguments, cli_codec.run_compress),
+        ("decompress", "decode .tgic files to PNG (no caption needed)",
+         cli_codec.add_decompress_arguments, cli_codec.run_decompress),
+        ("evaluate", "rate-distortion evaluation with real bitstreams",
+         evaluation.add_cli_arguments, evaluation.run_from_args),
+        ("export", "export an inference checkpoint from a training workdir",
+         train_lib.add_export_arguments, train_lib.run_export),
+    ]  # fmt: skip
+    for name, help_text, add_arguments, run in commands:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(run=run)
     return parser
 
 
