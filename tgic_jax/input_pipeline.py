@@ -15,12 +15,14 @@ adds the text states (and CLIP text embeddings for the joint loss) on the host.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import ml_collections
 import numpy as np
+
+from tgic_jax.text_encoders import RandomTextEncoder  # noqa: F401 - re-exported
 
 _SEP = "\x1f"  # joins a file's captions into one tf.string (never in a caption)
 
@@ -170,39 +172,12 @@ def numpy_batches(ds) -> Iterator[dict]:
 
 
 # ----------------------------------------------------------------------------- text
-class RandomTextEncoder:
-    """Test-only text encoder: deterministic pseudo-random states from a caption hash.
-
-    Same interface as `tgic_jax.text_encoders.TextEncoder` (`encode`, `width`,
-    `max_length`); needs no weights, so tests and offline smoke runs work anywhere.
-    """
-
-    name = "random"
-
-    def __init__(self, width: int, max_length: int = 38):
-        self.width = int(width)
-        self.max_length = int(max_length)
-
-    def encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Captions -> (states float32 [B, max_length, width], mask int32 [B, max_length])."""
-        states = []
-        for caption in captions:
-            digest = hashlib.sha256(caption.encode("utf-8")).digest()
-            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-            states.append(rng.standard_normal((self.max_length, self.width), np.float32))
-        mask = np.ones((len(states), self.max_length), np.int32)
-        return np.stack(states), mask
-
-
 def build_text_encoder(text_config, width: int | None = None):
-    """config.text -> text encoder; 'random' (tests) is handled here, the rest by text_encoders."""
-    if text_config.encoder == "random":
-        width = int(text_config.get("width", 0) or width or 0)
-        if not width:
-            raise ValueError("text.encoder='random' needs a width (config.model.text_dim)")
-        return RandomTextEncoder(width, int(text_config.get("max_length", 38)))
+    """config.text -> text encoder; `width` (config.model.text_dim) serves the 'random' one."""
     from tgic_jax.text_encoders import build_text_encoder as build  # noqa: PLC0415
 
+    if text_config.encoder == "random" and not text_config.get("width"):
+        text_config = ml_collections.ConfigDict({**dict(text_config), "width": int(width or 0)})
     return build(text_config)
 
 

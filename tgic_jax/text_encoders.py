@@ -37,6 +37,7 @@ States of a fixed caption set (Kodak) can be cached. Re-measure the towers with
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import subprocess
@@ -208,6 +209,30 @@ def load_minilm(path: str = "", max_length: int = MAX_LENGTH) -> TextEncoder:
     )
 
 
+class RandomTextEncoder:
+    """Test-only text encoder: deterministic pseudo-random states from a caption hash.
+
+    Same interface as `tgic_jax.text_encoders.TextEncoder` (`encode`, `width`,
+    `max_length`); needs no weights, so tests and offline smoke runs work anywhere.
+    """
+
+    name = "random"
+
+    def __init__(self, width: int, max_length: int = 38):
+        self.width = int(width)
+        self.max_length = int(max_length)
+
+    def encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Captions -> (states float32 [B, max_length, width], mask int32 [B, max_length])."""
+        states = []
+        for caption in captions:
+            digest = hashlib.sha256(caption.encode("utf-8")).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            states.append(rng.standard_normal((self.max_length, self.width), np.float32))
+        mask = np.ones((len(states), self.max_length), np.int32)
+        return np.stack(states), mask
+
+
 def build_text_encoder(text_config) -> TextEncoder:
     """Builds the frozen text encoder named by config.text (encoder, path, max_length)."""
     encoder = text_config.encoder
@@ -218,8 +243,6 @@ def build_text_encoder(text_config) -> TextEncoder:
     if encoder == "minilm":
         return load_minilm(path, max_length)
     if encoder == "random":  # test-only: pseudo-random states from a caption hash
-        from tgic_jax.input_pipeline import RandomTextEncoder  # noqa: PLC0415
-
         width = int(text_config.get("width", 0) or 0)
         if not width:
             raise ValueError("text.encoder='random' needs text.width")
