@@ -52,36 +52,36 @@ def test_two_processes_train_three_steps_to_identical_parameters(tmp_path, kodak
                XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
     port = _free_port()
     workdir = tmp_path / "run"  # shared, as on a cluster file system
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                str(port),
-                str(i),
-                str(workdir),
-                str(tmp_path / f"p{i}.npz"),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    outs = []
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    procs = []
+    for i, log in enumerate(logs):
+        args = [
+            sys.executable,
+            str(script),
+            str(port),
+            str(i),
+            str(workdir),
+            str(tmp_path / f"p{i}.npz"),
+        ]
+        with log.open("w") as f:  # a file, not a pipe: nobody has to drain it
+            procs.append(
+                subprocess.Popen(args, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+            )
     try:
         for p in procs:
-            outs.append(p.communicate(timeout=540))
+            p.wait(timeout=900)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (stdout, stderr) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, stderr[-4000:]
-        assert json.loads(stdout.strip().splitlines()[-1])["step"] == 3
-    assert "[train] step 3" in outs[0][0]  # process 0 logs, with the global batch
+    outs = [log.read_text() for log in logs]
+    report = "\n".join(f"--- process {i} (exit {p.returncode}):\n{out[-3000:]}"
+                       for i, (p, out) in enumerate(zip(procs, outs, strict=True)))  # fmt: skip
+    assert all(p.returncode == 0 for p in procs), report
+    for out in outs:
+        last = [line for line in out.splitlines() if line.startswith("{")][-1]
+        assert json.loads(last)["step"] == 3, report
+    assert "[train] step 3" in outs[0]  # process 0 logs, with the global batch
     a, b = np.load(tmp_path / "p0.npz"), np.load(tmp_path / "p1.npz")
     assert sorted(a.files) == sorted(b.files) and len(a.files) > 100
     for key in a.files:

@@ -48,6 +48,21 @@ def maybe_initialize_distributed(
     return True
 
 
+def sync_hosts(name: str, timeout_s: float = 3600.0) -> None:
+    """Blocks until every process has reached the barrier `name`; nothing on one process.
+
+    A barrier of the coordination service (`jax.distributed`), not a collective: CPU (gloo)
+    collectives give a communicator only 30 s to form (measured: the first all-reduce fails
+    with DEADLINE_EXCEEDED when one host arrives 30 s after the other), so hosts that
+    finish compiling minutes apart must meet here before their first collective step.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost  # noqa: PLC0415 - multi-host only
+
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
+
+
 def make_mesh(mesh_config=None, devices=None) -> Mesh:
     """A 1-D mesh with axis `data`; mesh_config.data = number of devices (-1: all)."""
     devices = list(jax.devices() if devices is None else devices)

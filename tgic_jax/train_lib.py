@@ -341,6 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     optimizer = make_optimizer(config.optim, global_batch)
 
     # State: restored from the workdir when a checkpoint exists, else fresh.
+    shd.sync_hosts("tgic_jax/start")  # orbax's first barrier is a collective: meet first
     manager = ckpt_lib.train_checkpoint_manager(
         workdir, config.ckpt.every_steps, config.ckpt.keep, config.ckpt.get("use_async", True)
     )
@@ -371,17 +372,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         mesh, state_shardings,
     )  # fmt: skip
 
+    # Compile before the first step, then meet: hosts finish compiling minutes apart under
+    # load, and the first collective would otherwise time out (see `sync_hosts`).
+    first_batch = None
+    if start_step < num_steps:
+        first_batch = shd.make_global_batch(mesh, next(batches))
+        step_fn = step_fn.lower(state, frozen, first_batch).compile()
+    shd.sync_hosts("tgic_jax/compiled")
+
     writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
     stop = _StopFlag()
     log_every = max(1, int(config.get("log_every_steps", 100)))
     every = max(1, int(config.ckpt.every_steps))
     eval_config = config.get("eval")
     eval_every = int(eval_config.get("every_steps", 0)) if eval_config and eval_config.folder else 0
-    # Optional wall-clock budget (demo runs): stop, checkpoint, return when it is spent.
-    time_limit_s = 60.0 * float(config.get("train_time_limit_minutes", 0) or 0)
     step = start_step
     pending, t0, t0_step = None, time.perf_counter(), step
-    t_start = t0
     try:
         # An optional wall-clock budget (the demo's), checked between steps.
         # Single-host only: hosts that stopped at different steps would deadlock.
@@ -389,14 +395,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         deadline = deadline if jax.process_count() == 1 else 0.0
         started = time.perf_counter()
         while step < num_steps and not stop.stop:
-            if time_limit_s and time.perf_counter() - t_start > time_limit_s:
-                logging.info("train_time_limit_minutes reached at step %d", step)
-                break
             if deadline and time.perf_counter() - started > deadline:
+                logging.info("train_time_limit_minutes reached at step %d", step)
                 if is_main:
                     print(f"time limit reached at step {step}", flush=True)
                 break
-            batch = shd.make_global_batch(mesh, next(batches))
+            if first_batch is not None:
+                batch, first_batch = first_batch, None
+            else:
+                batch = shd.make_global_batch(mesh, next(batches))
             state, metrics = step_fn(state, frozen, batch)
             step += 1
             pending = metrics
