@@ -39,6 +39,20 @@ def test_kodak_batches_are_random_crops_in_unit_range_with_their_captions(kodak_
     assert set(batch["caption"]) <= first3
 
 
+def test_same_seed_gives_the_same_batches_and_another_seed_other_crops(kodak_dir):
+    cfg = _folder_config(kodak_dir, 64, max_images=3)
+
+    def batches(seed, n=3):
+        it = input_pipeline.numpy_batches(input_pipeline.make_dataset(cfg, 4, seed=seed))
+        return [next(it) for _ in range(n)]
+
+    a, b, c = batches(5), batches(5), batches(6)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        assert list(x["caption"]) == list(y["caption"])
+    assert not np.array_equal(a[0]["image"], c[0]["image"])
+
+
 def test_images_smaller_than_the_crop_are_skipped(tmp_path):
     folder = _write_folder(
         tmp_path, [((32, 200), "too short"), ((80, 96), "big enough"), ((200, 40), "too narrow")]

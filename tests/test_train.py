@@ -230,20 +230,51 @@ def test_run_resumes_after_sigterm_and_sigkill_and_continues_the_step_count(tmp_
 
 
 # ----------------------------------------------------------------------------- learning
-@pytest.mark.slow
-def test_tiny_config_loss_falls_over_200_steps_on_kodak_crops(tmp_path, kodak_dir):
-    cmd = _train_cmd(tmp_path / "run", "--config.total_steps=200", "--config.ckpt.every_steps=200",
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory, kodak_dir):
+    """The tiny config trained 200 steps on Kodak crops: (workdir, console output)."""
+    workdir = tmp_path_factory.mktemp("tiny200") / "run"
+    cmd = _train_cmd(workdir, "--config.total_steps=200", "--config.ckpt.every_steps=200",
                      "--config.log_every_steps=10", f"--config.input.folder={kodak_dir}",
                      f"--config.input.captions={kodak_dir / 'captions.json'}")  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+                          timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    losses = [
-        float(v) for v in re.findall(r"\[train\] step \d+ .*? loss=([0-9.e+-]+)", proc.stdout)
-    ]
+    return workdir, proc.stdout
+
+
+@pytest.mark.slow
+def test_tiny_config_loss_falls_over_200_steps_on_kodak_crops(trained_tiny):
+    _, stdout = trained_tiny
+    losses = [float(v) for v in re.findall(r"\[train\] step \d+ .*? loss=([0-9.e+-]+)", stdout)]
     assert len(losses) == 20
     first, last = np.mean(losses[:2]), np.mean(losses[-3:])
     assert last < 0.6 * first, losses
+
+
+@pytest.mark.slow
+def test_trained_model_codes_unseen_kodak_within_one_percent_of_its_estimate(
+    trained_tiny, tmp_path, kodak_dir
+):
+    from PIL import Image
+
+    from tgic_jax import codec
+    from tgic_jax.checkpoint import load_inference
+    from tgic_jax.text_encoders import build_text_encoder
+
+    model, v, config = load_inference(train_lib.export_inference(trained_tiny[0], tmp_path / "x"))
+    encoder = build_text_encoder(config.text)
+    captions = json.loads((kodak_dir / "captions.json").read_text())
+    real = est = 0.0
+    for name in ["kodim13.png", "kodim16.png", "kodim19.png", "kodim22.png"]:  # not trained on
+        im = np.asarray(Image.open(kodak_dir / name).convert("RGB"), np.float32) / 255
+        text = encoder.encode([captions[name]])[0][0]
+        r = codec.encode(model, v, [im], [text])[0]
+        real += 8 * sum(r.payload_bytes.values())  # header excluded
+        est += sum(codec.reconstruct(model, v, im, text)["bits_estimated"].values())
+    print(f"real {real:.0f} bits, estimate {est:.0f} bits, gap {real / est - 1:+.3%}")
+    assert est > 4 * 20_000  # a real stream, not all-zero symbols
+    assert abs(real / est - 1) < 0.01, (real, est)
 
 
 def test_export_writes_an_inference_checkpoint_without_optimizer_state(tmp_path):

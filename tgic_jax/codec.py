@@ -95,20 +95,20 @@ class _Networks:
             z_hat = z_sym.astype(jnp.float32) + medians
             return apply({"params": params}, z_hat, method="hyper_synthesis")
 
-        def anchor(i, params, hyper, y_hat_previous, table):
+        def anchor(i, params, hyper, y_hat_previous, thresholds):
             scales, means, ctx = apply(
                 {"params": params}, i, hyper, list(y_hat_previous), method="anchor_params"
             )
             mask = _masks(hyper.shape)[0]
-            return _indexes(scales, table) * mask.astype(jnp.int32), means * mask, ctx
+            return _indexes(scales, thresholds) * mask.astype(jnp.int32), means * mask, ctx
 
-        def nonanchor(i, params, hyper, ctx, sym_a, means_a, table):
+        def nonanchor(i, params, hyper, ctx, sym_a, means_a, thresholds):
             anchor_mask, non_anchor_mask = _masks(hyper.shape)
             y_hat_a = (sym_a.astype(jnp.float32) + means_a) * anchor_mask
             scales, means = apply(
                 {"params": params}, i, hyper, ctx, y_hat_a, method="nonanchor_params"
             )
-            idx = _indexes(scales, table) * non_anchor_mask.astype(jnp.int32)
+            idx = _indexes(scales, thresholds) * non_anchor_mask.astype(jnp.int32)
             return y_hat_a, idx, means * non_anchor_mask
 
         def combine(y_hat_a, sym_n, means_n):
@@ -137,10 +137,9 @@ def _masks(shape) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(anchor), jnp.asarray(non_anchor)
 
 
-def _indexes(scales: jax.Array, table: jax.Array) -> jax.Array:
-    """Table index = first scale-table entry >= max(scale, 0.11) (last entry above it)."""
-    scales = jnp.maximum(scales, table[0])
-    return jnp.searchsorted(table[:-1], scales, side="left").astype(jnp.int32)
+def _indexes(scales: jax.Array, thresholds: jax.Array) -> jax.Array:
+    """Table index = the nearest scale-table entry in log scale (`scale_thresholds`)."""
+    return jnp.searchsorted(thresholds, scales, side="left").astype(jnp.int32)
 
 
 _NETWORKS: dict[tuple, _Networks] = {}
@@ -160,7 +159,7 @@ class _Prepared:
     source: tuple  # the (params, tables) objects this was made from (kept alive: ids stay unique)
     params: object
     tables: dict
-    table: jax.Array  # scale table on device
+    thresholds: jax.Array  # where the scale-table index steps up, on device
     medians: jax.Array
     fingerprint: bytes
 
@@ -188,7 +187,7 @@ def _prepare(model: TACO, variables) -> _Prepared:
         source=(params, given_tables),
         params=jax.device_put(params),
         tables=tables,
-        table=jnp.asarray(tables["scale_table"], jnp.float32),
+        thresholds=jnp.asarray(coding_tables.scale_thresholds(tables["scale_table"])),
         medians=jnp.asarray(tables["z_medians"], jnp.float32),
         fingerprint=fp,
     )
@@ -300,7 +299,9 @@ def _encode_latents(nets, prep, y, z, height, width, with_reconstruction, t_anal
         y_i = y[..., start : start + c]
         start += c
         t0 = time.perf_counter()
-        idx_a, means_a, ctx = nets.anchor(i, prep.params, hyper, tuple(y_hat_slices), prep.table)
+        idx_a, means_a, ctx = nets.anchor(
+            i, prep.params, hyper, tuple(y_hat_slices), prep.thresholds
+        )
         idx_a, means_a = np.asarray(idx_a), np.asarray(means_a)
         t_net += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -309,7 +310,7 @@ def _encode_latents(nets, prep, y, z, height, width, with_reconstruction, t_anal
         t_code += time.perf_counter() - t0
         t0 = time.perf_counter()
         y_hat_a, idx_n, means_n = nets.nonanchor(
-            i, prep.params, hyper, ctx, sym_a, means_a, prep.table
+            i, prep.params, hyper, ctx, sym_a, means_a, prep.thresholds
         )
         idx_n, means_n = np.asarray(idx_n), np.asarray(means_n)
         t_net += time.perf_counter() - t0
@@ -416,7 +417,7 @@ def decode(
         for i, ch in enumerate(model.slices):
             t0 = time.perf_counter()
             idx_a, means_a, ctx = nets.anchor(
-                i, prep.params, hyper, tuple(y_hat_slices), prep.table
+                i, prep.params, hyper, tuple(y_hat_slices), prep.thresholds
             )
             idx_a = np.asarray(idx_a)
             t_net += time.perf_counter() - t0
@@ -425,7 +426,7 @@ def decode(
             t_code += time.perf_counter() - t0
             t0 = time.perf_counter()
             y_hat_a, idx_n, means_n = nets.nonanchor(
-                i, prep.params, hyper, ctx, sym_a, means_a, prep.table
+                i, prep.params, hyper, ctx, sym_a, means_a, prep.thresholds
             )
             idx_n = np.asarray(idx_n)
             t_net += time.perf_counter() - t0

@@ -22,7 +22,7 @@ import struct
 import zlib
 
 MAGIC = b"TGIC"
-VERSION = 1
+VERSION = 2  # 2: scale-table index = nearest entry in log scale (1: first entry >= scale)
 FINGERPRINT_BYTES = 4
 NUM_SECTIONS = 2  # z, y
 _MAX_VARINT_BYTES = 5  # values < 2**35 (sizes and lengths fit easily)

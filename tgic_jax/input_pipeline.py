@@ -110,16 +110,19 @@ def crop_examples(ds, crop_size: int, seed: int):
         shape = tf.shape(ex["image"])
         return tf.logical_and(shape[0] >= crop_size, shape[1] >= crop_size)
 
-    def crop(ex):
-        image = tf.image.random_crop(ex["image"], (crop_size, crop_size, 3), seed=seed)
+    def crop(i, ex):
+        # Stateless ops keyed by the element's position: the same crops and captions on
+        # every run with this seed, however the parallel map schedules its calls.
+        key = tf.stack([tf.cast(seed, tf.int64), i])
+        image = tf.image.stateless_random_crop(ex["image"], (crop_size, crop_size, 3), seed=key)
         n = tf.shape(ex["captions"])[0]
-        pick = tf.random.uniform((), 0, n, dtype=tf.int32, seed=seed + 1)
+        pick = tf.random.stateless_uniform((), key + [0, 1 << 40], 0, n, dtype=tf.int32)
         return {
             "image": tf.cast(image, tf.float32) / 255.0,
             "caption": ex["captions"][pick],
         }
 
-    return ds.filter(big_enough).map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.filter(big_enough).enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_dataset(
