@@ -40,7 +40,9 @@ def get_config(arg=None):
     )
     config.optim = ml_collections.ConfigDict(
         dict(
-            learning_rate=1e-4,
+            # 5x the paper's 1e-4: minutes of CPU training, not 50 epochs. Measured on the
+            # demo (8 min, Kodak 13-24): 0.255 bpp at 20.1 dB vs 0.696 bpp at 20.2 dB.
+            learning_rate=5e-4,
             aux_learning_rate=1e-3,
             grad_clip_norm=1.0,
             epochs=50,

