@@ -6,7 +6,7 @@ time, exports it, compresses Kodak 13-24 with their captions to real .tgic files
 them, and writes a report: per-image real bpp / PSNR / MS-SSIM / LPIPS, JPEG at the same
 rate, reconstructions, rate-distortion plots and the caption ablation.
 
-    python -m tgic_jax.demo [--out demo_output] [--minutes 8] [--retrain]
+    python -m tgic_jax.demo [--out demo_output] [--minutes 9] [--retrain]
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--minutes",
         type=float,
-        default=float(os.environ.get("TGIC_DEMO_MINUTES", 8)),
+        default=float(os.environ.get("TGIC_DEMO_MINUTES", 9)),
         help="training time budget",
     )
     p.add_argument("--retrain", action="store_true", help="train again even if a checkpoint exists")
