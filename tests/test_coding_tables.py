@@ -129,25 +129,25 @@ def test_build_tables_is_deterministic_and_fingerprint_sees_every_change():
     assert ct.fingerprint(cfg, ct.build_tables(params)) != ct.fingerprint(cfg, a)
 
 
-def test_table_index_is_the_first_entry_not_below_the_bounded_scale():
-    table = jnp.asarray(ct.scale_table())
-    t = np.asarray(table)
-    scales = jnp.asarray(
-        [
-            0.0,
-            -3.0,
-            0.05,
-            t[0],
-            t[0] * 1.0001,
-            t[5],
-            np.nextafter(t[5], np.float32(1e9)),
-            t[62],
-            t[63],
-            1e6,
-        ]
-    )
-    got = np.asarray(_indexes(scales, table))
-    np.testing.assert_array_equal(got, [0, 0, 0, 0, 1, 5, 6, 62, 63, 63])
+def test_table_index_is_the_nearest_entry_in_log_scale():
+    t = ct.scale_table()
+    thresholds = jnp.asarray(ct.scale_thresholds(t))
+    step = float(t[6] / t[5])  # 1.131: neighbours' ratio; the midpoint is its square root
+    below, above = step**0.5 * 0.999, step**0.5 * 1.001
+    scales = [0.0, -3.0, 0.05, t[0], t[0] * 1.0001, t[5], t[5] * below, t[5] * above,
+              t[62], t[63], 1e6]  # fmt: skip
+    got = np.asarray(_indexes(jnp.asarray(scales, jnp.float32), thresholds))
+    np.testing.assert_array_equal(got, [0, 0, 0, 0, 0, 5, 5, 6, 62, 63, 63])
+    # Against a brute-force nearest neighbour in log scale, away from exact ties.
+    rng = np.random.default_rng(0)
+    s = np.exp(rng.uniform(np.log(0.05), np.log(600.0), 20_000)).astype(np.float32)
+    distance = np.abs(np.log(np.maximum(s, t[0]))[:, None] - np.log(t.astype(np.float64))[None])
+    nearest = np.argmin(distance, axis=1)
+    sorted_d = np.sort(distance, axis=1)
+    clear = sorted_d[:, 1] - sorted_d[:, 0] > 1e-5
+    got = np.asarray(_indexes(jnp.asarray(s), thresholds))
+    np.testing.assert_array_equal(got[clear], nearest[clear])
+    assert clear.mean() > 0.99
 
 
 def test_values_beyond_the_tables_are_escaped_not_clipped(gaussian):
