@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from tgic_jax import input_pipeline
+from tgic_jax.text_encoders import RandomTextEncoder
 
 
 def _folder_config(folder, crop, **kw):
@@ -115,7 +116,7 @@ def test_random_text_encoder_is_a_deterministic_function_of_the_caption():
 
 
 def test_encoded_batches_carry_text_states_for_each_image():
-    enc = input_pipeline.RandomTextEncoder(width=4, max_length=3)
+    enc = RandomTextEncoder(width=4, max_length=3)
     batches = iter([{"image": np.zeros((2, 8, 8, 3), np.float32), "caption": ["x", "y"]}])
     out = next(input_pipeline.encode_batches(batches, enc, lambda caps: np.ones((len(caps), 7))))
     assert out["text"].shape == (2, 3, 4) and out["clip_text"].shape == (2, 7)

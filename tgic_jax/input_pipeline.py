@@ -22,8 +22,6 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from tgic_jax.text_encoders import RandomTextEncoder  # noqa: F401 - re-exported
-
 _SEP = "\x1f"  # joins a file's captions into one tf.string (never in a caption)
 
 

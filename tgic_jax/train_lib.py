@@ -14,10 +14,9 @@ separate Adam on `quantiles` driven by the auxiliary loss only.
 from __future__ import annotations
 
 import functools
-import importlib
+import itertools
 import json
 import logging
-import math
 import signal
 import threading
 import time
@@ -205,66 +204,33 @@ def make_clip_text_fn(loss_config):
 
 
 # ----------------------------------------------------------------------------- eval
-def pad_to_multiple(x: np.ndarray, multiple: int = 64) -> np.ndarray:
-    """Zero-pads an NHWC batch at the bottom/right to a multiple of `multiple`."""
-    h, w = x.shape[1:3]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
-
-
-def _codec():
-    """tgic_jax.codec if it exists and has compress/decompress, else None."""
-    try:
-        codec = importlib.import_module("tgic_jax.codec")
-    except ImportError:
-        return None
-    return codec if hasattr(codec, "compress") and hasattr(codec, "decompress") else None
-
-
 def evaluate(model: TACO, params: Params, text_encoder, eval_config) -> dict[str, float]:
-    """Mean estimated bpp / PSNR on a folder, and real-bitstream bpp / PSNR via the codec."""
+    """Mean estimated and real-bitstream bpp / PSNR on a folder, through `tgic_jax.codec`."""
     from PIL import Image  # noqa: PLC0415
+
+    from tgic_jax import codec, metrics  # noqa: PLC0415 - TF (the range coder) only here
 
     items = input_pipeline.list_folder(
         eval_config.folder, eval_config.get("captions") or None,
         int(eval_config.get("max_images", 0)),
     )  # fmt: skip
-    forward = jax.jit(functools.partial(model.apply, train=False))
-    codec = _codec()
+    variables = {"params": jax.device_get(params)}  # host copy: every host evaluates alone
     rows = []
     for path, captions in items:
-        x = np.asarray(Image.open(path).convert("RGB"), np.float32)[None] / 255.0
-        h, w = x.shape[1:3]
-        text = text_encoder.encode(captions[:1])[0]
-        out = forward({"params": params}, pad_to_multiple(x), text)
-        bits = sum(
-            float(-np.log2(np.asarray(v, np.float64)).sum()) for v in out["likelihoods"].values()
-        )
-        x_hat = np.asarray(out["x_hat"])[:, :h, :w]
-        row = {"bpp_estimate": bits / (h * w), "psnr": _psnr(x, x_hat)}
-        if codec is not None:
-            row.update(_codec_row(codec, model, params, x, text))
+        x = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+        text = text_encoder.encode(captions[:1])[0][0]
+        rec = codec.reconstruct(model, variables, x, text)
+        row = {"bpp_estimate": rec["bpp_estimated"], "psnr": metrics.psnr(x, rec["x_hat_float"])}
+        try:
+            data = codec.compress(model, variables, x, text)
+            x_hat = codec.decompress(model, variables, data)
+            row.update(bpp_real=8.0 * len(data) / (x.shape[0] * x.shape[1]),
+                       psnr_real=metrics.psnr(x, x_hat))  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - evaluation must not kill training; say why
+            logging.warning("evaluation through tgic_jax.codec failed: %r", err)
         rows.append(row)
     keys = set.intersection(*(set(r) for r in rows))
     return {k: float(np.mean([r[k] for r in rows])) for k in sorted(keys)}
-
-
-def _psnr(x: np.ndarray, x_hat: np.ndarray) -> float:
-    mse = float(np.mean(np.square(x_hat.astype(np.float64) - x)))
-    return -10.0 * math.log10(max(mse, 1e-12))
-
-
-def _codec_row(codec, model, params, x, text) -> dict[str, float]:
-    """Real bpp and PSNR through codec.compress / decompress (one image, [H, W, 3])."""
-    try:
-        variables = {"params": jax.device_get(params)}
-        data = codec.compress(model, variables, x[0], text[0])
-        x_hat = np.asarray(codec.decompress(model, variables, data))
-        h, w = x.shape[1:3]
-        return {"bpp_real": 8.0 * len(data) / (h * w), "psnr_real": _psnr(x[0], x_hat)}
-    except Exception as err:  # noqa: BLE001 - evaluation must not kill training; say why
-        logging.warning("evaluation through tgic_jax.codec failed: %r", err)
-        return {}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -375,10 +341,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # Compile before the first step, then meet: hosts finish compiling minutes apart under
     # load, and the first collective would otherwise time out (see `sync_hosts`).
-    first_batch = None
+    global_batches = (shd.make_global_batch(mesh, b) for b in batches)
     if start_step < num_steps:
-        first_batch = shd.make_global_batch(mesh, next(batches))
-        step_fn = step_fn.lower(state, frozen, first_batch).compile()
+        first = next(global_batches)
+        step_fn = step_fn.lower(state, frozen, first).compile()
+        global_batches = itertools.chain([first], global_batches)
     shd.sync_hosts("tgic_jax/compiled")
 
     writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
@@ -400,11 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 if is_main:
                     print(f"time limit reached at step {step}", flush=True)
                 break
-            if first_batch is not None:
-                batch, first_batch = first_batch, None
-            else:
-                batch = shd.make_global_batch(mesh, next(batches))
-            state, metrics = step_fn(state, frozen, batch)
+            state, metrics = step_fn(state, frozen, next(global_batches))
             step += 1
             pending = metrics
             if step % log_every == 0 or step == num_steps:
