@@ -176,3 +176,196 @@ def test_convert_cli_writes_a_checkpoint_that_reproduces_the_model(parity, parit
         timeout=300,
     )
     assert r.returncode != 0 and "nope.npz" in r.stderr
+
+
+# ------------------------------------------------------------------------- the way back
+def _assert_valid_cdfs(cdf: np.ndarray, lengths: np.ndarray) -> None:
+    """Each row: 0, strictly increasing to 65536 at lengths[i] - 1, zeros after."""
+    for row, n in zip(cdf, lengths, strict=True):
+        assert row[0] == 0 and row[n - 1] == 65536, (row[:3], row[n - 1])
+        assert np.all(np.diff(row[:n]) > 0)
+        assert not row[n:].any()
+
+
+def test_pmf_to_quantized_cdf_rounds_half_away_rescales_and_steals_like_compressai():
+    from tgic_jax.compressai_buffers import pmf_to_quantized_cdf
+
+    # 2.5 counts round up to 3 (C's round, not numpy's to-even), 65533.5 to 65534; the
+    # total 65537 rescales them by integer division to 2 and 65532; the last entry is 2^16.
+    p = np.array([2.5 / 65536, 1 - 2.5 / 65536], np.float32)
+    assert float(p[1]) * 65536 == 65533.5
+    np.testing.assert_array_equal(pmf_to_quantized_cdf(p), [0, 2, 65536])
+    # Zero-width bins take one count each from the widest-but-narrowest donor, bin 0.
+    np.testing.assert_array_equal(pmf_to_quantized_cdf([0.0, 1.0, 0.0]), [0, 1, 65535, 65536])
+    np.testing.assert_array_equal(
+        pmf_to_quantized_cdf([1.0, 0.0, 0.0, 0.0]), [0, 65533, 65534, 65535, 65536]
+    )
+    with pytest.raises(ValueError, match="non-negative"):
+        pmf_to_quantized_cdf([0.5, -0.1])
+    with pytest.raises(ValueError, match="non-zero"):
+        pmf_to_quantized_cdf([0.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def round_trip(parity_dir):
+    from tgic_jax.convert import to_official_state_dict
+
+    sd = load_state_dict_file(parity_dir / "official_state_dict.npz")
+    return sd, to_official_state_dict(*from_official_state_dict(sd))
+
+
+def test_round_trip_gives_every_key_of_the_authors_state_dict_with_their_shapes(round_trip):
+    sd, out = round_trip
+    assert list(out) == list(sd)  # their state_dict() order, too
+    for k, a in sd.items():
+        assert (out[k].shape, out[k].dtype) == (a.shape, a.dtype), k
+
+
+def test_round_trip_returns_the_parameters_bit_for_bit(round_trip):
+    sd, out = round_trip
+    for k in sd:
+        if k not in BUFFERS:
+            np.testing.assert_array_equal(out[k], sd[k], err_msg=k)
+
+
+def test_recomputed_coder_buffers_equal_those_their_update_wrote(round_trip):
+    sd, out = round_trip
+    for model in ("entropy_bottleneck", "gaussian_conditional"):
+        for buf in ("_offset", "_cdf_length"):
+            np.testing.assert_array_equal(out[f"{model}.{buf}"], sd[f"{model}.{buf}"])
+        cdf = out[f"{model}._quantized_cdf"]
+        diff = np.abs(cdf.astype(np.int64) - sd[f"{model}._quantized_cdf"])
+        assert diff.max() <= 1, model  # float32 rounding may decide one count
+        assert (diff > 0).mean() < 1e-3, (model, int((diff > 0).sum()))
+        _assert_valid_cdfs(cdf, out[f"{model}._cdf_length"])
+    floats = [k for k in BUFFERS if sd[k].dtype == np.float32]
+    assert len(floats) == 6
+    for k in floats:
+        np.testing.assert_allclose(out[k], sd[k], rtol=0, atol=1e-6, err_msg=k)
+
+
+def test_bottleneck_buffers_follow_the_quantiles_not_the_initial_ones(round_trip):
+    from tgic_jax.compressai_buffers import entropy_bottleneck_buffers
+
+    sd, _ = round_trip
+    eb = {
+        k.removeprefix("entropy_bottleneck."): v
+        for k, v in sd.items()
+        if k.startswith("entropy_bottleneck.") and k not in BUFFERS
+    }
+    eb["quantiles"] = eb["quantiles"] + np.float32(3.25)  # every table moves by 3.25
+    moved = entropy_bottleneck_buffers(eb)
+    np.testing.assert_array_equal(
+        moved["entropy_bottleneck._offset"], sd["entropy_bottleneck._offset"]
+    )
+    assert not np.array_equal(
+        moved["entropy_bottleneck._quantized_cdf"], sd["entropy_bottleneck._quantized_cdf"]
+    )
+    _assert_valid_cdfs(
+        moved["entropy_bottleneck._quantized_cdf"], moved["entropy_bottleneck._cdf_length"]
+    )
+    wide = dict(eb, quantiles=eb["quantiles"] * np.float32([2, 1, 2]))
+    widened = entropy_bottleneck_buffers(wide)["entropy_bottleneck._cdf_length"]
+    assert np.all(widened > sd["entropy_bottleneck._cdf_length"])
+
+
+def _perturbed_tiny_model(seed: int = 3):
+    """The codec tests' tiny model, bottleneck density moved away from its init."""
+    from test_codec import TINY, random_variables
+
+    model = TACO.from_config(TINY)
+    variables = random_variables(model, seed)
+    rng = np.random.default_rng(seed)
+    eb = variables["params"]["entropy_bottleneck"]
+    for name in list(eb):
+        if name != "quantiles":
+            eb[name] = (eb[name] + rng.normal(0, 0.2, eb[name].shape)).astype(np.float32)
+    return model, variables
+
+
+def _tgic(args, timeout=600):
+    r = subprocess.run(
+        [sys.executable, "-m", "tgic_jax.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+@pytest.mark.slow
+def test_export_authors_then_convert_gives_identical_parameters_and_tgic_files(tmp_path):
+    from test_codec import _text, synthetic_image
+
+    from tgic_jax import checkpoint as ckpt_lib
+    from tgic_jax import codec
+    from tgic_jax.convert import export_authors, to_official_state_dict
+
+    model, variables = _perturbed_tiny_model()
+    cfg = ModelConfig(N=model.N, M=model.M, slices=model.slices, text_dim=model.text_dim)
+    ckpt_lib.save_inference(tmp_path / "ours", cfg, variables["params"])
+    _tgic(["export", "--format", "authors", "--workdir", tmp_path / "ours",
+           "--out", tmp_path / "theirs.npz"])  # fmt: skip
+    _tgic(["convert", tmp_path / "theirs.npz", tmp_path / "back"])
+    _, v1, _ = ckpt_lib.load_inference(tmp_path / "ours")
+    _, v2, _ = ckpt_lib.load_inference(tmp_path / "back")
+    flat1, flat2 = flatten_dict(v1["params"]), flatten_dict(v2["params"])
+    assert set(flat1) == set(flat2)
+    for k in flat1:
+        np.testing.assert_array_equal(flat1[k], flat2[k], err_msg=str(k))
+    image, text = synthetic_image(40, 56), _text()
+    assert codec.compress(model, v1, image, text) == codec.compress(model, v2, image, text)
+
+    sd = load_state_dict_file(tmp_path / "theirs.npz")
+    _assert_valid_cdfs(
+        sd["entropy_bottleneck._quantized_cdf"], sd["entropy_bottleneck._cdf_length"]
+    )
+    # From a training workdir (orbax train state + config.json), as .safetensors.
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config.json").write_text(json.dumps({"model": cfg.to_dict()}))
+    manager = ckpt_lib.train_checkpoint_manager(work, use_async=False)
+    ckpt_lib.save_train_state(manager, 7, {"params": variables["params"], "step": 7}, force=True)
+    manager.close()
+    out = export_authors(work, tmp_path / "theirs.safetensors")
+    sd2 = load_state_dict_file(out)
+    assert list(sd2) == list(to_official_state_dict(model, variables))
+    for k in sd:
+        np.testing.assert_array_equal(sd2[k], sd[k], err_msg=k)
+
+
+def test_pth_tar_export_holds_the_state_dict_torch_load_reads(tmp_path):
+    torch = pytest.importorskip("torch")
+    from tgic_jax.convert import save_state_dict_file
+
+    sd = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "b._offset": np.int32([-3])}
+    path = save_state_dict_file(sd, tmp_path / "m.pth.tar")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    assert list(obj) == ["state_dict"]
+    assert obj["state_dict"]["b._offset"].dtype == torch.int32
+    back = load_state_dict_file(path)
+    for k, a in sd.items():
+        np.testing.assert_array_equal(back[k], a)
+        assert back[k].dtype == a.dtype
+
+
+def test_pth_tar_export_without_torch_names_the_torch_free_formats(tmp_path, monkeypatch):
+    from tgic_jax.convert import save_state_dict_file
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    with pytest.raises(ConversionError, match=r"needs torch.*\.npz / \.safetensors"):
+        save_state_dict_file({"a": np.zeros(1, np.float32)}, tmp_path / "m.pth.tar")
+    with pytest.raises(ValueError, match="unknown format"):
+        save_state_dict_file({"a": np.zeros(1, np.float32)}, tmp_path / "m.bin")
+    assert not list(tmp_path.iterdir())
+
+
+def test_variables_of_another_model_are_refused_naming_the_first_differences():
+    from tgic_jax.convert import to_official_state_dict
+
+    model, variables = _perturbed_tiny_model()
+    bigger = TACO.from_config(ModelConfig(N=16, M=24, slices=(4, 4, 4, 12), text_dim=16))
+    with pytest.raises(ConversionError, match=r"unexpected 20: channel_context_4/") as e:
+        to_official_state_dict(bigger, variables)
+    assert "mis-shaped 49: channel_context_1/fushion_0/kernel (5, 5, 2, 224)" in str(e.value)

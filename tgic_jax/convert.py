@@ -269,7 +269,7 @@ def to_official_state_dict(model: TACO, variables) -> dict[str, np.ndarray]:
 
 
 def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
-    """Writes `state_dict` in the format its suffix names (.pth.tar/.pth: torch; .npz; .safetensors).
+    """Writes `state_dict` as its suffix says: .pth.tar / .pth (torch), .npz, .safetensors.
 
     `.pth.tar` holds `{"state_dict": ...}` with torch tensors, what the authors'
     `torch.load(...)["state_dict"]` reads; it needs torch (the `[torch]` extra).

@@ -410,6 +410,11 @@ def export_inference(workdir: str | Path, out: str | Path, step: int | None = No
 
 def add_export_arguments(p) -> None:
     """Arguments of `tgic export`."""
+    p.add_argument(
+        "--format", choices=["inference", "authors"], default="inference",
+        help="authors: the authors' state_dict, to --out *.pth.tar (needs torch), *.npz or "
+        "*.safetensors; --workdir may then also be an inference checkpoint",
+    )  # fmt: skip
     p.add_argument("--workdir", required=True, help="training workdir (with checkpoints/)")
     p.add_argument("--out", required=True, help="inference checkpoint directory to write")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -417,6 +422,11 @@ def add_export_arguments(p) -> None:
 
 def run_export(args) -> int:
     """`tgic export` handler."""
+    if args.format == "authors":
+        from tgic_jax.convert import export_authors  # noqa: PLC0415
+
+        print(f"wrote {export_authors(args.workdir, args.out, args.step)}")
+        return 0
     path = export_inference(args.workdir, args.out, args.step)
     print(f"wrote {path}")
     return 0
