@@ -369,3 +369,22 @@ def test_variables_of_another_model_are_refused_naming_the_first_differences():
     with pytest.raises(ConversionError, match=r"unexpected 20: channel_context_4/") as e:
         to_official_state_dict(bigger, variables)
     assert "mis-shaped 49: channel_context_1/fushion_0/kernel (5, 5, 2, 224)" in str(e.value)
+
+
+def test_export_refuses_a_head_count_the_authors_code_cannot_run(tmp_path):
+    from tgic_jax import checkpoint as ckpt_lib
+    from tgic_jax.convert import export_authors
+
+    model, variables = _perturbed_tiny_model()
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = ModelConfig(N=16, M=24, slices=model.slices, text_dim=16, heads=4)
+    (work / "config.json").write_text(json.dumps({"model": cfg.to_dict()}))
+    manager = ckpt_lib.train_checkpoint_manager(work, use_async=False)
+    ckpt_lib.save_train_state(manager, 1, {"params": variables["params"]}, force=True)
+    manager.close()
+    with pytest.raises(ConversionError, match="4 attention heads.*hard-codes 8"):
+        export_authors(work, tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        export_authors(tmp_path / "nowhere", tmp_path / "m.npz")

@@ -177,6 +177,7 @@ def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
 _INDEXED = re.compile(r"^(.*?)((?:_\d+)+)$")
 _LAYOUT = Path(__file__).parent / "assets" / "taco_official_state_dict.tsv"
 AUTHORS_SUFFIXES = (".pth.tar", ".pth", ".npz", ".safetensors")
+AUTHORS_HEADS = 8  # Injector / Extractor num_attn_head in the authors' analysis transform
 
 
 def torch_key(path: tuple[str, ...]) -> str:
@@ -289,16 +290,21 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | os.Pa
                 f"{path}: writing a PyTorch checkpoint needs torch: pip install "
                 "'tgic_jax[torch]', or name the output .npz / .safetensors"
             ) from e
-        with open(tmp, "wb") as f:
-            torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in arrays.items()}}, f)
-    elif name.endswith(".npz"):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    else:
-        from safetensors.numpy import save_file  # noqa: PLC0415
+    try:
+        if name.endswith((".pth.tar", ".pth")):
+            tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+            with open(tmp, "wb") as f:
+                torch.save({"state_dict": tensors}, f)
+        elif name.endswith(".npz"):
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        else:
+            from safetensors.numpy import save_file  # noqa: PLC0415
 
-        save_file(arrays, str(tmp))
-    tmp.replace(path)  # a reader never sees half a file
+            save_file(arrays, str(tmp))
+        tmp.replace(path)  # a reader never sees half a file
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -326,4 +332,10 @@ def export_authors(
 ) -> Path:
     """Writes the authors' checkpoint (see `save_state_dict_file`) of a model trained here."""
     model, params = load_model_and_params(source, step)
+    if model.heads != AUTHORS_HEADS:
+        # The tensors would load (head count is no shape), and silently compute otherwise.
+        raise ConversionError(
+            f"{source}: the model has {model.heads} attention heads; the authors' code "
+            f"hard-codes {AUTHORS_HEADS} (num_attn_head), so their model would compute differently"
+        )
     return save_state_dict_file(to_official_state_dict(model, {"params": params}), out)
