@@ -292,7 +292,8 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | os.Pa
             ) from e
     try:
         if name.endswith((".pth.tar", ".pth")):
-            tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+            # Copies: restored arrays can be read-only, torch wants writable memory.
+            tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
             with open(tmp, "wb") as f:
                 torch.save({"state_dict": tensors}, f)
         elif name.endswith(".npz"):
