@@ -68,8 +68,9 @@ def run_case(case: str, steps: int, clip_path: str) -> dict:
     optimizer = train_lib.make_optimizer(config.optim, batch)
     state, shardings, _ = train_lib.init_sharded_state(model, optimizer, 0, mesh)
     step = train_lib.jit_train_step(
-        train_lib.make_train_step(model, loss_fn, optimizer, config.optim, batch), mesh, shardings
+        train_lib.make_train_step(model, loss_fn, optimizer), mesh, shardings
     )
+    lr = np.float32(config.optim.learning_rate)
     rng = np.random.default_rng(0)
     host = {
         "image": rng.random((batch, 256, 256, 3), np.float32),
@@ -80,14 +81,14 @@ def run_case(case: str, steps: int, clip_path: str) -> dict:
         host["clip_text"] = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
     data = shd.make_global_batch(mesh, host)
     t0 = time.perf_counter()
-    compiled = step.lower(state, frozen, data).compile()
+    compiled = step.lower(state, frozen, data, lr).compile()
     compile_s = time.perf_counter() - t0
-    state, metrics = compiled(state, frozen, data)  # warm-up
+    state, metrics = compiled(state, frozen, data, lr)  # warm-up
     jax.block_until_ready(metrics)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, metrics = compiled(state, frozen, data)
+        state, metrics = compiled(state, frozen, data, lr)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     median = float(np.median(times))

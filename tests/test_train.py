@@ -72,16 +72,21 @@ def test_main_gradients_never_move_quantiles_and_aux_gradients_move_only_quantil
 
 def test_main_gradients_are_clipped_to_global_norm_one_before_adam():
     params = {"entropy_bottleneck": {"quantiles": jnp.zeros((1, 1, 3))}, "w": jnp.zeros((2,))}
-    opt = train_lib.make_optimizer(_optim(learning_rate=1.0), global_batch=10)
+    opt = train_lib.make_optimizer(_optim(), global_batch=10)
     state = opt.init(params)
-    grads = {"entropy_bottleneck": {"quantiles": jnp.full((1, 1, 3), 100.0)},
-             "w": jnp.array([300.0, 400.0])}  # fmt: skip
-    _, state = opt.update(grads, state, params)
-    # Adam's first moment after one step is (1 - b1) * clipped gradient: norm 500 -> 1.
-    main_mu = state.inner_states["main"].inner_state[1][0].mu["w"]
-    np.testing.assert_allclose(main_mu, 0.1 * np.array([0.6, 0.8]), rtol=1e-5)
-    aux_mu = state.inner_states["aux"].inner_state[0].mu["entropy_bottleneck"]["quantiles"]
-    np.testing.assert_allclose(aux_mu, 10.0, rtol=1e-5)  # aux gradients are not clipped
+
+    def step(state, scale):  # the same direction, at norm 500 * scale
+        grads = {"entropy_bottleneck": {"quantiles": jnp.full((1, 1, 3), 100.0 * scale)},
+                 "w": jnp.array([300.0, 400.0]) * scale}  # fmt: skip
+        return opt.update(grads, state, params)
+
+    first, state = step(state, 1.0)
+    second, _ = step(state, 1 / 500)
+    # Clipped to norm 1, both main gradients are [0.6, 0.8]: Adam sees a constant gradient
+    # and repeats its update. The aux gradients are not clipped: 100 then 0.2 differ.
+    np.testing.assert_allclose(second["w"], first["w"], rtol=1e-4)  # unclipped: 33 % apart
+    q1, q2 = first["entropy_bottleneck"]["quantiles"], second["entropy_bottleneck"]["quantiles"]
+    assert float(jnp.abs(q2 - q1).max()) > 1e-4
 
 
 def test_learning_rate_drops_tenfold_at_epochs_45_and_48():
@@ -90,6 +95,41 @@ def test_learning_rate_drops_tenfold_at_epochs_45_and_48():
     np.testing.assert_allclose(lrs, [1e-4, 1e-4, 1e-5, 1e-5, 1e-6, 1e-6], rtol=1e-6)
     config = ml_collections.ConfigDict(dict(total_steps=-1, optim=_optim()))
     assert train_lib.total_steps(config, 10) == 500
+
+
+def test_a_budget_shortened_run_puts_its_decays_at_the_same_fractions():
+    # 500 planned steps (decays at 450, 480); fitted to 100 steps they fall at 90 and 96.
+    assert train_lib.decay_steps(_optim(), 10) == [450, 480]
+    assert train_lib.decay_steps(_optim(), 10, num_steps=100) == [90, 96]
+    schedule = train_lib.learning_rate_schedule(_optim(), 10, num_steps=100)
+    lrs = [float(schedule(s)) for s in (0, 89, 90, 95, 96, 99)]
+    np.testing.assert_allclose(lrs, [1e-4, 1e-4, 1e-5, 1e-5, 1e-6, 1e-6], rtol=1e-6)
+
+
+def test_budget_plan_fits_the_steps_and_both_decays_into_the_time_left():
+    # Simulated clock: 30 s of compile, then 0.5 s a step, a 2-minute budget, 500 planned
+    # steps: at most (120 - 30 - 5 s reserve) / 0.5 s = 170 steps fit.
+    plan = train_lib.BudgetPlan(_optim(), 10, 500, budget_s=120.0, begun=0.0)
+    now, step, lrs = 30.0, 0, []
+    while step < plan.num_steps:
+        lrs.append(plan.learning_rate(step))
+        step += 1
+        now += 0.5
+        if plan.measuring(step):
+            plan.observe(step, now)
+    assert now <= 120.0 - plan.RESERVE_S
+    assert 155 <= plan.num_steps <= 170 and step == plan.num_steps
+    np.testing.assert_allclose(lrs[-1], 1e-6, rtol=1e-6)  # both decays applied
+    first_decay = lrs.index(lrs[0] * 0.1)
+    assert abs(first_decay / plan.num_steps - 0.9) < 0.02
+
+
+def test_budget_plan_keeps_the_configured_run_when_it_fits():
+    plan = train_lib.BudgetPlan(_optim(), 10, 500, budget_s=3600.0, begun=0.0)
+    for step in range(1, 30):
+        plan.observe(step, 10.0 + 0.5 * step)
+    assert plan.num_steps == 500 and not plan.fitted
+    assert train_lib.BudgetPlan(_optim(), 10, 500, budget_s=0.0, begun=0.0).measuring(1) is False
 
 
 # ----------------------------------------------------------------------------- devices
@@ -109,7 +149,7 @@ _EQUIVALENCE = textwrap.dedent(
     model = TACO.from_config(ModelConfig.from_config(config.model))
     loss_fn, frozen = losses.build_loss(config.loss)
     optimizer = train_lib.make_optimizer(config.optim, 8)
-    step = train_lib.make_train_step(model, loss_fn, optimizer, config.optim, 8)
+    step = train_lib.make_train_step(model, loss_fn, optimizer)
     initial, results = None, {}
     for n in (1, 8):
         mesh = shd.make_mesh({"data": n})
@@ -119,7 +159,7 @@ _EQUIVALENCE = textwrap.dedent(
         state = jax.device_put(initial, shardings)  # identical starting point
         jitted = train_lib.jit_train_step(step, mesh, shardings)
         state, metrics = jitted(state, shd.put_replicated(frozen, mesh),
-                                shd.make_global_batch(mesh, host_batch))
+                                shd.make_global_batch(mesh, host_batch), np.float32(1e-3))
         assert len(jax.tree_util.tree_leaves(state.params)[0].sharding.device_set) == n
         results[n] = jax.device_get((state.params, metrics))
     (p1, m1), (p8, m8) = results[1], results[8]
@@ -227,6 +267,28 @@ def test_run_resumes_after_sigterm_and_sigkill_and_continues_the_step_count(tmp_
     assert max(_restorable_steps(workdir)) == 30
     assert not list((workdir / "checkpoints").glob("*tmp*"))
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_a_time_limited_run_applies_both_decays_before_its_budget_ends(tmp_path):
+    # 25,000 planned steps (50 epochs of 1,000 images at batch 2) in a 2.5-minute budget,
+    # compile included: the run must fit itself and finish at 1e-3 x 0.1 x 0.1.
+    workdir = tmp_path / "run"
+    cmd = _train_cmd(workdir, "--config.train_time_limit_minutes=2.5")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    fitted = re.findall(r"time budget: (\d+) steps fit, decays at \[(\d+), (\d+)\]", proc.stdout)
+    assert fitted, proc.stdout[-2000:]
+    num_steps, first, second = map(int, fitted[-1])
+    assert 10 < first < second < num_steps < 25_000
+    logged = re.findall(r"\[train\] step (\d+) .*?learning_rate=([0-9.e+-]+)", proc.stdout)
+    last_step, last_lr = int(logged[-1][0]), float(logged[-1][1])
+    assert last_step == num_steps and max(_finished_steps(workdir)) == num_steps
+    np.testing.assert_allclose(last_lr, 1e-5, rtol=1e-4)
+    assert "time limit reached" not in proc.stdout
+    assert elapsed < 2.5 * 60 + 30  # the budget held (process start and exit around it)
 
 
 # ----------------------------------------------------------------------------- learning

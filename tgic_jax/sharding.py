@@ -63,6 +63,15 @@ def sync_hosts(name: str, timeout_s: float = 3600.0) -> None:
     multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
 
 
+def agree_on_int(value: int) -> int:
+    """Process 0's `value` on every host (a collective: every host must call it)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def make_mesh(mesh_config=None, devices=None) -> Mesh:
     """A 1-D mesh with axis `data`; mesh_config.data = number of devices (-1: all)."""
     devices = list(jax.devices() if devices is None else devices)

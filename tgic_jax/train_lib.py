@@ -68,11 +68,29 @@ def total_steps(config, global_batch: int) -> int:
     return int(config.optim.epochs) * steps_per_epoch(config.optim, global_batch)
 
 
-def learning_rate_schedule(optim_config, global_batch: int) -> optax.Schedule:
-    """Constant learning_rate, x decay_factor at each of decay_epochs (in steps)."""
+def decay_steps(optim_config, global_batch: int, num_steps: int | None = None) -> list[int]:
+    """The steps where the learning rate drops: decay_epochs x steps per epoch.
+
+    With `num_steps` (a run fitted to a wall-clock budget), each decay falls at the same
+    fraction of num_steps as the epoch schedule puts it (45/50 and 48/50 for the paper), so a
+    shortened run still ends annealed.
+    """
     spe = steps_per_epoch(optim_config, global_batch)
+    steps = [int(e) * spe for e in optim_config.get("decay_epochs", ())]
+    if num_steps is None:
+        return steps
+    planned = max(1, int(optim_config.epochs) * spe)
+    return [round(s * int(num_steps) / planned) for s in steps]
+
+
+def learning_rate_schedule(
+    optim_config, global_batch: int, num_steps: int | None = None
+) -> optax.Schedule:
+    """Constant learning_rate, x decay_factor at each of `decay_steps`."""
     factor = float(optim_config.get("decay_factor", 0.1))
-    boundaries = {int(e) * spe: factor for e in optim_config.get("decay_epochs", ())}
+    boundaries = {}
+    for s in decay_steps(optim_config, global_batch, num_steps):
+        boundaries[s] = boundaries.get(s, 1.0) * factor
     return optax.piecewise_constant_schedule(float(optim_config.learning_rate), boundaries)
 
 
@@ -84,13 +102,27 @@ def param_labels(params: Params) -> Params:
 
 
 def make_optimizer(optim_config, global_batch: int) -> optax.GradientTransformation:
-    """Main Adam (clipped, scheduled) on all but quantiles; aux Adam on quantiles only."""
+    """Main Adam (clipped) on all but quantiles; aux Adam on quantiles only.
+
+    The main learning rate is not inside: the step scales the main updates by the value the
+    host passes in (`apply_learning_rate`), so the schedule can follow a time budget that is
+    only known after compilation without recompiling.
+    """
+    del global_batch  # the schedule is applied by the step (learning_rate_schedule)
     main = optax.chain(
-        optax.clip_by_global_norm(float(optim_config.grad_clip_norm)),
-        optax.adam(learning_rate_schedule(optim_config, global_batch)),
+        optax.clip_by_global_norm(float(optim_config.grad_clip_norm)), optax.scale_by_adam()
     )
     aux = optax.adam(float(optim_config.aux_learning_rate))
     return optax.multi_transform({"main": main, "aux": aux}, param_labels)
+
+
+def apply_learning_rate(updates: Params, learning_rate: jax.Array) -> Params:
+    """Main updates x -learning_rate (the step of Adam); the aux updates already carry theirs."""
+    flat = flax.traverse_util.flatten_dict(updates)
+    for k in flat:
+        if k[-2:] != QUANTILES:
+            flat[k] = flat[k] * -learning_rate
+    return flax.traverse_util.unflatten_dict(flat)
 
 
 def _with_quantile_grads(grads: Params, aux_grads: Params) -> Params:
@@ -140,11 +172,10 @@ def init_sharded_state(model, optimizer, seed: int, mesh, mesh_config=None):
 
 
 # ----------------------------------------------------------------------------- step
-def make_train_step(model: TACO, loss_fn, optimizer, optim_config, global_batch: int):
-    """The pure update: (state, frozen, batch) -> (new state, metrics)."""
-    schedule = learning_rate_schedule(optim_config, global_batch)
+def make_train_step(model: TACO, loss_fn, optimizer):
+    """The pure update: (state, frozen, batch, main learning rate) -> (new state, metrics)."""
 
-    def train_step(state: TrainState, frozen: Params, batch: dict):
+    def train_step(state: TrainState, frozen: Params, batch: dict, learning_rate: jax.Array):
         noise_rng = jax.random.fold_in(state.rng, state.step)
 
         def main_loss(params):
@@ -161,10 +192,11 @@ def make_train_step(model: TACO, loss_fn, optimizer, optim_config, global_batch:
         aux, aux_grads = jax.value_and_grad(aux_loss)(state.params)
         grads = _with_quantile_grads(grads, aux_grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates = apply_learning_rate(updates, learning_rate)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(
             metrics, aux_loss=aux, grad_norm=_main_grad_norm(grads),
-            learning_rate=schedule(state.step),
+            learning_rate=learning_rate,
         )  # fmt: skip
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
@@ -174,9 +206,10 @@ def make_train_step(model: TACO, loss_fn, optimizer, optim_config, global_batch:
 
 def jit_train_step(train_step, mesh, state_shardings):
     """jit with explicit shardings: state as given (donated), batch on `data`."""
+    replicated = shd.replicated(mesh)
     return jax.jit(
         train_step,
-        in_shardings=(state_shardings, shd.replicated(mesh), shd.batch_sharding(mesh)),
+        in_shardings=(state_shardings, replicated, shd.batch_sharding(mesh), replicated),
         out_shardings=(state_shardings, shd.replicated(mesh)),
         donate_argnums=(0,),
     )
@@ -282,6 +315,66 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+# ----------------------------------------------------------------------------- budget
+class BudgetPlan:
+    """Fits the run to `train_time_limit_minutes` so that it still ends annealed.
+
+    The decays sit at fractions of the run (`decay_steps` with num_steps), so the plan only
+    has to know how many steps fit. It measures the step time after compilation and
+    re-estimates the remaining steps until the first decay (before it the learning rate is
+    constant, so moving the end is free); from then on the length is fixed. Every host uses
+    process 0's estimate, so all stop at the same step. Without a budget, or when the whole
+    schedule fits, the run is the configured one.
+    """
+
+    SAFETY = 0.95  # fraction of the measured time left that steps may use (saves, log lines)
+    RESERVE_S = 5.0  # the final checkpoint
+
+    def __init__(self, optim_config, global_batch: int, num_steps: int, budget_s: float,
+                 begun: float):  # fmt: skip
+        self.optim_config, self.global_batch = optim_config, global_batch
+        self.planned, self.num_steps = num_steps, num_steps
+        self.budget_s, self.begun = budget_s, begun
+        self.fitted = False
+        self._t0 = self._step0 = None
+        self._schedule = learning_rate_schedule(optim_config, global_batch)
+
+    def learning_rate(self, step: int) -> float:
+        """The main learning rate of `step` under the current plan."""
+        return float(self._schedule(step))
+
+    def _first_decay(self) -> int:
+        steps = decay_steps(self.optim_config, self.global_batch, self.num_steps)
+        return min(steps, default=self.num_steps)
+
+    def measuring(self, step: int) -> bool:
+        """Whether the plan still needs the time of `step` (a budget, before the first decay)."""
+        return bool(self.budget_s) and step < self._first_decay()
+
+    def observe(self, step: int, now: float) -> None:
+        """Called after `step` steps are done (their results ready): re-plans the length."""
+        if not self.measuring(step):
+            return
+        if self._t0 is None:  # the first step after compile is not representative
+            self._t0, self._step0 = now, step
+            return
+        done = step - self._step0
+        if done < 3 or (done > 10 and done % 10):  # steps 3-10, then every 10th
+            return
+        seconds_per_step = (now - self._t0) / done
+        left = self.budget_s - (now - self.begun) - self.RESERVE_S
+        fit = step + max(0, int(self.SAFETY * left / seconds_per_step))
+        fit = shd.agree_on_int(min(fit, self.planned))
+        if fit != self.num_steps:
+            self.num_steps, self.fitted = fit, fit < self.planned
+            scaled = self.num_steps if self.fitted else None
+            self._schedule = learning_rate_schedule(self.optim_config, self.global_batch, scaled)
+            decays = decay_steps(self.optim_config, self.global_batch, scaled)
+            logging.info("time budget: %d steps fit, decays at %s", fit, decays)
+            if jax.process_index() == 0:
+                print(f"time budget: {fit} steps fit, decays at {decays}", flush=True)
+
+
 # ----------------------------------------------------------------------------- loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
     """Trains (resuming from workdir's latest checkpoint), evaluates, checkpoints."""
@@ -334,17 +427,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
 
     # Update step.
-    step_fn = jit_train_step(
-        make_train_step(model, loss_fn, optimizer, config.optim, global_batch),
-        mesh, state_shardings,
-    )  # fmt: skip
+    step_fn = jit_train_step(make_train_step(model, loss_fn, optimizer), mesh, state_shardings)
+    # An optional wall-clock budget for the whole run (the demo's), compile included; the
+    # plan fits the schedule into it. Single-host only: hosts that stopped at different
+    # steps would deadlock.
+    budget_s = float(config.get("train_time_limit_minutes", 0) or 0) * 60
+    budget_s = budget_s if jax.process_count() == 1 else 0.0
+    plan = BudgetPlan(config.optim, global_batch, num_steps, budget_s, begun)
 
     # Compile before the first step, then meet: hosts finish compiling minutes apart under
     # load, and the first collective would otherwise time out (see `sync_hosts`).
     global_batches = (shd.make_global_batch(mesh, b) for b in batches)
     if start_step < num_steps:
         first = next(global_batches)
-        step_fn = step_fn.lower(state, frozen, first).compile()
+        step_fn = step_fn.lower(state, frozen, first, np.float32(0)).compile()
         global_batches = itertools.chain([first], global_batches)
     shd.sync_hosts("tgic_jax/compiled")
 
@@ -357,20 +453,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step = start_step
     pending, t0, t0_step = None, time.perf_counter(), step
     try:
-        # An optional wall-clock budget for the whole run (the demo's), checked between
-        # steps. Single-host only: hosts that stopped at different steps would deadlock.
-        deadline = float(config.get("train_time_limit_minutes", 0) or 0) * 60
-        deadline = deadline if jax.process_count() == 1 else 0.0
-        while step < num_steps and not stop.stop:
-            if deadline and time.perf_counter() - begun > deadline:
+        while step < plan.num_steps and not stop.stop:
+            if budget_s and time.perf_counter() - begun > budget_s:
                 logging.info("train_time_limit_minutes reached at step %d", step)
                 if is_main:
                     print(f"time limit reached at step {step}", flush=True)
                 break
-            state, metrics = step_fn(state, frozen, next(global_batches))
+            lr = np.float32(plan.learning_rate(step))
+            state, metrics = step_fn(state, frozen, next(global_batches), lr)
+            if plan.measuring(step + 1):  # timing needs the step's result
+                jax.block_until_ready(metrics)
+                plan.observe(step + 1, time.perf_counter())
             step += 1
             pending = metrics
-            if step % log_every == 0 or step == num_steps:
+            if step % log_every == 0 or step == plan.num_steps:
                 scalars = {k: float(v) for k, v in jax.device_get(pending).items()}
                 elapsed = time.perf_counter() - t0
                 scalars["images_per_second"] = (step - t0_step) * global_batch / max(elapsed, 1e-9)
@@ -378,7 +474,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 t0, t0_step = time.perf_counter(), step
             if step % every == 0:  # orbax alone would also save the first step of a run
                 ckpt_lib.save_train_state(manager, step, state)
-            if eval_every and (step % eval_every == 0 or step == num_steps):
+            if eval_every and (step % eval_every == 0 or step == plan.num_steps):
                 writer.write(step, evaluate(model, state.params, text_encoder, eval_config), "eval")
         # Always leave the last step on disk (end of run or SIGTERM).
         if manager.latest_step() != step:

@@ -1,0 +1,37 @@
+"""The demo report: its sentences come from its own numbers, its figure from real pixels."""
+
+import numpy as np
+from PIL import Image
+
+from tgic_jax import demo
+
+
+def _row(variant, bpp, psnr, lpips, jpeg_psnr=24.0, jpeg_lpips=0.45):
+    return dict(variant=variant, bpp=bpp, psnr=psnr, lpips=lpips, jpeg_psnr=jpeg_psnr,
+                jpeg_lpips=jpeg_lpips)  # fmt: skip
+
+
+def test_the_verdict_on_jpeg_follows_the_numbers():
+    ahead = demo._versus_jpeg([_row("correct", 0.2, 23.8, 0.40)])
+    assert "0.20 dB below JPEG" in ahead and "LPIPS 0.050 lower" in ahead and "beats" in ahead
+    behind = demo._versus_jpeg([_row("correct", 0.2, 21.0, 0.50)])
+    assert "3.00 dB below" in behind and "higher (worse)" in behind and "beats" not in behind
+
+
+def test_the_caption_ablation_states_its_largest_difference():
+    rows = [_row("correct", 0.2000, 23, 0.40), _row("empty", 0.2010, 23, 0.41),
+            _row("mismatched", 0.1995, 23, 0.40)]  # fmt: skip
+    text = demo._caption_effect(rows)
+    assert "at most 0.0010 bpp" in text and "LPIPS by 0.0100" in text and "nearly inert" in text
+
+
+def test_side_by_side_puts_the_centre_crops_next_to_each_other(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [rng.random((300, 400, 3), np.float32) for _ in range(3)]
+    path = demo._side_by_side(tmp_path / "s.png", [("a", images[0]), ("b", images[1]),
+                                                    ("c", images[2])], crop=128)  # fmt: skip
+    sheet = np.asarray(Image.open(path))
+    assert sheet.shape == (128 + 22, 3 * 128 + 2 * 6, 3)
+    second = sheet[22:, 134 : 134 + 128]  # the second panel, below its label strip
+    expected = np.round(images[1][86:214, 136:264] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(second, expected)
