@@ -350,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
-        (workdir / "config.json").write_text(config.to_json(indent=1))
+        write_workdir_config(config, workdir)
 
     # Mesh and batch sizes.
     mesh = shd.make_mesh(config.get("mesh"))
@@ -450,6 +450,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 
 # ----------------------------------------------------------------------------- export
+def write_workdir_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+    """Writes the run's config.json (read back by `load_workdir_config`)."""
+    (ckpt_lib.as_path(workdir) / "config.json").write_text(config.to_json(indent=1))
+
+
 def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The config a training workdir was started with (its config.json)."""
     text = (ckpt_lib.as_path(workdir) / "config.json").read_text()
