@@ -96,7 +96,7 @@ def test_two_processes_train_three_steps_to_identical_parameters(tmp_path, kodak
 _PREEMPTED_CHILD = textwrap.dedent(
     """
     import json, pathlib, sys, time
-    port, pid, workdir, total, released = sys.argv[1:6]
+    port, pid, workdir, total, released, budget_minutes = sys.argv[1:7]
     from tgic_jax import sharding
     assert sharding.maybe_initialize_distributed(f"localhost:{port}", 2, int(pid))
     import jax, numpy as np
@@ -106,7 +106,8 @@ _PREEMPTED_CHILD = textwrap.dedent(
     config = get_config("tiny")
     config.total_steps = int(total)
     config.log_every_steps = 1
-    config.ckpt.every_steps = 10_000  # the only checkpoint is the one preemption writes
+    config.ckpt.every_steps = 10_000  # the only checkpoints: preemption's, the budget's
+    config.train_time_limit_minutes = float(budget_minutes)
     state = train_lib.train_and_evaluate(config, workdir)
     leaves = jax.tree_util.tree_leaves(jax.device_get(state.params))
     print(json.dumps({"step": int(state.step),
@@ -120,11 +121,12 @@ _PREEMPTED_CHILD = textwrap.dedent(
 )
 
 
-def _start_pair(script, workdir, total, released, cwd, env, logs):
+def _start_pair(script, workdir, total, released, cwd, env, logs, budgets=(0, 0)):
     port = _free_port()
     procs = []
     for i, log in enumerate(logs):
-        args = [sys.executable, str(script), str(port), str(i), workdir, str(total), str(released)]
+        args = [sys.executable, str(script), str(port), str(i), workdir, str(total),
+                str(released), str(budgets[i])]  # fmt: skip
         with log.open("w") as f:
             procs.append(subprocess.Popen(args, cwd=cwd, env=env, stdout=f,
                                           stderr=subprocess.STDOUT))  # fmt: skip
@@ -150,7 +152,7 @@ def _finish_pair(procs, logs, timeout):
 
 
 @pytest.mark.slow
-def test_sigterm_seconds_apart_stops_both_hosts_at_one_step_with_one_checkpoint_then_resumes(
+def test_sigterm_seconds_apart_stops_both_hosts_at_one_step_and_so_does_one_hosts_budget(
     tmp_path, kodak_dir
 ):
     script = tmp_path / "child.py"
@@ -187,11 +189,14 @@ def test_sigterm_seconds_apart_stops_both_hosts_at_one_step_with_one_checkpoint_
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert not list(cwd.iterdir())
 
-    # The same command again resumes from it on both hosts, and goes on.
-    released.unlink()
-    released.touch()  # no signals this time: exit at once
-    procs = _start_pair(script, workdir, step + 1, released, cwd, env, logs)
+    # Again: both resume from it and go on, until process 1 alone is over its time budget
+    # (spent at once); the budget is agreed every 10 steps, so both stop at the next
+    # multiple of 10 and save it.
+    procs = _start_pair(script, workdir, step + 20, released, cwd, env, logs, (1e6, 1e-6))
     outs, results, report = _finish_pair(procs, logs, timeout=600)
     assert f"resumed from step {step}" in outs[0], report
-    assert [r["step"] for r in results] == [step + 1, step + 1], report
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [str(step), str(step + 1)]
+    stop = -(-step // 10) * 10
+    assert [r["step"] for r in results] == [stop, stop], report
+    assert f"train_time_limit_minutes: stopping at step {stop}" in outs[0], report
+    saved = sorted(int(p.name) for p in (run / "checkpoints").iterdir())
+    assert saved == sorted({step, stop}), report
