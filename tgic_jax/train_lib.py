@@ -306,13 +306,10 @@ class StopAgreement:
     """
 
     def __init__(self, manager, budget_s: float = 0.0, begun: float | None = None):
-        from jax._src import distributed  # noqa: PLC0415 - is a coordination service up?
-
         self._manager = manager
         self._budget_s = float(budget_s or 0.0)
         self._begun = time.perf_counter() if begun is None else begun
-        coordinated = distributed.global_state.client is not None
-        self._local = None if coordinated else _LocalSigterm()
+        self._local = None if jax.distributed.is_initialized() else _LocalSigterm()
         self._check_every = BUDGET_CHECK_EVERY_STEPS if jax.process_count() > 1 else 1
         self.reason = ""
 
