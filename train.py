@@ -1,8 +1,10 @@
 r"""Trains TACO: `python train.py --config configs/taco.py:lmbda=0.0004 --workdir DIR`.
 
-Override config values with `--config.loss.lmbda=0.0016`. Runs resume from DIR. On several
-hosts run the same command everywhere with --coordinator/--num_processes/--process_id (or
-the TGIC_COORDINATOR / TGIC_NUM_PROCESSES / TGIC_PROCESS_ID environment variables).
+Override config values with `--config.loss.lmbda=0.0016`. Runs resume from DIR (a local
+path or a URL such as gs://bucket/run). On several hosts run the same command everywhere:
+TPU pods, SLURM job steps and Open MPI are detected; elsewhere add
+--coordinator/--num_processes/--process_id (or the TGIC_COORDINATOR / TGIC_NUM_PROCESSES /
+TGIC_PROCESS_ID environment variables).
 """
 
 from absl import app, flags, logging

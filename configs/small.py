@@ -20,8 +20,8 @@ def get_config(arg=None):
     config.seed = 0
     # -1: epochs x steps per epoch from config.optim; > 0 overrides it.
     config.total_steps = -1
-    # Wall-clock budget of a run in minutes, compile included (0: none; single host only);
-    # the run checkpoints and stops when it is spent.
+    # Wall-clock budget of a run in minutes, compile included (0: none); the run checkpoints
+    # and stops when it is spent (on a pod: all hosts at the same step, when any one is over).
     config.train_time_limit_minutes = 0.0
 
     config.model = ml_collections.ConfigDict(

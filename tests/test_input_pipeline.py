@@ -64,6 +64,19 @@ def test_images_smaller_than_the_crop_are_skipped(tmp_path):
     assert set(captions) == {"big enough"}
 
 
+def test_a_share_without_a_usable_image_fails_clearly_instead_of_looping(tmp_path):
+    folder = _write_folder(
+        tmp_path, [((32, 200), "small 0"), ((200, 200), "big 1"), ((48, 48), "small 2"),
+                   ((200, 200), "big 3")]
+    )  # fmt: skip
+    cfg = _folder_config(folder, 64)
+    # Two processes: files 0, 2 (both too small) for process 0, files 1, 3 for process 1.
+    with pytest.raises(ValueError, match=r"process 0 of 2 has no image of at least 64x64"):
+        input_pipeline.make_dataset(cfg, batch_size=2, seed=0, process_index=0, process_count=2)
+    ds = input_pipeline.make_dataset(cfg, batch_size=2, seed=0, process_index=1, process_count=2)
+    assert set(next(input_pipeline.numpy_batches(ds))["caption"]) <= {"big 1", "big 3"}
+
+
 def test_one_caption_is_picked_at_random_from_a_list(tmp_path):
     folder = _write_folder(tmp_path, [((64, 64), ["first", "second", "third"])])
     ds = input_pipeline.make_dataset(_folder_config(folder, 64), batch_size=8, seed=2)

@@ -5,24 +5,40 @@ An inference checkpoint is a directory:
     state/        orbax PyTree checkpoint of {"params": ..., "tables": ...}
 Both are written into a temporary sibling directory and renamed into place, so a reader
 never sees half a checkpoint.
+
+Every path here goes through `as_path` (etils.epath): `gs://bucket/run` stays a bucket URL
+(`pathlib.Path(...).absolute()` made it `<cwd>/gs:/bucket/run`, a local folder on each host).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
+import uuid
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from tgic_jax.model import TACO, ModelConfig
 
 FORMAT = "tgic_jax-inference-v1"
+_FILE_URL = "file://"
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """A local path made absolute, or a URL (gs://, s3://...) kept as a URL.
+
+    `file:///abs/path` is read as the local path (etils.epath has no `file://` scheme).
+    """
+    text = os.fspath(path)
+    if text.startswith(_FILE_URL):
+        text = text[len(_FILE_URL) :]
+    if "://" in text:
+        return epath.Path(text)
+    return epath.Path(os.path.abspath(text))
 
 
 def _to_numpy(tree):
@@ -36,11 +52,11 @@ def save_inference(
     text_config: dict | None = None,
     tables: dict | None = None,
     extra: dict | None = None,
-) -> Path:
+) -> epath.Path:
     """Writes an inference checkpoint atomically; tables default to `build_tables(params)`."""
     from tgic_jax.coding_tables import build_tables  # noqa: PLC0415 - avoids an import cycle
 
-    path = Path(path).absolute()
+    path = as_path(path)
     params = _to_numpy(params)
     if tables is None:
         tables = build_tables(params)
@@ -51,27 +67,28 @@ def save_inference(
         **(extra or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
     try:
         ckptr = ocp.PyTreeCheckpointer()
         ckptr.save(tmp / "state", {"params": params, "tables": _to_numpy(tables)})
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = path.parent / f".{path.name}.old"
+            old.rmtree(missing_ok=True)
             path.rename(old)
             tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
+            old.rmtree(missing_ok=True)
         else:
             tmp.rename(path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.rmtree(missing_ok=True)
     return path
 
 
 def read_inference_config(path: str | os.PathLike) -> dict:
     """The checkpoint's config.json as a dict (clear error when it is not a checkpoint)."""
-    cfg_file = Path(path) / "config.json"
+    cfg_file = as_path(path) / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{path}: not a tgic_jax inference checkpoint (no config.json)")
     meta = json.loads(cfg_file.read_text())
@@ -84,7 +101,7 @@ def load_inference(path: str | os.PathLike):
     """-> (model, variables {"params", "tables"}, config ConfigDict with .model and .text)."""
     meta = read_inference_config(path)
     model_config = ModelConfig(**meta["model"])
-    state = ocp.PyTreeCheckpointer().restore(Path(path).absolute() / "state")
+    state = ocp.PyTreeCheckpointer().restore(as_path(path) / "state")
     state = jax.tree_util.tree_map(np.asarray, state)
     config = ml_collections.ConfigDict(
         {
@@ -121,7 +138,7 @@ def train_checkpoint_manager(
         cleanup_tmp_directories=True,
         create=True,
     )
-    return ocp.CheckpointManager(Path(workdir).absolute() / TRAIN_CHECKPOINTS, options=options)
+    return ocp.CheckpointManager(as_path(workdir) / TRAIN_CHECKPOINTS, options=options)
 
 
 def save_train_state(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:

@@ -100,13 +100,20 @@ def tfds_examples(
 
 
 # ----------------------------------------------------------------------------- crops
-def crop_examples(ds, crop_size: int, seed: int):
-    """Drops images smaller than the crop; random crop in [0, 1] and one random caption."""
+def usable_examples(ds, crop_size: int):
+    """Drops images smaller than the crop (before `repeat`: an empty share stays visible)."""
     tf = _tf()
 
     def big_enough(ex):
         shape = tf.shape(ex["image"])
         return tf.logical_and(shape[0] >= crop_size, shape[1] >= crop_size)
+
+    return ds.filter(big_enough)
+
+
+def crop_examples(ds, crop_size: int, seed: int):
+    """Random crop in [0, 1] and one random caption (images at least crop_size on a side)."""
+    tf = _tf()
 
     def crop(i, ex):
         # Stateless ops keyed by the element's position: the same crops and captions on
@@ -120,7 +127,7 @@ def crop_examples(ds, crop_size: int, seed: int):
             "caption": ex["captions"][pick],
         }
 
-    return ds.filter(big_enough).enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_dataset(
@@ -142,8 +149,7 @@ def make_dataset(
             process_index,
             process_count,
         )
-        # Small folders: keep the encoded files in memory, decode per epoch.
-        ds = ds.cache() if input_config.get("cache", False) else ds
+        where = str(input_config.folder)
     elif input_config.source == "tfds":
         ds = tfds_examples(
             input_config.tfds_name,
@@ -153,12 +159,24 @@ def make_dataset(
             process_count,
             seed,
         )
+        where = f"TFDS {input_config.tfds_name}:{input_config.tfds_split}"
     else:
         raise ValueError(f"unknown input.source {input_config.source!r}: 'tfds' or 'folder'")
+    # Filter before repeat(): after it, a share without one usable image loops forever.
+    crop_size = int(input_config.crop_size)
+    ds = usable_examples(ds, crop_size)
+    if not any(True for _ in ds.take(1)):  # stops at the first usable image
+        raise ValueError(
+            f"input: process {process_index} of {process_count} has no image of at least "
+            f"{crop_size}x{crop_size} pixels in its share of {where}"
+        )
+    # Small folders: keep the decoded images in memory.
+    if input_config.source == "folder" and input_config.get("cache", False):
+        ds = ds.cache()
     if repeat:
         ds = ds.repeat()
     ds = ds.shuffle(int(input_config.get("shuffle_buffer", 1000)), seed=seed)
-    ds = crop_examples(ds, int(input_config.crop_size), seed)
+    ds = crop_examples(ds, crop_size, seed)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -17,25 +17,66 @@ from jax.sharding import PartitionSpec as P
 DATA = "data"
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
+
+
+def _on_tpu_vm() -> bool:
+    """A Cloud TPU VM (GCE or GKE): its pod env variables, or JAX's own finding of TPU chips."""
+    if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return True
+    from jax._src import cloud_tpu_init  # noqa: PLC0415 - set when `import jax` found libtpu + chips
+
+    return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+
+
+def scheduled_process_count() -> int | None:
+    """How many processes the launcher started, from its environment (None: not known).
+
+    TGIC_NUM_PROCESSES, then SLURM (SLURM_STEP_NUM_TASKS / SLURM_NTASKS), Open MPI
+    (OMPI_COMM_WORLD_SIZE), then a TPU pod's TPU_WORKER_HOSTNAMES (one process per host).
+    """
+    for name in ("TGIC_NUM_PROCESSES", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS",
+                 "OMPI_COMM_WORLD_SIZE"):  # fmt: skip
+        if (n := _env_int(name)) is not None:
+            return n
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "").strip()
+    return len(hosts.split(",")) if hosts else None
+
+
 def maybe_initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
 ) -> bool:
-    """Calls `jax.distributed.initialize` when several hosts are launched; True if it did.
+    """Calls `jax.distributed.initialize` whenever a cluster is detected; True if it did.
 
-    Explicit arguments win; otherwise the TGIC_COORDINATOR / TGIC_NUM_PROCESSES /
-    TGIC_PROCESS_ID environment variables; otherwise JAX's own cluster detection (SLURM,
-    TPU pods, ...) is tried only when JAX_COORDINATOR_ADDRESS is set. One host: nothing.
+    Explicit arguments win, then TGIC_COORDINATOR / TGIC_NUM_PROCESSES / TGIC_PROCESS_ID,
+    then JAX_COORDINATOR_ADDRESS (JAX reads it); for what is not given, JAX's own
+    detection runs on a SLURM job step of several tasks (SLURM_JOB_ID, SLURM_NTASKS), an
+    Open MPI job (OMPI_MCA_orte_hnp_uri, OMPI_COMM_WORLD_SIZE) and a Cloud TPU VM
+    (single-host ones included: the coordination service also carries JAX's preemption
+    notice). One plain host: nothing.
+    Afterwards `jax.process_count()` must equal what the launcher says
+    (`scheduled_process_count`, or `num_processes`), else a clear error: a task training
+    alone on a shared workdir would overwrite the others' checkpoints.
     """
-    coordinator_address = coordinator_address or os.environ.get("TGIC_COORDINATOR")
-    if num_processes is None and os.environ.get("TGIC_NUM_PROCESSES"):
-        num_processes = int(os.environ["TGIC_NUM_PROCESSES"])
-    if process_id is None and os.environ.get("TGIC_PROCESS_ID"):
-        process_id = int(os.environ["TGIC_PROCESS_ID"])
-    if coordinator_address is None and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        return False
-    if num_processes == 1:
+    coordinator_address = coordinator_address or os.environ.get("TGIC_COORDINATOR") or None
+    if num_processes is None:
+        num_processes = _env_int("TGIC_NUM_PROCESSES")
+    if process_id is None:
+        process_id = _env_int("TGIC_PROCESS_ID")
+    expected = num_processes if num_processes is not None else scheduled_process_count()
+    explicit = coordinator_address is not None or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    launcher = "SLURM_JOB_ID" in os.environ or "OMPI_MCA_orte_hnp_uri" in os.environ
+    if not (
+        (explicit and expected != 1)
+        or _on_tpu_vm()
+        or (launcher and expected is not None and expected > 1)
+    ):
+        if expected is not None:  # e.g. TGIC_NUM_PROCESSES=4 but no coordinator: say so
+            check_process_count(expected)
         return False
     # CPU all-reduces across processes need a collectives implementation; it only affects
     # the CPU client. (Asking for the backend here would initialize it too early.)
@@ -45,7 +86,31 @@ def maybe_initialize_distributed(
         num_processes=num_processes,
         process_id=process_id,
     )
+    check_process_count(expected)
     return True
+
+
+def check_process_count(expected: int | None = None) -> None:
+    """Raises when JAX sees another number of processes than the launcher started."""
+    expected = scheduled_process_count() if expected is None else expected
+    if expected is not None and jax.process_count() != expected:
+        raise RuntimeError(
+            f"JAX sees {jax.process_count()} process(es) but the launcher started {expected}: "
+            "pass --coordinator/--num_processes/--process_id (or TGIC_COORDINATOR/"
+            "TGIC_NUM_PROCESSES/TGIC_PROCESS_ID) on every host"
+        )
+
+
+def any_host(flag: bool) -> bool:
+    """True on every process when `flag` is True on any one (a tiny all-gather).
+
+    Every process must call it at the same point of the loop (it is a collective).
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils  # noqa: PLC0415 - multi-host only
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 def sync_hosts(name: str, timeout_s: float = 3600.0) -> None:

@@ -17,10 +17,10 @@ import functools
 import itertools
 import json
 import logging
+import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import flax
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from tgic_jax import checkpoint as ckpt_lib
 from tgic_jax import input_pipeline
@@ -270,12 +271,13 @@ def evaluate(model: TACO, params: Params, text_encoder, eval_config) -> dict[str
 class MetricWriter:
     """TensorBoard scalars (process 0 only) and a console line."""
 
-    def __init__(self, logdir: Path, enabled: bool):
+    def __init__(self, logdir: str | os.PathLike, enabled: bool):
         self._writer = None
         if enabled:
             from flax.metrics import tensorboard  # noqa: PLC0415 - imports TensorFlow
 
             input_pipeline._tf()  # hide GPUs from TF before it starts
+            # str() of an epath keeps gs://; TensorFlow's file system layer writes there.
             self._writer = tensorboard.SummaryWriter(str(logdir))
 
     def write(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
@@ -295,12 +297,20 @@ class MetricWriter:
             self._writer.close()
 
 
-# ----------------------------------------------------------------------------- preemption
-class _StopFlag:
-    """Set by SIGTERM: the loop saves a checkpoint and returns at the next step."""
+# ----------------------------------------------------------------------------- stopping
+# Every host must leave the loop after the same step: one that stops early enters orbax's
+# save (whose first barrier is a device collective) while the others wait in the next
+# step's all-reduce, and both hang (measured: 2 processes, SIGTERM 2 s apart, no checkpoint
+# after 100 s). Hence a SIGTERM is never acted on where it lands, but through JAX's
+# preemption sync point, and the time budget through an all-gather.
+BUDGET_CHECK_EVERY_STEPS = 10  # several hosts: one tiny all-gather per 10 steps
+
+
+class _LocalSigterm:
+    """One process without a coordination service: SIGTERM sets a flag read between steps."""
 
     def __init__(self):
-        self.stop = False
+        self.received = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
@@ -308,9 +318,10 @@ class _StopFlag:
     def _handle(self, signum, frame):
         del signum, frame
         logging.warning("SIGTERM: saving a checkpoint and stopping")
-        self.stop = True
+        self.received = True
 
     def restore(self) -> None:
+        """Puts the previous SIGTERM handler back."""
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
@@ -375,15 +386,61 @@ class BudgetPlan:
                 print(f"time budget: {fit} steps fit, decays at {decays}", flush=True)
 
 
+class StopAgreement:
+    """Whether to stop after a step, the same answer on every host: preemption or budget.
+
+    With `jax.distributed` initialized, JAX's preemption sync manager owns SIGTERM (its
+    notice reaches every host through the coordination service) and
+    `manager.reached_preemption(step)` is True on all hosts at the same step, so no Python
+    handler is installed (it would replace JAX's). Without it (one process) SIGTERM sets a
+    local flag. The wall-clock budget (seconds from `begun`, 0: none) is decided by
+    `sharding.any_host` every BUDGET_CHECK_EVERY_STEPS steps on several hosts, every
+    step on one. `should_stop(step)` must be called at every step on every host.
+    """
+
+    def __init__(self, manager, budget_s: float = 0.0, begun: float | None = None):
+        self._manager = manager
+        self._budget_s = float(budget_s or 0.0)
+        self._begun = time.perf_counter() if begun is None else begun
+        self._local = None if jax.distributed.is_initialized() else _LocalSigterm()
+        self._check_every = BUDGET_CHECK_EVERY_STEPS if jax.process_count() > 1 else 1
+        self.reason = ""
+
+    def should_stop(self, step: int) -> bool:
+        """True (on every host alike) when the run must checkpoint `step` and return."""
+        if self._local is not None:
+            preempted = self._local.received
+        else:
+            preempted = self._manager.reached_preemption(step)
+        if preempted:
+            self.reason = "preemption"
+            return True
+        if self._budget_s and step % self._check_every == 0:
+            over = time.perf_counter() - self._begun > self._budget_s
+            if shd.any_host(over):
+                self.reason = "train_time_limit_minutes"
+                return True
+        return False
+
+    def close(self) -> None:
+        """Puts the previous SIGTERM handler back (one process)."""
+        if self._local is not None:
+            self._local.restore()
+
+
 # ----------------------------------------------------------------------------- loop
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
-    """Trains (resuming from workdir's latest checkpoint), evaluates, checkpoints."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainState:
+    """Trains (resuming from workdir's latest checkpoint), evaluates, checkpoints.
+
+    `workdir` may be a URL (gs://bucket/run): checkpoints, config.json and TensorBoard
+    events are written there, not to a local folder.
+    """
     begun = time.perf_counter()  # train_time_limit_minutes counts from here (compile included)
-    workdir = Path(workdir).absolute()
+    workdir = ckpt_lib.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
-        (workdir / "config.json").write_text(config.to_json(indent=1))
+        write_workdir_config(config, workdir)
 
     # Mesh and batch sizes.
     mesh = shd.make_mesh(config.get("mesh"))
@@ -428,11 +485,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # Update step.
     step_fn = jit_train_step(make_train_step(model, loss_fn, optimizer), mesh, state_shardings)
-    # An optional wall-clock budget for the whole run (the demo's), compile included; the
-    # plan fits the schedule into it. Single-host only: hosts that stopped at different
-    # steps would deadlock.
+    # An optional wall-clock budget for the whole run (the demo's), compile included: the
+    # plan fits the schedule into it (process 0's estimate on every host), and StopAgreement
+    # stops every host at the same step should it still run out.
     budget_s = float(config.get("train_time_limit_minutes", 0) or 0) * 60
-    budget_s = budget_s if jax.process_count() == 1 else 0.0
     plan = BudgetPlan(config.optim, global_batch, num_steps, budget_s, begun)
 
     # Compile before the first step, then meet: hosts finish compiling minutes apart under
@@ -445,7 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     shd.sync_hosts("tgic_jax/compiled")
 
     writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
-    stop = _StopFlag()
+    stop = StopAgreement(manager, budget_s, begun)
     log_every = max(1, int(config.get("log_every_steps", 100)))
     every = max(1, int(config.ckpt.every_steps))
     eval_config = config.get("eval")
@@ -453,12 +509,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step = start_step
     pending, t0, t0_step = None, time.perf_counter(), step
     try:
-        while step < plan.num_steps and not stop.stop:
-            if budget_s and time.perf_counter() - begun > budget_s:
-                logging.info("train_time_limit_minutes reached at step %d", step)
-                if is_main:
-                    print(f"time limit reached at step {step}", flush=True)
-                break
+        # Checked before every step (the budget counts compile time; a run resumed after
+        # preemption may be told to stop at once), the same answer on every host.
+        while step < plan.num_steps and not stop.should_stop(step):
             lr = np.float32(plan.learning_rate(step))
             state, metrics = step_fn(state, frozen, next(global_batches), lr)
             if plan.measuring(step + 1):  # timing needs the step's result
@@ -476,24 +529,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 ckpt_lib.save_train_state(manager, step, state)
             if eval_every and (step % eval_every == 0 or step == plan.num_steps):
                 writer.write(step, evaluate(model, state.params, text_encoder, eval_config), "eval")
-        # Always leave the last step on disk (end of run or SIGTERM).
+        if stop.reason:
+            logging.warning("%s: stopping at step %d", stop.reason, step)
+            if is_main:
+                print(f"{stop.reason}: stopping at step {step}", flush=True)
+        # Always leave the last step on disk (end of run, preemption, budget).
         if manager.latest_step() != step:
             ckpt_lib.save_train_state(manager, step, state, force=True)
         manager.wait_until_finished()
     finally:
-        stop.restore()
+        stop.close()
         manager.close()
         writer.close()
     return state
 
 
 # ----------------------------------------------------------------------------- export
-def load_workdir_config(workdir: str | Path) -> ml_collections.ConfigDict:
+def write_workdir_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+    """Writes the run's config.json (read back by `load_workdir_config`)."""
+    (ckpt_lib.as_path(workdir) / "config.json").write_text(config.to_json(indent=1))
+
+
+def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The config a training workdir was started with (its config.json)."""
-    return ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
+    text = (ckpt_lib.as_path(workdir) / "config.json").read_text()
+    return ml_collections.ConfigDict(json.loads(text))
 
 
-def export_inference(workdir: str | Path, out: str | Path, step: int | None = None) -> Path:
+def export_inference(
+    workdir: str | os.PathLike, out: str | os.PathLike, step: int | None = None
+) -> epath.Path:
     """Writes an inference checkpoint (params, config, coding tables; no optimizer state)."""
     config = load_workdir_config(workdir)
     params, step = ckpt_lib.restore_train_params(workdir, step)
