@@ -101,8 +101,11 @@ def describe(config=None) -> dict[str, Any]:
             "peak_tflops_per_device": None if peak is None else peak / 1e12,
         },
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir or None,
-        "env": {k: os.environ[k] for k in ("JAX_PLATFORMS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES",
-                                           "TPU_VISIBLE_CHIPS") if k in os.environ},  # fmt: skip
+        "env": {
+            k: os.environ[k]
+            for k in ("JAX_PLATFORMS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS")
+            if k in os.environ
+        },  # fmt: skip
         "tensorflow": tensorflow_gpus(),
         "packages": package_versions(),
     }
