@@ -1,7 +1,12 @@
 """Throughput: XLA's FLOPs, the peak table, MFU, input prefetch, the profiler, the train log."""
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +33,28 @@ def test_compiled_flops_of_a_matmul_are_two_per_multiply_add():
     compiled = jax.jit(jnp.matmul).lower(a, b).compile()
     assert throughput.compiled_flops(compiled) == 2 * 64 * 128 * 32
     assert throughput.compiled_flops(object()) is None  # no cost analysis: nothing made up
+
+
+def test_compiled_flops_are_per_device_when_the_batch_is_split_over_two_devices():
+    # MFU divides by one device's peak, so the FLOPs must be one device's share.
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from tgic_jax import throughput
+        mesh = jax.make_mesh((2,), ("data",))
+        a = jax.ShapeDtypeStruct((64, 128), jnp.float32, sharding=NamedSharding(mesh, P("data")))
+        b = jax.ShapeDtypeStruct((128, 32), jnp.float32, sharding=NamedSharding(mesh, P()))
+        print(throughput.compiled_flops(jax.jit(jnp.matmul).lower(a, b).compile()))
+        """
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) == 64 * 128 * 32  # half of 2 * 64 * 128 * 32
 
 
 def test_compiled_memory_counts_arguments_outputs_and_temporaries():
