@@ -3,6 +3,9 @@
 Pieces the training loop (and the benchmarks) call:
 - `compiled_flops` / `compiled_memory`: XLA's own cost and memory analysis of a compiled
   step. Both describe the partitioned program one device runs, so they are per device.
+  XLA counts every floating-point operation of the compiled program (elementwise ones too,
+  and the zero taps of the sub-pixel transposed convolutions), so "model FLOPs" here are
+  what the device executes, slightly above the useful multiply-adds.
 - `peak_flops`: dense bfloat16 peak of one accelerator, from its `device_kind`; None where
   unknown (every CPU), and then no MFU is reported rather than a made-up one.
 - `Prefetcher`: host batches prepared and transferred to the devices `depth` steps ahead,
