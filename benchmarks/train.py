@@ -8,6 +8,8 @@ Two cases, each in its own process (so that peak RSS belongs to one case):
         (2.3-3.4 s per step on a 2-core machine).
 Text states are random [B, 38, 512] (the frozen text tower runs on the host; see
 tgic_jax/text_encoders.py for its cost). Run: python benchmarks/train.py [--steps 3]
+[--compute_dtype bfloat16]. On a GPU or TPU it runs unchanged and adds MFU (FLOPs per step
+from XLA's cost analysis over the device's bfloat16 peak, `tgic_jax/throughput.py`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def _tiny_clip():
     return FlaxCLIPModel(config, seed=0)
 
 
-def run_case(case: str, steps: int, clip_path: str) -> dict:
+def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float32") -> dict:
     """Times `steps` train steps after a warm-up one; returns the figures."""
     import jax
     import ml_collections
@@ -45,11 +47,12 @@ def run_case(case: str, steps: int, clip_path: str) -> dict:
 
     sys.path.insert(0, str(REPO))
     from configs.taco import get_config
-    from tgic_jax import losses, train_lib
+    from tgic_jax import losses, throughput, train_lib
     from tgic_jax import sharding as shd
     from tgic_jax.model import TACO, ModelConfig
 
     config = get_config("lmbda=0.0004")
+    config.model.compute_dtype = compute_dtype
     batch = 8 if case == "full" else 2
     clip_model, clip_note = None, "none"
     if case == "rd":
@@ -92,6 +95,9 @@ def run_case(case: str, steps: int, clip_path: str) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     median = float(np.median(times))
+    flops = throughput.compiled_flops(compiled)
+    peak = throughput.peak_flops(jax.devices()[0].device_kind)
+    memory = throughput.compiled_memory(compiled)
     return {
         "case": case,
         "batch": batch,
@@ -102,9 +108,14 @@ def run_case(case: str, steps: int, clip_path: str) -> dict:
         "step_s_median": round(median, 3),
         "step_s_all": [round(t, 3) for t in times],
         "images_per_second": round(batch / median, 3),
+        "ms_per_image": round(1e3 * median / batch, 1),
+        "compute_dtype": compute_dtype,
+        "gflop_per_step": None if flops is None else round(flops / 1e9, 1),
+        "mfu": None if not (flops and peak) else round(flops / median / peak, 4),
+        "xla_memory_gib": None if memory is None else round(memory["total"] / 2**30, 2),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "loss": float(metrics["loss"]),
-        "devices": f"{jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} CPUs",
+        "devices": f"{jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs",
     }
 
 
@@ -114,17 +125,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
     p.add_argument("--cases", default="rd,full")
     p.add_argument("--clip_path", default="openai/clip-vit-base-patch32")
+    p.add_argument("--compute_dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case here
     args = p.parse_args()
     if args.case:
-        print("RESULT " + json.dumps(run_case(args.case, args.steps, args.clip_path)), flush=True)
+        result = run_case(args.case, args.steps, args.clip_path, args.compute_dtype)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     env = dict(
         os.environ, TF_CPP_MIN_LOG_LEVEL="2", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1")
     )
     for case in args.cases.split(","):
         cmd = [sys.executable, __file__, "--case", case, "--steps", str(args.steps),
-               "--clip_path", args.clip_path]  # fmt: skip
+               "--clip_path", args.clip_path, "--compute_dtype", args.compute_dtype]  # fmt: skip
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
@@ -133,7 +146,10 @@ def main() -> None:
         r = json.loads(lines[-1][len("RESULT ") :])
         print(f"{case}: batch {r['batch']} {r['image']} [{r['terms']}; CLIP: {r['clip']}] "
               f"step {r['step_s_median']} s (median of {args.steps}), "
-              f"{r['images_per_second']} images/s, peak RSS {r['peak_rss_gib']} GiB, "
+              f"{r['images_per_second']} images/s = {r['ms_per_image']} ms per image, "
+              f"MFU {r['mfu'] if r['mfu'] is not None else 'n/a (no known peak)'}, "
+              f"{r['gflop_per_step']} GFLOP per step, {r['compute_dtype']}, "
+              f"XLA memory {r['xla_memory_gib']} GiB, peak RSS {r['peak_rss_gib']} GiB, "
               f"compile {r['compile_s']} s, {r['devices']}")  # fmt: skip
         print(json.dumps(r))
 

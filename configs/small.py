@@ -25,8 +25,13 @@ def get_config(arg=None):
     config.train_time_limit_minutes = 0.0
 
     config.model = ml_collections.ConfigDict(
-        dict(N=64, M=96, slices=(8, 8, 16, 16, 48), text_dim=384, heads=8)
-    )
+        dict(
+            N=64, M=96, slices=(8, 8, 16, 16, 48), text_dim=384, heads=8,
+            # "bfloat16": the transforms compute in bfloat16 (entropy model, loss and
+            # params stay float32); measured against float32 in docs/BENCHMARKS.md.
+            compute_dtype="float32",
+        )
+    )  # fmt: skip
     config.text = ml_collections.ConfigDict(dict(encoder="minilm", path="", max_length=38))
     config.loss = ml_collections.ConfigDict(
         dict(
@@ -69,6 +74,9 @@ def get_config(arg=None):
     )
     config.ckpt = ml_collections.ConfigDict(dict(every_steps=100, keep=3, use_async=True))
     config.log_every_steps = 10
+    # "start:stop" (e.g. "100:110"): a jax.profiler trace of those steps into
+    # <workdir>/tensorboard for TensorBoard's profile plugin; "" for none.
+    config.profile_steps = ""
     config.eval = ml_collections.ConfigDict(
         dict(folder="", captions="", every_steps=0, max_images=4)
     )
@@ -76,8 +84,9 @@ def get_config(arg=None):
 
     if tiny:
         config.model = ml_collections.ConfigDict(
-            dict(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4)
-        )
+            dict(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4,
+                 compute_dtype="float32")
+        )  # fmt: skip
         config.text = ml_collections.ConfigDict(dict(encoder="random", path="", max_length=8))
         config.loss.lmbda = 0.013
         config.loss.k_p = 0.0

@@ -40,8 +40,13 @@ def get_config(arg=None):
     config.seed = 0
 
     config.model = ml_collections.ConfigDict(
-        dict(N=192, M=320, slices=(16, 16, 32, 64, 192), text_dim=512, heads=8)
-    )
+        dict(
+            N=192, M=320, slices=(16, 16, 32, 64, 192), text_dim=512, heads=8,
+            # "bfloat16": mixed precision for the transforms (entropy model, likelihoods,
+            # loss and params stay float32). float32 reproduces the authors' arithmetic.
+            compute_dtype="float32",
+        )
+    )  # fmt: skip
     # Conditioning text: frozen CLIP ViT-B/32 text tower, last_hidden_state, 38 tokens.
     config.text = ml_collections.ConfigDict(
         dict(encoder="clip", path="openai/clip-vit-base-patch32", max_length=38)
@@ -84,6 +89,9 @@ def get_config(arg=None):
     )
     config.ckpt = ml_collections.ConfigDict(dict(every_steps=5_000, keep=3))
     config.log_every_steps = 100
+    # "start:stop" (e.g. "100:110"): a jax.profiler trace of those steps into
+    # <workdir>/tensorboard for TensorBoard's profile plugin; "" for none.
+    config.profile_steps = ""
     config.eval = ml_collections.ConfigDict(
         dict(folder="", captions="", every_steps=50_000, max_images=24)
     )

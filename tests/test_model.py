@@ -109,3 +109,42 @@ def test_model_rejects_sizes_that_are_not_multiples_of_64_and_wrong_text_width()
         model.apply(v, jnp.zeros((1, 96, 64, 3)), jnp.zeros((1, 38, TINY.text_dim)))
     with pytest.raises(ValueError, match="text must be"):
         model.apply(v, jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 38, TINY.text_dim + 8)))
+
+
+def test_bfloat16_transforms_compute_in_bfloat16_but_params_likelihoods_and_grads_stay_float32():
+    import dataclasses
+
+    model32, v = _tiny(gamma=0.5)
+    model16 = TACO.from_config(dataclasses.replace(TINY, compute_dtype="bfloat16"))
+    x = jax.random.uniform(jax.random.PRNGKey(3), (2, 64, 64, 3))
+    text = jax.random.normal(jax.random.PRNGKey(4), (2, 5, 16))
+    # The convolutions of the transforms run in bfloat16 (none does in float32 mode).
+    jaxpr16 = str(jax.make_jaxpr(lambda v: model16.apply(v, x, text))(v))
+    jaxpr32 = str(jax.make_jaxpr(lambda v: model32.apply(v, x, text))(v))
+    assert "bf16[2,32,32,16]" in jaxpr16 and "bf16" not in jaxpr32
+    out16, out32 = model16.apply(v, x, text), model32.apply(v, x, text)
+    for key in ("x_hat", "y", "z"):
+        assert out16[key].dtype == jnp.float32, key
+    assert out16["likelihoods"]["y"].dtype == out16["likelihoods"]["z"].dtype == jnp.float32
+    # Same parameters, bfloat16 arithmetic: close to float32, not equal to it.
+    rel = float(jnp.linalg.norm(out16["y"] - out32["y"]) / jnp.linalg.norm(out32["y"]))
+    assert 1e-4 < rel < 5e-2
+
+    def loss(params):
+        out = model16.apply({"params": params}, x, text, train=True,
+                            rngs={"noise": jax.random.PRNGKey(5)})  # fmt: skip
+        return jnp.mean(jnp.square(out["x_hat"] - x)) - jnp.mean(jnp.log(out["likelihoods"]["y"]))
+
+    grads = jax.grad(loss)(v["params"])
+    leaves = jax.tree_util.tree_leaves(grads)
+    assert {g.dtype for g in leaves} == {jnp.dtype(jnp.float32)}
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    g_a_norm = sum(float(jnp.sum(g**2)) for g in jax.tree_util.tree_leaves(grads["g_a"]))
+    assert g_a_norm > 0
+
+
+def test_unknown_compute_dtype_fails_clearly():
+    import dataclasses
+
+    with pytest.raises(ValueError, match="compute_dtype 'float16'"):
+        dataclasses.replace(TINY, compute_dtype="float16")

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_arguments(p)
     p.set_defaults(run=_run_convert)
 
-    from tgic_jax import cli_codec, evaluation, train_lib  # noqa: PLC0415
+    from tgic_jax import cli_codec, environment, evaluation, train_lib  # noqa: PLC0415
 
     commands = [
         ("compress", "compress images to .tgic files (needs each caption)",
@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
          evaluation.add_cli_arguments, evaluation.run_from_args),
         ("export", "export an inference checkpoint from a training workdir",
          train_lib.add_export_arguments, train_lib.run_export),
+        ("env", "what this host sees: devices, processes, mesh, TF and GPUs, versions",
+         environment.add_env_arguments, environment.run_env),
     ]  # fmt: skip
     for name, help_text, add_arguments, run in commands:
         p = sub.add_parser(name, help=help_text)

@@ -1,5 +1,9 @@
 """Building blocks with PyTorch's exact arithmetic, in NHWC.
 
+Layers compute in the dtype of their input: parameters are stored in float32 and cast to
+the input's dtype where they are used, so a bfloat16 input gives a bfloat16 layer (mixed
+precision, see `transforms.py`) and a float32 input is bit-for-bit the float32 layer.
+
 Parameter names and layouts are chosen so that the authors' state_dict converts by a
 mechanical rule (see `convert.py`): a torch path `a.b.3.c.weight` becomes the Flax path
 `a / b_3 / c / kernel`. Kernels are stored in Flax layout ([kh, kw, in, out]); the
@@ -45,9 +49,10 @@ class Conv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         p = k // 2
         y = lax.conv_general_dilated(
-            x, kernel, (self.stride, self.stride), ((p, p), (p, p)), dimension_numbers=_DN
-        )
-        return y + bias
+            x, kernel.astype(x.dtype), (self.stride, self.stride), ((p, p), (p, p)),
+            dimension_numbers=_DN,
+        )  # fmt: skip
+        return y + bias.astype(x.dtype)
 
 
 def _phase_kernels(kernel: jax.Array, stride: int, padding: int):
@@ -98,13 +103,13 @@ class ConvTranspose(nn.Module):
         kernel = self.param("kernel", _torch_default_init((0, 1, 3)), (k, k, c, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         p = k // 2
-        phases, d_min, d_max = _phase_kernels(kernel, s, p)
+        phases, d_min, d_max = _phase_kernels(kernel.astype(x.dtype), s, p)
         y = lax.conv_general_dilated(
             x, phases, (1, 1), ((-d_min, d_max), (-d_min, d_max)), dimension_numbers=_DN
         )
         b, h, w, _ = y.shape
         y = y.reshape(b, h, w, s, s, self.features).transpose(0, 1, 3, 2, 4, 5)
-        return y.reshape(b, h * s, w * s, self.features) + bias
+        return y.reshape(b, h * s, w * s, self.features) + bias.astype(x.dtype)
 
 
 class ResidualBottleneck(nn.Module):
@@ -153,7 +158,7 @@ class Dense(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", _torch_default_init((0,)), (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return x @ kernel + bias
+        return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -165,9 +170,12 @@ class LayerNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        return (x - mean) * lax.rsqrt(var + self.epsilon) * scale + bias
+        # Statistics in float32 whatever the input: bfloat16 means and variances of 192
+        # channels lose the digits that the normalization divides by.
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        return ((x32 - mean) * lax.rsqrt(var + self.epsilon) * scale + bias).astype(x.dtype)
 
 
 class MultiheadAttention(nn.Module):
@@ -188,6 +196,7 @@ class MultiheadAttention(nn.Module):
             (3 * e, e),
         )
         b_in = self.param("in_proj_bias", nn.initializers.zeros, (3 * e,))
+        w_in, b_in = w_in.astype(q.dtype), b_in.astype(q.dtype)
         qp = q @ w_in[:e].T + b_in[:e]
         kp = k @ w_in[e : 2 * e].T + b_in[e : 2 * e]
         vp = v @ w_in[2 * e :].T + b_in[2 * e :]
@@ -197,6 +206,6 @@ class MultiheadAttention(nn.Module):
             return t.reshape(t.shape[0], t.shape[1], h, d)
 
         logits = jnp.einsum("bqhd,bkhd->bhqk", split(qp) / np.sqrt(d), split(kp))
-        attn = jax.nn.softmax(logits, axis=-1)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(logits.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, split(vp)).reshape(qp.shape)
         return Dense(e, name="out_proj")(out)

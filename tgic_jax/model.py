@@ -39,6 +39,8 @@ from tgic_jax import entropy_models as em
 from tgic_jax.layers import Conv
 from tgic_jax.transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, SynthesisTransform
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -49,9 +51,14 @@ class ModelConfig:
     slices: tuple[int, ...] = (16, 16, 32, 64, 192)
     text_dim: int = 512
     heads: int = 8
+    # Compute dtype of g_a, g_s, h_a, h_s ("bfloat16": mixed precision); the entropy model,
+    # likelihoods and parameters stay float32 either way.
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         object.__setattr__(self, "slices", tuple(int(c) for c in self.slices))
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
         if sum(self.slices) != self.M:
             raise ValueError(f"slices {self.slices} must sum to M={self.M}")
         for dim in (self.N, self.text_dim):
@@ -117,19 +124,22 @@ class TACO(nn.Module):
     slices: Sequence[int] = (16, 16, 32, 64, 192)
     text_dim: int = 512
     heads: int = 8
+    compute_dtype: str = "float32"  # of the four transforms; see ModelConfig
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> TACO:
         """Builds the module from a `ModelConfig`."""
         return cls(
-            N=cfg.N, M=cfg.M, slices=tuple(cfg.slices), text_dim=cfg.text_dim, heads=cfg.heads
-        )
+            N=cfg.N, M=cfg.M, slices=tuple(cfg.slices), text_dim=cfg.text_dim, heads=cfg.heads,
+            compute_dtype=cfg.compute_dtype,
+        )  # fmt: skip
 
     def setup(self):
-        self.g_a = AnalysisTransform(self.N, self.M, self.heads)
-        self.g_s = SynthesisTransform(self.N, self.M)
-        self.h_a = HyperAnalysis(self.N)
-        self.h_s = HyperSynthesis(self.M)
+        dtype = self.compute_dtype
+        self.g_a = AnalysisTransform(self.N, self.M, self.heads, dtype=dtype)
+        self.g_s = SynthesisTransform(self.N, self.M, dtype=dtype)
+        self.h_a = HyperAnalysis(self.N, dtype=dtype)
+        self.h_s = HyperSynthesis(self.M, dtype=dtype)
         self.entropy_bottleneck = em.EntropyBottleneck(self.N)
         self.local_context = [Conv(2 * c, 5, 1) for c in self.slices]
         # channel_context has no entry for slice 0 (nothing precedes it).

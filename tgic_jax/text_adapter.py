@@ -24,7 +24,7 @@ class Injector(nn.Module):
         t = LayerNorm(name="text_norm")(Dense(dim, name="text_feature_dim_proj")(text))
         v = LayerNorm(name="image_norm")(x.reshape(b, h * w, dim))
         a = MultiheadAttention(self.heads, name="cross_attn")(v, t, t)
-        return (v + gamma * a).reshape(b, h, w, dim)
+        return (v + gamma.astype(v.dtype) * a).reshape(b, h, w, dim)
 
 
 class Extractor(nn.Module):

@@ -32,7 +32,7 @@ import optax
 from etils import epath
 
 from tgic_jax import checkpoint as ckpt_lib
-from tgic_jax import input_pipeline
+from tgic_jax import input_pipeline, throughput
 from tgic_jax import sharding as shd
 from tgic_jax.model import TACO, ModelConfig, init_variables
 
@@ -492,13 +492,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     plan = BudgetPlan(config.optim, global_batch, num_steps, budget_s, begun)
 
     # Compile before the first step, then meet: hosts finish compiling minutes apart under
-    # load, and the first collective would otherwise time out (see `sync_hosts`).
-    global_batches = (shd.make_global_batch(mesh, b) for b in batches)
+    # load, and the first collective would otherwise time out (see `sync_hosts`). Batches
+    # are prepared and put on the devices 2 steps ahead, in a thread.
+    prefetch = throughput.Prefetcher(
+        batches, functools.partial(shd.make_global_batch, mesh),
+        depth=int(config.input.get("prefetch_batches", 2)),
+    )  # fmt: skip
+    global_batches = prefetch
     if start_step < num_steps:
         first = next(global_batches)
         step_fn = step_fn.lower(state, frozen, first, np.float32(0)).compile()
         global_batches = itertools.chain([first], global_batches)
     shd.sync_hosts("tgic_jax/compiled")
+    meter, profiler = _throughput_instruments(config, step_fn, global_batch, mesh, workdir)
 
     writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
     stop = StopAgreement(manager, budget_s, begun)
@@ -507,11 +513,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     eval_config = config.get("eval")
     eval_every = int(eval_config.get("every_steps", 0)) if eval_config and eval_config.folder else 0
     step = start_step
-    pending, t0, t0_step = None, time.perf_counter(), step
+    pending = None
+    meter.reset(step, prefetch.wait_s)
     try:
         # Checked before every step (the budget counts compile time; a run resumed after
         # preemption may be told to stop at once), the same answer on every host.
         while step < plan.num_steps and not stop.should_stop(step):
+            profiler.before_step(step)
             lr = np.float32(plan.learning_rate(step))
             state, metrics = step_fn(state, frozen, next(global_batches), lr)
             if plan.measuring(step + 1):  # timing needs the step's result
@@ -519,12 +527,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 plan.observe(step + 1, time.perf_counter())
             step += 1
             pending = metrics
+            profiler.after_step(step, metrics)
             if step % log_every == 0 or step == plan.num_steps:
                 scalars = {k: float(v) for k, v in jax.device_get(pending).items()}
-                elapsed = time.perf_counter() - t0
-                scalars["images_per_second"] = (step - t0_step) * global_batch / max(elapsed, 1e-9)
-                writer.write(step, scalars)
-                t0, t0_step = time.perf_counter(), step
+                writer.write(step, {**scalars, **meter.scalars(step, prefetch.wait_s)})
             if step % every == 0:  # orbax alone would also save the first step of a run
                 ckpt_lib.save_train_state(manager, step, state)
             if eval_every and (step % eval_every == 0 or step == plan.num_steps):
@@ -538,10 +544,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             ckpt_lib.save_train_state(manager, step, state, force=True)
         manager.wait_until_finished()
     finally:
+        profiler.stop(pending)
+        prefetch.close()
         stop.close()
         manager.close()
         writer.close()
     return state
+
+
+def _throughput_instruments(config, step_fn, global_batch: int, mesh, workdir):
+    """(ThroughputMeter, StepProfiler) of a run; logs the step's FLOPs and memory once."""
+    flops = throughput.compiled_flops(step_fn)
+    peak = throughput.peak_flops(jax.devices()[0].device_kind)
+    memory = throughput.compiled_memory(step_fn)
+    if jax.process_index() == 0 and (flops or memory):
+        gflop = f"{flops / 1e9:.1f} GFLOP" if flops else "? FLOP"
+        gib = f"{memory['total'] / 2**30:.2f} GiB" if memory else "? GiB"
+        peak_text = f"peak {peak / 1e12:.0f} TFLOP/s" if peak else "no known peak: MFU not logged"
+        line = (f"train step per device: {gflop}, {gib} (XLA), "
+                f"{jax.devices()[0].device_kind}, {peak_text}")  # fmt: skip
+        logging.info(line)
+        print(line, flush=True)
+    meter = throughput.ThroughputMeter(global_batch, mesh.size, flops, peak)
+    profiler = throughput.StepProfiler(config.get("profile_steps", ""), workdir / "tensorboard")
+    return meter, profiler
 
 
 # ----------------------------------------------------------------------------- export
