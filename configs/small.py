@@ -37,6 +37,7 @@ def get_config(arg=None):
             clip_path="openai/clip-vit-base-patch32",
             clip_embed_weight=40.0,
             clip_logit_scale_log=2.6592,
+            joint_group_size=8,
         )
     )
     config.optim = ml_collections.ConfigDict(
@@ -70,7 +71,7 @@ def get_config(arg=None):
     config.ckpt = ml_collections.ConfigDict(dict(every_steps=100, keep=3, use_async=True))
     config.log_every_steps = 10
     config.eval = ml_collections.ConfigDict(
-        dict(folder="", captions="", every_steps=0, max_images=4)
+        dict(folder="", captions="", every_steps=0, every_epochs=0, max_images=4, images_to_log=2)
     )
     config.mesh = ml_collections.ConfigDict(dict(data=-1))
 
