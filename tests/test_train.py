@@ -417,7 +417,7 @@ def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_pa
         (30, 20.5, 0.95, 0.40, 0.35),
     ]
     for step, psnr, ssim, bpp, lp in evals:
-        scalars = dict(psnr_real=psnr, ms_ssim=ssim, bpp_real=bpp, lpips=lp, lpips_authors=0.1,
+        scalars = dict(psnr_real=psnr, ms_ssim=ssim, bpp_real=bpp, lpips=lp, lpips_zero_one=0.1,
                        psnr=psnr + 0.1, bpp_estimate=bpp - 0.01)  # fmt: skip
         train_lib.record_evaluation(tmp_path, step, step // 10, scalars, {"w": params["w"] + step})
     rows = (tmp_path / "eval.csv").read_text().splitlines()
@@ -457,7 +457,7 @@ def test_per_epoch_evaluation_writes_its_csv_keeps_best_checkpoints_and_export_s
     assert [r.split(",")[:2] for r in rows[1:]] == [["2", "1"], ["4", "2"]]
     best = train_lib.read_best(workdir)
     assert set(best) == set(train_lib.BEST_BY)
-    assert all(np.isfinite(v["lpips"]) and np.isfinite(v["lpips_authors"]) for v in best.values())
+    assert all(np.isfinite(v["lpips"]) and np.isfinite(v["lpips_zero_one"]) for v in best.values())
     assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
     out = tmp_path / "exported"
     assert cli.main(["export", "--workdir", str(workdir), "--out", str(out),

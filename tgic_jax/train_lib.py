@@ -224,7 +224,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Mean bpp (estimated and real) / PSNR / MS-SSIM / LPIPS on a folder, via `tgic_jax.codec`.
 
-    `lpips` is standard LPIPS-Alex ([-1, 1] inputs); `lpips_authors` is the authors'
+    `lpips` is standard LPIPS-Alex ([-1, 1] inputs); `lpips_zero_one` is the authors'
     variant ([0, 1] inputs, as their test_epoch calls it), for comparing with their numbers.
     With keep_images > 0 the result also holds "images": the first originals beside their
     decoded images (uint8 [H, 2W, 3]), for TensorBoard.
@@ -252,7 +252,7 @@ def evaluate(
             row["ms_ssim"] = metrics.ms_ssim(x, x_hat)
             if lpips_fn is not None:
                 row["lpips"] = lpips_fn(x, x_hat, "minus_one_one")
-                row["lpips_authors"] = lpips_fn(x, x_hat, "zero_one")
+                row["lpips_zero_one"] = lpips_fn(x, x_hat, "zero_one")
             if len(images) < keep_images:
                 images.append(np.concatenate([metrics.to_uint8(x), metrics.to_uint8(x_hat)], 1))
         except Exception as err:  # noqa: BLE001 - evaluation must not kill training; say why
@@ -276,7 +276,7 @@ BEST_BY = {
 }
 EVAL_CSV = "eval.csv"
 EVAL_COLUMNS = ("step", "epoch", "bpp_real", "bpp_estimate", "psnr_real", "psnr", "ms_ssim",
-                "lpips", "lpips_authors")  # fmt: skip
+                "lpips", "lpips_zero_one")  # fmt: skip
 
 
 def read_best(workdir: str | Path) -> dict[str, dict]:
