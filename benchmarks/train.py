@@ -64,6 +64,7 @@ def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float3
             clip_model = _tiny_clip()
             clip_note = f"tiny random CLIP (real weights unavailable: {type(err).__name__})"
     config.input.batch_size_per_device = batch
+    config.loss.joint_group_size = min(8, batch)  # the joint term's groups tile the batch
     mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=1)))
     model = TACO.from_config(ModelConfig.from_config(config.model))
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)

@@ -42,6 +42,7 @@ def get_config(arg=None):
             clip_path="openai/clip-vit-base-patch32",
             clip_embed_weight=40.0,
             clip_logit_scale_log=2.6592,
+            joint_group_size=8,
         )
     )
     config.optim = ml_collections.ConfigDict(
@@ -78,7 +79,7 @@ def get_config(arg=None):
     # <workdir>/tensorboard for TensorBoard's profile plugin; "" for none.
     config.profile_steps = ""
     config.eval = ml_collections.ConfigDict(
-        dict(folder="", captions="", every_steps=0, max_images=4)
+        dict(folder="", captions="", every_steps=0, every_epochs=0, max_images=4, images_to_log=2)
     )
     config.mesh = ml_collections.ConfigDict(dict(data=-1))
 

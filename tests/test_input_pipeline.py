@@ -1,6 +1,7 @@
 """Input pipeline: crops, captions, skipped small images, per-process splits, mock COCO."""
 
 import json
+from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -128,8 +129,116 @@ def test_random_text_encoder_is_a_deterministic_function_of_the_caption():
     np.testing.assert_array_equal(enc.encode(["a dog"])[0][0], a[1])
 
 
-def test_encoded_batches_carry_text_states_for_each_image():
+def test_tokenized_batches_carry_ids_and_masks_that_the_tower_turns_into_states():
     enc = RandomTextEncoder(width=4, max_length=3)
     batches = iter([{"image": np.zeros((2, 8, 8, 3), np.float32), "caption": ["x", "y"]}])
-    out = next(input_pipeline.encode_batches(batches, enc, lambda caps: np.ones((len(caps), 7))))
-    assert out["text"].shape == (2, 3, 4) and out["clip_text"].shape == (2, 7)
+    out = next(input_pipeline.tokenize_batches(batches, enc))
+    assert set(out) == {"image", "input_ids", "attention_mask"}
+    assert out["input_ids"].shape == (2, 3) and out["input_ids"].dtype == np.int32
+    # The tower applied in the train step gives the states encode() gives on the host.
+    states = np.asarray(enc.apply(enc.params, out["input_ids"], out["attention_mask"]))
+    np.testing.assert_array_equal(states, enc.encode(["x", "y"])[0])
+
+
+# ----------------------------------------------------------------------------- pairs
+def _write_pairs_folder(folder, sizes_and_captions):
+    folder.mkdir(parents=True, exist_ok=True)
+    captions = {}
+    for i, ((h, w), caps) in enumerate(sizes_and_captions):
+        name = f"p{i}.png"
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(folder / name)
+        captions[name] = caps
+    (folder / "captions.json").write_text(json.dumps(captions))
+    return folder
+
+
+def test_epoch_is_one_pass_over_the_pairs_of_images_at_least_256_on_the_short_side(tmp_path):
+    from tgic_jax import train_lib
+
+    folder = _write_pairs_folder(tmp_path / "pairs", [
+        ((260, 300), ["one", "two"]),         # 2 pairs
+        ((255, 400), ["x", "y", "z"]),        # short side 255: left out
+        ((256, 256), "single"),               # 1 pair
+        ((300, 512), ["a", "b", "c"]),        # 3 pairs
+    ])  # fmt: skip
+    cfg = _folder_config(folder, 256, pairs=True)
+    assert input_pipeline.uses_pairs(cfg)
+    pairs = input_pipeline.list_pairs(cfg)
+    assert len(pairs) == 6 and all("p1.png" not in p for p, _ in pairs)
+    config = ml_collections.ConfigDict(dict(
+        total_steps=-1, input=cfg,
+        optim=dict(learning_rate=1e-4, epochs=50, decay_epochs=(45, 48), decay_factor=0.1,
+                   train_images=82_783)))  # fmt: skip
+    config = train_lib.with_epoch_size(config, len(pairs))
+    # 6 pairs, global batch 2: 3 steps an epoch, 150 steps, decays at steps 135 and 144.
+    assert train_lib.steps_per_epoch(config.optim, 2) == 3
+    assert train_lib.total_steps(config, 2) == 150
+    lr = train_lib.learning_rate_schedule(config.optim, 2)
+    np.testing.assert_allclose([float(lr(s)) for s in (134, 135, 143, 144)],
+                               [1e-4, 1e-5, 1e-5, 1e-6], rtol=1e-6)  # fmt: skip
+    # Global batch 4: 1 step an epoch (2 pairs dropped per epoch, as drop_last does).
+    assert train_lib.steps_per_epoch(config.optim, 4) == 1
+
+
+def test_pair_order_covers_each_epoch_once_depends_on_the_seed_and_resumes_exactly():
+    order = input_pipeline.pair_order(10, 3, seed=7)
+    first = [next(order) for _ in range(6)]  # 2 epochs of 3 steps (1 pair dropped each)
+    epoch0 = np.concatenate(first[:3])
+    assert len(set(epoch0.tolist())) == 9
+    assert not np.array_equal(epoch0, np.concatenate(first[3:]))  # reshuffled each epoch
+    resumed = input_pipeline.pair_order(10, 3, seed=7, start_step=4)
+    np.testing.assert_array_equal(next(resumed), first[4])
+    other = input_pipeline.pair_order(10, 3, seed=8)
+    assert not np.array_equal(next(other), first[0])
+
+
+def test_pairs_dataset_gives_each_host_its_slice_and_resumes_with_the_same_crops(tmp_path):
+    folder = _write_pairs_folder(
+        tmp_path / "pairs", [((256 + 4 * i, 260), [f"c{i}a", f"c{i}b"]) for i in range(4)]
+    )
+    cfg = _folder_config(folder, 64, pairs=True)
+    pairs = input_pipeline.list_pairs(cfg)
+
+    def host_batches(process_index, start_step, n=3):
+        ds = input_pipeline.pairs_dataset(cfg, pairs, 4, 2, 3, start_step, process_index)
+        it = input_pipeline.numpy_batches(ds)
+        return [next(it) for _ in range(n)]
+
+    h0, h1 = host_batches(0, 0), host_batches(1, 0)
+    caps = {c for _, c in pairs}
+    for b0, b1 in zip(h0, h1, strict=True):
+        assert b0["image"].shape == (2, 64, 64, 3)
+        assert not set(b0["caption"]) & set(b1["caption"]) and set(b0["caption"]) <= caps
+    # Steps 0 and 1 on both hosts = epoch 0 = all 8 pairs once.
+    seen = [c for b in h0[:2] + h1[:2] for c in b["caption"]]
+    assert sorted(seen) == sorted(caps)
+    resumed = host_batches(0, 2, n=1)[0]
+    np.testing.assert_array_equal(resumed["image"], h0[2]["image"])
+    assert resumed["caption"] == h0[2]["caption"]
+
+
+def test_coco_files_reads_the_official_layout_with_the_same_filter(tmp_path):
+    root = tmp_path / "coco"
+    (root / "train2014").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    sizes = {1: (480, 640), 2: (200, 640), 3: (300, 256)}  # id -> (h, w)
+    for i, (h, w) in sizes.items():
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(
+            root / "train2014" / f"COCO_train2014_{i:012d}.jpg"
+        )
+    images = [{"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "height": h, "width": w}
+              for i, (h, w) in sizes.items()]  # fmt: skip
+    del images[2]["height"], images[2]["width"]  # read from the file instead
+    annotations = [{"image_id": 3, "id": 10, "caption": "a tall thing "},
+                   {"image_id": 1, "id": 11, "caption": "a wide thing"},
+                   {"image_id": 2, "id": 12, "caption": "too small"},
+                   {"image_id": 1, "id": 13, "caption": "another caption"}]  # fmt: skip
+    (root / "annotations" / "captions_train2014.json").write_text(
+        json.dumps({"images": images[::-1], "annotations": annotations})
+    )
+    cfg = ml_collections.ConfigDict(dict(source="coco_files", data_dir=str(root), crop_size=256))
+    pairs = input_pipeline.list_pairs(cfg)
+    want = [("01.jpg", "a wide thing"), ("01.jpg", "another caption"), ("03.jpg", "a tall thing")]
+    assert [(Path(p).name[-6:], c) for p, c in pairs] == want
+    with pytest.raises(FileNotFoundError, match="captions_train2014.json"):
+        input_pipeline.list_coco_files(tmp_path)

@@ -27,6 +27,7 @@ def _loss_config(**overrides):
     config = dict(
         lmbda=0.0004, k_p=3.5, k_j=0.0025, lpips_input_range="minus_one_one",
         clip_path="", clip_embed_weight=40.0, clip_logit_scale_log=2.6592,
+        joint_group_size=0,
     )  # fmt: skip
     config.update(overrides)
     return ml_collections.ConfigDict(config)
@@ -122,13 +123,13 @@ def test_clip_preprocess_resizes_short_side_and_center_crops():
     assert losses.clip_preprocess(jnp.zeros((1, 256, 320, 3))).shape == (1, 224, 224, 3)
 
 
-def test_clip_preprocess_matches_clip_image_processor_on_kodak():
-    """Same as CLIPImageProcessor (PIL bicubic on uint8) up to its rounding and clipping."""
+def test_clip_preprocess_cubic_matches_clip_image_processor_on_kodak():
+    """method='cubic' is CLIPImageProcessor (PIL bicubic on uint8) up to rounding/clipping."""
     from transformers import CLIPImageProcessor
 
     image = np.round(_kodak_image("kodim23.png") * 255).astype(np.uint8)  # 512x768
     want = CLIPImageProcessor()(images=image, return_tensors="np")["pixel_values"]
-    got = np.asarray(losses.clip_preprocess(image[None].astype(np.float32) / 255.0))
+    got = np.asarray(losses.clip_preprocess(image[None].astype(np.float32) / 255.0, method="cubic"))
     diff = np.abs(got - want.transpose(0, 2, 3, 1))
     assert got.shape == (1, 224, 224, 3)
     assert diff.mean() < 0.01 and np.percentile(diff, 99) < 0.02
@@ -155,19 +156,25 @@ def test_clip_contrastive_falls_as_matching_improves():
     assert values[1] == pytest.approx((ce(logits) + ce(logits.T)) / 2, rel=1e-4)
 
 
-def test_clip_text_embedder_gives_unit_embeddings_independent_of_padding(
-    tiny_clip, tiny_clip_folder
-):
+def test_clip_text_embeddings_of_38_tokens_are_independent_of_padding(tiny_clip, tiny_clip_folder):
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(tiny_clip_folder))
     captions = ["a red car", "the dog", "a red car"]
-    embed = losses.build_clip_text_embedder(tiny_clip, str(tiny_clip_folder))
-    text = embed(captions)
+    embed = jax.jit(lambda ids, mask: losses.clip_text_embeddings(tiny_clip, tiny_clip.params,
+                                                                   ids, mask))  # fmt: skip
+
+    def tokens(length):
+        t = tokenizer(captions, padding="max_length", max_length=length, truncation=True,
+                      return_tensors="np")  # fmt: skip
+        return np.asarray(t["input_ids"], np.int32), np.asarray(t["attention_mask"], np.int32)
+
+    text = np.asarray(embed(*tokens(38)))
     assert text.shape == (3, 8) and text.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(text[0], text[2], atol=1e-6)
     assert np.abs(text[0] - text[1]).max() > 1e-3
     # CLIP pools at the end token under a causal mask: the padded length does not matter.
-    short = losses.build_clip_text_embedder(tiny_clip, str(tiny_clip_folder), max_length=16)
-    np.testing.assert_allclose(short(captions), text, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(embed(*tokens(16))), text, atol=1e-5)
 
 
 def test_clip_joint_term_gradient_reaches_x_hat(tiny_clip):
@@ -293,3 +300,43 @@ def test_whole_loss_on_the_paper_size_model_is_finite_with_every_term_logged(tin
                  "clip_embed_dist", "joint"):  # fmt: skip
         assert np.isfinite(float(metrics[name])), name
     assert float(metrics["bpp_y"]) > 0 and float(metrics["bpp_z"]) > 0
+
+
+# ----------------------------------------------------------------------------- config
+def test_taco_config_is_the_authors_training():
+    from configs.taco import get_config
+
+    c = get_config()
+    assert (c.loss.lmbda, c.loss.k_p, c.loss.k_j) == (0.0004, 3.5, 0.0025)
+    assert c.loss.lpips_input_range == "zero_one" and c.loss.joint_group_size == 8
+    assert c.loss.clip_resize_method == "linear"
+    assert (c.loss.clip_embed_weight, c.loss.clip_logit_scale_log) == (40.0, 2.6592)
+    assert (c.text.encoder, c.text.max_length) == ("clip", 38)
+    assert c.text.path == c.loss.clip_path == "openai/clip-vit-base-patch32"
+    assert (c.input.source, c.input.min_short_side, c.input.crop_size) == ("coco_files", 256, 256)
+    assert c.input.batch_size_per_device == 8
+    o = c.optim
+    assert (o.learning_rate, o.aux_learning_rate, o.grad_clip_norm) == (1e-4, 1e-3, 1.0)
+    assert (o.epochs, tuple(o.decay_epochs), o.decay_factor) == (50, (45, 48), 0.1)
+    assert c.eval.every_epochs == 1 and c.eval.captions.endswith("kodak/captions.json")
+    assert c.jax_default_matmul_precision == "highest"
+
+
+def test_taco_config_confirms_weights_only_for_lambda_0004(caplog):
+    from configs.taco import get_config
+
+    with caplog.at_level("WARNING"):
+        assert get_config("lmbda=0.0004").loss.weights_confirmed
+        assert not caplog.records
+        other = get_config("lmbda=0.0016")
+    assert not other.loss.weights_confirmed and (other.loss.k_p, other.loss.k_j) == (3.5, 0.0025)
+    assert "not confirmed" in caplog.text
+    with pytest.raises(ValueError, match="lmbda"):
+        get_config("lmbda=0")
+
+
+def test_a_batch_that_the_joint_groups_do_not_tile_is_an_error_at_start():
+    losses.check_joint_group(_loss_config(joint_group_size=8), 16)
+    losses.check_joint_group(_loss_config(joint_group_size=8, k_j=0.0), 12)  # no joint term
+    with pytest.raises(ValueError, match="not a multiple of loss.joint_group_size=8"):
+        losses.check_joint_group(_loss_config(joint_group_size=8), 12)

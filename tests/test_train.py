@@ -381,6 +381,149 @@ def test_evaluation_reports_estimated_and_real_bitstream_rates(tmp_path, kodak_d
     encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
     eval_config = ml_collections.ConfigDict(dict(folder=str(tmp_path), captions="", max_images=1))
     out = train_lib.evaluate(model, state.params, encoder, eval_config)
-    assert set(out) == {"bpp_estimate", "bpp_real", "psnr", "psnr_real"}
+    assert set(out) == {"bpp_estimate", "bpp_real", "psnr", "psnr_real", "ms_ssim"}
+    assert 0 < out["ms_ssim"] <= 1
     assert out["bpp_real"] > 0.1 and out["bpp_estimate"] > 0.1  # 96x64: header bytes count
     assert np.isfinite(out["psnr"]) and np.isfinite(out["psnr_real"])
+
+
+_EVERY_TERM = textwrap.dedent(
+    """
+    import functools, json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from configs.small import get_config
+    from tgic_jax import losses, sharding as shd, train_lib
+    from tgic_jax.model import TACO, ModelConfig
+    from tgic_jax.text_encoders import RandomTextEncoder
+
+    assert jax.device_count() == 8
+    config = get_config("tiny")
+    config.loss.update(lmbda=0.0004, k_p=3.5, k_j=0.0025, lpips_input_range="zero_one",
+                       joint_group_size=4, clip_path=sys.argv[1])
+    rng = np.random.default_rng(0)
+    host_batch = {"image": rng.random((8, 64, 64, 3), np.float32),
+                  "input_ids": rng.integers(1, 999, (8, 38)).astype(np.int32),
+                  "attention_mask": np.ones((8, 38), np.int32)}
+    model = TACO.from_config(ModelConfig.from_config(config.model))
+    tower = RandomTextEncoder(config.model.text_dim, 38)
+    clip_model = losses.build_clip(config.loss.clip_path)
+    clip_text_fn = functools.partial(losses.clip_text_embeddings, clip_model)
+    loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
+    frozen = {**frozen, "text": tower.params}
+    # Two groups by hand: the whole-batch loss (one group) on each half, averaged.
+    config.loss.joint_group_size = 0
+    one_group, _ = losses.build_loss(config.loss, clip_model=clip_model)
+
+    def by_hand(frozen, outputs, x, t):
+        parts = [one_group(frozen, jax.tree_util.tree_map(lambda v: v[s], outputs), x[s], t[s])
+                 for s in (slice(0, 4), slice(4, 8))]
+        return jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *parts)
+
+    optimizer = train_lib.make_optimizer(config.optim, 8)
+    initial, results = None, {}
+    for name, n, fn in (("1", 1, loss_fn), ("8", 8, loss_fn), ("hand", 1, by_hand)):
+        step = train_lib.make_train_step(model, fn, optimizer, tower.apply, clip_text_fn)
+        mesh = shd.make_mesh({"data": n})
+        state, shardings, _ = train_lib.init_sharded_state(model, optimizer, 0, mesh)
+        if initial is None:
+            initial = jax.device_get(state)
+        state = jax.device_put(initial, shardings)
+        jitted = train_lib.jit_train_step(step, mesh, shardings)
+        state, metrics = jitted(state, shd.put_replicated(frozen, mesh),
+                                shd.make_global_batch(mesh, host_batch), np.float32(1e-3))
+        results[name] = jax.device_get((state.params, metrics))
+    sq = lambda v: float(np.sum(np.square(v, dtype=np.float64)))
+    def rel(a, b):
+        diff = sum(jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda u, v: sq(u - v), a, b)))
+        return (diff / sum(sq(u) for u in jax.tree_util.tree_leaves(a))) ** 0.5
+    p1, m1 = results["1"]
+    moved = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: float(np.abs(a - b).max()), p1, initial.params)))
+    print(json.dumps({"loss": {k: float(v[1]["loss"]) for k, v in results.items()},
+                      "terms": {k: float(m1[k]) for k in ("lpips", "joint", "distortion")},
+                      "rel_8": rel(p1, results["8"][0]), "rel_hand": rel(p1, results["hand"][0]),
+                      "moved": moved}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_one_step_with_every_loss_term_is_the_same_on_1_and_8_devices_and_by_hand(tmp_path):
+    clip = REPO.parent / "shared" / "reference" / "loss_parity" / "clip"
+    if not (clip / "config.json").is_file():
+        pytest.skip("tiny CLIP of ../shared/reference/loss_parity not present")
+    script = tmp_path / "every_term.py"
+    script.write_text(_EVERY_TERM)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(clip)], cwd=REPO, env=_env(devices=8),
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(out)
+    assert all(v > 0 for v in out["terms"].values()), out  # every term is on
+    losses_ = out["loss"]
+    assert abs(losses_["8"] - losses_["1"]) <= 1e-5 * abs(losses_["1"]), out
+    assert abs(losses_["hand"] - losses_["1"]) <= 1e-5 * abs(losses_["1"]), out
+    assert out["moved"] > 1e-4, out
+    assert out["rel_8"] < 1e-5 and out["rel_hand"] < 1e-5, out
+
+
+# ----------------------------------------------------------------------------- selection
+def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_path):
+    params = {"w": np.zeros((2,), np.float32)}
+    evals = [  # step, psnr_real, ms_ssim, bpp_real, lpips
+        (10, 20.0, 0.90, 0.50, 0.30),
+        (20, 21.0, 0.89, 0.60, 0.25),
+        (30, 20.5, 0.95, 0.40, 0.35),
+    ]
+    for step, psnr, ssim, bpp, lp in evals:
+        scalars = dict(psnr_real=psnr, ms_ssim=ssim, bpp_real=bpp, lpips=lp, lpips_zero_one=0.1,
+                       psnr=psnr + 0.1, bpp_estimate=bpp - 0.01)  # fmt: skip
+        train_lib.record_evaluation(tmp_path, step, step // 10, scalars, {"w": params["w"] + step})
+    rows = (tmp_path / "eval.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(train_lib.EVAL_COLUMNS) and len(rows) == 4
+    best = train_lib.read_best(tmp_path)
+    assert {k: v["step"] for k, v in best.items()} == {
+        "best_psnr": 20, "best_lpips": 20, "best_ms_ssim": 30, "best_bpp": 30}  # fmt: skip
+    kept, info = train_lib.load_best_params(tmp_path, "best_psnr")
+    np.testing.assert_array_equal(kept["w"], [20.0, 20.0])
+    assert info["psnr_real"] == 21.0
+    with pytest.raises(ValueError, match="unknown selection"):
+        train_lib.load_best_params(tmp_path, "best_loss")
+
+
+@pytest.mark.slow
+def test_per_epoch_evaluation_writes_its_csv_keeps_best_checkpoints_and_export_selects_one(
+    tmp_path, kodak_dir
+):
+    from PIL import Image
+
+    from configs.small import get_config
+    from tgic_jax import checkpoint as ckpt_lib
+    from tgic_jax import cli
+
+    evalset = tmp_path / "kodak_crop"
+    evalset.mkdir()
+    Image.open(kodak_dir / "kodim23.png").crop((0, 0, 64, 64)).save(evalset / "k.png")
+    (evalset / "captions.json").write_text(json.dumps({"k.png": "two parrots"}))
+    config = get_config("tiny")
+    config.optim.train_images = 4  # 2 steps an epoch at batch 2
+    config.optim.epochs = 2
+    config.ckpt.every_steps = 100
+    config.eval.update(folder=str(evalset), captions="", every_epochs=1, images_to_log=1)
+    workdir = tmp_path / "run"
+    train_lib.train_and_evaluate(config, workdir)
+    rows = (workdir / "eval.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["2", "1"], ["4", "2"]]
+    best = train_lib.read_best(workdir)
+    assert set(best) == set(train_lib.BEST_BY)
+    assert all(np.isfinite(v["lpips"]) and np.isfinite(v["lpips_zero_one"]) for v in best.values())
+    assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
+    out = tmp_path / "exported"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out),
+                     "--select", "best_psnr"]) == 0  # fmt: skip
+    _, variables, loaded = ckpt_lib.load_inference(out)
+    kept, info = train_lib.load_best_params(workdir, "best_psnr")
+    assert loaded.extra.train_step == info["step"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"], kept)

@@ -9,14 +9,14 @@ Two sources (config.input.source):
 Per example: images smaller than the crop are dropped (not padded, not crashed on), one
 random crop_size x crop_size crop, one caption picked at random. tf.data runs on the CPU
 only (TensorFlow is told not to see GPUs). Batches are host-local dicts
-``{"image": float32 [b, H, W, 3] in [0, 1], "caption": list[str]}``; `encode_batches`
-adds the text states (and CLIP text embeddings for the joint loss) on the host.
+``{"image": float32 [b, H, W, 3] in [0, 1], "caption": list[str]}``; `tokenize_batches`
+replaces the captions by token ids and masks (the text tower runs in the train step).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import ml_collections
@@ -200,14 +200,144 @@ def build_text_encoder(text_config, width: int | None = None):
     return build(text_config)
 
 
-def encode_batches(
-    batches: Iterator[dict],
-    text_encoder,
-    clip_text_fn: Callable[[list[str]], np.ndarray] | None = None,
-) -> Iterator[dict]:
-    """Adds "text" (token states) and, with clip_text_fn, "clip_text" to each host batch."""
+def tokenize_batches(batches: Iterator[dict], text_encoder) -> Iterator[dict]:
+    """Adds "input_ids" and "attention_mask" [b, max_length] int32 (one tokenization).
+
+    The frozen text tower (and, for the joint loss, CLIP's text projection) runs on these
+    tokens inside the train step; the captions themselves stay on the host.
+    """
     for batch in batches:
-        out = {"image": batch["image"], "text": text_encoder.encode(batch["caption"])[0]}
-        if clip_text_fn is not None:
-            out["clip_text"] = np.asarray(clip_text_fn(batch["caption"]), np.float32)
-        yield out
+        tokens = text_encoder.tokenize(batch["caption"])
+        yield {"image": batch["image"], "input_ids": tokens["input_ids"],
+               "attention_mask": tokens["attention_mask"]}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- pairs
+# The authors' training set (datasets_MSCOCO.py): one sample per (image, caption) pair of
+# the train2014 images whose shorter side is >= 256, i.e. ~5 pairs per image. An epoch is
+# one pass over the pairs, so its length comes from the data (`list_pairs`).
+MIN_SHORT_SIDE = 256
+
+
+def list_coco_files(
+    data_dir: str | Path, min_short_side: int = MIN_SHORT_SIDE
+) -> list[tuple[str, str]]:
+    """(image path, caption) pairs from the official train2014/ + captions_train2014.json.
+
+    Images come from `images[].{id, file_name, width, height}` (sizes read from the file
+    when the JSON lacks them), captions from `annotations[].{image_id, caption}`; images
+    whose shorter side is below min_short_side are left out. Sorted by file name, then in
+    the annotation file's order: the same list on every host and every run.
+    """
+    root = Path(data_dir)
+    ann_path = root / "annotations" / "captions_train2014.json"
+    if not ann_path.is_file():
+        raise FileNotFoundError(f"{ann_path} not found (expected the official COCO layout)")
+    ann = json.loads(ann_path.read_text())
+    captions: dict[int, list[str]] = {}
+    for a in ann["annotations"]:
+        captions.setdefault(int(a["image_id"]), []).append(str(a["caption"]).strip())
+    pairs = []
+    for im in sorted(ann["images"], key=lambda im: im["file_name"]):
+        path = root / "train2014" / im["file_name"]
+        if "width" in im and "height" in im:
+            short = min(int(im["width"]), int(im["height"]))
+        else:
+            short = min(_image_size(path))
+        if short >= min_short_side:
+            pairs += [(str(path), c) for c in captions.get(int(im["id"]), [])]
+    if not pairs:
+        raise FileNotFoundError(
+            f"no (image, caption) pairs with short side >= {min_short_side} in {root}"
+        )
+    return pairs
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image  # noqa: PLC0415
+
+    with Image.open(path) as im:  # reads the header only
+        return im.size
+
+
+def list_folder_pairs(
+    folder: str | Path, captions_path: str | Path | None = None, max_images: int = 0,
+    min_short_side: int = MIN_SHORT_SIDE,
+) -> list[tuple[str, str]]:  # fmt: skip
+    """(image path, caption) pairs of a captioned folder, one per caption, short side filtered."""
+    pairs = []
+    for path, caps in list_folder(folder, captions_path, max_images):
+        if min(_image_size(path)) >= min_short_side:
+            pairs += [(str(path), c) for c in caps]
+    if not pairs:
+        raise FileNotFoundError(
+            f"no (image, caption) pairs with short side >= {min_short_side} in {folder}"
+        )
+    return pairs
+
+
+def list_pairs(input_config) -> list[tuple[str, str]]:
+    """The training pairs of config.input (source 'coco_files', or 'folder' with pairs=True)."""
+    min_side = int(input_config.get("min_short_side", MIN_SHORT_SIDE))
+    if input_config.source == "coco_files":
+        return list_coco_files(input_config.data_dir, min_side)
+    return list_folder_pairs(
+        input_config.folder, input_config.get("captions") or None,
+        int(input_config.get("max_images", 0)), min_side,
+    )  # fmt: skip
+
+
+def uses_pairs(input_config) -> bool:
+    """Whether config.input iterates (image, caption) pairs with an epoch from the data."""
+    return input_config.source == "coco_files" or (
+        input_config.source == "folder" and bool(input_config.get("pairs", False))
+    )
+
+
+def pair_order(num_pairs: int, global_batch: int, seed: int, start_step: int = 0):
+    """Global pair indices in training order from start_step on: [global_batch] per step.
+
+    Epoch e is the first steps_per_epoch * global_batch entries of a permutation drawn
+    from (seed, e) (the remainder is dropped, as the authors' drop_last BatchSampler
+    does), so the order depends only on the seed and resumes exactly at any step.
+    """
+    spe = max(1, num_pairs // global_batch)
+    step = int(start_step)
+    while True:
+        epoch, offset = divmod(step, spe)
+        perm = np.random.default_rng([int(seed), epoch]).permutation(num_pairs)
+        for s in range(offset, spe):
+            yield perm[s * global_batch : (s + 1) * global_batch]
+        step = (epoch + 1) * spe
+
+
+def pairs_dataset(
+    input_config, pairs, global_batch: int, host_batch: int, seed: int, start_step: int,
+    process_index: int = 0,
+):  # fmt: skip
+    """tf.data of this host's batches of random crops of `pairs`, in `pair_order`."""
+    tf = _tf()
+    paths = np.array([p for p, _ in pairs])
+    caps = np.array([c for _, c in pairs])
+    lo = process_index * host_batch  # this host's slice of every global batch
+    crop_size = int(input_config.crop_size)
+
+    def positions():
+        step = int(start_step)
+        for idx in pair_order(len(pairs), global_batch, seed, start_step):
+            for j, i in enumerate(idx[lo : lo + host_batch]):
+                # Position in the run: keys the crop, so a resumed run crops as before.
+                yield paths[i], caps[i], np.int64(step * global_batch + lo + j)
+            step += 1
+
+    sig = (tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.int64))
+    ds = tf.data.Dataset.from_generator(positions, output_signature=sig)
+
+    def load(path, caption, position):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        key = tf.stack([tf.cast(seed, tf.int64), position])
+        image = tf.image.stateless_random_crop(image, (crop_size, crop_size, 3), seed=key)
+        return {"image": tf.cast(image, tf.float32) / 255.0, "caption": caption}
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)  # order kept (deterministic)
+    return ds.batch(host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -35,6 +35,26 @@ def _torch_default_init(fan_in_axes: Sequence[int]):
     return init
 
 
+def _torch_bias_init(fan_in: int):
+    """torch's default bias init of Conv2d / ConvTranspose2d / Linear: U(-1/sqrt(fan_in), ..)."""
+    bound = 1.0 / np.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _kaiming_normal_init(fan_in_axes: Sequence[int]):
+    """torch.nn.init.kaiming_normal_ defaults (fan_in, leaky_relu a=0): N(0, 2 / fan_in)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        fan_in = int(np.prod([shape[a] for a in fan_in_axes]))
+        return np.sqrt(2.0 / fan_in) * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
 class Conv(nn.Module):
     """Conv2d with PyTorch padding k // 2: `conv(i, o, k, s)` of the paper's code."""
 
@@ -46,7 +66,7 @@ class Conv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k, c = self.kernel_size, x.shape[-1]
         kernel = self.param("kernel", _torch_default_init((0, 1, 2)), (k, k, c, self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        bias = self.param("bias", _torch_bias_init(k * k * c), (self.features,))
         p = k // 2
         y = lax.conv_general_dilated(
             x, kernel.astype(x.dtype), (self.stride, self.stride), ((p, p), (p, p)),
@@ -101,7 +121,7 @@ class ConvTranspose(nn.Module):
         k, s, c = self.kernel_size, self.stride, x.shape[-1]
         # torch's fan_in for ConvTranspose2d weight [in, out, kh, kw] is out * kh * kw.
         kernel = self.param("kernel", _torch_default_init((0, 1, 3)), (k, k, c, self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        bias = self.param("bias", _torch_bias_init(k * k * self.features), (self.features,))
         p = k // 2
         phases, d_min, d_max = _phase_kernels(kernel.astype(x.dtype), s, p)
         y = lax.conv_general_dilated(
@@ -150,14 +170,26 @@ class AttentionBlock(nn.Module):
 
 
 class Dense(nn.Module):
-    """torch.nn.Linear with a [in, out] kernel."""
+    """torch.nn.Linear with a [in, out] kernel.
+
+    Initialized as torch does by default, or with `kaiming_normal=True` as the authors'
+    Injector/Extractor projections (`nn.init.kaiming_normal_`); `zero_bias` is
+    MultiheadAttention's out_proj (torch zeroes that bias in `_reset_parameters`).
+    """
 
     features: int
+    kaiming_normal: bool = False
+    zero_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", _torch_default_init((0,)), (x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        fan_in = x.shape[-1]
+        kernel_init = (
+            _kaiming_normal_init((0,)) if self.kaiming_normal else _torch_default_init((0,))
+        )
+        kernel = self.param("kernel", kernel_init, (fan_in, self.features))
+        bias_init = nn.initializers.zeros if self.zero_bias else _torch_bias_init(fan_in)
+        bias = self.param("bias", bias_init, (self.features,))
         return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
 
 
@@ -208,4 +240,4 @@ class MultiheadAttention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", split(qp) / np.sqrt(d), split(kp))
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(logits.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, split(vp)).reshape(qp.shape)
-        return Dense(e, name="out_proj")(out)
+        return Dense(e, zero_bias=True, name="out_proj")(out)

@@ -6,6 +6,9 @@
 Everything is one pure function ``loss_fn(frozen_params, outputs, x, clip_text_embeds)``;
 the frozen LPIPS and CLIP weights are an argument, not constants baked into the graph.
 Terms whose weight is 0 are left out at trace time (no LPIPS / CLIP forward at all).
+The joint term is computed per group of ``joint_group_size`` images (the authors' per-GPU
+batch of 8 under DistributedDataParallel) and averaged over the groups, so a batch gives
+the same loss and gradients whatever the device mesh.
 The auxiliary quantile loss of the entropy bottleneck is the model's, not computed here.
 Images are NHWC float32 in [0, 1].
 """
@@ -15,12 +18,11 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 Params = Any
@@ -87,19 +89,27 @@ def build_clip(path: str = "openai/clip-vit-base-patch32"):
     return _load_flax(FlaxCLIPModel, path)
 
 
-def clip_preprocess(images: jax.Array, size: int = CLIP_IMAGE_SIZE) -> jax.Array:
-    """Differentiable CLIPImageProcessor: bicubic short side -> size, center crop, normalize.
+def clip_preprocess(
+    images: jax.Array, size: int = CLIP_IMAGE_SIZE, method: str = "linear"
+) -> jax.Array:
+    """Differentiable CLIP input: resize short side -> size, center crop, normalize.
 
-    NHWC [0, 1] -> NHWC normalized [B, size, size, 3]. The processor's 1/255 rescale is
-    already done (inputs are in [0, 1]); x_hat is not clipped so its gradient stays intact.
+    NHWC [0, 1] -> NHWC normalized [B, size, size, 3]. method 'linear' with antialias is
+    torchvision's `Resize` on tensors (the authors' `transform_for_clip`: their x*255 and
+    /255 around it cancel, float tensors are not rounded); 'cubic' is close to the
+    CLIPImageProcessor (PIL bicubic). x_hat is not clipped so its gradient stays intact.
     """
     batch, height, width, channels = images.shape
     short = min(height, width)
-    # Same integer rounding as transformers' get_resize_output_image_size.
+    # Same integer rounding as torchvision's Resize(int) and transformers' processor.
     new_h, new_w = (size, int(size * width / height)) if height == short else (
         int(size * height / width), size)  # fmt: skip
-    # jax.image.resize antialiases when downsampling, like PIL's bicubic in the processor.
-    images = jax.image.resize(images, (batch, new_h, new_w, channels), method="bicubic")
+    if (new_h, new_w) != (height, width):
+        # antialias=True widens the kernel by the downscale factor and renormalizes it at
+        # the borders, as torchvision (antialias=True) and PIL do.
+        images = jax.image.resize(
+            images, (batch, new_h, new_w, channels), method=method, antialias=True
+        )
     top, left = (new_h - size) // 2, (new_w - size) // 2
     images = images[:, top : top + size, left : left + size, :]
     mean = jnp.asarray(CLIP_MEAN, images.dtype)
@@ -111,43 +121,24 @@ def _l2_normalize(v: jax.Array) -> jax.Array:
     return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def clip_image_embeddings(clip_model, clip_params: Params, images: jax.Array) -> jax.Array:
+def clip_image_embeddings(
+    clip_model, clip_params: Params, images: jax.Array, resize_method: str = "linear"
+) -> jax.Array:
     """L2-normalized projected CLIP image embeddings [B, P] of NHWC [0, 1] images."""
-    pixels = jnp.transpose(clip_preprocess(images), (0, 3, 1, 2))  # the HF API takes NCHW
+    pixels = jnp.transpose(clip_preprocess(images, method=resize_method), (0, 3, 1, 2))
     return _l2_normalize(clip_model.get_image_features(pixels, params=clip_params))
 
 
 def clip_text_embeddings(
     clip_model, clip_params: Params, input_ids: jax.Array, mask: jax.Array
 ) -> jax.Array:
-    """L2-normalized projected CLIP text embeddings [B, P] (frozen: compute on the host)."""
-    feats = clip_model.get_text_features(input_ids, mask, params=clip_params)
-    return _l2_normalize(feats)
+    """Projected CLIP text features [B, P], not normalized (pure: runs in the train step).
 
-
-def build_clip_text_embedder(
-    clip_model, clip_path: str, max_length: int = 38
-) -> Callable[[Sequence[str]], np.ndarray]:
-    """Host-side captions -> L2-normalized CLIP text embeddings [B, P] for the joint term.
-
-    Tokenized like the conditioning text (38 tokens, padded, truncated); CLIP pools at the
-    end-of-text token under a causal mask, so padding does not change the embedding.
+    The one function that turns the batch's tokens (the same 38 tokens as the conditioning
+    text) into the joint term's text embeddings; frozen, so no gradient flows back.
     """
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(clip_path)
-    embed = jax.jit(lambda params, ids, mask: clip_text_embeddings(clip_model, params, ids, mask))
-
-    def embedder(captions: Sequence[str]) -> np.ndarray:
-        tokens = tokenizer(
-            list(captions), padding="max_length", max_length=max_length, truncation=True,
-            return_tensors="np",
-        )  # fmt: skip
-        ids = np.asarray(tokens["input_ids"], np.int32)
-        mask = np.asarray(tokens["attention_mask"], np.int32)
-        return np.asarray(embed(clip_model.params, ids, mask), np.float32)
-
-    return embedder
+    feats = clip_model.get_text_features(input_ids, mask, params=clip_params)
+    return jax.lax.stop_gradient(feats)
 
 
 def clip_joint_term(
@@ -158,17 +149,37 @@ def clip_joint_term(
     text_embeds: jax.Array,
     logit_scale_log: float = 2.6592,
     embed_weight: float = 40.0,
+    group_size: int = 0,
+    resize_method: str = "linear",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """CLIP contrastive(t, e(x_hat)) + embed_weight * ||e(x_hat) - e(x)||_F, and its parts."""
-    e_hat = clip_image_embeddings(clip_model, clip_params, x_hat)
-    e_ref = jax.lax.stop_gradient(clip_image_embeddings(clip_model, clip_params, x))
-    contrastive = clip_contrastive(_l2_normalize(text_embeds), e_hat, logit_scale_log)
-    # Frobenius norm over the whole [B, P] difference. The floor keeps the gradient finite
-    # (sqrt'(0) = inf) when x_hat == x; it changes the value by at most 1e-12.
-    sq = jnp.sum(jnp.square(e_hat - e_ref))
+    """Mean over groups of CLIP contrastive(t, e(x_hat)) + embed_weight * ||e(x_hat) - e(x)||_F.
+
+    Groups are consecutive blocks of group_size images (0: the whole batch is one group):
+    the authors compute the term on each GPU's 8 images, and DDP averages the gradients.
+    """
+    batch = x_hat.shape[0]
+    group = int(group_size) or batch
+    if batch % group:
+        raise ValueError(f"batch {batch} is not a multiple of loss.joint_group_size={group}")
+    e_hat = clip_image_embeddings(clip_model, clip_params, x_hat, resize_method)
+    e_ref = jax.lax.stop_gradient(clip_image_embeddings(clip_model, clip_params, x, resize_method))
+    t = _l2_normalize(text_embeds.astype(jnp.float32))
+
+    def grouped(v):
+        return v.reshape(batch // group, group, v.shape[-1])
+
+    contrastive = jax.vmap(lambda a, b: clip_contrastive(a, b, logit_scale_log))(
+        grouped(t), grouped(e_hat)
+    )
+    # Frobenius norm of each group's [group, P] difference. The floor keeps the gradient
+    # finite (sqrt'(0) = inf) when x_hat == x; it changes the value by at most 1e-12.
+    sq = jnp.sum(jnp.square(grouped(e_hat) - grouped(e_ref)), axis=(1, 2))
     embed_dist = jnp.sqrt(jnp.maximum(sq, 1e-24))
-    term = contrastive + embed_weight * embed_dist
-    return term, {"clip_contrastive": contrastive, "clip_embed_dist": embed_dist}
+    term = jnp.mean(contrastive + embed_weight * embed_dist)
+    return term, {
+        "clip_contrastive": jnp.mean(contrastive),
+        "clip_embed_dist": jnp.mean(embed_dist),
+    }
 
 
 def clip_contrastive(
@@ -183,13 +194,24 @@ def clip_contrastive(
 
 
 # ----------------------------------------------------------------------------- total
+def check_joint_group(loss_config, global_batch: int) -> None:
+    """Raises a one-line error when the joint term's groups do not tile the global batch."""
+    group = int(loss_config.get("joint_group_size", 8))
+    if float(loss_config.k_j) > 0 and group > 0 and global_batch % group:
+        raise ValueError(
+            f"global batch {global_batch} is not a multiple of loss.joint_group_size={group} "
+            "(the joint term is computed per group; change the batch or the group size)"
+        )
+
+
 def build_loss(loss_config, clip_model=None) -> tuple[LossFn, dict[str, Params]]:
     """Returns (loss_fn, frozen_params) for config.loss; loss_fn is pure and jittable.
 
     loss_fn(frozen_params, outputs, x, clip_text_embeds) -> (loss, metrics), with outputs
     {"x_hat": [B,H,W,3], "likelihoods": {"y": ..., "z": ...}}, x [B,H,W,3] in [0, 1] and
-    clip_text_embeds [B, P] (None when k_j == 0). A clip_model may be passed to share it
-    with the caller (which also needs it for the text embeddings).
+    clip_text_embeds the projected CLIP text features [B, P], normalized or not (None when
+    k_j == 0). A clip_model may be passed to share it with the caller (which also needs it
+    for `clip_text_embeddings`).
     """
     lmbda = float(loss_config.lmbda)
     k_p = float(loss_config.k_p)
@@ -197,6 +219,10 @@ def build_loss(loss_config, clip_model=None) -> tuple[LossFn, dict[str, Params]]
     input_range = loss_config.get("lpips_input_range", "minus_one_one")
     embed_weight = float(loss_config.get("clip_embed_weight", 40.0))
     logit_scale_log = float(loss_config.get("clip_logit_scale_log", 2.6592))
+    group_size = int(loss_config.get("joint_group_size", 8))
+    resize_method = loss_config.get("clip_resize_method", "linear")
+    if resize_method not in ("linear", "cubic"):
+        raise ValueError(f"clip_resize_method must be 'linear' or 'cubic': {resize_method}")
 
     frozen: dict[str, Params] = {}
     if k_p > 0:
@@ -213,7 +239,7 @@ def build_loss(loss_config, clip_model=None) -> tuple[LossFn, dict[str, Params]]
         bpp, bpp_parts = bpp_from_likelihoods(outputs["likelihoods"], batch * height * width)
         mse = jnp.mean(jnp.square(x_hat - x))
         distortion = lmbda * 255.0**2 * mse
-        loss = bpp + distortion
+        loss = bpp + distortion  # lmbda = 0 removes the term (0 * mse)
         metrics = {
             "bpp": bpp,
             **{f"bpp_{name}": value for name, value in bpp_parts.items()},
@@ -230,7 +256,7 @@ def build_loss(loss_config, clip_model=None) -> tuple[LossFn, dict[str, Params]]
                 raise ValueError("k_j > 0 needs clip_text_embeds [B, P].")
             joint, parts = clip_joint_term(
                 clip_model, frozen_params["clip"], x_hat, x, clip_text_embeds,
-                logit_scale_log, embed_weight,
+                logit_scale_log, embed_weight, group_size, resize_method,
             )  # fmt: skip
             loss = loss + k_j * joint
             metrics.update(parts, joint=joint)

@@ -21,7 +21,9 @@ class Injector(nn.Module):
     def __call__(self, x: jax.Array, text: jax.Array) -> jax.Array:
         b, h, w, dim = x.shape
         gamma = self.param("gamma", nn.initializers.zeros, (dim,))
-        t = LayerNorm(name="text_norm")(Dense(dim, name="text_feature_dim_proj")(text))
+        t = LayerNorm(name="text_norm")(
+            Dense(dim, kaiming_normal=True, name="text_feature_dim_proj")(text)
+        )
         v = LayerNorm(name="image_norm")(x.reshape(b, h * w, dim))
         a = MultiheadAttention(self.heads, name="cross_attn")(v, t, t)
         return (v + gamma.astype(v.dtype) * a).reshape(b, h, w, dim)
@@ -36,7 +38,9 @@ class Extractor(nn.Module):
     def __call__(self, x: jax.Array, text: jax.Array) -> jax.Array:
         b, h, w, dim = x.shape
         text_dim = text.shape[-1]
-        v = Dense(text_dim, name="image_feature_dim_proj")(x.reshape(b, h * w, dim))
+        v = Dense(text_dim, kaiming_normal=True, name="image_feature_dim_proj")(
+            x.reshape(b, h * w, dim)
+        )
         v = LayerNorm(name="image_norm")(v)
         q = LayerNorm(name="text_norm")(text)
         return q + MultiheadAttention(self.heads, name="cross_attn")(q, v, v)

@@ -23,14 +23,13 @@ with ~5 other jobs, load average 5):
       256x256; the TACO model's forward/backward comes on top)
 
 The tower is frozen: no gradient, no optimizer state. Its forward is at most ~7% of the
-loss part alone, and a few ms on an accelerator, so there is no speed to win by fusing it
-into the train step, while doing so would put the tower's weights (90 MB MiniLM, 250 MB
-CLIP text) into the train step's arguments on every device and tie the step to one tower.
-Decision: the text states are computed once per batch outside the train step, by the
-input pipeline on the host side (``TextEncoder.encode``, numpy out), and the train step
-takes the states [B, 38, D] as data. The same
-holds for the CLIP text embeddings of the joint loss (``losses.build_clip_text_embedder``).
-States of a fixed caption set (Kodak) can be cached. Re-measure the towers with
+loss part alone, a few ms on an accelerator. Where it runs: the input pipeline tokenizes
+each caption once (38 tokens) and the batch carries token ids and masks; the tower runs
+inside the jitted train step (``TextEncoder.apply``, its weights a frozen argument
+replicated on every device), so on an accelerator no float text states travel
+host -> device -> host -> device per step. The same tokens feed the CLIP text features of
+the joint loss (``losses.clip_text_embeddings``), as in the authors' code. Evaluation and
+coding encode a caption on the host (``TextEncoder.encode``). Re-measure the towers with
 ``python -m tgic_jax.text_encoders --bench``.
 """
 
@@ -212,25 +211,40 @@ def load_minilm(path: str = "", max_length: int = MAX_LENGTH) -> TextEncoder:
 class RandomTextEncoder:
     """Test-only text encoder: deterministic pseudo-random states from a caption hash.
 
-    Same interface as `tgic_jax.text_encoders.TextEncoder` (`encode`, `width`,
-    `max_length`); needs no weights, so tests and offline smoke runs work anywhere.
+    Same interface as `tgic_jax.text_encoders.TextEncoder` (`tokenize`, pure `apply`,
+    `encode`, `params`, `width`, `max_length`); its one "token" is a 31-bit hash of the
+    caption, so it needs no weights and tests and offline smoke runs work anywhere.
     """
 
     name = "random"
+    params: Params = {}
 
     def __init__(self, width: int, max_length: int = 38):
         self.width = int(width)
         self.max_length = int(max_length)
 
+    def tokenize(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
+        """Captions -> {'input_ids': [B, max_length] (hash, 0, ..), 'attention_mask': ones}."""
+        ids = np.zeros((len(captions), self.max_length), np.int32)
+        for i, caption in enumerate(captions):
+            digest = hashlib.sha256(caption.encode("utf-8")).digest()
+            ids[i, 0] = int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    def apply(self, params: Params, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """Token ids [B, L] -> float32 [B, L, width] normal states keyed by the hash."""
+        del params, attention_mask
+        length = input_ids.shape[1]
+        draw = jax.vmap(
+            lambda h: jax.random.normal(jax.random.PRNGKey(h), (length, self.width), jnp.float32)
+        )
+        return draw(input_ids[:, 0])
+
     def encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Captions -> (states float32 [B, max_length, width], mask int32 [B, max_length])."""
-        states = []
-        for caption in captions:
-            digest = hashlib.sha256(caption.encode("utf-8")).digest()
-            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-            states.append(rng.standard_normal((self.max_length, self.width), np.float32))
-        mask = np.ones((len(states), self.max_length), np.int32)
-        return np.stack(states), mask
+        tokens = self.tokenize(captions)
+        states = self.apply(self.params, tokens["input_ids"], tokens["attention_mask"])
+        return np.asarray(states, np.float32), tokens["attention_mask"]
 
 
 def build_text_encoder(text_config) -> TextEncoder:

@@ -13,12 +13,15 @@ separate Adam on `quantiles` driven by the auxiliary loss only.
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import itertools
 import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -59,6 +62,17 @@ def global_batch_size(config, num_devices: int) -> int:
 def steps_per_epoch(optim_config, global_batch: int) -> int:
     """train_images // global batch (at least 1)."""
     return max(1, int(optim_config.train_images) // int(global_batch))
+
+
+def with_epoch_size(config: ml_collections.ConfigDict, num_pairs: int) -> ml_collections.ConfigDict:
+    """A copy of config whose epoch (optim.train_images) is the counted number of pairs."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    configured = int(config.optim.train_images)
+    if configured > 0 and configured != num_pairs:
+        logging.warning("optim.train_images=%d, the data has %d pairs: using the data's count",
+                        configured, num_pairs)  # fmt: skip
+    config.optim.train_images = int(num_pairs)
+    return config
 
 
 def total_steps(config, global_batch: int) -> int:
@@ -173,18 +187,32 @@ def init_sharded_state(model, optimizer, seed: int, mesh, mesh_config=None):
 
 
 # ----------------------------------------------------------------------------- step
-def make_train_step(model: TACO, loss_fn, optimizer):
-    """The pure update: (state, frozen, batch, main learning rate) -> (new state, metrics)."""
+def make_train_step(model: TACO, loss_fn, optimizer, text_fn=None, clip_text_fn=None):
+    """The pure update: (state, frozen, batch, main learning rate) -> (new state, metrics).
+
+    With text_fn(frozen["text"], ids, mask) the batch carries "input_ids" and
+    "attention_mask" and the frozen text tower runs here, inside the step; with
+    clip_text_fn(frozen["clip"], ids, mask) the same tokens give the joint term's CLIP text
+    features. Without them the batch carries the states as "text" (and "clip_text").
+    """
 
     def train_step(state: TrainState, frozen: Params, batch: dict, learning_rate: jax.Array):
         noise_rng = jax.random.fold_in(state.rng, state.step)
+        if text_fn is None:
+            text = batch["text"]
+        else:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            text = jax.lax.stop_gradient(text_fn(frozen["text"], ids, mask))
+        clip_text = batch.get("clip_text")  # precomputed (benchmarks) unless computed here
+        if clip_text_fn is not None:
+            clip_text = clip_text_fn(frozen["clip"], batch["input_ids"], batch["attention_mask"])
 
         def main_loss(params):
             outputs = model.apply(
-                {"params": params}, batch["image"], batch["text"], train=True,
+                {"params": params}, batch["image"], text, train=True,
                 rngs={"noise": noise_rng},
             )  # fmt: skip
-            return loss_fn(frozen, outputs, batch["image"], batch.get("clip_text"))
+            return loss_fn(frozen, outputs, batch["image"], clip_text)
 
         def aux_loss(params):
             return model.apply({"params": params}, method=TACO.aux_loss)
@@ -216,30 +244,17 @@ def jit_train_step(train_step, mesh, state_shardings):
     )
 
 
-# ----------------------------------------------------------------------------- text
-def make_clip_text_fn(loss_config):
-    """captions -> L2-normalized CLIP text embeddings [B, P] (host side), or None if k_j == 0."""
-    if float(loss_config.k_j) <= 0:
-        return None, None
-    from transformers import CLIPTokenizer  # noqa: PLC0415
-
-    from tgic_jax import losses  # noqa: PLC0415
-
-    clip_model = losses.build_clip(loss_config.clip_path)
-    tokenizer = CLIPTokenizer.from_pretrained(loss_config.clip_path)
-    embed = jax.jit(functools.partial(losses.clip_text_embeddings, clip_model))
-
-    def clip_text_fn(captions):
-        tok = tokenizer(list(captions), padding="max_length", truncation=True,
-                        max_length=tokenizer.model_max_length, return_tensors="np")  # fmt: skip
-        return np.asarray(embed(clip_model.params, tok["input_ids"], tok["attention_mask"]))
-
-    return clip_text_fn, clip_model
-
-
 # ----------------------------------------------------------------------------- eval
-def evaluate(model: TACO, params: Params, text_encoder, eval_config) -> dict[str, float]:
-    """Mean estimated and real-bitstream bpp / PSNR on a folder, through `tgic_jax.codec`."""
+def evaluate(
+    model: TACO, params: Params, text_encoder, eval_config, lpips_fn=None, keep_images: int = 0
+) -> dict[str, Any]:
+    """Mean bpp (estimated and real) / PSNR / MS-SSIM / LPIPS on a folder, via `tgic_jax.codec`.
+
+    `lpips` is standard LPIPS-Alex ([-1, 1] inputs); `lpips_zero_one` is the authors'
+    variant ([0, 1] inputs, as their test_epoch calls it), for comparing with their numbers.
+    With keep_images > 0 the result also holds "images": the first originals beside their
+    decoded images (uint8 [H, 2W, 3]), for TensorBoard.
+    """
     from PIL import Image  # noqa: PLC0415
 
     from tgic_jax import codec, metrics  # noqa: PLC0415 - TF (the range coder) only here
@@ -248,8 +263,8 @@ def evaluate(model: TACO, params: Params, text_encoder, eval_config) -> dict[str
         eval_config.folder, eval_config.get("captions") or None,
         int(eval_config.get("max_images", 0)),
     )  # fmt: skip
-    variables = {"params": jax.device_get(params)}  # host copy: every host evaluates alone
-    rows = []
+    variables = {"params": jax.device_get(params)}  # host copy: evaluated by one process
+    rows, images = [], []
     for path, captions in items:
         x = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
         text = text_encoder.encode(captions[:1])[0][0]
@@ -258,13 +273,100 @@ def evaluate(model: TACO, params: Params, text_encoder, eval_config) -> dict[str
         try:
             data = codec.compress(model, variables, x, text)
             x_hat = codec.decompress(model, variables, data)
-            row.update(bpp_real=8.0 * len(data) / (x.shape[0] * x.shape[1]),
-                       psnr_real=metrics.psnr(x, x_hat))  # fmt: skip
+            row["bpp_real"] = 8.0 * len(data) / (x.shape[0] * x.shape[1])
+            row["psnr_real"] = metrics.psnr(x, x_hat)
+            row["ms_ssim"] = metrics.ms_ssim(x, x_hat)
+            if lpips_fn is not None:
+                row["lpips"] = lpips_fn(x, x_hat, "minus_one_one")
+                row["lpips_zero_one"] = lpips_fn(x, x_hat, "zero_one")
+            if len(images) < keep_images:
+                images.append(np.concatenate([metrics.to_uint8(x), metrics.to_uint8(x_hat)], 1))
         except Exception as err:  # noqa: BLE001 - evaluation must not kill training; say why
             logging.warning("evaluation through tgic_jax.codec failed: %r", err)
         rows.append(row)
     keys = set.intersection(*(set(r) for r in rows))
-    return {k: float(np.mean([r[k] for r in rows])) for k in sorted(keys)}
+    out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in sorted(keys)}
+    if keep_images:
+        out["images"] = images
+    return out
+
+
+# ----------------------------------------------------------------------------- best
+BEST_DIR = "best"
+# name -> (metric in the evaluation, True when higher is better); the authors' four.
+BEST_BY = {
+    "best_psnr": ("psnr_real", True),
+    "best_ms_ssim": ("ms_ssim", True),
+    "best_bpp": ("bpp_real", False),
+    "best_lpips": ("lpips", False),
+}
+EVAL_CSV = "eval.csv"
+EVAL_COLUMNS = ("step", "epoch", "bpp_real", "bpp_estimate", "psnr_real", "psnr", "ms_ssim",
+                "lpips", "lpips_zero_one")  # fmt: skip
+
+
+def read_best(workdir: str | os.PathLike) -> dict[str, dict]:
+    """{name: its metrics.json} of the best checkpoints kept in workdir/best/."""
+    out = {}
+    for name in BEST_BY:
+        path = ckpt_lib.as_path(workdir) / BEST_DIR / name / "metrics.json"
+        if path.is_file():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+def _save_params(folder: epath.Path, params: Params, info: dict) -> None:
+    """params.npz + metrics.json, written beside and renamed: never a half folder."""
+    flat = flax.traverse_util.flatten_dict(jax.device_get(params))
+    tmp = folder.parent / (folder.name + ".tmp")
+    if tmp.exists():
+        tmp.rmtree()
+    tmp.mkdir(parents=True)
+    with (tmp / "params.npz").open("wb") as f:  # through epath: gs:// workdirs too
+        np.savez(f, **{"/".join(k): np.asarray(v) for k, v in flat.items()})
+    (tmp / "metrics.json").write_text(json.dumps(info, indent=1))
+    if folder.exists():
+        folder.rmtree()
+    tmp.rename(folder)
+
+
+def load_best_params(workdir: str | os.PathLike, name: str) -> tuple[Params, dict]:
+    """(params, metrics) of the best checkpoint `name` (e.g. 'best_psnr') of a workdir."""
+    if name not in BEST_BY:
+        raise ValueError(f"unknown selection {name!r}: one of {sorted(BEST_BY)}")
+    folder = ckpt_lib.as_path(workdir) / BEST_DIR / name
+    if not (folder / "params.npz").is_file():
+        raise FileNotFoundError(f"no {name} checkpoint in {folder.parent} (no evaluation yet?)")
+    with np.load(io.BytesIO((folder / "params.npz").read_bytes())) as f:
+        params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): f[k] for k in f.files})
+    return params, json.loads((folder / "metrics.json").read_text())
+
+
+def record_evaluation(
+    workdir: str | os.PathLike, step: int, epoch: int, scalars: dict, params
+) -> list:
+    """Appends a row to workdir/eval.csv and keeps params that beat a best; returns those."""
+    workdir = ckpt_lib.as_path(workdir)
+    csv_path = workdir / EVAL_CSV
+    rows = io.StringIO()
+    writer = csv.DictWriter(rows, fieldnames=EVAL_COLUMNS, extrasaction="ignore")
+    if not csv_path.is_file():
+        writer.writeheader()
+    writer.writerow({"step": step, "epoch": epoch, **scalars})
+    # Rewritten whole: object stores (gs://) have no append.
+    old = csv_path.read_text() if csv_path.is_file() else ""
+    csv_path.write_text(old + rows.getvalue())
+    best = read_best(workdir)
+    improved = []
+    for name, (key, higher) in BEST_BY.items():
+        if key not in scalars:
+            continue
+        old = best.get(name, {}).get(key)
+        if old is None or (scalars[key] > old if higher else scalars[key] < old):
+            _save_params(workdir / BEST_DIR / name, params,
+                         {"step": step, "epoch": epoch, **scalars})  # fmt: skip
+            improved.append(name)
+    return improved
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -290,6 +392,13 @@ class MetricWriter:
         logging.info("[%s] step %d %s", prefix, step, shown)
         if jax.process_index() == 0:
             print(f"[{prefix}] step {step} {shown}", flush=True)
+
+    def write_images(self, step: int, images: list, prefix: str = "eval") -> None:
+        """A few originals beside their decoded images (uint8 [H, 2W, 3] each)."""
+        if self._writer is not None:
+            for i, image in enumerate(images):
+                self._writer.image(f"{prefix}/original_decoded_{i}", image, step)
+            self._writer.flush()
 
     def close(self) -> None:
         """Flushes and closes the event file."""
@@ -442,19 +551,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if is_main:
         write_workdir_config(config, workdir)
 
+    precision = config.get("jax_default_matmul_precision")
+    if precision:  # before anything is traced; see docs/RECIPE.md (numerics)
+        jax.config.update("jax_default_matmul_precision", precision)
+    if not config.loss.get("weights_confirmed", True):
+        logging.warning("loss.lmbda=%g: (k_p, k_j)=(%g, %g) are not confirmed by the authors",
+                        config.loss.lmbda, config.loss.k_p, config.loss.k_j)  # fmt: skip
+
     # Mesh and batch sizes.
     mesh = shd.make_mesh(config.get("mesh"))
     global_batch = global_batch_size(config, mesh.size)
     host_batch = shd.local_batch_size(global_batch, mesh)
+    # (image, caption) pair sources: the epoch is one pass over the pairs, counted here.
+    pairs = None
+    if input_pipeline.uses_pairs(config.input):
+        pairs = input_pipeline.list_pairs(config.input)
+        config = with_epoch_size(config, len(pairs))
+        if is_main:
+            print(f"epoch: {len(pairs)} (image, caption) pairs, "
+                  f"{steps_per_epoch(config.optim, global_batch)} steps", flush=True)  # fmt: skip
     num_steps = total_steps(config, global_batch)
 
     # Model, loss, optimizer.
     from tgic_jax import losses  # noqa: PLC0415 - heavy (LPIPS, transformers)
 
     model = TACO.from_config(ModelConfig.from_config(config.model))
-    clip_text_fn, clip_model = make_clip_text_fn(config.loss)
+    losses.check_joint_group(config.loss, global_batch)
+    text_encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
+    clip_model, clip_text_fn = None, None
+    if float(config.loss.k_j) > 0:
+        if config.text.encoder != "clip":
+            raise ValueError("loss.k_j > 0 needs text.encoder='clip': the joint term reuses "
+                             "the conditioning tokens")  # fmt: skip
+        clip_model = losses.build_clip(config.loss.clip_path)
+        clip_text_fn = functools.partial(losses.clip_text_embeddings, clip_model)
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
-    frozen = shd.put_replicated(frozen, mesh)
+    frozen = shd.put_replicated({**frozen, "text": text_encoder.params}, mesh)
     optimizer = make_optimizer(config.optim, global_batch)
 
     # State: restored from the workdir when a checkpoint exists, else fresh.
@@ -473,18 +605,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             print(f"resumed from step {int(state.step)}", flush=True)
     start_step = int(state.step)
 
-    # Input: this host's share of every global batch, text encoded on the host.
-    text_encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
-    ds = input_pipeline.make_dataset(
-        config.input, host_batch, seed=int(config.seed) + start_step,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-    )  # fmt: skip
-    batches = input_pipeline.encode_batches(
-        input_pipeline.numpy_batches(ds), text_encoder, clip_text_fn
-    )
+    # Input: this host's share of every global batch, captions tokenized on the host.
+    if pairs is not None:  # order from (seed, epoch): resumes exactly at start_step
+        ds = input_pipeline.pairs_dataset(
+            config.input, pairs, global_batch, host_batch, int(config.seed), start_step,
+            jax.process_index(),
+        )  # fmt: skip
+    else:
+        ds = input_pipeline.make_dataset(
+            config.input, host_batch, seed=int(config.seed) + start_step,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )  # fmt: skip
+    batches = input_pipeline.tokenize_batches(input_pipeline.numpy_batches(ds), text_encoder)
 
     # Update step.
-    step_fn = jit_train_step(make_train_step(model, loss_fn, optimizer), mesh, state_shardings)
+    step_fn = jit_train_step(
+        make_train_step(model, loss_fn, optimizer, text_encoder.apply, clip_text_fn),
+        mesh, state_shardings,
+    )  # fmt: skip
     # An optional wall-clock budget for the whole run (the demo's), compile included: the
     # plan fits the schedule into it (process 0's estimate on every host), and StopAgreement
     # stops every host at the same step should it still run out.
@@ -511,7 +649,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     log_every = max(1, int(config.get("log_every_steps", 100)))
     every = max(1, int(config.ckpt.every_steps))
     eval_config = config.get("eval")
-    eval_every = int(eval_config.get("every_steps", 0)) if eval_config and eval_config.folder else 0
+    has_eval = bool(eval_config and eval_config.get("folder"))
+    eval_every = int(eval_config.get("every_steps", 0)) if has_eval else 0
+    spe = steps_per_epoch(config.optim, global_batch)
+    eval_epochs = int(eval_config.get("every_epochs", 0)) if has_eval else 0
+    lpips_fn = None
     step = start_step
     pending = None
     meter.reset(step, prefetch.wait_s)
@@ -533,8 +675,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 writer.write(step, {**scalars, **meter.scalars(step, prefetch.wait_s)})
             if step % every == 0:  # orbax alone would also save the first step of a run
                 ckpt_lib.save_train_state(manager, step, state)
-            if eval_every and (step % eval_every == 0 or step == plan.num_steps):
-                writer.write(step, evaluate(model, state.params, text_encoder, eval_config), "eval")
+            due = (eval_every and step % eval_every == 0) or (
+                eval_epochs and step % (eval_epochs * spe) == 0
+            )
+            if due or ((eval_every or eval_epochs) and step == plan.num_steps):
+                # Process 0 evaluates (as the authors' rank 0); the others wait at a
+                # coordination barrier, not a collective (see sharding.sync_hosts).
+                if is_main:
+                    if lpips_fn is None:
+                        from tgic_jax.evaluation import make_lpips_fn  # noqa: PLC0415
+
+                        lpips_fn = make_lpips_fn()
+                    ev = evaluate(model, state.params, text_encoder, eval_config, lpips_fn,
+                                  int(eval_config.get("images_to_log", 0)))  # fmt: skip
+                    writer.write_images(step, ev.pop("images", []))
+                    writer.write(step, ev, "eval")
+                    best = record_evaluation(workdir, step, step // spe, ev, state.params)
+                    if best:
+                        print(f"[eval] step {step} new {', '.join(best)}", flush=True)
+                shd.sync_hosts(f"tgic_jax/eval_{step}")
         if stop.reason:
             logging.warning("%s: stopping at step %d", stop.reason, step)
             if is_main:
@@ -583,11 +742,24 @@ def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict
 
 
 def export_inference(
-    workdir: str | os.PathLike, out: str | os.PathLike, step: int | None = None
+    workdir: str | os.PathLike,
+    out: str | os.PathLike,
+    step: int | None = None,
+    select: str | None = None,
 ) -> epath.Path:
-    """Writes an inference checkpoint (params, config, coding tables; no optimizer state)."""
+    """Writes an inference checkpoint (params, config, coding tables; no optimizer state).
+
+    select: a kept best checkpoint ('best_psnr', 'best_ms_ssim', 'best_bpp', 'best_lpips')
+    instead of the latest (or given) step.
+    """
     config = load_workdir_config(workdir)
-    params, step = ckpt_lib.restore_train_params(workdir, step)
+    if select:
+        if step is not None:
+            raise ValueError("give --step or --select, not both")
+        params, info = load_best_params(workdir, select)
+        step = int(info["step"])
+    else:
+        params, step = ckpt_lib.restore_train_params(workdir, step)
     return ckpt_lib.save_inference(
         out, ModelConfig.from_config(config.model), params,
         text_config={"width": int(config.model.text_dim), **config.text.to_dict()},
@@ -605,6 +777,8 @@ def add_export_arguments(p) -> None:
     p.add_argument("--workdir", required=True, help="training workdir (with checkpoints/)")
     p.add_argument("--out", required=True, help="inference checkpoint directory to write")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--select", choices=sorted(BEST_BY), default=None,
+                   help="export a best-by-evaluation checkpoint instead of a step")  # fmt: skip
 
 
 def run_export(args) -> int:
@@ -612,8 +786,11 @@ def run_export(args) -> int:
     if args.format == "authors":
         from tgic_jax.convert import export_authors  # noqa: PLC0415
 
+        if args.select:
+            print("tgic export: --select works with --format tgic only", file=sys.stderr)
+            return 2
         print(f"wrote {export_authors(args.workdir, args.out, args.step)}")
         return 0
-    path = export_inference(args.workdir, args.out, args.step)
+    path = export_inference(args.workdir, args.out, args.step, args.select)
     print(f"wrote {path}")
     return 0
