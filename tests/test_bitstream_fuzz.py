@@ -61,7 +61,8 @@ def _mutations(data: bytes, rng: np.random.Generator):
         if magic != container.MAGIC:
             yield "magic", magic + data[4:]
             yield "magic_crc", _with_crc(magic + data[4:-4])
-    for version in sorted({0, 1, 2, 3, 17, 255} - {container.VERSION}):  # 1: the old index rule
+    # 1: the old index rule
+    for version in sorted({0, 1, 2, 3, 4, 17, 255} - set(container.READABLE_VERSIONS)):
         yield "version", _with_crc(data[:4] + bytes([version]) + data[5:-4])
     # Crafted headers with a valid checksum: sizes that do not fit, lengths that lie.
     c = container.unpack(data)
