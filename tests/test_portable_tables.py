@@ -37,7 +37,8 @@ _CHILD = textwrap.dedent(
     tables = coding_tables.build_tables(params)
     fp = coding_tables.fingerprint(ModelConfig().to_dict(), tables)
     eb = params["entropy_bottleneck"]
-    samples = np.linspace(-20, 20, 4001, dtype=np.float32)[None, None, :].repeat(len(eb["quantiles"]), 0)
+    samples = np.linspace(-20, 20, 4001, dtype=np.float32)[None, None, :]
+    samples = samples.repeat(len(eb["quantiles"]), 0)
     xla_likelihood = np.asarray(em.bottleneck_likelihood_cl(eb, samples))
     with open(sys.argv[2], "rb") as f:
         x, _ = codec.decode(TACO(), {"params": params}, f.read())
