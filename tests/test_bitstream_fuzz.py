@@ -191,16 +191,19 @@ def test_a_100_byte_file_claiming_6000_x_6000_is_refused_at_once_without_big_buf
     fingerprint = container.unpack(results[0].data).fingerprint
     data = _crafted(fingerprint, 6000, 6000, 40)
     assert 95 <= len(data) <= 105
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    with pytest.raises(BitstreamError, match="too few for the 6000 x 6000 image"):
-        codec.decompress(model, v, data)
-    seconds = time.perf_counter() - t0
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    print(f"refused in {seconds * 1e3:.1f} ms, peak {peak / 1e6:.2f} MB of Python/NumPy memory")
-    assert seconds < 1.0
-    assert peak < 20e6  # one float32 6000 x 6000 x 3 image is 432 MB; z symbols alone 23 MB
+    # By the default size limit, and, where a caller raised the limit, by the payload bound.
+    for max_pixels, reason in ((codec.MAX_PIXELS, "exceeds max_pixels"),
+                               (6000 * 6000, "too few for the 6000 x 6000 image")):  # fmt: skip
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        with pytest.raises(BitstreamError, match=reason):
+            codec.decompress(model, v, data, max_pixels=max_pixels)
+        seconds = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(f"refused in {seconds * 1e3:.1f} ms, peak {peak / 1e6:.2f} MB of NumPy memory")
+        assert seconds < 1.0
+        assert peak < 20e6  # one float32 6000 x 6000 x 3 image is 432 MB; z symbols 23 MB
 
 
 def test_sections_cut_short_under_a_fresh_checksum_are_refused(files):

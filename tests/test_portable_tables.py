@@ -48,13 +48,19 @@ _CHILD = textwrap.dedent(
 )
 
 
+@pytest.fixture(scope="module")
+def paper():
+    """A paper-size model with weights from its own init (no stored tables)."""
+    model = TACO()
+    params = jax.jit(lambda key: init_variables(model, key))(jax.random.PRNGKey(3))["params"]
+    return model, jax.tree.map(np.asarray, params)
+
+
 @pytest.mark.slow
-def test_a_file_of_a_model_built_in_process_decodes_under_another_instruction_set(tmp_path):
+def test_a_file_of_a_model_built_in_process_decodes_under_another_instruction_set(tmp_path, paper):
     from tgic_jax import entropy_models as em
 
-    model = TACO()  # paper size, weights from its own init, tables built on the fly
-    params = jax.jit(lambda key: init_variables(model, key))(jax.random.PRNGKey(3))["params"]
-    params = jax.tree.map(np.asarray, params)
+    model, params = paper  # tables are built on the fly, in each process
     np.savez(tmp_path / "params.npz",
              **{"/".join(k): v for k, v in flatten_dict(params).items()})  # fmt: skip
     image = synthetic_image(64, 64, 4)
@@ -88,3 +94,22 @@ def test_a_file_of_a_model_built_in_process_decodes_under_another_instruction_se
     # image may differ from the encoder's in the last bits (not in its symbols).
     mse = float(np.mean((np.clip(x, 0, 1) - np.clip(r.x_hat, 0, 1)) ** 2))
     assert mse < 1e-6, mse
+
+
+@pytest.mark.slow
+def test_the_paper_size_model_refuses_a_100_byte_file_claiming_6000_x_6000_at_once(paper):
+    import time
+
+    from tgic_jax import container
+
+    model, params = paper
+    variables = {"params": params}
+    fp = codec._prepare(model, variables).fingerprint  # built once, as a first decode would
+    c = container.Container(6000, 6000, 94, 94, fp, (bytes(40), bytes(40)))
+    data = container.pack(c)
+    assert len(data) <= 105
+    t0 = time.perf_counter()
+    # y alone needs >= 248 bytes here: 45 M symbols at >= 4.4e-5 bits each.
+    with pytest.raises(codec.BitstreamError, match="too few for the 6000 x 6000 image"):
+        codec.decompress(model, variables, data, max_pixels=6000 * 6000)
+    assert time.perf_counter() - t0 < 1.0

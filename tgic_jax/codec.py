@@ -50,7 +50,14 @@ __all__ = [
 ]
 
 PAD = 64  # g_a downsamples by 16, h_a by 4 more
-MAX_PIXELS = 1 << 26  # decoder refuses larger claimed sizes (a damaged header could ask anything)
+# Decoding memory, measured with the paper-size model on CPU (benchmarks/decode_memory.py,
+# docs/BENCHMARKS.md): peak RSS = DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL x pixels. The
+# default limit, 2^24 pixels (4096 x 4096), then needs about 12 GiB: it fits a 24 GiB
+# machine with room for the OS and another process. Larger images are refused up front
+# (pass a larger max_pixels where memory allows), not killed by the OOM killer midway.
+DECODE_BYTES_PER_PIXEL = 700
+DECODE_BASE_BYTES = 1 << 30
+MAX_PIXELS = 1 << 24
 _MAX_SYMBOL = 1 << 24  # |round(y - mu)| beyond this means a broken model or stream
 
 
@@ -387,7 +394,11 @@ def decode(
     """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s)."""
     c = read_header(data)
     if c.height * c.width > max_pixels:
-        raise BitstreamError(f"image of {c.height} x {c.width} exceeds max_pixels={max_pixels}")
+        need = DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * c.height * c.width
+        raise BitstreamError(
+            f"image of {c.height} x {c.width} exceeds max_pixels={max_pixels} (decoding it "
+            f"needs about {need / 2**30:.0f} GiB; pass a larger max_pixels if memory allows)"
+        )
     prep = _prepare(model, variables)
     if c.fingerprint != prep.fingerprint:
         raise BitstreamError(
