@@ -231,3 +231,12 @@ def test_small_claims_that_fit_the_payload_bound_still_decode_or_fail_cleanly(fi
             assert "\n" not in str(e)
         else:
             assert x.shape == (h, w, 3)
+
+
+def test_version_2_files_are_still_read(files):
+    """Version 3 changed only how tables are computed; the fingerprint covers the tables."""
+    model, v, results = files
+    data = results[1].data
+    assert data[4] == container.VERSION == 3
+    old = _with_crc(data[:4] + bytes([2]) + data[5:-4])
+    np.testing.assert_array_equal(codec.decode(model, v, old)[0], results[1].x_hat)

@@ -51,12 +51,13 @@ __all__ = [
 
 PAD = 64  # g_a downsamples by 16, h_a by 4 more
 # Decoding memory, measured with the paper-size model on CPU (benchmarks/decode_memory.py,
-# docs/BENCHMARKS.md): peak RSS = DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL x pixels. The
-# default limit, 2^24 pixels (4096 x 4096), then needs about 12 GiB: it fits a 24 GiB
-# machine with room for the OS and another process. Larger images are refused up front
-# (pass a larger max_pixels where memory allows), not killed by the OOM killer midway.
-DECODE_BYTES_PER_PIXEL = 700
-DECODE_BASE_BYTES = 1 << 30
+# docs/BENCHMARKS.md): peak RSS 1.16 / 1.67 / 3.53 GiB at 512^2 / 1024^2 / 2048^2 pixels,
+# a straight line of 1.02 GiB + 645 bytes per pixel. The default limit, 2^24 pixels
+# (4096 x 4096), then needs about 11 GiB: it fits a 24 GiB machine with room for the OS
+# and another process (2^25 would need 21 GiB). Larger images are refused up front (pass
+# a larger max_pixels where memory allows) instead of being killed midway.
+DECODE_BYTES_PER_PIXEL = 645
+DECODE_BASE_BYTES = int(1.02 * 2**30)
 MAX_PIXELS = 1 << 24
 _MAX_SYMBOL = 1 << 24  # |round(y - mu)| beyond this means a broken model or stream
 
