@@ -52,7 +52,8 @@ _CHILD = textwrap.dedent(
 def paper():
     """A paper-size model with weights from its own init (no stored tables)."""
     model = TACO()
-    params = jax.jit(lambda key: init_variables(model, key))(jax.random.PRNGKey(3))["params"]
+    # Eagerly: 70 s on a busy 2-core machine, where jitting the paper-size init takes longer.
+    params = init_variables(model, jax.random.PRNGKey(3))["params"]
     return model, jax.tree.map(np.asarray, params)
 
 

@@ -397,8 +397,9 @@ def decode(
     if c.height * c.width > max_pixels:
         need = DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * c.height * c.width
         raise BitstreamError(
-            f"image of {c.height} x {c.width} exceeds max_pixels={max_pixels} (decoding it "
-            f"needs about {need / 2**30:.0f} GiB; pass a larger max_pixels if memory allows)"
+            f"image of {c.height} x {c.width} exceeds max_pixels={max_pixels} (decoding it with "
+            f"the paper-size model takes ~{need / 2**30:.0f} GiB; raise max_pixels if memory "
+            "allows)"
         )
     prep = _prepare(model, variables)
     if c.fingerprint != prep.fingerprint:

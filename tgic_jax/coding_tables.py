@@ -1,5 +1,8 @@
 """Range-coding tables: a pure function of the parameters (CompressAI's `update()`, no state).
 
+Computed in float64 NumPy/SciPy, never by XLA, so that every CPU builds the same tables and
+fingerprint from the same parameters (`bottleneck_tables` says why).
+
 Two families of quantized CDFs, both at 16-bit precision with the coder's overflow
 (Elias-gamma escape) enabled, so no symbol is ever out of range:
 
