@@ -1,6 +1,16 @@
 r"""Encode / decode time of the paper-size model on one 768 x 512 Kodak image.
 
     python benchmarks/codec.py [--image data/kodak/kodim01.png] [--runs 3] [--small]
+    python benchmarks/codec.py --authors-repo ../TACO --authors-python ../authors-venv/bin/python
+
+With `--authors-repo DIR` (a checkout of the authors' PyTorch code, never vendored) the
+same run times their codec beside ours: `benchmarks/authors_codec.py` runs in their
+environment (`--authors-python`, a venv with torch and compressai 1.2.8), builds their
+paper-size model from its own random init and hands us its state_dict, which we convert
+(`convert.from_official_state_dict`): identical weights on both sides. Runs alternate
+between the two (ours first on even runs, theirs first on odd ones) so that a busy machine
+slows both alike; medians are printed with the ratio, and the two reconstructions are
+compared.
 
 Weights: random and well-scaled (He-normal kernels; the bottleneck at its Flax init
 values), drawn from the shapes of `init_variables` via `jax.eval_shape` so the run does
@@ -13,8 +23,11 @@ lower bound. Prints the median of `--runs` runs after one untimed warm-up (compi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,12 +75,110 @@ def random_variables(model: TACO, seed: int = 0) -> dict:
     return {"params": params, "tables": build_tables(params)}
 
 
+class AuthorsCodec:
+    """The authors' codec in a worker process of their environment (one request per run)."""
+
+    def __init__(self, repo: str, python: str, workdir: str, seed: int = 0):
+        self.state_dict = str(Path(workdir) / "authors_state_dict.npz")
+        self._io = str(Path(workdir) / "authors_io.npz")
+        self._proc = subprocess.Popen(
+            [python, str(REPO / "benchmarks" / "authors_codec.py"), "--repo", repo,
+             "--state-dict", self.state_dict, "--seed", str(seed)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the authors' worker exited (see its stderr above)")
+        return json.loads(line)
+
+    def run(self, image: np.ndarray, text: np.ndarray) -> dict:
+        """One compress + decompress: {"encode", "decode" (s), "y_bytes", "z_bytes", "x_hat"}."""
+        x = np.ascontiguousarray(codec._pad(image).transpose(2, 0, 1)[None], np.float32)
+        np.savez(self._io, x=x, text=text[None].astype(np.float32))
+        self._proc.stdin.write(self._io + "\n")
+        self._proc.stdin.flush()
+        out = self._read()
+        h, w = image.shape[:2]
+        out["x_hat"] = np.load(self._io + ".x_hat.npy")[0].transpose(1, 2, 0)[:h, :w]
+        return out
+
+    def close(self) -> None:
+        """Ends the worker."""
+        self._proc.stdin.close()
+        self._proc.wait(timeout=60)
+
+
+def _summary(name: str, ours: list[float], theirs: list[float]) -> str:
+    mo, mt = statistics.median(ours), statistics.median(theirs)
+    ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
+    span = lambda t: f"{1e3 * min(t):.0f}-{1e3 * max(t):.0f}"  # noqa: E731
+    return (f"{name}: ours {1e3 * mo:6.0f} ms (range {span(ours)}), authors {1e3 * mt:6.0f} ms "
+            f"(range {span(theirs)}); ours / authors = {mo / mt:.2f}x "
+            f"(per-run ratios {ratios[0]:.2f}-{ratios[-1]:.2f})")  # fmt: skip
+
+
+def compare_with_authors(args, image: np.ndarray) -> None:
+    """Ours and the authors' codec on the same weights, image and text, runs interleaved."""
+    from tgic_jax.convert import from_official_state_dict, load_state_dict_file  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs = AuthorsCodec(args.authors_repo, args.authors_python, tmp)
+        try:
+            model, variables = from_official_state_dict(load_state_dict_file(theirs.state_dict))
+            variables = dict(variables, tables=build_tables(variables["params"]))
+            text = np.random.default_rng(1).normal(size=(38, model.text_dim)).astype(np.float32)
+            h, w = image.shape[:2]
+            print(f"paper-size model, the authors' random init (torch {theirs.info['torch']}, "
+                  f"{theirs.info['threads']} threads) converted to ours; image {w} x {h}; "
+                  f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+            t0 = time.perf_counter()
+            r = codec.encode(model, variables, [image], [text])[0]
+            codec.decode(model, variables, r.data)
+            theirs.run(image, text)
+            print(f"warm-up (our compile, their first run): {time.perf_counter() - t0:.1f} s")
+            times = {k: [] for k in ("ours_enc", "ours_dec", "theirs_enc", "theirs_dec")}
+            for run in range(args.runs):
+                for side in ("ours", "theirs") if run % 2 == 0 else ("theirs", "ours"):
+                    if side == "ours":
+                        t0 = time.perf_counter()
+                        r = codec.encode(model, variables, [image], [text])[0]
+                        times["ours_enc"].append(time.perf_counter() - t0)
+                        t0 = time.perf_counter()
+                        x_ours, _ = codec.decode(model, variables, r.data)
+                        times["ours_dec"].append(time.perf_counter() - t0)
+                    else:
+                        out = theirs.run(image, text)
+                        times["theirs_enc"].append(out["encode"])
+                        times["theirs_dec"].append(out["decode"])
+        finally:
+            theirs.close()
+    ours_payload = sum(r.payload_bytes.values())
+    their_payload = out["y_bytes"] + out["z_bytes"]
+    diff = np.clip(x_ours, 0, 1).astype(np.float64) - out["x_hat"]
+    psnr = -10 * np.log10(max(np.mean(diff**2), 1e-20))
+    print(f"payload: ours {ours_payload} B + header {r.header_bytes} B, authors {their_payload} B "
+          f"({ours_payload / their_payload:.4f}x); our decoded image vs theirs: "
+          f"{psnr:.1f} dB PSNR, max |diff| {np.abs(diff).max():.2e}")  # fmt: skip
+    print(f"{args.runs} runs each, interleaved; load average now {os.getloadavg()[0]:.1f}")
+    print(_summary("encode", times["ours_enc"], times["theirs_enc"]))
+    print(_summary("decode", times["ours_dec"], times["theirs_dec"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image", default=str(REPO / "data" / "kodak" / "kodim01.png"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--small", action="store_true", help="tiny model (a smoke run)")
+    ap.add_argument("--authors-repo", help="a checkout of the authors' TACO: time theirs too")
+    ap.add_argument("--authors-python", default=os.environ.get("AUTHORS_PYTHON", "python3"),
+                    help="python of an environment with torch and compressai==1.2.8")  # fmt: skip
     args = ap.parse_args()
+    if args.authors_repo:
+        compare_with_authors(args, image_io.load_image(args.image)[0])
+        return
 
     cfg = (
         ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16)

@@ -61,7 +61,8 @@ def _mutations(data: bytes, rng: np.random.Generator):
         if magic != container.MAGIC:
             yield "magic", magic + data[4:]
             yield "magic_crc", _with_crc(magic + data[4:-4])
-    for version in sorted({0, 1, 2, 3, 17, 255} - {container.VERSION}):  # 1: the old index rule
+    # 1: the old index rule
+    for version in sorted({0, 1, 2, 3, 4, 17, 255} - set(container.READABLE_VERSIONS)):
         yield "version", _with_crc(data[:4] + bytes([version]) + data[5:-4])
     # Crafted headers with a valid checksum: sizes that do not fit, lengths that lie.
     c = container.unpack(data)
@@ -174,3 +175,68 @@ def dataclass_replace(obj, **changes):
     import dataclasses
 
     return dataclasses.replace(obj, **changes)
+
+
+def _crafted(fingerprint: bytes, height: int, width: int, zeros: int) -> bytes:
+    """Valid framing, this model's fingerprint, a fresh CRC, `zeros` zero bytes per section."""
+    zh, zw = -(-height // codec.PAD), -(-width // codec.PAD)
+    c = container.Container(height, width, zh, zw, fingerprint, (bytes(zeros), bytes(zeros)))
+    return container.pack(c)
+
+
+def test_a_100_byte_file_claiming_6000_x_6000_is_refused_at_once_without_big_buffers(files):
+    import tracemalloc
+
+    model, v, results = files
+    fingerprint = container.unpack(results[0].data).fingerprint
+    data = _crafted(fingerprint, 6000, 6000, 40)
+    assert 95 <= len(data) <= 105
+    # By the default size limit, and, where a caller raised the limit, by the payload bound.
+    for max_pixels, reason in ((codec.MAX_PIXELS, "exceeds max_pixels"),
+                               (6000 * 6000, "too few for the 6000 x 6000 image")):  # fmt: skip
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        with pytest.raises(BitstreamError, match=reason):
+            codec.decompress(model, v, data, max_pixels=max_pixels)
+        seconds = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(f"refused in {seconds * 1e3:.1f} ms, peak {peak / 1e6:.2f} MB of NumPy memory")
+        assert seconds < 1.0
+        assert peak < 20e6  # one float32 6000 x 6000 x 3 image is 432 MB; z symbols 23 MB
+
+
+def test_sections_cut_short_under_a_fresh_checksum_are_refused(files):
+    """The coder reads zeros past a section's end; the decoder must not take them as data."""
+    model, v, results = files
+    c = container.unpack(results[2].data)  # 64 x 64, a real y stream
+    z, y = c.sections
+    assert len(y) > 200
+    # (A few bytes may be a valid stream of near-zero residuals: no such case here.)
+    for zs, ys in ((z, y[: len(y) // 2]), (z, y[: len(y) // 4]), (z, b""), (z[:2], y), (b"", y)):
+        data = container.pack(dataclass_replace(c, sections=(zs, ys)))
+        with pytest.raises(BitstreamError, match="ends before its symbols|too few"):
+            codec.decompress(model, v, data)
+
+
+def test_small_claims_that_fit_the_payload_bound_still_decode_or_fail_cleanly(files):
+    """The up-front bound refuses only what cannot be a valid file: a real 1 x 1 file passes."""
+    model, v, results = files
+    assert codec.decompress(model, v, results[0].data).shape == (1, 1, 3)
+    fingerprint = container.unpack(results[0].data).fingerprint
+    for h, w in ((1, 1), (64, 64), (200, 300)):
+        try:  # zero bytes may be a valid stream of small claims; never more than an image
+            x = codec.decompress(model, v, _crafted(fingerprint, h, w, 40))
+        except BitstreamError as e:
+            assert "\n" not in str(e)
+        else:
+            assert x.shape == (h, w, 3)
+
+
+def test_version_2_files_are_still_read(files):
+    """Version 3 changed only how tables are computed; the fingerprint covers the tables."""
+    model, v, results = files
+    data = results[1].data
+    assert data[4] == container.VERSION == 3
+    old = _with_crc(data[:4] + bytes([2]) + data[5:-4])
+    np.testing.assert_array_equal(codec.decode(model, v, old)[0], results[1].x_hat)

@@ -35,7 +35,7 @@ import numpy as np
 from tgic_jax import coding_tables
 from tgic_jax.container import FINGERPRINT_BYTES, BitstreamError, Container, pack, unpack
 from tgic_jax.model import TACO, ModelConfig, checkerboard_masks
-from tgic_jax.range_coder import RangeDecoder, RangeEncoder
+from tgic_jax.range_coder import RangeDecoder, RangeEncoder, SymbolCosts, fits
 
 __all__ = [
     "BitstreamError",
@@ -50,7 +50,15 @@ __all__ = [
 ]
 
 PAD = 64  # g_a downsamples by 16, h_a by 4 more
-MAX_PIXELS = 1 << 26  # decoder refuses larger claimed sizes (a damaged header could ask anything)
+# Decoding memory, measured with the paper-size model on CPU (benchmarks/decode_memory.py,
+# docs/BENCHMARKS.md): peak RSS 1.16 / 1.67 / 3.53 GiB at 512^2 / 1024^2 / 2048^2 pixels,
+# a straight line of 1.02 GiB + 645 bytes per pixel. The default limit, 2^24 pixels
+# (4096 x 4096), then needs about 11 GiB: it fits a 24 GiB machine with room for the OS
+# and another process (2^25 would need 21 GiB). Larger images are refused up front (pass
+# a larger max_pixels where memory allows) instead of being killed midway.
+DECODE_BYTES_PER_PIXEL = 645
+DECODE_BASE_BYTES = int(1.02 * 2**30)
+MAX_PIXELS = 1 << 24
 _MAX_SYMBOL = 1 << 24  # |round(y - mu)| beyond this means a broken model or stream
 
 
@@ -162,6 +170,8 @@ class _Prepared:
     thresholds: jax.Array  # where the scale-table index steps up, on device
     medians: jax.Array
     fingerprint: bytes
+    z_costs: SymbolCosts  # bits each decoded symbol consumes at least (stream length checks)
+    y_costs: SymbolCosts
 
 
 _PREPARED: dict[tuple, _Prepared] = {}
@@ -190,6 +200,8 @@ def _prepare(model: TACO, variables) -> _Prepared:
         thresholds=jnp.asarray(coding_tables.scale_thresholds(tables["scale_table"])),
         medians=jnp.asarray(tables["z_medians"], jnp.float32),
         fingerprint=fp,
+        z_costs=SymbolCosts.from_lookup(tables["z_lookup"]),
+        y_costs=SymbolCosts.from_lookup(tables["gaussian_lookup"]),
     )
     if len(_PREPARED) >= 4:
         _PREPARED.pop(next(iter(_PREPARED)))
@@ -383,13 +395,19 @@ def decode(
     """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s)."""
     c = read_header(data)
     if c.height * c.width > max_pixels:
-        raise BitstreamError(f"image of {c.height} x {c.width} exceeds max_pixels={max_pixels}")
+        need = DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * c.height * c.width
+        raise BitstreamError(
+            f"image of {c.height} x {c.width} exceeds max_pixels={max_pixels} (decoding it with "
+            f"the paper-size model takes ~{need / 2**30:.0f} GiB; raise max_pixels if memory "
+            "allows)"
+        )
     prep = _prepare(model, variables)
     if c.fingerprint != prep.fingerprint:
         raise BitstreamError(
             f"file was made by another model (fingerprint {c.fingerprint.hex()}, "
             f"this model {prep.fingerprint.hex()})"
         )
+    _check_payload_bound(model, prep, c)
     nets, tables = _networks(model), prep.tables
     z_bytes, y_bytes = c.sections
     t_net = t_code = 0.0
@@ -399,12 +417,12 @@ def decode(
         z_idx = np.broadcast_to(
             np.arange(n, dtype=np.int32), (1, c.latent_height, c.latent_width, n)
         )
-        z_dec = RangeDecoder(z_bytes, tables["z_lookup"])
+        z_dec = RangeDecoder(z_bytes, tables["z_lookup"], prep.z_costs)
         z_sym = z_dec.decode(z_idx) + tables["z_offset"][z_idx]
         if not z_dec.finish():
-            raise BitstreamError("z stream is damaged")
+            raise BitstreamError("z stream is damaged or ends before its symbols")
         _check_range(z_sym, "z")
-        y_dec = RangeDecoder(y_bytes, tables["gaussian_lookup"])
+        y_dec = RangeDecoder(y_bytes, tables["gaussian_lookup"], prep.y_costs)
         g_offset = tables["gaussian_offset"]
         t_code += time.perf_counter() - t0
 
@@ -438,7 +456,7 @@ def decode(
             t_net += time.perf_counter() - t0
         t0 = time.perf_counter()
         if not y_dec.finish():
-            raise BitstreamError("y stream is damaged")
+            raise BitstreamError("y stream is damaged or ends before its symbols")
         t_code += time.perf_counter() - t0
     except BitstreamError:
         raise
@@ -454,6 +472,27 @@ def decode(
     return x_hat, {"networks": t_net, "entropy_coding": t_code}
 
 
+def _check_payload_bound(model: TACO, prep: _Prepared, c: Container) -> None:
+    """Refuses sections too short for the symbols the header implies, before any network.
+
+    Each z symbol of channel c costs at least the cheapest symbol of table c; each y
+    symbol at least the cheapest of all Gaussian tables (its table is known only after
+    the networks run). A 100-byte file claiming 6000 x 6000 fails here, not after minutes
+    of decoding into gigabytes.
+    """
+    zh, zw = c.latent_height, c.latent_width
+    need = {
+        "z": zh * zw * float(prep.z_costs.minimum.sum()),
+        "y": 16 * zh * zw * sum(model.slices) * float(prep.y_costs.minimum.min()),
+    }
+    for (name, bits), section in zip(need.items(), c.sections, strict=True):
+        if not fits(bits, len(section)):
+            raise BitstreamError(
+                f"{name} section has {len(section)} bytes, too few for the {c.height} x "
+                f"{c.width} image the header claims (at least {math.ceil(bits / 8)} bytes)"
+            )
+
+
 def _check_range(sym: np.ndarray, what: str) -> None:
     if sym.size and np.abs(sym).max() >= _MAX_SYMBOL:
         raise BitstreamError(f"{what} stream decodes to out-of-range symbols (damaged)")
@@ -462,6 +501,8 @@ def _check_range(sym: np.ndarray, what: str) -> None:
 def _decode_positions(dec: RangeDecoder, idx, positions, offset, shape) -> np.ndarray:
     k = idx[0][positions]
     s = dec.decode(k) + offset[k]
+    if dec.overrun:  # stop before more networks run on symbols read from beyond the end
+        raise BitstreamError("y stream ends before its symbols (damaged or truncated)")
     _check_range(s, "y")
     sym = np.zeros(shape, np.int32)
     sym[0][positions] = s

@@ -1,5 +1,8 @@
 """Range-coding tables: a pure function of the parameters (CompressAI's `update()`, no state).
 
+Computed in float64 NumPy/SciPy, never by XLA, so that every CPU builds the same tables and
+fingerprint from the same parameters (`bottleneck_tables` says why).
+
 Two families of quantized CDFs, both at 16-bit precision with the coder's overflow
 (Elias-gamma escape) enabled, so no symbol is ever out of range:
 
@@ -21,7 +24,6 @@ import hashlib
 import json
 import math
 
-import jax
 import numpy as np
 import scipy.special
 
@@ -43,9 +45,8 @@ TABLE_KEYS = (
 
 def scale_table() -> np.ndarray:
     """The 64 Gaussian scales, float32, log-spaced from 0.11 to 256."""
-    return np.exp(np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), NUM_SCALES)).astype(
-        np.float32
-    )
+    logs = np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), NUM_SCALES)
+    return np.array([math.exp(v) for v in logs], np.float64).astype(np.float32)
 
 
 def scale_thresholds(scales: np.ndarray) -> np.ndarray:
@@ -80,7 +81,8 @@ def quantize_pmfs(pmfs: list[np.ndarray], precision: int = PRECISION) -> np.ndar
     parts = []
     for pmf in pmfs:
         # The escape symbol is the last one of non-zero probability: keep it non-zero.
-        overflow = max(1.0 - float(np.sum(pmf)), 2.0**-precision)
+        # math.fsum: exactly rounded, so no summation order (SIMD width) shows in the tables.
+        overflow = max(1.0 - math.fsum(np.asarray(pmf, np.float64)), 2.0**-precision)
         p = np.concatenate([np.asarray(pmf, np.float64), [overflow]]).astype(np.float32)
         cdf = np.asarray(tco.pmf_to_quantized_cdf(p, precision=precision), np.int32)
         parts.append(np.concatenate([[-precision], cdf]).astype(np.int32))
@@ -97,36 +99,63 @@ def gaussian_tables(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return quantize_pmfs(pmfs), (-centers).astype(np.int32)
 
 
+def _logits_cumulative_f64(eb: dict, x: np.ndarray) -> np.ndarray:
+    """`entropy_models.bottleneck_logits_cumulative` in float64 NumPy, in a fixed order.
+
+    The matrices are at most 3 x 3, so each product is written out as elementwise
+    multiply-adds (IEEE-exact per operation, no BLAS or FMA whose rounding varies by CPU).
+    """
+    logits = x
+    n_layers = len(em.BOTTLENECK_FILTERS) + 1
+    for i in range(n_layers):
+        matrix = np.logaddexp(0.0, eb[f"matrices_{i}"])  # softplus, [C, out, in]
+        out = eb[f"biases_{i}"] + matrix[:, :, :1] * logits[:, :1, :]
+        for k in range(1, matrix.shape[2]):
+            out = out + matrix[:, :, k : k + 1] * logits[:, k : k + 1, :]
+        logits = out
+        if i < n_layers - 1:
+            logits = logits + np.tanh(eb[f"factors_{i}"]) * np.tanh(logits)
+    return logits
+
+
 def bottleneck_tables(eb_params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lookup, offset [N], medians [N]) for the factorized prior of z."""
-    eb = {k: np.asarray(v, np.float32) for k, v in eb_params.items()}
-    q = eb["quantiles"][:, 0, :].astype(np.float32)
+    """(lookup, offset [N], medians [N]) for the factorized prior of z.
+
+    Portable: computed in float64 NumPy from the float32 parameters, never by XLA, whose
+    float32 results differ in their low bits between instruction sets (AVX-512 vs SSE4.2,
+    x86 vs ARM) and once gave another CPU other tables, so another fingerprint. Float64
+    results that differ by a few ulp between math libraries change nothing after the
+    rounding to float32 and then to 16-bit counts, except for a value within ~2^-26 of a
+    rounding boundary.
+    """
+    eb = {k: np.asarray(v, np.float32).astype(np.float64) for k, v in eb_params.items()}
+    q = eb["quantiles"][:, 0, :]
     medians = q[:, 1]
     minima = np.maximum(np.ceil(medians - q[:, 0]), 0).astype(np.int64)
     maxima = np.maximum(np.ceil(q[:, 2] - medians), 0).astype(np.int64)
     lengths = minima + maxima + 1
     n = int(lengths.max())
     # Sample every channel at n steps from its own start; each keeps its first `length`.
-    samples = medians[:, None] - minima[:, None].astype(np.float32) + np.arange(n, dtype=np.float32)
-    samples = samples[:, None, :].astype(np.float32)
-    cpu = jax.devices("cpu")[0]
-    with jax.default_device(cpu):
-        lik = np.asarray(jax.jit(em.bottleneck_likelihood_cl)(eb, samples))[:, 0, :]
-        lower = np.asarray(jax.jit(em.bottleneck_logits_cumulative)(eb, samples - 0.5))[:, 0, :]
-        upper = np.asarray(jax.jit(em.bottleneck_logits_cumulative)(eb, samples + 0.5))[:, 0, :]
+    samples = (medians[:, None] - minima[:, None] + np.arange(n))[:, None, :]
+    lower = _logits_cumulative_f64(eb, samples - 0.5)[:, 0, :]
+    upper = _logits_cumulative_f64(eb, samples + 0.5)[:, 0, :]
+    # CompressAI's sign trick (difference of the sigmoids on the side where they are small).
+    sign = -np.sign(lower + upper)
+    lik = np.abs(scipy.special.expit(sign * upper) - scipy.special.expit(sign * lower))
+    lik = np.maximum(lik, em.LIKELIHOOD_BOUND)
     pmfs = []
     for ch, length in enumerate(lengths):
         # Tail mass outside the table: below its first bin and above its last.
         tail = scipy.special.expit(lower[ch, 0]) + scipy.special.expit(-upper[ch, length - 1])
-        pmf = lik[ch, :length].astype(np.float64)
+        pmf = lik[ch, :length]
         # The overflow bin is 1 - sum(pmf) in `quantize_pmfs`; keep at least the tail.
-        pmf = pmf * min(1.0, (1.0 - tail) / max(pmf.sum(), 1e-12))
+        pmf = pmf * min(1.0, (1.0 - tail) / max(math.fsum(pmf), 1e-12))
         pmfs.append(pmf)
     return quantize_pmfs(pmfs), (-minima).astype(np.int32), medians.astype(np.float32)
 
 
 def build_tables(params) -> dict[str, np.ndarray]:
-    """All coding tables from the model parameters (deterministic on one platform)."""
+    """All coding tables from the model parameters (the same on every platform)."""
     scales = scale_table()
     g_lookup, g_offset = gaussian_tables(scales)
     z_lookup, z_offset, z_medians = bottleneck_tables(params["entropy_bottleneck"])

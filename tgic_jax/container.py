@@ -22,7 +22,12 @@ import struct
 import zlib
 
 MAGIC = b"TGIC"
-VERSION = 2  # 2: scale-table index = nearest entry in log scale (1: first entry >= scale)
+# 3: z tables built in float64 NumPy, the same on every CPU (2: by XLA in float32);
+# 2: scale-table index = nearest entry in log scale (1: first entry >= scale).
+VERSION = 3
+# Version 2 files have the same layout; their tables differ only where a checkpoint's stored
+# tables were not used, which the model fingerprint catches, so they are still read.
+READABLE_VERSIONS = (2, 3)
 FINGERPRINT_BYTES = 4
 NUM_SECTIONS = 2  # z, y
 _MAX_VARINT_BYTES = 5  # values < 2**35 (sizes and lengths fit easily)
@@ -106,8 +111,10 @@ def unpack(data: bytes) -> Container:
     if zlib.crc32(body) != crc:
         raise BitstreamError("checksum mismatch: the file is damaged, truncated or padded")
     version = body[len(MAGIC)]
-    if version != VERSION:
-        raise BitstreamError(f"unsupported .tgic version {version} (this reader: {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise BitstreamError(
+            f"unsupported .tgic version {version} (this reader: {READABLE_VERSIONS})"
+        )
     pos, end = len(MAGIC) + 1, len(body)
     fields = []
     for what in ("image height", "image width", "latent height", "latent width"):

@@ -1,0 +1,81 @@
+r"""Times the authors' PyTorch TACO codec; run by `benchmarks/codec.py --authors-repo DIR`.
+
+    AUTHORS_PYTHON benchmarks/authors_codec.py --repo DIR --state-dict OUT.npz [--seed 0]
+
+Runs in the authors' environment (torch, compressai 1.2.8; never this package's), with
+their checkout on sys.path: nothing of theirs is vendored here. Builds their paper-size
+model (N=192, M=320, slices 16/16/32/64/192, text width 512) from their own random init,
+fills its coder buffers with their `update(force=True)`, and writes the state_dict to
+OUT.npz (our side converts the same weights). Then it serves one request per stdin line,
+`IMAGE.npz` (arrays x [1, 3, H, W], text [1, T, 512]): compress, decompress, and one JSON
+line back with the seconds of each and the bytes of their strings. Their modules import
+`lpips` and `clip` at top level, compressai imports torchvision, and their decompress calls
+`torch.cuda.synchronize`: all stubbed (CPU only; none of them is used by the codec).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import types
+
+import numpy as np
+
+
+def _load_their_model(repo: str, seed: int):
+    # Imported at top level by their utils (lpips, clip) and by compressai's registry
+    # (torchvision.transforms, only to list its classes); none is used by the codec.
+    for name in ("lpips", "clip", "torchvision", "torchvision.transforms"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+    sys.path.insert(0, repo)
+    import torch  # noqa: PLC0415
+
+    torch.cuda.synchronize = lambda *a, **k: None  # their decompress calls it (CPU run)
+    from models import TACO  # noqa: PLC0415 - their package
+
+    config = types.SimpleNamespace(
+        N=192, M=320, slice_num=5, context_window=5, slice_ch=[16, 16, 32, 64, 192], quant="ste"
+    )
+    torch.manual_seed(seed)
+    model = TACO(config, text_embedding_dim=512).eval()
+    model.update(force=True)
+    return torch, model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repo", required=True, help="a checkout of the authors' TACO code")
+    ap.add_argument("--state-dict", required=True, help="where to write their weights (.npz)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch, model = _load_their_model(args.repo, args.seed)
+    sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    np.savez(args.state_dict, **sd)
+    print(json.dumps({"ready": True, "torch": torch.__version__,
+                      "threads": torch.get_num_threads()}), flush=True)  # fmt: skip
+    for line in sys.stdin:
+        path = line.strip()
+        if not path:
+            break
+        with np.load(path) as f:
+            x, text = torch.from_numpy(f["x"]), torch.from_numpy(f["text"])
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = model.compress(x, text)
+            t_enc = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rec = model.decompress(out["strings"], out["shape"])
+            t_dec = time.perf_counter() - t0
+        y_bytes = sum(len(s) for s in out["strings"][0])
+        z_bytes = sum(len(s) for s in out["strings"][1])
+        x_hat = rec["x_hat"].clamp(0, 1).numpy()
+        np.save(path + ".x_hat.npy", x_hat)
+        print(json.dumps({"encode": t_enc, "decode": t_dec, "y_bytes": y_bytes,
+                          "z_bytes": z_bytes}), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
