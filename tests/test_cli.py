@@ -134,6 +134,7 @@ _LIMITED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # subprocesses that compile the codec (~1 min on 2 cores)
 def test_a_write_that_fails_leaves_no_file_under_the_final_name_and_keeps_the_old_one(
     tmp_path, ckpt, capsys
 ):
@@ -269,6 +270,7 @@ def test_bad_text_embeddings_are_an_error_naming_the_file(tmp_path, ckpt, capsys
 
 
 # ----------------------------------------------------------------------------- quiet, fast
+@pytest.mark.slow  # subprocesses that compile the codec (~1 min on 2 cores)
 def test_commands_are_quiet_and_a_second_call_reuses_the_compilation_cache(tmp_path, ckpt):
     image_io.save_png(tmp_path / "a.png", synthetic_image(64, 64, 6))
     np.save(tmp_path / "t.npy", _text())
@@ -318,6 +320,7 @@ def test_compress_imports_neither_training_nor_evaluation_code(tmp_path):
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # subprocesses that compile the codec (~1 min on 2 cores)
 def test_minilm_captions_are_quiet_and_a_long_one_is_noted_as_truncated(tmp_path):
     from tgic_jax.checkpoint import save_inference
     from tgic_jax.text_encoders import _minilm_complete, cache_root

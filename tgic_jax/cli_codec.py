@@ -119,10 +119,10 @@ def plan_outputs(
     for k, name in enumerate(names):  # case-insensitive: a.png and A.png clash on macOS
         groups.setdefault((name + suffix).lower(), []).append(k)
     for members in groups.values():
-        if len(members) > 1:
-            for k in members:
-                tail = paths[k].suffix.lstrip(".").lower()
-                names[k] = f"{paths[k].stem}_{tail}" if tail else names[k]
+        tails = [paths[k].suffix.lstrip(".").lower() for k in members]
+        if len(members) > 1 and all(tails) and len(set(tails)) == len(tails):
+            for k, tail in zip(members, tails, strict=True):
+                names[k] = f"{paths[k].stem}_{tail}"
             notes.append(
                 f"{', '.join(str(paths[k]) for k in members)} share the name "
                 f"{paths[members[0]].stem}: writing "

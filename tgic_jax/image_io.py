@@ -65,9 +65,9 @@ def load_image(
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as e:
-        raise ImageError(f"{path}: cannot read image ({_one_line(e)})") from e
+        raise ImageError(f"{path}: cannot read image ({_one_line(e, path)})") from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
-        raise ImageError(f"{path}: cannot read image ({_one_line(e)})") from e
+        raise ImageError(f"{path}: cannot read image ({_one_line(e, path)})") from e
 
 
 _ORIENTATION_WORDS = {
@@ -108,8 +108,11 @@ def _is_16bit_colour(im) -> bool:
     return False
 
 
-def _one_line(e: BaseException) -> str:
-    return (str(e) or type(e).__name__).splitlines()[0]
+def _one_line(e: BaseException, path=None) -> str:
+    msg = (str(e) or type(e).__name__).splitlines()[0]
+    if path is not None:  # Pillow repeats the path; our message starts with it already
+        msg = msg.replace(f" '{path}'", "").replace(f" {path}", "").replace(str(path), "it")
+    return msg
 
 
 def _to_rgb_float(im, notes: list[str]) -> np.ndarray:
