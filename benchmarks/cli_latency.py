@@ -83,7 +83,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--model", choices=sorted(SIZES), default="paper")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "tgic_cli_latency"))
+    ap.add_argument(
+        "--no-tf-thread",
+        action="store_true",
+        help="import TensorFlow on first use instead of in a thread at the start (A/B)",
+    )
     args = ap.parse_args()
+    if args.no_tf_thread:
+        os.environ["TGIC_PREFETCH_TF"] = "0"
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

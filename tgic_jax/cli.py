@@ -178,7 +178,7 @@ def _add_common_arguments(p: argparse.ArgumentParser, top: bool) -> None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; the arguments of `command` only (all when None)."""
+    """The argument parser; the arguments of `command` only (all when None, none if "")."""
     parser = argparse.ArgumentParser(prog="tgic", description="TACO text-guided image codec (JAX)")
     _add_common_arguments(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     _quiet_third_party(verbose="-v" in argv or "--verbose" in argv)
-    args = build_parser(_command_of(argv)).parse_args(argv)
+    # No command named (`tgic --help`, a typo): the subcommand list needs no module.
+    args = build_parser(_command_of(argv) or "").parse_args(argv)
     if not args.no_compile_cache:
         enable_compilation_cache(compilation_cache_dir())
     args.t_start = t0

@@ -202,6 +202,9 @@ def _prefetch_range_coder() -> None:
     """
     from tgic_jax import range_coder  # noqa: PLC0415
 
+    if os.environ.get("TGIC_PREFETCH_TF", "1") == "0":  # benchmarks/cli_latency.py compares
+        return
+
     def work():
         try:
             range_coder._ops()  # noqa: SLF001
