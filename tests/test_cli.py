@@ -163,6 +163,7 @@ def test_a_write_that_fails_leaves_no_file_under_the_final_name_and_keeps_the_ol
     )
     assert "codes [1, 1, 1, 1]" in proc.stdout, proc.stderr
     assert proc.stderr.count("1 of 1 failed") == 4
+    assert "cannot write" in proc.stderr and "File too large" in proc.stderr
     assert not (tmp_path / "new.tgic").exists() and not (tmp_path / "new.png").exists()
     assert (tmp_path / "old.tgic").read_bytes() == old and (
         tmp_path / "old.png"

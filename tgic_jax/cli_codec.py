@@ -299,6 +299,16 @@ def _read_npy(path: str):
     return emb
 
 
+def _write(write, out: Path, data, overwrite: bool) -> None:
+    """Runs an atomic write; its errors name the output (the input is named by the caller)."""
+    try:
+        write(out, data, overwrite=overwrite)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        raise OSError(f"cannot write {out}: {e.strerror or e}") from e
+
+
 # ----------------------------------------------------------------------------- commands
 def _prepare(args, command: str, suffixes, out_suffix: str):
     paths, notes = expand_inputs(args.inputs, suffixes)
@@ -351,7 +361,7 @@ def run_compress(args: argparse.Namespace) -> int:
             result = codec.encode(model, variables, [image], [text])[0]
             ms = 1e3 * (time.perf_counter() - t0)
             clock.lap("codec")
-            image_io.write_atomic(out, result.data, overwrite=args.force)
+            _write(image_io.write_atomic, out, result.data, overwrite=args.force)
             clock.lap("write")
         except (OSError, ValueError) as e:
             failures += 1
@@ -391,7 +401,7 @@ def run_decompress(args: argparse.Namespace) -> int:
             image = codec.decompress(model, variables, data, max_pixels=max_pixels)
             ms = 1e3 * (time.perf_counter() - t0)
             clock.lap("codec")
-            image_io.save_png(out, image, overwrite=args.force)
+            _write(image_io.save_png, out, image, overwrite=args.force)
             clock.lap("write")
         except (OSError, ValueError) as e:
             failures += 1
