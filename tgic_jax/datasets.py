@@ -5,14 +5,15 @@ in-memory array from TFDS), the candidate captions, and a note that says where t
 caption came from. An image without a caption is coded with the empty caption "" and the
 note says so; nothing is silently skipped.
 
-Captions JSON: an object mapping an image's file name (or its stem) to a caption or a list
-of captions, e.g. ``{"kodim01.png": "a brick building with red doors and windows"}`` (the
-format of the TACO authors' ``materials/kodak_ofa.json``). A list of objects
-``[{"image": "a.png", "caption": "..."}]`` (or "file_name" / "captions") is also read.
+Captions JSON: read by `tgic_jax.captions` (the reader `tgic compress` and training use
+too): an object mapping an image's file name (or its stem) to a caption or a list of
+captions, e.g. ``{"kodim01.png": "a brick building with red doors and windows"}`` (the
+format of the TACO authors' ``materials/kodak_ofa.json``), or a list of objects
+``[{"image": "a.png", "caption": "..."}]`` (or "file_name" / "captions").
 
 Which caption is used when an image has several (MS-COCO has ~5):
-- ``first`` (default): the first listed caption. Honest: needs nothing but the image's
-  metadata.
+- ``first`` (default): the first listed caption (``--caption-index K`` picks number K,
+  0-based, for folder sets). Honest: needs nothing but the image's metadata.
 - ``best_lpips`` (oracle): code the image once per caption and keep the one with the
   lowest LPIPS to the original. The TACO authors' COCO script meant to do this; it needs
   the original image at the encoder to choose, so its numbers are an upper bound and are
@@ -22,22 +23,20 @@ Which caption is used when an image has several (MS-COCO has ~5):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from tgic_jax import captions as captions_lib
+from tgic_jax.captions import CaptionsError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CAPTION_MODES = ("first", "best_lpips")
 
 NOTE_FROM_JSON = "from captions JSON"
 NOTE_MISSING = "missing: empty caption used"
-
-
-class CaptionsError(ValueError):
-    """The captions JSON cannot be read or does not have the expected structure."""
 
 
 @dataclasses.dataclass
@@ -79,66 +78,14 @@ def repo_kodak_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / "kodak"
 
 
-def _as_caption_list(value, key: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise CaptionsError(
-        f"caption for {key!r} must be a string or a non-empty list of strings, "
-        f"got {type(value).__name__}"
-    )
-
-
 def load_captions(path: str | os.PathLike) -> tuple[dict[str, list[str]], list[str]]:
     """Reads a captions JSON -> ({image name: [captions]}, per-entry problems).
 
-    Raises CaptionsError with the file name and the reason when the file is unreadable
-    or is not an object / list of objects; a malformed single entry is reported in the
-    returned problems and that image gets no caption.
+    The one reader of `tgic_jax.captions`: raises CaptionsError naming the file when it is
+    unreadable or not an object / list of objects; a malformed entry is reported in the
+    returned problems (file and entry named) and that image gets no caption.
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise CaptionsError(f"captions JSON {path} does not exist") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise CaptionsError(f"captions JSON {path} cannot be read: {err}") from err
-    except json.JSONDecodeError as err:
-        raise CaptionsError(
-            f"captions JSON {path} is not valid JSON (line {err.lineno}, column {err.colno}: "
-            f"{err.msg})"
-        ) from err
-    if isinstance(data, list):
-        entries = []
-        for i, row in enumerate(data):
-            if not isinstance(row, dict):
-                raise CaptionsError(f"captions JSON {path}: entry {i} is not an object")
-            key = row.get("image", row.get("file_name"))
-            if not isinstance(key, str):
-                raise CaptionsError(f"captions JSON {path}: entry {i} has no 'image' name")
-            entries.append((key, row.get("caption", row.get("captions"))))
-    elif isinstance(data, dict):
-        entries = list(data.items())
-    else:
-        raise CaptionsError(
-            f"captions JSON {path} must be an object {{image name: caption}} or a list of "
-            f"objects, got {type(data).__name__}"
-        )
-    captions, problems = {}, []
-    for key, value in entries:
-        try:
-            captions[key] = _as_caption_list(value, key)
-        except CaptionsError as err:
-            problems.append(f"{path.name}: {err}")
-    return captions, problems
-
-
-def _lookup(captions: dict[str, list[str]], file_name: str) -> list[str] | None:
-    for key in (file_name, Path(file_name).stem):
-        if key in captions:
-            return captions[key]
-    return None
+    return captions_lib.read_captions_and_problems(path)
 
 
 def folder_set(
@@ -146,8 +93,13 @@ def folder_set(
     captions_json: str | os.PathLike | None = None,
     max_images: int | None = None,
     name: str | None = None,
+    caption_index: int = 0,
 ) -> EvalSet:
-    """All images of `folder` (sorted by name) with captions from `captions_json`."""
+    """All images of `folder` (sorted by name) with captions from `captions_json`.
+
+    An image's caption number `caption_index` is put first (the one "first" mode codes);
+    an image with fewer captions is recorded in `errors` and gets none.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
@@ -168,7 +120,15 @@ def folder_set(
         fallback_note = "no captions JSON given: empty caption used"
     items = []
     for p in files:
-        found = _lookup(captions, p.name)
+        found = captions_lib.lookup(captions, p.name)
+        if found is not None and caption_index:
+            try:
+                chosen = captions_lib.pick(found, caption_index, p.name, captions_json)
+            except CaptionsError as err:
+                errors.append(str(err))
+                found = None
+            else:
+                found = [chosen] + [c for i, c in enumerate(found) if i != caption_index]
         if found is None:
             items.append(EvalItem(p.name, path=str(p), caption_note=fallback_note))
         else:

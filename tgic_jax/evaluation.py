@@ -577,7 +577,17 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--images", default="", help="folder of images (default: Kodak in data/)")
-    p.add_argument("--captions", default="", help="captions JSON {image name: caption}")
+    p.add_argument(
+        "--captions",
+        default="",
+        help="captions JSON {image name: caption or [captions]} (see tgic_jax/captions.py)",
+    )
+    p.add_argument(
+        "--caption-index",
+        type=int,
+        default=0,
+        help="which caption of a list to code (0-based; default 0, the first)",
+    )
     p.add_argument(
         "--dataset",
         choices=("folder", "kodak", "clic", "coco"),
@@ -637,7 +647,12 @@ def build_eval_set(args) -> datasets.EvalSet:
     if dataset == "folder":
         if not args.images:
             raise ValueError("--dataset folder needs --images DIR")
-        return datasets.folder_set(args.images, args.captions or None, limit)
+        return datasets.folder_set(
+            args.images,
+            args.captions or None,
+            limit,
+            caption_index=getattr(args, "caption_index", 0),
+        )
     if dataset == "kodak":
         return datasets.kodak_set(args.images or None, limit)
     return datasets.tfds_set(dataset, args.split, args.data_dir, limit, args.caption_mode)

@@ -1,15 +1,26 @@
 """Reading images into float32 RGB in [0, 1], and writing 8-bit PNGs.
 
 `load_image` accepts what Pillow reads and converts it to RGB, saying so in `notes`:
-16-bit and 32-bit grayscale are scaled from their full range, grayscale is replicated,
-palette images are expanded, the alpha channel is dropped. Unreadable files and images
-larger than `max_pixels` raise `ImageError` (a ValueError) with one clear line.
+the EXIF orientation is applied (as viewers show the photo), 16-bit and 32-bit grayscale
+are scaled from their full range, 16-bit RGB is reduced to 8 bits (Pillow's reading),
+grayscale is replicated, palette images are expanded, the alpha channel is dropped.
+Unreadable files and images larger than `max_pixels` raise `ImageError` (a ValueError)
+with one clear line that names the file once.
+
+Writes are atomic (`write_atomic`, `save_png`): the bytes go to a temporary file in the
+destination's folder, which is renamed over the final name only when complete, so a full
+disk, a file-size limit or a kill never leaves a truncated file under the final name, and
+an existing file is replaced only when `overwrite` says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +48,11 @@ def load_image(
                 raise ImageError(f"{path}: {w} x {h} image exceeds max_pixels={max_pixels}")
             if w < 1 or h < 1:
                 raise ImageError(f"{path}: empty image ({w} x {h})")
+            bits16 = _is_16bit_colour(im)
             im.load()
+            im = _apply_orientation(im, notes)
+            if bits16:
+                notes.append(f"16-bit {im.mode} reduced to 8 bits per channel")
             return _to_rgb_float(im, notes), notes
     except ImageError:
         raise
@@ -50,13 +65,54 @@ def load_image(
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as e:
-        raise ImageError(f"{path}: cannot read image ({_one_line(e)})") from e
+        raise ImageError(f"{path}: cannot read image ({_one_line(e, path)})") from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
-        raise ImageError(f"{path}: cannot read image ({_one_line(e)})") from e
+        raise ImageError(f"{path}: cannot read image ({_one_line(e, path)})") from e
 
 
-def _one_line(e: BaseException) -> str:
-    return (str(e) or type(e).__name__).splitlines()[0]
+_ORIENTATION_WORDS = {
+    2: "mirrored",
+    3: "rotated 180 degrees",
+    4: "flipped vertically",
+    5: "transposed",
+    6: "rotated 90 degrees clockwise",
+    7: "transversed",
+    8: "rotated 90 degrees counter-clockwise",
+}
+
+
+def _apply_orientation(im, notes: list[str]):
+    """Turns the pixels the way the EXIF orientation tag says (what viewers show)."""
+    from PIL import ImageOps  # noqa: PLC0415
+
+    try:
+        orientation = int(im.getexif().get(0x0112, 1) or 1)
+    except (ValueError, TypeError, SyntaxError, OSError):  # a damaged EXIF block: ignore it
+        return im
+    if orientation not in _ORIENTATION_WORDS:
+        return im
+    turned = ImageOps.exif_transpose(im)
+    notes.append(f"EXIF orientation {orientation} applied ({_ORIENTATION_WORDS[orientation]})")
+    return turned
+
+
+def _is_16bit_colour(im) -> bool:
+    """Pillow reads 16-bit RGB(A) as 8-bit 'RGB': only the raw mode of its tiles tells."""
+    if im.mode not in ("RGB", "RGBA"):
+        return False
+    for tile in getattr(im, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args if isinstance(args, str) else (args[0] if args else "")
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return True
+    return False
+
+
+def _one_line(e: BaseException, path=None) -> str:
+    msg = (str(e) or type(e).__name__).splitlines()[0]
+    if path is not None:  # Pillow repeats the path; our message starts with it already
+        msg = msg.replace(f" '{path}'", "").replace(f" {path}", "").replace(str(path), "it")
+    return msg
 
 
 def _to_rgb_float(im, notes: list[str]) -> np.ndarray:
@@ -92,11 +148,63 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Writes an 8-bit RGB PNG of a float image in [0, 1] (clamped, rounded)."""
+def write_atomic(
+    path: str | os.PathLike, write: bytes | Callable[[object], None], overwrite: bool = True
+) -> None:
+    """Writes `path` all or nothing: `write` (bytes, or a function of a binary file object)
+    goes to a temporary file in the same folder, renamed into place when complete.
+
+    With `overwrite=False` an existing `path` is kept and FileExistsError raised (also when
+    another process creates it meanwhile). On any failure the temporary file is removed and
+    `path` is as it was.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(write, (bytes, bytearray, memoryview)):
+                f.write(write)
+            else:
+                write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not land before the data
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_no_clobber(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _link_no_clobber(tmp: str, path: Path) -> None:
+    """Moves `tmp` to `path` unless `path` exists (a hard link is atomic about that)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists (use --force to overwrite)") from None
+    except OSError:  # no hard links on this file system: check, then rename
+        if path.exists():
+            raise FileExistsError(f"{path} exists (use --force to overwrite)") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray, overwrite: bool = True) -> None:
+    """Writes an 8-bit RGB PNG of a float image in [0, 1] (clamped, rounded), atomically."""
     from PIL import Image  # noqa: PLC0415
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an [H, W, 3] image, got {image.shape}")
-    Image.fromarray(to_uint8(image), "RGB").save(path, format="PNG")
+    pil = Image.fromarray(to_uint8(image), "RGB")
+    write_atomic(path, lambda f: pil.save(f, format="PNG"), overwrite=overwrite)

@@ -4,7 +4,8 @@ Two sources (config.input.source):
 - ``tfds``: TFDS ``coco_captions`` (MS-COCO 2014 with its ~5 captions per image), as in
   the paper; each process reads its own `tfds.even_splits` part.
 - ``folder``: a folder of images and a captions JSON in Kodak's format
-  (``{"kodim01.png": "a caption", ...}``; a value may also be a list of captions).
+  (``{"kodim01.png": "a caption", ...}``; a value may also be a list of captions, of which
+  each example draws one at random: the rule of `tgic_jax.captions`).
 
 Per example: images smaller than the crop are dropped (not padded, not crashed on), one
 random crop_size x crop_size crop, one caption picked at random. tf.data runs on the CPU
@@ -34,9 +35,10 @@ def _tf():
 
 # ----------------------------------------------------------------------------- sources
 def read_captions(captions_path: str | Path) -> dict[str, list[str]]:
-    """Captions JSON -> {file name: [captions]} (a single string counts as one caption)."""
-    raw = json.loads(Path(captions_path).read_text())
-    return {name: [c] if isinstance(c, str) else list(c) for name, c in raw.items()}
+    """Captions JSON -> {file name: [captions]}: `tgic_jax.captions.read_captions`, strict."""
+    from tgic_jax.captions import read_captions as read  # noqa: PLC0415
+
+    return read(captions_path)
 
 
 def list_folder(

@@ -118,7 +118,28 @@ def _load_flax(model_cls, path: str | os.PathLike):
     from_pt = local.is_dir() and not (local / "flax_model.msgpack").is_file()
     if from_pt and not (local / "model.safetensors").is_file():
         raise FileNotFoundError(f"{local} has neither flax_model.msgpack nor model.safetensors.")
-    return model_cls.from_pretrained(str(local) if local.is_dir() else str(path), from_pt=from_pt)
+    model = model_cls.from_pretrained(str(local) if local.is_dir() else str(path), from_pt=from_pt)
+    if from_pt and local.resolve().is_relative_to(cache_root().resolve()):
+        _save_flax_weights(model, local)
+    return model
+
+
+def _save_flax_weights(model, folder: Path) -> None:
+    """Keeps the converted weights next to the safetensors in our own cache folder.
+
+    Converting the PyTorch-format weights takes 10-18 s of a 2-core CPU per process; reading
+    flax_model.msgpack takes about 2 s. Only folders under `cache_root()` (which tgic_jax
+    fills with a pinned version) get one, so a user's folder is never written to.
+    """
+    from flax.serialization import to_bytes  # noqa: PLC0415
+
+    fd, tmp = tempfile.mkstemp(prefix=".flax_model.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(to_bytes(model.params))
+        os.replace(tmp, folder / "flax_model.msgpack")
+    except OSError:  # a read-only cache: convert again next time
+        Path(tmp).unlink(missing_ok=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -1,0 +1,118 @@
+"""Reading images as viewers show them, writing files all or nothing."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from tgic_jax import image_io
+
+
+def _quadrants(h: int, w: int) -> np.ndarray:
+    """uint8 [h, w, 3]: red top-left, green top-right, blue bottom-left, white bottom-right."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[: h // 2, : w // 2] = (255, 0, 0)
+    a[: h // 2, w // 2 :] = (0, 255, 0)
+    a[h // 2 :, : w // 2] = (0, 0, 255)
+    a[h // 2 :, w // 2 :] = (255, 255, 255)
+    return a
+
+
+@pytest.mark.parametrize(("orientation", "turn"), [(6, -1), (8, 1), (3, 2)])
+def test_an_exif_rotated_jpeg_loads_the_way_a_viewer_shows_it(tmp_path, orientation, turn):
+    from PIL import Image
+
+    stored = _quadrants(32, 64)  # a sideways phone photo: 64 wide as stored
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "p.jpg", quality=95, exif=exif.tobytes())
+    x, notes = image_io.load_image(tmp_path / "p.jpg")
+    expected = np.rot90(stored, k=turn)  # k=-1: 90 degrees clockwise
+    assert x.shape == expected.shape
+    # JPEG is lossy at the quadrant edges: compare the quadrant centres.
+    h, w = expected.shape[:2]
+    for r, c in ((h // 4, w // 4), (h // 4, 3 * w // 4), (3 * h // 4, w // 4)):
+        np.testing.assert_allclose(x[r, c] * 255, expected[r, c], atol=12)
+    assert any(f"EXIF orientation {orientation}" in n for n in notes), notes
+
+
+def test_an_image_without_orientation_is_untouched_and_unnoted(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(_quadrants(8, 12)).save(tmp_path / "p.png")
+    x, notes = image_io.load_image(tmp_path / "p.png")
+    np.testing.assert_array_equal(np.round(x * 255).astype(np.uint8), _quadrants(8, 12))
+    assert notes == []
+
+
+def _png_rgb16(path, a: np.ndarray) -> None:
+    """A 16-bit RGB PNG (Pillow cannot write one)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    h, w = a.shape[:2]
+    rows = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_a_16_bit_rgb_image_is_noted_as_reduced_to_8_bits(tmp_path):
+    a = np.random.default_rng(0).integers(0, 65536, (4, 5, 3)).astype(np.uint16)
+    _png_rgb16(tmp_path / "rgb16.png", a)
+    x, notes = image_io.load_image(tmp_path / "rgb16.png")
+    np.testing.assert_array_equal(np.round(x * 255), a >> 8)
+    assert any("16-bit" in n and "8 bits" in n for n in notes), notes
+
+
+def test_a_load_error_names_the_file_once(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(image_io.ImageError) as err:
+        image_io.load_image(tmp_path / "bad.png")
+    assert str(err.value).count("bad.png") == 1
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+
+    def half_then_fail(f):
+        f.write(b"new, half written")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        image_io.write_atomic(target, half_then_fail)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_write_atomic_refuses_to_replace_unless_told_and_uses_the_usual_mode(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="--force"):
+        image_io.write_atomic(target, b"new", overwrite=False)
+    assert target.read_bytes() == b"old"
+    image_io.write_atomic(target, b"new", overwrite=True)
+    assert target.read_bytes() == b"new"
+    image_io.write_atomic(tmp_path / "g.bin", b"x", overwrite=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "g.bin").stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin", "g.bin"]
+
+
+def test_save_png_writes_atomically_and_keeps_an_existing_png_without_overwrite(tmp_path):
+    x = np.full((4, 4, 3), 0.5, np.float32)
+    image_io.save_png(tmp_path / "o.png", x)
+    with pytest.raises(FileExistsError):
+        image_io.save_png(tmp_path / "o.png", np.zeros((4, 4, 3), np.float32), overwrite=False)
+    y, _ = image_io.load_image(tmp_path / "o.png")
+    np.testing.assert_array_equal(np.round(y * 255), 128)
