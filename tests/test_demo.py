@@ -14,6 +14,8 @@ def _row(variant, bpp, psnr, lpips, jpeg_psnr=24.0, jpeg_lpips=0.45):
 def test_the_verdict_on_jpeg_follows_the_numbers():
     ahead = demo._versus_jpeg([_row("correct", 0.2, 23.8, 0.40)])
     assert "0.20 dB below JPEG" in ahead and "LPIPS 0.050 lower" in ahead and "beats" in ahead
+    above = demo._versus_jpeg([_row("correct", 0.2, 24.5, 0.40)])
+    assert "0.50 dB above JPEG" in above and "perceptually and in PSNR" in above
     behind = demo._versus_jpeg([_row("correct", 0.2, 21.0, 0.50)])
     assert "3.00 dB below" in behind and "higher (worse)" in behind and "beats" not in behind
 

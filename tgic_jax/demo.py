@@ -114,10 +114,11 @@ def _versus_jpeg(rows: list[dict]) -> str:
     psnr_part = f"{abs(gap):.2f} dB {'above' if gap >= 0 else 'below'} JPEG in PSNR"
     lpips_part = f"LPIPS {abs(lpips):.3f} {'lower (better)' if lpips < 0 else 'higher (worse)'}"
     if lpips < 0 and gap > -0.5:
+        fidelity = "and in PSNR" if gap >= 0 else "at pixel fidelity within half a decibel"
         verdict = (
-            "the learned codec already beats JPEG perceptually at pixel fidelity within half a "
-            "decibel: the paper's point, in miniature; ELIC's or TACO's published curves still "
-            "take the paper's model and training"
+            f"the learned codec already beats JPEG perceptually {fidelity}: the paper's point, "
+            "in miniature; ELIC's or TACO's published curves still take the paper's model and "
+            "training"
         )
     else:
         verdict = (
