@@ -69,20 +69,8 @@ def test_two_processes_train_three_steps_to_identical_parameters(tmp_path, kodak
             procs.append(
                 subprocess.Popen(args, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
             )
-    try:
-        for p in procs:
-            p.wait(timeout=900)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    outs = [log.read_text() for log in logs]
-    report = "\n".join(f"--- process {i} (exit {p.returncode}):\n{out[-3000:]}"
-                       for i, (p, out) in enumerate(zip(procs, outs, strict=True)))  # fmt: skip
-    assert all(p.returncode == 0 for p in procs), report
-    for out in outs:
-        last = [line for line in out.splitlines() if line.startswith("{")][-1]
-        assert json.loads(last)["step"] == 3, report
+    outs, results, report = _finish_pair(procs, logs, timeout=900)
+    assert [r["step"] for r in results] == [3, 3], report
     assert "[train] step 3" in outs[0]  # process 0 logs, with the global batch
     a, b = np.load(tmp_path / "p0.npz"), np.load(tmp_path / "p1.npz")
     assert sorted(a.files) == sorted(b.files) and len(a.files) > 100
