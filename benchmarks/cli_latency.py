@@ -84,13 +84,13 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(SIZES), default="paper")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "tgic_cli_latency"))
     ap.add_argument(
-        "--no-tf-thread",
+        "--tf-thread",
         action="store_true",
-        help="import TensorFlow on first use instead of in a thread at the start (A/B)",
+        help="import TensorFlow in a thread at the start instead of on first use (A/B)",
     )
     args = ap.parse_args()
-    if args.no_tf_thread:
-        os.environ["TGIC_PREFETCH_TF"] = "0"
+    if args.tf_thread:
+        os.environ["TGIC_PREFETCH_TF"] = "1"
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -194,15 +194,16 @@ class _Clock:
 
 
 def _prefetch_range_coder() -> None:
-    """Imports TensorFlow (the range coder's ops, ~3.5 s) in a thread.
+    """With TGIC_PREFETCH_TF=1, imports TensorFlow (the range coder's ops, ~3.5 s) in a thread.
 
-    The import overlaps the checkpoint read and the networks (XLA releases the GIL), so
-    the coder is ready when the first stream is written; an import error resurfaces
-    where the coder is used.
+    Off by default: the overlap gained nothing measurable on 2 busy cores
+    (benchmarks/cli_latency.py), and a cold `tgic compress` with it on hung for 600 s once in
+    a full test run (TensorFlow and XLA initializing in two threads of one process), where
+    the same call passes alone. An import error resurfaces where the coder is used.
     """
     from tgic_jax import range_coder  # noqa: PLC0415
 
-    if os.environ.get("TGIC_PREFETCH_TF", "1") == "0":  # benchmarks/cli_latency.py compares
+    if os.environ.get("TGIC_PREFETCH_TF", "0") != "1":  # benchmarks/cli_latency.py compares
         return
 
     def work():
