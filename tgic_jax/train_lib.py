@@ -255,9 +255,7 @@ def evaluate(
     With keep_images > 0 the result also holds "images": the first originals beside their
     decoded images (uint8 [H, 2W, 3]), for TensorBoard.
     """
-    from PIL import Image  # noqa: PLC0415
-
-    from tgic_jax import codec, metrics  # noqa: PLC0415 - TF (the range coder) only here
+    from tgic_jax import codec, image_io, metrics  # noqa: PLC0415 - TF (the range coder) only here
 
     items = input_pipeline.list_folder(
         eval_config.folder, eval_config.get("captions") or None,
@@ -266,7 +264,7 @@ def evaluate(
     variables = {"params": jax.device_get(params)}  # host copy: evaluated by one process
     rows, images = [], []
     for path, captions in items:
-        x = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+        x = image_io.load_image(path)[0]
         text = text_encoder.encode(captions[:1])[0][0]
         rec = codec.reconstruct(model, variables, x, text)
         row = {"bpp_estimate": rec["bpp_estimated"], "psnr": metrics.psnr(x, rec["x_hat_float"])}
