@@ -99,17 +99,26 @@ _DECODE_SCRIPT = textwrap.dedent(
     from tgic_jax import codec
     from tgic_jax.checkpoint import load_inference
     model, variables, _ = load_inference(sys.argv[1])
+    program_dir = os.environ.get("PROGRAM_DIR")
+    if program_dir:  # every program must come from the folder: tracing is an error here
+        def no_export(*args, **kwargs):
+            raise AssertionError("a program was exported again instead of read")
+        codec.export.export = no_export
+    coder = codec.Coder(model, variables, program_dir)
     out = {}
     for i, name in enumerate(sys.argv[3:]):
         with open(name, "rb") as f:
-            out[f"x{i}"] = codec.decode(model, variables, f.read())[0]
+            out[f"x{i}"] = coder.decode(f.read())[0]
     np.savez(sys.argv[2], **out)
     """
 )
 
 
-def _decode_in_subprocess(ckpt: Path, files: list[Path], out: Path) -> dict:
+def _decode_in_subprocess(
+    ckpt: Path, files: list[Path], out: Path, program_dir: Path | None = None
+) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    env["PROGRAM_DIR"] = str(program_dir or "")
     r = subprocess.run(
         [sys.executable, "-c", _DECODE_SCRIPT, str(ckpt), str(out), *map(str, files)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
@@ -226,6 +235,69 @@ def test_bad_inputs_to_the_encoder_raise_value_errors(tiny):
         codec.compress(model, v, synthetic_image(8, 8), np.zeros((7, 5), np.float32))
     with pytest.raises(ValueError, match="non-finite"):
         codec.compress(model, v, np.full((8, 8, 3), np.nan, np.float32), _text())
+
+
+# ------------------------------------------------------------------------- kept programs
+
+
+def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path, tiny_ckpt):
+    from tgic_jax.checkpoint import load_inference
+
+    model, variables, _ = load_inference(tiny_ckpt)
+    programs = tmp_path / "programs"
+    coder = codec.Coder(model, variables, programs)
+    images = [synthetic_image(97, 131), synthetic_image(64, 64, 5)]
+    results = coder.encode(images, [_text(0), _text(1)], with_reconstruction=True)
+    files = []
+    for k, r in enumerate(results):
+        files.append(tmp_path / f"im{k}.tgic")
+        files[-1].write_bytes(r.data)
+    # The decoder's programs: z's hyper, anchor and non-anchor per slice, 1 to 5 combine
+    # shapes, synthesis; each padded size has its own (64 x 64 vs 128 x 192 here).
+    decoded_once = _decode_in_subprocess(tiny_ckpt, files, tmp_path / "a.npz", programs)
+    kept = sorted(p.name for p in programs.iterdir())
+    assert sum(n.startswith("anchor") for n in kept) == 2 * len(TINY.slices)
+    for k, r in enumerate(results):
+        np.testing.assert_array_equal(decoded_once[f"x{k}"], r.x_hat)  # bitwise, unclamped
+    # A process that traces anew (no folder) decodes the same files to the same bits.
+    traced = _decode_in_subprocess(tiny_ckpt, files, tmp_path / "b.npz")
+    for k in range(len(results)):
+        np.testing.assert_array_equal(traced[f"x{k}"], decoded_once[f"x{k}"])
+    assert sorted(p.name for p in programs.iterdir()) == kept  # nothing new was written
+
+
+def test_a_damaged_kept_program_is_exported_again(tmp_path, tiny):
+    model, v = tiny
+    programs = tmp_path / "programs"
+    image, text = synthetic_image(40, 56, 3), _text(2)
+    data = codec.Coder(model, v, programs).compress(image, text)
+    damaged = sorted(programs.glob("nonanchor1-*"))
+    assert len(damaged) == 1
+    damaged[0].write_bytes(b"not a program")
+    fresh = codec.Programs(model, programs)  # as a new process would start
+    coder = codec.Coder(model, v)
+    coder.programs = fresh
+    np.testing.assert_array_equal(coder.decompress(data), codec.decompress(model, v, data))
+    assert damaged[0].read_bytes() != b"not a program"  # rewritten with a real one
+    assert len(list(programs.glob("nonanchor1-*"))) == 1
+
+
+def test_kept_programs_are_keyed_by_the_build_so_a_change_never_reads_a_stale_one(
+    tmp_path, tiny, monkeypatch
+):
+    model, v = tiny
+    programs = tmp_path / "programs"
+    image, text = synthetic_image(40, 56, 3), _text(2)
+    data = codec.Coder(model, v, programs).compress(image, text)
+    before = {p.name for p in programs.iterdir()}
+    # Another JAX version, backend or edit of the model's source: new files, old ones unread.
+    key = codec._build_key()
+    monkeypatch.setattr(codec, "_build_key", lambda: (*key[:-1], "edited source"))
+    coder = codec.Coder(model, v)
+    coder.programs = codec.Programs(model, programs)
+    assert coder.compress(image, text) == data
+    after = {p.name for p in programs.iterdir()}
+    assert before < after and len(after) == 2 * len(before)
 
 
 # ------------------------------------------------------------------------- parity fixture

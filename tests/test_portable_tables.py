@@ -105,7 +105,7 @@ def test_the_paper_size_model_refuses_a_100_byte_file_claiming_6000_x_6000_at_on
 
     model, params = paper
     variables = {"params": params}
-    fp = codec._prepare(model, variables).fingerprint  # built once, as a first decode would
+    fp = codec.Coder(model, variables).fingerprint  # built once, as a first decode would
     c = container.Container(6000, 6000, 94, 94, fp, (bytes(40), bytes(40)))
     data = container.pack(c)
     assert len(data) <= 105

@@ -64,21 +64,27 @@ def compilation_cache_dir() -> Path | None:
     return Path(base).expanduser() / "tgic_jax" / "jax_cache"
 
 
-def enable_compilation_cache(folder: Path | None) -> None:
-    """Turns JAX's persistent compilation cache on in `folder` (every program, however small)."""
+def enable_compilation_cache(folder: Path | None) -> Path | None:
+    """Turns JAX's persistent compilation cache on in `folder` (every program, however small).
+
+    Returns where the codec keeps its exported programs (`codec.Programs`): the
+    `programs` subfolder (JAX's cache reads only its own `*-cache` files), or None when
+    there is no usable cache folder.
+    """
     if folder is None:
-        return
+        return None
     import jax  # noqa: PLC0415
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: run uncached rather than fail
-        return
+        return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
     # Defaults cache only programs that took >= 1 s to compile; the codec's many small
     # programs (per slice anchor/non-anchor) add up to seconds, so keep them all.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder / "programs"
 
 
 def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
@@ -211,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_third_party(verbose="-v" in argv or "--verbose" in argv)
     # No command named (`tgic --help`, a typo): the subcommand list needs no module.
     args = build_parser(_command_of(argv) or "").parse_args(argv)
+    args.program_dir = None
     if not args.no_compile_cache:
-        enable_compilation_cache(compilation_cache_dir())
+        args.program_dir = enable_compilation_cache(compilation_cache_dir())
     args.t_start = t0
     global _FAST_EXIT
     _FAST_EXIT = args.command in ("compress", "decompress")

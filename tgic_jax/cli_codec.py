@@ -342,6 +342,7 @@ def run_compress(args: argparse.Namespace) -> int:
         _prefetch_range_coder()
         clock.lap("imports")
         model, variables, config = checkpoint.load_inference(args.checkpoint)
+        coder = codec.Coder(model, variables, getattr(args, "program_dir", None))
         clock.lap("checkpoint")
         texts = _Texts(args, config, paths)
         clock.lap("text encoder")
@@ -359,7 +360,7 @@ def run_compress(args: argparse.Namespace) -> int:
             text, text_notes = texts(k, path)
             clock.lap("text")
             t0 = time.perf_counter()
-            result = codec.encode(model, variables, [image], [text])[0]
+            result = coder.encode([image], [text])[0]
             ms = 1e3 * (time.perf_counter() - t0)
             clock.lap("codec")
             _write(image_io.write_atomic, out, result.data, overwrite=args.force)
@@ -387,6 +388,7 @@ def run_decompress(args: argparse.Namespace) -> int:
         _prefetch_range_coder()
         clock.lap("imports")
         model, variables, _ = checkpoint.load_inference(args.checkpoint)
+        coder = codec.Coder(model, variables, getattr(args, "program_dir", None))
         clock.lap("checkpoint")
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -399,7 +401,7 @@ def run_decompress(args: argparse.Namespace) -> int:
         try:
             data = path.read_bytes()
             t0 = time.perf_counter()
-            image = codec.decompress(model, variables, data, max_pixels=max_pixels)
+            image = coder.decompress(data, max_pixels=max_pixels)
             ms = 1e3 * (time.perf_counter() - t0)
             clock.lap("codec")
             _write(image_io.save_png, out, image, overwrite=args.force)

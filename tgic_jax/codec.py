@@ -1,44 +1,57 @@
-"""Compress images to .tgic files and back: jitted networks, host-side range coding.
+"""Compress images to .tgic files and back: exported networks, host-side range coding.
 
+`Coder(model, variables)` is built once per checkpoint and holds what coding needs: the
+checked tables, the fingerprint, the parameters on the device and the compiled programs.
 Order of coding (the authors'): all of z, then for each slice its anchors, then its
 non-anchors, each scale/mean computed from already-decoded values only. Determinism is
-by construction: every network that feeds the entropy model runs through the same jitted
-function, with the same shapes and inputs (symbols, tables, params) on both sides, so the
-decoder rebuilds the encoder's y_hat bit for bit:
+by construction: every network that feeds the entropy model is one exported program,
+called with the same shapes and inputs (symbols, tables, params) on both sides, and both
+sides run one slice loop (`Coder._slices`) that differs only in where symbols come from,
+so the decoder rebuilds the encoder's y_hat bit for bit:
 
     encoder:  x, text --analysis--> y, z           (encoder only; batched is fine)
               z_sym = round(z - medians)           --> z stream
-              hyper = _hyper(z_sym)                (shared)
+              hyper = hyper(z_sym)                 (shared)
               for slice i:
-                idx_a, mu_a, ctx = _anchor_i(hyper, y_hat_<i)          (shared)
+                idx_a, mu_a, ctx = anchor_i(hyper, y_hat_<i)           (shared)
                 s_a = round(y_i - mu_a) at anchors                     --> y stream
-                y_hat_a, idx_n, mu_n = _nonanchor_i(hyper, ctx, s_a, mu_a)   (shared)
+                y_hat_a, idx_n, mu_n = nonanchor_i(hyper, ctx, s_a, mu_a)    (shared)
                 s_n = round(y_i - mu_n) at non-anchors                 --> y stream
-                y_hat_i = _combine(y_hat_a, s_n, mu_n)                 (shared)
+                y_hat_i = combine(y_hat_a, s_n, mu_n)                  (shared)
     decoder:  the same calls, with s_a and s_n read from the streams.
 
-On GPU, run both sides with `--xla_gpu_deterministic_ops=true` on the same kind of device.
+The module-level `compress` / `decompress` / `encode` / `decode` build a Coder per call
+(programs are shared per architecture). On GPU, run both sides with
+`--xla_gpu_deterministic_ops=true` on the same kind of device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import hashlib
 import math
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export
 
 from tgic_jax import coding_tables
 from tgic_jax.container import FINGERPRINT_BYTES, BitstreamError, Container, pack, unpack
+from tgic_jax.image_io import write_atomic
 from tgic_jax.model import TACO, ModelConfig, checkerboard_masks
 from tgic_jax.range_coder import RangeDecoder, RangeEncoder, SymbolCosts, fits
 
 __all__ = [
     "BitstreamError",
+    "Coder",
     "EncodeResult",
     "compress",
     "compress_batch",
@@ -81,63 +94,50 @@ class EncodeResult:
 
 
 # ----------------------------------------------------------------------------------------
-# Jitted pieces, one set per model architecture (params are arguments: no re-trace per
-# checkpoint; jit caches per shape).
+# The networks as programs of (params, arrays)
 
 
-def _model_key(model: TACO) -> tuple:
-    return (model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
+def _network_functions(model: TACO) -> dict:
+    """The model's pieces as pure functions of (params, arrays); the slice index is static."""
+    apply = model.apply
 
+    def analysis(params, x, text):
+        return apply({"params": params}, x, text, method="analysis")
 
-class _Networks:
-    """The model's pieces as jitted functions of (params, arrays)."""
+    def hyper(params, z_sym, medians):
+        z_hat = z_sym.astype(jnp.float32) + medians
+        return apply({"params": params}, z_hat, method="hyper_synthesis")
 
-    def __init__(self, model: TACO):
-        self.model = model
-        apply = model.apply
+    def anchor(i, params, hyper, y_hat_previous, thresholds):
+        scales, means, ctx = apply(
+            {"params": params}, i, hyper, list(y_hat_previous), method="anchor_params"
+        )
+        mask = _masks(hyper.shape)[0]
+        return _indexes(scales, thresholds) * mask.astype(jnp.int32), means * mask, ctx
 
-        def analysis(params, x, text):
-            return apply({"params": params}, x, text, method="analysis")
+    def nonanchor(i, params, hyper, ctx, sym_a, means_a, thresholds):
+        anchor_mask, non_anchor_mask = _masks(hyper.shape)
+        y_hat_a = (sym_a.astype(jnp.float32) + means_a) * anchor_mask
+        scales, means = apply({"params": params}, i, hyper, ctx, y_hat_a, method="nonanchor_params")
+        idx = _indexes(scales, thresholds) * non_anchor_mask.astype(jnp.int32)
+        return y_hat_a, idx, means * non_anchor_mask
 
-        def hyper(params, z_sym, medians):
-            z_hat = z_sym.astype(jnp.float32) + medians
-            return apply({"params": params}, z_hat, method="hyper_synthesis")
+    def combine(y_hat_a, sym_n, means_n):
+        non_anchor_mask = _masks(y_hat_a.shape)[1]
+        return y_hat_a + (sym_n.astype(jnp.float32) + means_n) * non_anchor_mask
 
-        def anchor(i, params, hyper, y_hat_previous, thresholds):
-            scales, means, ctx = apply(
-                {"params": params}, i, hyper, list(y_hat_previous), method="anchor_params"
-            )
-            mask = _masks(hyper.shape)[0]
-            return _indexes(scales, thresholds) * mask.astype(jnp.int32), means * mask, ctx
+    def synthesis(params, y_hat_slices):
+        y_hat = jnp.concatenate(list(y_hat_slices), -1)
+        return apply({"params": params}, y_hat, method="synthesis")
 
-        def nonanchor(i, params, hyper, ctx, sym_a, means_a, thresholds):
-            anchor_mask, non_anchor_mask = _masks(hyper.shape)
-            y_hat_a = (sym_a.astype(jnp.float32) + means_a) * anchor_mask
-            scales, means = apply(
-                {"params": params}, i, hyper, ctx, y_hat_a, method="nonanchor_params"
-            )
-            idx = _indexes(scales, thresholds) * non_anchor_mask.astype(jnp.int32)
-            return y_hat_a, idx, means * non_anchor_mask
-
-        def combine(y_hat_a, sym_n, means_n):
-            non_anchor_mask = _masks(y_hat_a.shape)[1]
-            return y_hat_a + (sym_n.astype(jnp.float32) + means_n) * non_anchor_mask
-
-        def synthesis(params, y_hat_slices):
-            y_hat = jnp.concatenate(list(y_hat_slices), -1)
-            return apply({"params": params}, y_hat, method="synthesis")
-
-        def forward(params, x, text):
-            out = apply({"params": params}, x, text, train=False)
-            return out["x_hat"], out["likelihoods"]
-
-        self.analysis = jax.jit(analysis)
-        self.hyper = jax.jit(hyper)
-        self.anchor = jax.jit(anchor, static_argnums=0)
-        self.nonanchor = jax.jit(nonanchor, static_argnums=0)
-        self.combine = jax.jit(combine)
-        self.synthesis = jax.jit(synthesis)
-        self.forward = jax.jit(forward)
+    return {
+        "analysis": analysis,
+        "hyper": hyper,
+        "anchor": anchor,
+        "nonanchor": nonanchor,
+        "combine": combine,
+        "synthesis": synthesis,
+    }
 
 
 def _masks(shape) -> tuple[jax.Array, jax.Array]:
@@ -150,63 +150,381 @@ def _indexes(scales: jax.Array, thresholds: jax.Array) -> jax.Array:
     return jnp.searchsorted(thresholds, scales, side="left").astype(jnp.int32)
 
 
-_NETWORKS: dict[tuple, _Networks] = {}
+def _param_scopes(name: str, i: int | None) -> tuple[str, ...]:
+    """The top-level parameter collections program `name` reads (see TACO's methods).
+
+    Each program gets only these: an exported program's inputs are deserialized one by
+    one, and the full tree (276 arrays for the paper-size model) for each of the 16
+    programs took 1.0 s of a warm encode. A missing collection fails at export (Flax
+    raises on a parameter it cannot find), never silently.
+    """
+    return {
+        "analysis": ("g_a", "h_a"),
+        "hyper": ("h_s",),
+        "anchor": (f"entropy_parameters_anchor_{i}",) + ((f"channel_context_{i}",) if i else ()),
+        "nonanchor": (f"local_context_{i}", f"entropy_parameters_nonanchor_{i}"),
+        "synthesis": ("g_s",),
+    }[name]
 
 
-def _networks(model: TACO) -> _Networks:
-    key = _model_key(model)
-    if key not in _NETWORKS:
-        _NETWORKS[key] = _Networks(model)
-    return _NETWORKS[key]
+class Programs:
+    """The model's pieces compiled per input shape, each exported (`jax.export`) once.
+
+    Both sides of the codec call the same exported programs, so they run the same XLA
+    computation. With a `folder`, the serialized programs are kept there: a new process
+    reads them instead of tracing the model again (tracing was ~1.9 s of a 4.7 s warm
+    paper-size `tgic compress`, docs/BENCHMARKS.md), and JAX's compilation cache then skips
+    XLA's compile. A file is keyed by the program, its input shapes, the model sizes, the
+    JAX / jaxlib / Flax versions, the backend and a digest of this package's source, so a
+    changed model or upgrade never reads a stale program; an unreadable file is re-exported.
+    """
+
+    def __init__(self, model: TACO, folder: str | os.PathLike | None = None):
+        self.model = model
+        self.folder = Path(folder) if folder is not None else None
+        self._functions = _network_functions(model)
+        self._compiled: dict[tuple, Callable] = {}
+        # Evaluation's estimate is not part of any bitstream: a plain jit is enough.
+        self.forward = jax.jit(
+            lambda params, x, text: _forward_outputs(model.apply({"params": params}, x, text))
+        )
+
+    def __call__(self, name: str, *args, i: int | None = None):
+        """Runs program `name` (slice `i` for anchor / nonanchor) on `args`."""
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        key = (name, i, tree, tuple((np.shape(a), np.result_type(a).str) for a in leaves))
+        program = self._compiled.get(key)
+        if program is None:
+            program = self._compiled[key] = jax.jit(self._exported(key, args).call)
+        return program(*args)
+
+    def _exported(self, key: tuple, args) -> export.Exported:
+        name, i = key[:2]
+        path = None
+        if self.folder is not None:
+            digest = hashlib.sha256(repr((key, _model_key(self.model), _build_key())).encode())
+            path = self.folder / f"{name}{'' if i is None else i}-{digest.hexdigest()[:32]}.jaxexp"
+            try:
+                return export.deserialize(bytearray(path.read_bytes()))
+            except FileNotFoundError:
+                pass
+            except Exception:  # noqa: BLE001 - a damaged or foreign file: export anew
+                pass
+        fn = self._functions[name] if i is None else partial(self._functions[name], i)
+        exported = export.export(jax.jit(fn))(*args)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, bytes(exported.serialize()))
+            except OSError:  # a read-only cache folder: run, just without keeping it
+                pass
+        return exported
 
 
-@dataclasses.dataclass
-class _Prepared:
-    """Device params and host tables for one `variables` (cached: built once)."""
-
-    source: tuple  # the (params, tables) objects this was made from (kept alive: ids stay unique)
-    params: object
-    tables: dict
-    thresholds: jax.Array  # where the scale-table index steps up, on device
-    medians: jax.Array
-    fingerprint: bytes
-    z_costs: SymbolCosts  # bits each decoded symbol consumes at least (stream length checks)
-    y_costs: SymbolCosts
+def _forward_outputs(out: dict):
+    return out["x_hat"], out["likelihoods"]
 
 
-_PREPARED: dict[tuple, _Prepared] = {}
+def _model_key(model: TACO) -> tuple:
+    return (model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
 
 
-def _prepare(model: TACO, variables) -> _Prepared:
-    params = variables["params"]
-    given_tables = variables.get("tables") if hasattr(variables, "get") else None
-    key = (id(params), id(given_tables), _model_key(model))
-    hit = _PREPARED.get(key)
-    if hit is not None and hit.source[0] is params and hit.source[1] is given_tables:
-        return hit
-    tables = given_tables
-    if tables is None:
-        tables = coding_tables.build_tables(params)
-    tables = {k: np.asarray(tables[k]) for k in coding_tables.TABLE_KEYS if k in tables}
-    coding_tables.check_tables(tables)
-    if len(tables["z_offset"]) != model.N:
-        raise ValueError(f"coding tables are for N={len(tables['z_offset'])}, model has {model.N}")
-    config = ModelConfig(model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
-    fp = coding_tables.fingerprint(config.to_dict(), tables)[:FINGERPRINT_BYTES]
-    prepared = _Prepared(
-        source=(params, given_tables),
-        params=jax.device_put(params),
-        tables=tables,
-        thresholds=jnp.asarray(coding_tables.scale_thresholds(tables["scale_table"])),
-        medians=jnp.asarray(tables["z_medians"], jnp.float32),
-        fingerprint=fp,
-        z_costs=SymbolCosts.from_lookup(tables["z_lookup"]),
-        y_costs=SymbolCosts.from_lookup(tables["gaussian_lookup"]),
+@functools.cache
+def _build_key() -> tuple:
+    """What else a traced program depends on: library versions, backend, our source."""
+    import flax  # noqa: PLC0415
+    import jaxlib  # noqa: PLC0415
+
+    source = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for f in sorted(package.rglob("*.py")):
+        source.update(f.relative_to(package).as_posix().encode() + f.read_bytes())
+    return (
+        jax.__version__,
+        jaxlib.__version__,
+        flax.__version__,
+        jax.default_backend(),
+        jax.devices()[0].device_kind,
+        bool(jax.config.jax_enable_x64),
+        source.hexdigest(),
     )
-    if len(_PREPARED) >= 4:
-        _PREPARED.pop(next(iter(_PREPARED)))
-    _PREPARED[key] = prepared
-    return prepared
+
+
+_SHARED_PROGRAMS: dict[tuple, Programs] = {}
+
+
+def shared_programs(model: TACO, folder: str | os.PathLike | None = None) -> Programs:
+    """The process's programs for one architecture (a value key), shared by all its Coders."""
+    key = (_model_key(model), None if folder is None else str(folder))
+    if key not in _SHARED_PROGRAMS:
+        _SHARED_PROGRAMS[key] = Programs(model, folder)
+    return _SHARED_PROGRAMS[key]
+
+
+class _Clock:
+    """Accumulates seconds per phase: `with clock("networks"): ...`."""
+
+    def __init__(self, **start: float):
+        self.seconds = {"networks": 0.0, "entropy_coding": 0.0, **start}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------------
+# The coder
+
+
+class Coder:
+    """One model + its variables, ready to code: `Coder(model, variables).compress(x, t)`.
+
+    Built once per checkpoint: it checks the coding tables (building them from the
+    parameters if `variables` has none), computes the model fingerprint written into
+    every file, and puts the parameters on the device. `program_dir` keeps the exported
+    programs between processes (see `Programs`; the CLI passes its cache folder).
+    """
+
+    def __init__(self, model: TACO, variables, program_dir: str | os.PathLike | None = None):
+        params = variables["params"]
+        tables = variables.get("tables") if hasattr(variables, "get") else None
+        if tables is None:
+            tables = coding_tables.build_tables(params)
+        tables = {k: np.asarray(tables[k]) for k in coding_tables.TABLE_KEYS if k in tables}
+        coding_tables.check_tables(tables)
+        if len(tables["z_offset"]) != model.N:
+            raise ValueError(
+                f"coding tables are for N={len(tables['z_offset'])}, model has {model.N}"
+            )
+        config = ModelConfig(model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
+        self.model = model
+        self.tables = tables
+        self.fingerprint = coding_tables.fingerprint(config.to_dict(), tables)[:FINGERPRINT_BYTES]
+        self.programs = shared_programs(model, program_dir)
+        self.params = jax.device_put(params)
+        self._scoped_params: dict[tuple, dict] = {}
+        # Where the scale-table index steps up, and z's medians, on the device.
+        self.thresholds = jnp.asarray(coding_tables.scale_thresholds(tables["scale_table"]))
+        self.medians = jnp.asarray(tables["z_medians"], jnp.float32)
+        # Bits each decoded symbol consumes at least (stream length checks).
+        self.z_costs = SymbolCosts.from_lookup(tables["z_lookup"])
+        self.y_costs = SymbolCosts.from_lookup(tables["gaussian_lookup"])
+
+    def _run(self, name: str, *args, i: int | None = None):
+        """Program `name` on (its part of the parameters, *args)."""
+        params = self._scoped_params.get((name, i))
+        if params is None:
+            params = {k: self.params[k] for k in _param_scopes(name, i)}
+            self._scoped_params[(name, i)] = params
+        return self.programs(name, params, *args, i=i)
+
+    # -------------------------------------------------------------------- the slice loop
+    def _slices(self, hyper, symbols: Callable, clock: _Clock) -> list:
+        """y_hat slice by slice: anchors, then non-anchors, each from decoded values only.
+
+        `symbols(channels, idx, means, positions)` is the one difference between the two
+        sides: the encoder rounds y there and writes the symbols, the decoder reads them.
+        Everything else is this loop, so the sides stay in step by construction.
+        """
+        h, w = hyper.shape[1], hyper.shape[2]
+        anchor_hw = checkerboard_masks(h, w)[0][..., 0] > 0
+        y_hat_slices, start = [], 0
+        for i, c in enumerate(self.model.slices):
+            channels, start = slice(start, start + c), start + c
+            with clock("networks"):
+                idx_a, means_a, ctx = self._run(
+                    "anchor", hyper, tuple(y_hat_slices), self.thresholds, i=i
+                )
+                idx_a, means_a = np.asarray(idx_a), np.asarray(means_a)
+            with clock("entropy_coding"):
+                sym_a = symbols(channels, idx_a, means_a, anchor_hw)
+            with clock("networks"):
+                y_hat_a, idx_n, means_n = self._run(
+                    "nonanchor", hyper, ctx, sym_a, means_a, self.thresholds, i=i
+                )
+                idx_n, means_n = np.asarray(idx_n), np.asarray(means_n)
+            with clock("entropy_coding"):
+                sym_n = symbols(channels, idx_n, means_n, ~anchor_hw)
+            with clock("networks"):
+                y_hat_slices.append(self.programs("combine", y_hat_a, sym_n, means_n))
+        return y_hat_slices
+
+    # -------------------------------------------------------------------- encoder
+    def encode(
+        self,
+        images: Sequence[np.ndarray],
+        texts: Sequence[np.ndarray],
+        with_reconstruction: bool = False,
+    ) -> list[EncodeResult]:
+        """Compresses several images (g_a runs batched per padded size); one result each."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        checked = [
+            _check_image(im, t, self.model.text_dim) for im, t in zip(images, texts, strict=True)
+        ]
+        results: list[EncodeResult | None] = [None] * len(checked)
+        groups: dict[tuple, list[int]] = {}
+        for k, (im, t) in enumerate(checked):
+            groups.setdefault((_pad(im).shape, t.shape), []).append(k)
+        for members in groups.values():
+            t0 = time.perf_counter()
+            x = np.stack([_pad(checked[k][0]) for k in members])
+            text = np.stack([checked[k][1] for k in members])
+            y, z = jax.device_get(self._run("analysis", x, text))
+            t_analysis = (time.perf_counter() - t0) / len(members)
+            for j, k in enumerate(members):
+                height, width = checked[k][0].shape[:2]
+                results[k] = self._encode_latents(
+                    y[j : j + 1], z[j : j + 1], height, width, with_reconstruction, t_analysis
+                )
+        return results
+
+    def _encode_latents(self, y, z, height, width, with_reconstruction, t_analysis):
+        tables, clock = self.tables, _Clock(networks=t_analysis)
+        with clock("entropy_coding"):  # z: symbols around the medians, one table per channel
+            z_sym = _symbols(z, tables["z_medians"], np.ones(z.shape[1:3], bool))
+            z_idx = np.broadcast_to(np.arange(z.shape[-1], dtype=np.int32), z_sym.shape)
+            z_enc = RangeEncoder(tables["z_lookup"])
+            z_enc.encode(z_sym - tables["z_offset"][z_idx], z_idx)
+            z_bytes = z_enc.finish()
+            y_enc = RangeEncoder(tables["gaussian_lookup"])
+        offset = tables["gaussian_offset"]
+
+        def write(channels, idx, means, positions):
+            sym = _symbols(y[..., channels], means, positions)
+            k = idx[0][positions]
+            y_enc.encode(sym[0][positions] - offset[k], k)
+            return sym
+
+        with clock("networks"):
+            hyper = self._run("hyper", z_sym, self.medians)
+        y_hat_slices = self._slices(hyper, write, clock)
+        with clock("entropy_coding"):
+            y_bytes = y_enc.finish()
+            zh, zw = _latent_hw(height, width)
+            data = pack(Container(height, width, zh, zw, self.fingerprint, (z_bytes, y_bytes)))
+        x_hat = None
+        if with_reconstruction:
+            with clock("networks"):
+                x_hat = self._synthesis(y_hat_slices)[:height, :width]
+        return EncodeResult(
+            data=data,
+            height=height,
+            width=width,
+            payload_bytes={"z": len(z_bytes), "y": len(y_bytes)},
+            header_bytes=len(data) - len(z_bytes) - len(y_bytes),
+            x_hat=x_hat,
+            timings=clock.seconds,
+        )
+
+    def _synthesis(self, y_hat_slices) -> np.ndarray:
+        return np.asarray(self._run("synthesis", tuple(y_hat_slices)))[0]
+
+    def compress(self, image: np.ndarray, text: np.ndarray) -> bytes:
+        """One image float32 [H, W, 3] in [0, 1] + its text states [T, D] -> .tgic bytes."""
+        return self.encode([image], [text])[0].data
+
+    # -------------------------------------------------------------------- decoder
+    def decode(self, data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, dict]:
+        """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s)."""
+        c = read_header(data)
+        if c.height * c.width > max_pixels:
+            need = DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * c.height * c.width
+            raise BitstreamError(
+                f"image of {c.height} x {c.width} exceeds max_pixels={max_pixels} (decoding it "
+                f"with the paper-size model takes ~{need / 2**30:.0f} GiB; raise max_pixels if "
+                "memory allows)"
+            )
+        if c.fingerprint != self.fingerprint:
+            raise BitstreamError(
+                f"file was made by another model (fingerprint {c.fingerprint.hex()}, "
+                f"this model {self.fingerprint.hex()})"
+            )
+        self._check_payload_bound(c)
+        tables, clock = self.tables, _Clock()
+        z_bytes, y_bytes = c.sections
+        try:
+            with clock("entropy_coding"):
+                n = self.model.N
+                z_idx = np.broadcast_to(
+                    np.arange(n, dtype=np.int32), (1, c.latent_height, c.latent_width, n)
+                )
+                z_dec = RangeDecoder(z_bytes, tables["z_lookup"], self.z_costs)
+                z_sym = z_dec.decode(z_idx) + tables["z_offset"][z_idx]
+                if not z_dec.finish():
+                    raise BitstreamError("z stream is damaged or ends before its symbols")
+                _check_range(z_sym, "z")
+                y_dec = RangeDecoder(y_bytes, tables["gaussian_lookup"], self.y_costs)
+            offset = tables["gaussian_offset"]
+
+            def read(channels, idx, means, positions):
+                k = idx[0][positions]
+                s = y_dec.decode(k) + offset[k]
+                if y_dec.overrun:  # stop before more networks run on symbols from past the end
+                    raise BitstreamError("y stream ends before its symbols (damaged or truncated)")
+                _check_range(s, "y")
+                sym = np.zeros(idx.shape, np.int32)
+                sym[0][positions] = s
+                return sym
+
+            with clock("networks"):
+                hyper = self._run("hyper", z_sym, self.medians)
+            y_hat_slices = self._slices(hyper, read, clock)
+            with clock("entropy_coding"):
+                if not y_dec.finish():
+                    raise BitstreamError("y stream is damaged or ends before its symbols")
+        except BitstreamError:
+            raise
+        except Exception as e:  # the coder's own complaints about a malformed stream
+            raise BitstreamError(
+                f"range decoding failed: {type(e).__name__}: {e}".split("\n")[0]
+            ) from e
+        with clock("networks"):
+            x_hat = self._synthesis(y_hat_slices)[: c.height, : c.width]
+        if not np.isfinite(x_hat).all():
+            raise BitstreamError("decoded image is not finite: damaged stream or wrong model")
+        return x_hat, clock.seconds
+
+    def decompress(self, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """.tgic bytes -> image float32 [H, W, 3] in [0, 1]; BitstreamError on any bad input."""
+        return np.clip(self.decode(data, max_pixels)[0], 0.0, 1.0)
+
+    def _check_payload_bound(self, c: Container) -> None:
+        """Refuses sections too short for the symbols the header implies, before any network.
+
+        Each z symbol of channel c costs at least the cheapest symbol of table c; each y
+        symbol at least the cheapest of all Gaussian tables (its table is known only after
+        the networks run). A 100-byte file claiming 6000 x 6000 fails here, not after
+        minutes of decoding into gigabytes.
+        """
+        zh, zw = c.latent_height, c.latent_width
+        need = {
+            "z": zh * zw * float(self.z_costs.minimum.sum()),
+            "y": 16 * zh * zw * sum(self.model.slices) * float(self.y_costs.minimum.min()),
+        }
+        for (name, bits), section in zip(need.items(), c.sections, strict=True):
+            if not fits(bits, len(section)):
+                raise BitstreamError(
+                    f"{name} section has {len(section)} bytes, too few for the {c.height} x "
+                    f"{c.width} image the header claims (at least {math.ceil(bits / 8)} bytes)"
+                )
+
+    # -------------------------------------------------------------------- estimate
+    def estimate(self, image: np.ndarray, text: np.ndarray) -> dict:
+        """Eval-mode model output: x_hat_float [H, W, 3] (unclamped), bpp_estimated."""
+        image, text = _check_image(image, text, self.model.text_dim)
+        x_hat, lik = self.programs.forward(self.params, _pad(image)[None], text[None])
+        bits_y, bits_z = _bits(lik["y"]), _bits(lik["z"])
+        h, w = image.shape[:2]
+        return {
+            "x_hat_float": np.asarray(x_hat)[0, :h, :w],
+            "bpp_estimated": float((bits_y + bits_z) / (h * w)),
+            "bits_estimated": {"y": bits_y, "z": bits_z},
+        }
 
 
 # ----------------------------------------------------------------------------------------
@@ -243,137 +561,22 @@ def _symbols(y: np.ndarray, means, positions: np.ndarray) -> np.ndarray:
     return sym
 
 
+def _check_range(sym: np.ndarray, what: str) -> None:
+    if sym.size and np.abs(sym).max() >= _MAX_SYMBOL:
+        raise BitstreamError(f"{what} stream decodes to out-of-range symbols (damaged)")
+
+
 def _latent_hw(height: int, width: int) -> tuple[int, int]:
     return math.ceil(height / PAD), math.ceil(width / PAD)
 
 
-# ----------------------------------------------------------------------------------------
-# Encoder
+@jax.jit
+def _bits_jit(lik):
+    return -jnp.sum(jnp.log2(lik))
 
 
-def encode(
-    model: TACO,
-    variables,
-    images: Sequence[np.ndarray],
-    texts: Sequence[np.ndarray],
-    with_reconstruction: bool = False,
-) -> list[EncodeResult]:
-    """Compresses several images (g_a runs batched per padded size); one result each."""
-    if len(images) != len(texts):
-        raise ValueError(f"{len(images)} images but {len(texts)} texts")
-    nets, prep = _networks(model), _prepare(model, variables)
-    checked = [_check_image(im, t, model.text_dim) for im, t in zip(images, texts, strict=True)]
-    results: list[EncodeResult | None] = [None] * len(checked)
-    groups: dict[tuple, list[int]] = {}
-    for k, (im, t) in enumerate(checked):
-        groups.setdefault((_pad(im).shape, t.shape), []).append(k)
-    for members in groups.values():
-        t0 = time.perf_counter()
-        x = np.stack([_pad(checked[k][0]) for k in members])
-        text = np.stack([checked[k][1] for k in members])
-        y, z = jax.device_get(nets.analysis(prep.params, x, text))
-        t_analysis = (time.perf_counter() - t0) / len(members)
-        for j, k in enumerate(members):
-            im = checked[k][0]
-            results[k] = _encode_latents(
-                nets,
-                prep,
-                y[j : j + 1],
-                z[j : j + 1],
-                im.shape[0],
-                im.shape[1],
-                with_reconstruction,
-                t_analysis,
-            )
-    return results
-
-
-def _encode_latents(nets, prep, y, z, height, width, with_reconstruction, t_analysis):
-    tables = prep.tables
-    t_net, t_code = t_analysis, 0.0
-    # z: symbols around the medians, one table per channel.
-    t0 = time.perf_counter()
-    z_sym = _symbols(z, tables["z_medians"], np.ones(z.shape[1:3], bool))
-    z_idx = np.broadcast_to(np.arange(z.shape[-1], dtype=np.int32), z_sym.shape)
-    z_enc = RangeEncoder(tables["z_lookup"])
-    z_enc.encode(z_sym - tables["z_offset"][z_idx], z_idx)
-    z_bytes = z_enc.finish()
-    y_enc = RangeEncoder(tables["gaussian_lookup"])
-    g_offset = tables["gaussian_offset"]
-    t_code += time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    hyper = nets.hyper(prep.params, z_sym, prep.medians)
-    t_net += time.perf_counter() - t0
-    anchor_hw = checkerboard_masks(y.shape[1], y.shape[2])[0][..., 0] > 0
-    y_hat_slices, start = [], 0
-    for i, c in enumerate(nets.model.slices):
-        y_i = y[..., start : start + c]
-        start += c
-        t0 = time.perf_counter()
-        idx_a, means_a, ctx = nets.anchor(
-            i, prep.params, hyper, tuple(y_hat_slices), prep.thresholds
-        )
-        idx_a, means_a = np.asarray(idx_a), np.asarray(means_a)
-        t_net += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        sym_a = _symbols(y_i, means_a, anchor_hw)
-        _code_positions(y_enc, sym_a, idx_a, anchor_hw, g_offset)
-        t_code += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        y_hat_a, idx_n, means_n = nets.nonanchor(
-            i, prep.params, hyper, ctx, sym_a, means_a, prep.thresholds
-        )
-        idx_n, means_n = np.asarray(idx_n), np.asarray(means_n)
-        t_net += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        sym_n = _symbols(y_i, means_n, ~anchor_hw)
-        _code_positions(y_enc, sym_n, idx_n, ~anchor_hw, g_offset)
-        t_code += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        y_hat_slices.append(nets.combine(y_hat_a, sym_n, means_n))
-        t_net += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    y_bytes = y_enc.finish()
-    zh, zw = _latent_hw(height, width)
-    container = Container(height, width, zh, zw, prep.fingerprint, (z_bytes, y_bytes))
-    data = pack(container)
-    t_code += time.perf_counter() - t0
-    x_hat = None
-    if with_reconstruction:
-        t0 = time.perf_counter()
-        x_hat = np.asarray(nets.synthesis(prep.params, tuple(y_hat_slices)))[0, :height, :width]
-        t_net += time.perf_counter() - t0
-    return EncodeResult(
-        data=data,
-        height=height,
-        width=width,
-        payload_bytes={"z": len(z_bytes), "y": len(y_bytes)},
-        header_bytes=len(data) - len(z_bytes) - len(y_bytes),
-        x_hat=x_hat,
-        timings={"networks": t_net, "entropy_coding": t_code},
-    )
-
-
-def _code_positions(enc: RangeEncoder, sym, idx, positions, offset) -> None:
-    """Codes the symbols at `positions` ([h, w] bool) of [1, h, w, c] arrays, row-major."""
-    s = sym[0][positions]
-    k = idx[0][positions]
-    enc.encode(s - offset[k], k)
-
-
-def compress(model: TACO, variables, image: np.ndarray, text: np.ndarray) -> bytes:
-    """One image float32 [H, W, 3] in [0, 1] + its text states [T, D] -> .tgic bytes."""
-    return encode(model, variables, [image], [text])[0].data
-
-
-def compress_batch(model: TACO, variables, images, texts) -> list[bytes]:
-    """Several images (any sizes) -> one .tgic file each."""
-    return [r.data for r in encode(model, variables, images, texts)]
-
-
-# ----------------------------------------------------------------------------------------
-# Decoder
+def _bits(lik) -> float:
+    return float(_bits_jit(lik))
 
 
 def read_header(data: bytes) -> Container:
@@ -389,124 +592,37 @@ def read_header(data: bytes) -> Container:
     return c
 
 
+# ----------------------------------------------------------------------------------------
+# One-call functions (a Coder per call; the programs are shared per architecture)
+
+
+def encode(
+    model: TACO,
+    variables,
+    images: Sequence[np.ndarray],
+    texts: Sequence[np.ndarray],
+    with_reconstruction: bool = False,
+) -> list[EncodeResult]:
+    """Compresses several images (g_a runs batched per padded size); one result each."""
+    return Coder(model, variables).encode(images, texts, with_reconstruction)
+
+
+def compress(model: TACO, variables, image: np.ndarray, text: np.ndarray) -> bytes:
+    """One image float32 [H, W, 3] in [0, 1] + its text states [T, D] -> .tgic bytes."""
+    return Coder(model, variables).compress(image, text)
+
+
+def compress_batch(model: TACO, variables, images, texts) -> list[bytes]:
+    """Several images (any sizes) -> one .tgic file each."""
+    return [r.data for r in encode(model, variables, images, texts)]
+
+
 def decode(
     model: TACO, variables, data: bytes, max_pixels: int = MAX_PIXELS
 ) -> tuple[np.ndarray, dict]:
     """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s)."""
-    c = read_header(data)
-    if c.height * c.width > max_pixels:
-        need = DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * c.height * c.width
-        raise BitstreamError(
-            f"image of {c.height} x {c.width} exceeds max_pixels={max_pixels} (decoding it with "
-            f"the paper-size model takes ~{need / 2**30:.0f} GiB; raise max_pixels if memory "
-            "allows)"
-        )
-    prep = _prepare(model, variables)
-    if c.fingerprint != prep.fingerprint:
-        raise BitstreamError(
-            f"file was made by another model (fingerprint {c.fingerprint.hex()}, "
-            f"this model {prep.fingerprint.hex()})"
-        )
-    _check_payload_bound(model, prep, c)
-    nets, tables = _networks(model), prep.tables
-    z_bytes, y_bytes = c.sections
-    t_net = t_code = 0.0
-    try:
-        t0 = time.perf_counter()
-        n = model.N
-        z_idx = np.broadcast_to(
-            np.arange(n, dtype=np.int32), (1, c.latent_height, c.latent_width, n)
-        )
-        z_dec = RangeDecoder(z_bytes, tables["z_lookup"], prep.z_costs)
-        z_sym = z_dec.decode(z_idx) + tables["z_offset"][z_idx]
-        if not z_dec.finish():
-            raise BitstreamError("z stream is damaged or ends before its symbols")
-        _check_range(z_sym, "z")
-        y_dec = RangeDecoder(y_bytes, tables["gaussian_lookup"], prep.y_costs)
-        g_offset = tables["gaussian_offset"]
-        t_code += time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        hyper = nets.hyper(prep.params, z_sym, prep.medians)
-        t_net += time.perf_counter() - t0
-        h, w = 4 * c.latent_height, 4 * c.latent_width
-        anchor_hw = checkerboard_masks(h, w)[0][..., 0] > 0
-        y_hat_slices = []
-        for i, ch in enumerate(model.slices):
-            t0 = time.perf_counter()
-            idx_a, means_a, ctx = nets.anchor(
-                i, prep.params, hyper, tuple(y_hat_slices), prep.thresholds
-            )
-            idx_a = np.asarray(idx_a)
-            t_net += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            sym_a = _decode_positions(y_dec, idx_a, anchor_hw, g_offset, (1, h, w, ch))
-            t_code += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            y_hat_a, idx_n, means_n = nets.nonanchor(
-                i, prep.params, hyper, ctx, sym_a, means_a, prep.thresholds
-            )
-            idx_n = np.asarray(idx_n)
-            t_net += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            sym_n = _decode_positions(y_dec, idx_n, ~anchor_hw, g_offset, (1, h, w, ch))
-            t_code += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            y_hat_slices.append(nets.combine(y_hat_a, sym_n, means_n))
-            t_net += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if not y_dec.finish():
-            raise BitstreamError("y stream is damaged or ends before its symbols")
-        t_code += time.perf_counter() - t0
-    except BitstreamError:
-        raise
-    except Exception as e:  # the coder's own complaints about a malformed stream
-        raise BitstreamError(
-            f"range decoding failed: {type(e).__name__}: {e}".split("\n")[0]
-        ) from e
-    t0 = time.perf_counter()
-    x_hat = np.asarray(nets.synthesis(prep.params, tuple(y_hat_slices)))[0, : c.height, : c.width]
-    t_net += time.perf_counter() - t0
-    if not np.isfinite(x_hat).all():
-        raise BitstreamError("decoded image is not finite: damaged stream or wrong model")
-    return x_hat, {"networks": t_net, "entropy_coding": t_code}
-
-
-def _check_payload_bound(model: TACO, prep: _Prepared, c: Container) -> None:
-    """Refuses sections too short for the symbols the header implies, before any network.
-
-    Each z symbol of channel c costs at least the cheapest symbol of table c; each y
-    symbol at least the cheapest of all Gaussian tables (its table is known only after
-    the networks run). A 100-byte file claiming 6000 x 6000 fails here, not after minutes
-    of decoding into gigabytes.
-    """
-    zh, zw = c.latent_height, c.latent_width
-    need = {
-        "z": zh * zw * float(prep.z_costs.minimum.sum()),
-        "y": 16 * zh * zw * sum(model.slices) * float(prep.y_costs.minimum.min()),
-    }
-    for (name, bits), section in zip(need.items(), c.sections, strict=True):
-        if not fits(bits, len(section)):
-            raise BitstreamError(
-                f"{name} section has {len(section)} bytes, too few for the {c.height} x "
-                f"{c.width} image the header claims (at least {math.ceil(bits / 8)} bytes)"
-            )
-
-
-def _check_range(sym: np.ndarray, what: str) -> None:
-    if sym.size and np.abs(sym).max() >= _MAX_SYMBOL:
-        raise BitstreamError(f"{what} stream decodes to out-of-range symbols (damaged)")
-
-
-def _decode_positions(dec: RangeDecoder, idx, positions, offset, shape) -> np.ndarray:
-    k = idx[0][positions]
-    s = dec.decode(k) + offset[k]
-    if dec.overrun:  # stop before more networks run on symbols read from beyond the end
-        raise BitstreamError("y stream ends before its symbols (damaged or truncated)")
-    _check_range(s, "y")
-    sym = np.zeros(shape, np.int32)
-    sym[0][positions] = s
-    return sym
+    read_header(data)  # a damaged file is refused before the tables are checked
+    return Coder(model, variables).decode(data, max_pixels)
 
 
 def decompress(model: TACO, variables, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -514,28 +630,6 @@ def decompress(model: TACO, variables, data: bytes, max_pixels: int = MAX_PIXELS
     return np.clip(decode(model, variables, data, max_pixels)[0], 0.0, 1.0)
 
 
-# ----------------------------------------------------------------------------------------
-# Evaluation helper
-
-
 def reconstruct(model: TACO, variables, image: np.ndarray, text: np.ndarray) -> dict:
     """Eval-mode model output: x_hat_float [H, W, 3] (unclamped), bpp_estimated."""
-    image, text = _check_image(image, text, model.text_dim)
-    nets, prep = _networks(model), _prepare(model, variables)
-    x_hat, lik = nets.forward(prep.params, _pad(image)[None], text[None])
-    bits = _bits(lik["y"]) + _bits(lik["z"])
-    h, w = image.shape[:2]
-    return {
-        "x_hat_float": np.asarray(x_hat)[0, :h, :w],
-        "bpp_estimated": float(bits / (h * w)),
-        "bits_estimated": {"y": float(_bits(lik["y"])), "z": float(_bits(lik["z"]))},
-    }
-
-
-@partial(jax.jit)
-def _bits_jit(lik):
-    return -jnp.sum(jnp.log2(lik))
-
-
-def _bits(lik) -> float:
-    return float(_bits_jit(lik))
+    return Coder(model, variables).estimate(image, text)
