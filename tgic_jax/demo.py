@@ -290,7 +290,7 @@ def run(out: Path, minutes: float, retrain: bool, learning_rate: float | None = 
     )
 
     _log("step 3/4: compress / decompress Kodak 13-24 (real files), caption ablation, JPEG")
-    full = datasets.kodak_set(REPO / "data" / "kodak")
+    full = datasets.kodak_set(datasets.KODAK_DIR)
     held_out = datasets.EvalSet(
         name="Kodak 13-24 (held out)",
         items=full.items[12:],

@@ -271,7 +271,7 @@ class _Run:
             "bpp_estimated": float(est["bpp_estimated"]),
             "psnr": metrics.psnr(x, x_hat8),
             "psnr_float": metrics.psnr(x, est["x_hat_float"]),
-            "ms_ssim": ms, "ms_ssim_db": baselines.ms_ssim_db(ms),
+            "ms_ssim": ms, "ms_ssim_db": metrics.ms_ssim_db(ms),
             "lpips": lp, "lpips_zero_one": lp01,
             "encode_ms": encode_ms, "decode_ms": decode_ms, "text_ms": text_ms,
             "bitstream": str(stream.relative_to(self.out)), "recon": recon,

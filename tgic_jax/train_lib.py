@@ -374,9 +374,11 @@ class MetricWriter:
     def __init__(self, logdir: str | os.PathLike, enabled: bool):
         self._writer = None
         if enabled:
+            from tgic_jax.tf_import import import_tensorflow  # noqa: PLC0415
+
+            import_tensorflow()  # GPUs hidden before TF starts
             from flax.metrics import tensorboard  # noqa: PLC0415 - imports TensorFlow
 
-            input_pipeline._tf()  # hide GPUs from TF before it starts
             # str() of an epath keeps gs://; TensorFlow's file system layer writes there.
             self._writer = tensorboard.SummaryWriter(str(logdir))
 
