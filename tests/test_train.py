@@ -380,7 +380,8 @@ def test_evaluation_reports_estimated_and_real_bitstream_rates(tmp_path, kodak_d
     state = jax.jit(lambda: train_lib.create_train_state(model, optimizer, 0))()
     encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
     eval_config = ml_collections.ConfigDict(dict(folder=str(tmp_path), captions="", max_images=1))
-    out = train_lib.evaluate(model, state.params, encoder, eval_config)
+    eval_set = train_lib.eval_set_of(eval_config)
+    out = train_lib.evaluate_params(model, state.params, encoder, eval_set)
     assert set(out) == {"bpp_estimate", "bpp_real", "psnr", "psnr_real", "ms_ssim"}
     assert 0 < out["ms_ssim"] <= 1
     assert out["bpp_real"] > 0.1 and out["bpp_estimate"] > 0.1  # 96x64: header bytes count
