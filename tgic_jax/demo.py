@@ -272,7 +272,7 @@ def _figure(out: Path, held_out, rows: list[dict], jpeg_x_hat: dict) -> str:
 def run(out: Path, minutes: float, retrain: bool, learning_rate: float | None = None) -> int:
     """The whole demo; returns an exit code."""
     from tgic_jax import datasets, evaluation
-    from tgic_jax.text_encoders import ensure_minilm
+    from tgic_jax.minilm_fetch import ensure_minilm
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
