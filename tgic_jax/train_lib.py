@@ -668,7 +668,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                         from tgic_jax.evaluation import make_lpips_fn  # noqa: PLC0415
 
                         lpips_fn = make_lpips_fn()
-                    _evaluate_and_record(model, state.params, text_encoder, eval_config,
+                    evaluate_and_record(model, state.params, text_encoder, eval_config,
                                          lpips_fn, writer, workdir, step, step // spe)  # fmt: skip
                 shd.sync_hosts(f"tgic_jax/eval_{step}")
         if stop.reason:
@@ -688,7 +688,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     return state
 
 
-def _evaluate_and_record(
+def evaluate_and_record(
     model, params, text_encoder, eval_config, lpips_fn, writer, workdir, step: int, epoch: int
 ) -> None:
     """One evaluation of the loop: TensorBoard, eval.csv and the best checkpoints.
