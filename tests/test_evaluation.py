@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tgic_jax import cli_evaluate, datasets, evaluation, metrics
+from tgic_jax import cli_evaluate, datasets, evaluation, image_io, metrics
 
 
 class FakeCodec:
@@ -56,7 +56,7 @@ def _write_images(folder, n=3, size=(40, 56), seed=0):
         base = np.stack([np.sin(xx / (3 + i)), np.cos(yy / 5), (xx + yy) / sum(size)], -1)
         img = np.clip(0.5 + 0.4 * base + 0.05 * rng.standard_normal(base.shape), 0, 1)
         name = f"img{i}.png"
-        Image.fromarray(metrics.to_uint8(img)).save(folder / name)
+        Image.fromarray(image_io.to_uint8(img)).save(folder / name)
         names.append(name)
     return names
 

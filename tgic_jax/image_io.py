@@ -158,8 +158,7 @@ def _to_rgb_float(im, notes: list[str]) -> np.ndarray:
 def to_uint8(image) -> np.ndarray:
     """[0, 1] float image -> uint8, clamped and rounded (what an 8-bit PNG stores); NaN -> 0.
 
-    In float64: a float32 product x * 255 can round across a .5 boundary; NaN is mapped to
-    0 explicitly (its uint8 cast is undefined and differs between platforms).
+    NaN is mapped to 0 explicitly: its uint8 cast is undefined and differs between platforms.
     """
     a = np.nan_to_num(np.asarray(image, np.float64), nan=0.0)
     return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tgic_jax.image_io import to_uint8  # noqa: F401 - one home (image_io); metrics re-exports it
+from tgic_jax.image_io import to_uint8
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 WINDOW_SIZE = 11
