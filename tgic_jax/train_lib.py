@@ -252,11 +252,10 @@ def eval_set_of(eval_config) -> datasets.EvalSet:
         eval_config.folder, eval_config.get("captions") or None,
         int(eval_config.get("max_images", 0)),
     )  # fmt: skip
-    return datasets.EvalSet(Path(str(eval_config.folder)).name, [
-        datasets.EvalItem(p.name, path=str(p), captions=tuple(c),
-                          caption_note=datasets.NOTE_FROM_JSON)
-        for p, c in items
-    ])  # fmt: skip
+    note = datasets.NOTE_FROM_JSON
+    eval_items = [datasets.EvalItem(p.name, str(p), captions=tuple(c), caption_note=note)
+                  for p, c in items]  # fmt: skip
+    return datasets.EvalSet(Path(str(eval_config.folder)).name, eval_items)
 
 
 def evaluate_params(
