@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
-	$(PY) -m tgic_jax.text_encoders --fetch-minilm
+	$(PY) tools/fetch_minilm.py
 	touch $(STAMP)
 
 install: $(STAMP)

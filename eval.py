@@ -8,14 +8,13 @@ point); `--ablation` adds the empty and mismatched captions. The same evaluation
 `tgic evaluate --checkpoint CKPT --images DIR --captions JSON --out DIR`.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from tgic_jax import evaluation
+from tgic_jax import datasets, evaluation
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (its eval section).")
@@ -36,18 +35,23 @@ def main(argv):
 
         checkpoints = [str(train_lib.export_inference(workdir, workdir / "inference"))]
     eval_cfg = config.get("eval") or {}
-    argv = ["--checkpoint", *checkpoints, "--out", FLAGS.out or str(workdir / "eval")]
-    if eval_cfg.get("folder"):
-        argv += ["--images", eval_cfg["folder"]]
-        if eval_cfg.get("captions"):
-            argv += ["--captions", eval_cfg["captions"]]
-    else:
-        argv += ["--dataset", "kodak"]
-    argv += ["--max-images", str(int(eval_cfg.get("max_images", 0) or 0))]
-    argv += ["--ablation"] * FLAGS.ablation + ["--no-lpips"] * (not FLAGS.lpips)
-    parser = argparse.ArgumentParser(prog="eval.py")
-    evaluation.add_cli_arguments(parser)
-    sys.exit(evaluation.run_from_args(parser.parse_args(argv)))
+    limit = int(eval_cfg.get("max_images", 0) or 0) or None
+    options = evaluation.EvalOptions(
+        variants=evaluation.VARIANTS if FLAGS.ablation else ("correct",), lpips=FLAGS.lpips
+    )
+    out = Path(FLAGS.out or workdir / "eval")
+    try:
+        if eval_cfg.get("folder"):
+            captions = eval_cfg.get("captions") or None
+            eval_set = datasets.folder_set(eval_cfg["folder"], captions, limit)
+        else:
+            eval_set = datasets.kodak_set(None, limit)
+        summary = evaluation.evaluate_checkpoints(checkpoints, eval_set, out, options)
+    except (ValueError, OSError) as err:  # nothing could run: one clear line, exit code 2
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print((out / "summary.md").read_text())
+    sys.exit(1 if summary["failures"] else 0)
 
 
 if __name__ == "__main__":

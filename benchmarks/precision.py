@@ -38,7 +38,7 @@ def run(dtype: str, steps: int, out: Path) -> dict:
     import numpy as np
 
     from tgic_jax import datasets, evaluation, train_lib
-    from tgic_jax.text_encoders import ensure_minilm
+    from tgic_jax.minilm_fetch import ensure_minilm
 
     ensure_minilm()
     shutil.rmtree(out, ignore_errors=True)

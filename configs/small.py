@@ -6,11 +6,9 @@ The `tiny` variant is for tests (random hash-based text states, 64x64 crops, no 
   python train.py --config configs/small.py:tiny --workdir /tmp/taco_tiny --config.total_steps=20
 """
 
-from pathlib import Path
-
 import ml_collections
 
-KODAK = Path(__file__).resolve().parents[1] / "data" / "kodak"
+from tgic_jax.datasets import KODAK_DIR as KODAK
 
 
 def get_config(arg=None):

@@ -9,11 +9,10 @@ Override any value: --config.loss.k_p=3.5 --config.input.batch_size_per_device=8
 """
 
 import logging
-from pathlib import Path
 
 import ml_collections
 
-KODAK = Path(__file__).resolve().parents[1] / "data" / "kodak"
+from tgic_jax.datasets import KODAK_DIR as KODAK
 
 # lambda -> (k_P, k_J) that the authors confirm: their README's launch command. Their code
 # and checkpoint names say nothing about the perceptual weights of other lambdas.

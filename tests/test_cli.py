@@ -324,7 +324,7 @@ def test_compress_imports_neither_training_nor_evaluation_code(tmp_path):
 @pytest.mark.slow  # subprocesses that compile the codec (~1 min on 2 cores)
 def test_minilm_captions_are_quiet_and_a_long_one_is_noted_as_truncated(tmp_path):
     from tgic_jax.checkpoint import save_inference
-    from tgic_jax.text_encoders import _minilm_complete, cache_root
+    from tgic_jax.minilm_fetch import _minilm_complete, cache_root
 
     if not _minilm_complete(cache_root() / "minilm"):
         pytest.skip("MiniLM is not in the cache (make test fetches it)")

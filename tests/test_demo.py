@@ -37,3 +37,23 @@ def test_side_by_side_puts_the_centre_crops_next_to_each_other(tmp_path):
     second = sheet[22:, 134 : 134 + 128]  # the second panel, below its label strip
     expected = np.round(images[1][86:214, 136:264] * 255).astype(np.uint8)
     np.testing.assert_array_equal(second, expected)
+
+
+def test_the_report_facts_come_from_the_config_that_trained():
+    import jax
+
+    from configs.small import get_config
+    from tgic_jax.model import TACO, ModelConfig, init_variables
+
+    config = get_config("tiny")
+    config.input.max_images = 7
+    facts = demo.run_facts(config.to_dict(), 42)
+    assert (facts["N"], facts["M"], facts["train_images"], facts["steps"]) == (16, 24, 7, 42)
+    assert (facts["crop"], facts["batch"]) == (config.input.crop_size,
+                                               config.input.batch_size_per_device)  # fmt: skip
+    assert facts["loss"] == "bpp + lambda*255^2*MSE" and not facts["clip_term"]  # k_p = k_j = 0
+    model = TACO.from_config(ModelConfig.from_config(config.model))
+    params = init_variables(model, jax.random.key(0))["params"]
+    assert facts["parameters"] == sum(a.size for a in jax.tree_util.tree_leaves(params))
+    assert facts["paper_parameters"] == demo.parameter_count(ModelConfig().to_dict())
+    assert facts["paper_parameters"] > facts["parameters"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tgic_jax import datasets, evaluation, metrics
+from tgic_jax import cli_evaluate, datasets, evaluation, image_io, metrics
 
 
 class FakeCodec:
@@ -56,7 +56,7 @@ def _write_images(folder, n=3, size=(40, 56), seed=0):
         base = np.stack([np.sin(xx / (3 + i)), np.cos(yy / 5), (xx + yy) / sum(size)], -1)
         img = np.clip(0.5 + 0.4 * base + 0.05 * rng.standard_normal(base.shape), 0, 1)
         name = f"img{i}.png"
-        Image.fromarray(metrics.to_uint8(img)).save(folder / name)
+        Image.fromarray(image_io.to_uint8(img)).save(folder / name)
         names.append(name)
     return names
 
@@ -145,7 +145,7 @@ def summary_rows(path):
 
 def _args(**kw):
     parser = argparse.ArgumentParser()
-    evaluation.add_cli_arguments(parser)
+    cli_evaluate.add_cli_arguments(parser)
     argv = ["--checkpoint", "ckptA", "--out", str(kw.pop("out")), "--no-lpips", "--no-progress"]
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}"] + ([str(v)] if v is not True else [])
@@ -160,7 +160,7 @@ def test_unreadable_image_and_missing_caption_are_listed_and_the_others_finish(
     _write_images(folder, n=1, seed=5)  # overwrites img0? no: write under a new name below
     Image.open(folder / "img0.png").save(folder / "zz_uncaptioned.png")
     args = _args(out=tmp_path / "out", images=folder, captions=captions, jpeg_qualities=50)
-    code = evaluation.run_from_args(args, codec_loader=lambda c: FakeCodec(c, 16))
+    code = cli_evaluate.run_from_args(args, codec_loader=lambda c: FakeCodec(c, 16))
     assert code == 1
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     by_image = {f["image"]: f for f in summary["failures"]}
@@ -181,7 +181,7 @@ def test_malformed_captions_json_gives_a_clear_message_and_the_run_finishes(imag
     bad = tmp_path / "bad.json"
     bad.write_text('{"img0.png": "a caption",,}')
     args = _args(out=tmp_path / "out", images=folder, captions=bad, jpeg_qualities=50)
-    assert evaluation.run_from_args(args, codec_loader=lambda c: FakeCodec(c, 16)) == 1
+    assert cli_evaluate.run_from_args(args, codec_loader=lambda c: FakeCodec(c, 16)) == 1
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (failure,) = [f for f in summary["failures"] if f["stage"] == "captions"]
     assert "bad.json is not valid JSON (line 1" in failure["error"]
@@ -193,7 +193,7 @@ def test_malformed_captions_json_gives_a_clear_message_and_the_run_finishes(imag
 def test_a_checkpoint_that_cannot_load_is_reported_and_others_run(image_folder, tmp_path):
     folder, captions, _ = image_folder
     parser = argparse.ArgumentParser()
-    evaluation.add_cli_arguments(parser)
+    cli_evaluate.add_cli_arguments(parser)
     args = parser.parse_args(["--checkpoint", "good", "missing", "--out", str(tmp_path / "o"),
                               "--images", str(folder), "--captions", str(captions),
                               "--no-lpips", "--no-progress", "--jpeg-qualities"])  # fmt: skip
@@ -203,7 +203,7 @@ def test_a_checkpoint_that_cannot_load_is_reported_and_others_run(image_folder, 
             raise FileNotFoundError("missing: not a tgic_jax inference checkpoint")
         return FakeCodec(c, 8)
 
-    assert evaluation.run_from_args(args, codec_loader=loader) == 1
+    assert cli_evaluate.run_from_args(args, codec_loader=loader) == 1
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["failures"][0]["checkpoint"] == "missing"
     assert [t["checkpoint"] for t in summary["table"]] == ["good"]
@@ -357,3 +357,55 @@ def test_single_rate_point_gets_rate_at_equal_quality_instead_of_bd_rate():
     point = {"bpp": 0.5 * 2**0.5 * 0.8, "psnr": 32.0}
     assert evaluation.rate_saving_at_equal_quality(point, jpeg, "psnr") == pytest.approx(-20.0)
     assert evaluation.rate_saving_at_equal_quality({"bpp": 1, "psnr": 40}, jpeg, "psnr") is None
+
+
+def test_evaluate_checkpoints_runs_the_loadable_ones_and_lists_the_others_first(
+    image_folder, tmp_path
+):
+    folder, captions, names = image_folder
+
+    def loader(c):
+        if c == "broken":
+            raise FileNotFoundError("broken: not a tgic_jax inference checkpoint")
+        return FakeCodec(c, 8)
+
+    out = tmp_path / "o"
+    summary = evaluation.evaluate_checkpoints(
+        ["a", "broken", "b"], datasets.folder_set(folder, captions), out,
+        _options(jpeg_qualities=(), lpips=False), codec_loader=loader,
+    )  # fmt: skip
+    assert [t["checkpoint"] for t in summary["table"]] == ["a", "b"]
+    assert summary["failures"][0] == {
+        "image": "", "checkpoint": "broken", "variant": "", "stage": "load checkpoint",
+        "error": "FileNotFoundError: broken: not a tgic_jax inference checkpoint",
+    }  # fmt: skip
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["failures"][0]["checkpoint"] == "broken"
+    assert "broken" in (out / "summary.md").read_text()
+    with pytest.raises(ValueError, match="none of the checkpoints could be loaded"):
+        evaluation.evaluate_checkpoints(["broken"], datasets.folder_set(folder, captions),
+                                        out, codec_loader=loader)  # fmt: skip
+
+
+def test_evaluate_means_averages_real_bytes_and_raises_instead_of_dropping_a_metric(image_folder):
+    folder, captions, names = image_folder
+    eval_set = datasets.folder_set(folder, captions)
+    codec = FakeCodec("m", 16)
+    ev = evaluation.evaluate_means(codec, eval_set, fake_lpips, keep_images=2)
+    per_image = []
+    for item in eval_set:
+        x = evaluation.load_item_image(item)[0]
+        data = codec.encode(x, item.caption)
+        per_image.append((8.0 * len(data) / (x.shape[0] * x.shape[1]), x, codec.decode(data)))
+    assert ev["bpp_real"] == pytest.approx(np.mean([b for b, _, _ in per_image]), rel=1e-12)
+    assert ev["psnr_real"] == pytest.approx(
+        np.mean([metrics.psnr(x, y) for _, x, y in per_image]), rel=1e-12
+    )
+    assert ev["bpp_estimate"] == pytest.approx(1.0)  # FakeCodec: 0.5 * 16 / 8
+    assert ev["lpips"] == pytest.approx(2 * ev["lpips_zero_one"])
+    assert [im.shape for im in ev.pop("images")] == [(40, 112, 3)] * 2
+    assert set(ev) == {"bpp_estimate", "bpp_real", "psnr", "psnr_real", "ms_ssim", "lpips",
+                       "lpips_zero_one"}  # fmt: skip
+    (folder / "img1.png").write_bytes(b"not a png")  # one image fails: no partial mean
+    with pytest.raises(ValueError, match="img1.png"):
+        evaluation.evaluate_means(codec, datasets.folder_set(folder, captions))

@@ -116,3 +116,17 @@ def test_save_png_writes_atomically_and_keeps_an_existing_png_without_overwrite(
         image_io.save_png(tmp_path / "o.png", np.zeros((4, 4, 3), np.float32), overwrite=False)
     y, _ = image_io.load_image(tmp_path / "o.png")
     np.testing.assert_array_equal(np.round(y * 255), 128)
+
+
+def test_to_uint8_maps_nan_to_black_and_clamps_infinities():
+    x = np.array([np.nan, -np.inf, np.inf, 0.2 / 255, 254.7 / 255], np.float32)
+    assert image_io.to_uint8(x).tolist() == [0, 0, 255, 0, 255]
+
+
+def test_list_images_keeps_image_files_only_sorted_by_name(tmp_path):
+    for name in ("b.PNG", "a.jpg", "notes.txt", "c.webp"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "d.png").mkdir()  # a folder named like an image is not an image
+    assert [p.name for p in image_io.list_images(tmp_path)] == ["a.jpg", "b.PNG", "c.webp"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        image_io.list_images(tmp_path / "missing")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tgic_jax import metrics
+from tgic_jax import image_io, metrics
 
 
 def _smooth_image(h, w, seed=0):
@@ -25,8 +25,8 @@ def test_psnr_of_a_known_mse():
 
 def test_to_uint8_clamps_and_rounds():
     x = np.array([-0.2, 0.0, 0.5 / 255, 1.49 / 255, 0.5, 1.0, 1.3])
-    assert metrics.to_uint8(x).tolist() == [0, 0, 0, 1, 128, 255, 255]
-    assert metrics.to_uint8(x).dtype == np.uint8
+    assert image_io.to_uint8(x).tolist() == [0, 0, 0, 1, 128, 255, 255]
+    assert image_io.to_uint8(x).dtype == np.uint8
 
 
 def test_ms_ssim_of_identical_images_is_one():
@@ -84,3 +84,9 @@ def test_ms_ssim_accepts_batches_and_jax_arrays():
     assert metrics.ms_ssim(jnp.asarray(x), jnp.asarray(y)) == pytest.approx(batch[1])
     with pytest.raises(ValueError, match="shapes differ"):
         metrics.ms_ssim(x, y[:32])
+
+
+def test_ms_ssim_db_is_minus_ten_log10_of_the_gap_to_one_for_floats_and_curves():
+    assert metrics.ms_ssim_db(0.99) == pytest.approx(20.0, abs=1e-9)
+    assert metrics.ms_ssim_db(1.0) == float("inf") and isinstance(metrics.ms_ssim_db(0.9), float)
+    np.testing.assert_allclose(metrics.ms_ssim_db(np.array([0.9, 0.999, 1.0])), [10, 30, np.inf])

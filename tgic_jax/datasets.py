@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from tgic_jax import captions as captions_lib
+from tgic_jax import image_io
 from tgic_jax.captions import CaptionsError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# data/kodak/ of the source checkout: Kodak's 24 images + the authors' OFA captions. The
+# one place that knows it (configs, the demo and `kodak_set` read it from here).
+KODAK_DIR = Path(__file__).resolve().parents[1] / "data" / "kodak"
 CAPTION_MODES = ("first", "best_lpips")
 
 NOTE_FROM_JSON = "from captions JSON"
@@ -73,11 +76,6 @@ class EvalSet:
         return len(self.items)
 
 
-def repo_kodak_dir() -> Path:
-    """data/kodak/ of the source checkout (Kodak's 24 images + the authors' OFA captions)."""
-    return Path(__file__).resolve().parents[1] / "data" / "kodak"
-
-
 def load_captions(path: str | os.PathLike) -> tuple[dict[str, list[str]], list[str]]:
     """Reads a captions JSON -> ({image name: [captions]}, per-entry problems).
 
@@ -101,9 +99,7 @@ def folder_set(
     an image with fewer captions is recorded in `errors` and gets none.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_io.list_images(folder)  # as training's input_pipeline.list_folder
     if max_images:
         files = files[:max_images]
     problems: list[str] = []
@@ -147,7 +143,7 @@ def folder_set(
 
 def kodak_set(root: str | os.PathLike | None = None, max_images: int | None = None) -> EvalSet:
     """Kodak's 24 images with the OFA captions the TACO authors used (data/kodak/)."""
-    root = Path(root) if root else repo_kodak_dir()
+    root = Path(root) if root else KODAK_DIR
     if not (root / "captions.json").is_file():
         raise FileNotFoundError(
             f"Kodak not found at {root} (expected kodim01.png ... and captions.json); pass "
@@ -157,10 +153,11 @@ def kodak_set(root: str | os.PathLike | None = None, max_images: int | None = No
 
 
 def _tfds_items(name: str, split: str, data_dir: str | None, max_images: int | None):
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    tf.config.set_visible_devices([], "GPU")
+    from tgic_jax.tf_import import import_tensorflow
+
+    import_tensorflow()  # GPUs hidden before TFDS starts TF
     ds = tfds.load(name, split=split, data_dir=data_dir or None, shuffle_files=False)
     if max_images:
         ds = ds.take(max_images)
@@ -222,9 +219,3 @@ def tfds_set(
         )
         return EvalSet(f"coco/{split}", items, caption_mode=caption_mode, caption_source=source)
     raise ValueError(f"unknown TFDS evaluation set {dataset!r}: expected 'clic' or 'coco'")
-
-
-def shifted_captions(items: Sequence[EvalItem], shift: int = 1) -> list[tuple[str, ...]]:
-    """Captions of the image `shift` places further on (wrapping): the mismatched ablation."""
-    n = len(items)
-    return [items[(i + shift) % n].captions for i in range(n)]

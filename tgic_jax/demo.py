@@ -50,7 +50,8 @@ def _train(out: Path, minutes: float, retrain: bool, learning_rate: float | None
     config.train_time_limit_minutes = float(minutes)
     if learning_rate:
         config.optim.learning_rate = float(learning_rate)
-    _log(f"training configs/small.py for at most {minutes:g} min on Kodak 1-12 -> {workdir}")
+    images = config.input.max_images
+    _log(f"training configs/small.py for at most {minutes:g} min on Kodak 1-{images} -> {workdir}")
     train_lib.train_and_evaluate(config, workdir)
     train_lib.export_inference(workdir, ckpt)
     _log(f"exported {ckpt}")
@@ -128,7 +129,7 @@ def _versus_jpeg(rows: list[dict]) -> str:
     return f"At matched rates this run is {psnr_part}, with {lpips_part}: {verdict}."
 
 
-def _caption_effect(rows: list[dict]) -> str:
+def _caption_effect(rows: list[dict], train_images: int = 12) -> str:
     """What the caption ablation shows, from its own numbers."""
     by = {
         v: {k: float(np.mean([r[k] for r in rows if r["variant"] == v])) for k in ("bpp", "lpips")}
@@ -140,32 +141,76 @@ def _caption_effect(rows: list[dict]) -> str:
     d_lpips = max(abs(m["lpips"] - by["correct"]["lpips"]) for m in by.values())
     return (
         f"Changing the caption moves the mean rate by at most {d_bpp:.4f} bpp and LPIPS by "
-        f"{d_lpips:.4f}: after minutes on 12 captioned images the text path is nearly inert (the "
+        f"{d_lpips:.4f}: after minutes on {train_images} captioned images the text path is nearly "
+        "inert (the "
         "Injector gammas start at 0 and have barely moved). Seeing the paper's effect takes its "
         "recipe: MS-COCO's caption pairs, CLIP text features and the CLIP image-text term, and "
         "50 epochs of configs/taco.py (docs/RECIPE.md)."
     )
 
 
-def _report(
-    out: Path, ckpt: Path, summary: dict, rows: list[dict], train_info: str, figure: str
-) -> Path:
-    model = json.loads((out / "train" / "config.json").read_text())["model"]
+TEXT_ENCODER_NAMES = {"minilm": "MiniLM-L6", "clip": "CLIP ViT-B/32", "random": "random"}
+
+
+def parameter_count(model_config) -> int:
+    """Parameters of a TACO of these sizes (from shapes alone: nothing is initialized)."""
+    import jax
+
+    from tgic_jax.model import TACO, ModelConfig, init_variables
+
+    model = TACO.from_config(ModelConfig.from_config(model_config))
+    shapes = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"]))
+
+
+def run_facts(trained: dict, train_step) -> dict:
+    """What the report states about the run, read from the config it trained with."""
+    from tgic_jax.model import ModelConfig
+
+    inp, optim, loss = trained["input"], trained["optim"], trained["loss"]
+    terms = ["bpp", "lambda*255^2*MSE"]
+    terms += ["k_P*LPIPS"] * (float(loss["k_p"]) > 0) + ["k_J*CLIP"] * (float(loss["k_j"]) > 0)
+    return {
+        "N": trained["model"]["N"],
+        "M": trained["model"]["M"],
+        "text": TEXT_ENCODER_NAMES.get(trained["text"]["encoder"], trained["text"]["encoder"]),
+        "loss": " + ".join(terms),
+        "clip_term": float(loss["k_j"]) > 0,
+        "train_images": int(inp["max_images"]),
+        "crop": int(inp["crop_size"]),
+        "batch": int(inp["batch_size_per_device"]),
+        "steps": train_step,
+        "learning_rate": float(optim["learning_rate"]),
+        "decay_factor": float(optim["decay_factor"]),
+        "decays": len(optim["decay_epochs"]),
+        "parameters": parameter_count(trained["model"]),
+        "paper_parameters": parameter_count(ModelConfig().to_dict()),
+    }
+
+
+def _train_info(f: dict) -> str:
+    return (
+        f"{f['steps']} steps of batch {f['batch']}, {f['crop']} x {f['crop']} crops, learning "
+        f"rate {f['learning_rate']:g} decayed x{f['decay_factor']:g} "
+        + ("twice" if f["decays"] == 2 else f"{f['decays']} times")
+    )
+
+
+def _report(out: Path, ckpt: Path, summary: dict, rows: list[dict], f: dict, figure: str) -> Path:
     correct = [r for r in rows if r["variant"] == "correct"]
     mean = lambda key, rs: float(np.mean([r[key] for r in rs]))  # noqa: E731
     variants = sorted({r["variant"] for r in rows}, key=["correct", "empty", "mismatched"].index)
     lines = [
         "# tgic_jax demo report",
         "",
-        f"Checkpoint: `{ckpt}` (configs/small.py: N={model['N']}, M={model['M']}, MiniLM-L6 "
-        "text encoder, "
-        f"loss = bpp + lambda*255^2*MSE + k_P*LPIPS; trained {train_info}).",
+        f"Checkpoint: `{ckpt}` (configs/small.py: N={f['N']}, M={f['M']}, {f['text']} "
+        f"text encoder, loss = {f['loss']}; trained {_train_info(f)}).",
         "",
         "Every rate below is `8 x bytes / (H x W)` of a `.tgic` file written to disk and decoded "
         "back by the text-free decoder; the JPEG column is Pillow's JPEG at the quality whose "
         "real file size is closest to the TACO file's.",
         "",
-        "## Held-out images (Kodak 13-24, their OFA captions)",
+        f"## Held-out images (Kodak {f['train_images'] + 1}-24, their OFA captions)",
         "",
         _table(
             correct,
@@ -216,7 +261,7 @@ def _report(
         ),
         "",
         "`empty` encodes with the empty caption, `mismatched` with the caption of the next image. "
-        + _caption_effect(rows),
+        + _caption_effect(rows, f["train_images"]),
         "",
         "## Plots and files",
         "",
@@ -229,9 +274,20 @@ def _report(
         "It shows the whole codec working for real on a CPU without a model hub: a caption-"
         "conditioned encoder, a text-free decoder that rebuilds the image from the file alone, "
         "rates from real files, and metrics computed on what was decoded. It cannot show the "
-        "paper's numbers: the model is ~30x smaller than the paper's, trained for minutes on 12 "
-        "images instead of 50 epochs of MS-COCO, without the CLIP image-text term (its weights "
-        "are not available offline) and with a MiniLM text encoder instead of CLIP's. "
+        f"paper's numbers: the model has {f['parameters'] / 1e6:.1f} M parameters, "
+        f"{f['paper_parameters'] / f['parameters']:.1f}x fewer than the paper's "
+        f"{f['paper_parameters'] / 1e6:.1f} M, trained for minutes on {f['train_images']} "
+        "images instead of 50 epochs of MS-COCO"
+        + (
+            ""
+            if f["clip_term"]
+            else ", without the CLIP image-text term (its weights are not available offline)"
+        )
+        + (
+            f" and with a {f['text']} text encoder instead of CLIP's. "
+            if f["text"] != "CLIP ViT-B/32"
+            else ". "
+        )
         + _versus_jpeg(correct),
         "",
     ]
@@ -272,7 +328,7 @@ def _figure(out: Path, held_out, rows: list[dict], jpeg_x_hat: dict) -> str:
 def run(out: Path, minutes: float, retrain: bool, learning_rate: float | None = None) -> int:
     """The whole demo; returns an exit code."""
     from tgic_jax import datasets, evaluation
-    from tgic_jax.text_encoders import ensure_minilm
+    from tgic_jax.minilm_fetch import ensure_minilm
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -282,18 +338,14 @@ def run(out: Path, minutes: float, retrain: bool, learning_rate: float | None = 
     ckpt = _train(out, minutes, retrain, learning_rate)
     meta = json.loads((ckpt / "config.json").read_text())
     trained = json.loads((out / "train" / "config.json").read_text())
-    inp, optim = trained["input"], trained["optim"]
-    train_info = (
-        f"{meta.get('train_step', '?')} steps of batch {inp['batch_size_per_device']}, "
-        f"{inp['crop_size']} x {inp['crop_size']} crops, learning rate "
-        f"{optim['learning_rate']:g} decayed x{optim['decay_factor']:g} twice"
-    )
+    facts = run_facts(trained, meta.get("train_step", "?"))
+    first = facts["train_images"] + 1  # training read the first max_images of Kodak
 
-    _log("step 3/4: compress / decompress Kodak 13-24 (real files), caption ablation, JPEG")
-    full = datasets.kodak_set(REPO / "data" / "kodak")
+    _log(f"step 3/4: compress / decompress Kodak {first}-24 (real files), caption ablation, JPEG")
+    full = datasets.kodak_set(datasets.KODAK_DIR)
     held_out = datasets.EvalSet(
-        name="Kodak 13-24 (held out)",
-        items=full.items[12:],
+        name=f"Kodak {first}-24 (held out)",
+        items=full.items[facts["train_images"] :],
         caption_mode=full.caption_mode,
         caption_source=full.caption_source,
     )
@@ -315,7 +367,7 @@ def run(out: Path, minutes: float, retrain: bool, learning_rate: float | None = 
             jpeg_x_hat[r["image"]], jpeg = _matched_jpeg(x, r["bpp"], lpips_fn)
             r.update(jpeg)
     figure = _figure(out, held_out, rows, jpeg_x_hat)
-    report = _report(out, ckpt, summary, rows, train_info, figure)
+    report = _report(out, ckpt, summary, rows, facts, figure)
     _log(f"done in {(time.time() - t0) / 60:.1f} min")
     print(f"\nReport:           {report}")
     print(f"Plots:            {out / 'eval'}")

@@ -47,10 +47,9 @@ def package_versions() -> dict[str, str | None]:
 
 def tensorflow_gpus() -> dict[str, Any]:
     """GPUs TensorFlow finds on the machine and those it may use after we hide them."""
-    from tgic_jax.range_coder import hide_gpus_from_tf  # noqa: PLC0415
+    from tgic_jax.tf_import import import_tensorflow  # noqa: PLC0415
 
-    hide_gpus_from_tf()  # what every TF user in the package does before touching TF
-    import tensorflow as tf  # noqa: PLC0415
+    tf = import_tensorflow()  # what every TF user in the package does before touching TF
 
     return {
         "version": tf.__version__,

@@ -18,38 +18,42 @@ Caption variants (the ablation): "correct" (the image's own caption), "empty" ("
 file bytes) runs on the same images and every model curve gets a BD-rate against it,
 and against the published anchor curves of the data set (ELIC on Kodak).
 
-Outputs in --out: per_image.csv/.json, jpeg.csv, summary.json/.md, rd_{psnr,ms_ssim,lpips}
-.png/.svg, recon/<checkpoint>/<variant>/<image>.png, bitstreams/... Failures (unreadable
-images, codec errors) are recorded and the run goes on; the exit code is 1 if any.
+Outputs in out_dir: per_image.csv/.json, jpeg.csv, summary.json/.md (made by
+`evaluation_summary`), rd_{psnr,ms_ssim,lpips}.png/.svg, recon/<checkpoint>/<variant>/
+<image>.png, bitstreams/... Failures (unreadable images, codec errors) are recorded and
+the run goes on. Entry points: `evaluate_checkpoints` (inference checkpoints: eval.py and
+`tgic evaluate`, whose arguments live in cli_evaluate.py), `evaluate` (codec objects) and
+`evaluate_means` (in-memory parameters, no files: the training loop's evaluation).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from tgic_jax import baselines, bdrate, datasets, image_io, metrics, plots
+from tgic_jax import baselines, datasets, image_io, metrics, plots
+from tgic_jax.evaluation_summary import jsonable, write_summary
+
+# Re-exported: tgic_jax.evaluation.summarize etc. keep working for users and docs.
+from tgic_jax.evaluation_summary import rate_saving_at_equal_quality as rate_saving_at_equal_quality
+from tgic_jax.evaluation_summary import summarize as summarize
+from tgic_jax.evaluation_summary import summary_markdown as summary_markdown
 
 VARIANTS = ("correct", "empty", "mismatched")
 ROW_FIELDS = (
     "checkpoint", "variant", "image", "height", "width", "caption", "caption_note",
     "bytes", "bpp", "bpp_estimated", "psnr", "psnr_float", "ms_ssim", "ms_ssim_db",
     "lpips", "lpips_zero_one", "encode_ms", "decode_ms", "text_ms", "bitstream", "recon",
-)  # fmt: skip
-MEAN_KEYS = (
-    "bpp", "bpp_estimated", "psnr", "psnr_float", "ms_ssim", "ms_ssim_db", "lpips",
-    "lpips_zero_one", "encode_ms", "decode_ms", "text_ms",
 )  # fmt: skip
 
 
@@ -71,16 +75,29 @@ class TacoCodec:
 
     def __init__(self, checkpoint: str | os.PathLike, text_encoder=None, label: str = ""):
         from tgic_jax import checkpoint as ckpt_lib
-        from tgic_jax import codec
 
-        self._codec = codec
-        self.model, self.variables, self.config = ckpt_lib.load_inference(checkpoint)
+        model, variables, self.config = ckpt_lib.load_inference(checkpoint)
         if text_encoder is None:
             from tgic_jax.text_encoders import build_text_encoder
 
             text_encoder = build_text_encoder(self.config.text)
+        self._setup(model, variables, text_encoder, label or Path(checkpoint).name)
+
+    @classmethod
+    def from_variables(cls, model, variables, text_encoder, label: str = "model") -> TacoCodec:
+        """A codec of in-memory variables ({'params'}; tables built on first use)."""
+        self = cls.__new__(cls)
+        self.config = None
+        self._setup(model, variables, text_encoder, label)
+        return self
+
+    def _setup(self, model, variables, text_encoder, label: str) -> None:
+        from tgic_jax import codec
+
+        self._codec = codec
+        self.model, self.variables = model, variables
         self.text_encoder = text_encoder
-        self.label = label or Path(checkpoint).name
+        self.label = label
         self._states: dict[str, np.ndarray] = {}
 
     def prepare_text(self, caption: str) -> None:
@@ -150,8 +167,7 @@ def load_item_image(
             notes.append("grayscale replicated to RGB")
         scale = 255.0 if arr.dtype == np.uint8 else 1.0
         return (arr[..., :3].astype(np.float32) / scale).clip(0.0, 1.0), notes
-    kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
-    image, notes = image_io.load_image(item.path, **kwargs)
+    image, notes = image_io.load_image(item.path, max_pixels)
     return np.asarray(image, np.float32), list(notes)
 
 
@@ -271,7 +287,7 @@ class _Run:
             "bpp_estimated": float(est["bpp_estimated"]),
             "psnr": metrics.psnr(x, x_hat8),
             "psnr_float": metrics.psnr(x, est["x_hat_float"]),
-            "ms_ssim": ms, "ms_ssim_db": baselines.ms_ssim_db(ms),
+            "ms_ssim": ms, "ms_ssim_db": metrics.ms_ssim_db(ms),
             "lpips": lp, "lpips_zero_one": lp01,
             "encode_ms": encode_ms, "decode_ms": decode_ms, "text_ms": text_ms,
             "bitstream": str(stream.relative_to(self.out)), "recon": recon,
@@ -319,209 +335,11 @@ class _Run:
                 self.fail(item.name, "jpeg", err)
 
 
-def _mean_rows(rows: Sequence[dict]) -> dict:
-    out = {"n": len(rows)}
-    for k in MEAN_KEYS:
-        vals = [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])]
-        out[k] = float(np.mean(vals)) if vals else float("nan")
-    out["n_empty_caption"] = sum(1 for r in rows if r["caption"] == "")
-    return out
-
-
-def rate_saving_at_equal_quality(point: dict, curve: Sequence[dict], key: str) -> float | None:
-    """% rate of `point` vs `curve` interpolated (log-rate, linear) at the same quality."""
-    pts = sorted((p for p in curve if math.isfinite(p.get(key, math.nan))), key=lambda p: p[key])
-    qs = [p[key] for p in pts]
-    if len(pts) < 2 or not (qs[0] <= point[key] <= qs[-1]) or np.any(np.diff(qs) <= 0):
-        return None
-    log_rate = np.interp(point[key], qs, [math.log(p["bpp"]) for p in pts])
-    return (point["bpp"] / math.exp(log_rate) - 1.0) * 100.0
-
-
-def _bd_block(test: Sequence[dict], anchor: Sequence[dict], keys: Sequence[str]) -> dict:
-    out = {}
-    for key in keys:
-        t = [p for p in test if math.isfinite(p.get(key, math.nan))]
-        a = [p for p in anchor if math.isfinite(p.get(key, math.nan))]
-        res = bdrate.bd_metrics([p["bpp"] for p in a], [p[key] for p in a],
-                                [p["bpp"] for p in t], [p[key] for p in t])  # fmt: skip
-        if len(t) == 1:  # one checkpoint: BD is undefined, give the single-point saving
-            saving = rate_saving_at_equal_quality(t[0], a, key)
-            res["single_point_rate_percent"] = saving
-            res["note"] = "one rate point: BD-rate needs >= 2 checkpoints; " + (
-                "single-point rate at equal quality (log-rate interpolation of the anchor)"
-                if saving is not None
-                else "its quality is outside the anchor's range"
-            )
-        out[key] = res
-    return out
-
-
-def summarize(run: _Run) -> dict:
-    """Tables, curves, BD-rates, ablation deltas, failures: the content of summary.json."""
-    table = []
-    for label in run.labels:
-        for variant in run.opt.variants:
-            rows = [r for r in run.rows if r["checkpoint"] == label and r["variant"] == variant]
-            if rows:
-                table.append({"checkpoint": label, "variant": variant, **_mean_rows(rows)})
-    jpeg = baselines.mean_curve(run.jpeg_rows) if run.jpeg_rows else []
-    anchors = run.opt.anchors
-    if anchors is None:
-        anchors = plots.default_anchors(run.set.name)
-    curves, bd = [], {}
-    for variant in run.opt.variants:
-        pts = sorted((t for t in table if t["variant"] == variant), key=lambda t: t["bpp"])
-        if not pts:
-            continue
-        name = f"TACO-JAX ({variant} caption)"
-        curves.append(plots.Curve(name, pts, kind="model"))
-        if jpeg:
-            bd[f"{name} vs JPEG"] = _bd_block(pts, jpeg, ("psnr", "ms_ssim_db", "lpips"))
-        for anchor in anchors:
-            bd[f"{name} vs {anchor.label}"] = _bd_block(pts, anchor.points, ("psnr",))
-    if jpeg:
-        curves.append(plots.Curve(f"JPEG ({baselines.JPEG_SETTINGS})", jpeg, kind="baseline"))
-    curves += anchors
-    ablation = []
-    if "correct" in run.opt.variants:
-        for t in table:
-            if t["variant"] == "correct":
-                continue
-            ref = next((c for c in table if c["checkpoint"] == t["checkpoint"]
-                        and c["variant"] == "correct"), None)  # fmt: skip
-            if ref:
-                ablation.append({
-                    "checkpoint": t["checkpoint"], "variant": t["variant"],
-                    "bpp_change_percent": (t["bpp"] / ref["bpp"] - 1.0) * 100.0,
-                    "psnr_change_db": t["psnr"] - ref["psnr"],
-                    "lpips_change": t["lpips"] - ref["lpips"],
-                })  # fmt: skip
-    return {
-        "dataset": run.set.name,
-        "images": len(run.set),
-        "caption_mode": run.set.caption_mode,
-        "caption_source": run.set.caption_source,
-        "table": table,
-        "jpeg": jpeg,
-        "bd": bd,
-        "ablation": ablation,
-        "anchors": [{"label": a.label, "source": a.source} for a in anchors],
-        "failures": run.failures,
-        "warnings": run.warnings,
-        "_curves": curves,
-    }
-
-
-def _fmt(v, digits=3) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
-    return str(v)
-
-
-def summary_markdown(summary: dict) -> str:
-    """The human-readable summary (summary.md)."""
-    lines = [f"# Evaluation on {summary['dataset']} ({summary['images']} images)", ""]
-    lines.append(
-        f"Captions: {summary['caption_source'] or 'n/a'} (mode: {summary['caption_mode']}"
-        + (", ORACLE" if summary["caption_mode"] == "best_lpips" else "")
-        + ")"
-    )
-    lines += [
-        "",
-        "bpp = 8 x bytes of the written file / (H x W); PSNR / MS-SSIM / LPIPS on the "
-        "8-bit reconstruction; PSNR float = unclamped float x_hat (the authors' number); "
-        "LPIPS on [-1, 1], LPIPS01 = fed [0, 1] as the authors' code does.",
-        "",
-    ]
-    head = (
-        "| checkpoint | caption | n | bpp | bpp est. | PSNR | PSNR float | MS-SSIM | "
-        "LPIPS | LPIPS01 | enc ms | dec ms | empty captions |"
-    )
-    lines += [head, "|" + "---|" * 13]
-    for t in summary["table"]:
-        lines.append(
-            f"| {t['checkpoint']} | {t['variant']} | {t['n']} | {_fmt(t['bpp'], 4)} | "
-            f"{_fmt(t['bpp_estimated'], 4)} | {_fmt(t['psnr'], 2)} | {_fmt(t['psnr_float'], 2)} | "
-            f"{_fmt(t['ms_ssim'], 4)} | {_fmt(t['lpips'], 4)} | {_fmt(t['lpips_zero_one'], 4)} | "
-            f"{_fmt(t['encode_ms'], 0)} | {_fmt(t['decode_ms'], 0)} | {t['n_empty_caption']} |"
-        )
-    if summary["jpeg"]:
-        lines += [
-            "",
-            "## JPEG baseline (Pillow, same images, real file bytes)",
-            "",
-            "| quality | bpp | PSNR | MS-SSIM | LPIPS |",
-            "|---|---|---|---|---|",
-        ]
-        for p in summary["jpeg"]:
-            lines.append(
-                f"| {p['quality']} | {_fmt(p['bpp'], 4)} | {_fmt(p['psnr'], 2)} | "
-                f"{_fmt(p['ms_ssim'], 4)} | {_fmt(p['lpips'], 4)} |"
-            )
-    if summary["bd"]:
-        lines += [
-            "",
-            "## BD-rate (negative: fewer bits than the anchor for the same quality)",
-            "",
-            "| comparison | metric | BD-rate % | BD-dist | single-point rate % | note |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, block in summary["bd"].items():
-            for metric, r in block.items():
-                lines.append(
-                    f"| {name} | {metric} | {_fmt(r['bd_rate_percent'], 2)} | "
-                    f"{_fmt(r['bd_distortion'], 3)} | "
-                    f"{_fmt(r.get('single_point_rate_percent'), 2)} | {r['note']} |"
-                )
-    if summary["ablation"]:
-        lines += [
-            "",
-            "## Caption ablation (change against the correct caption)",
-            "",
-            "| checkpoint | caption | bpp change % | PSNR change dB | LPIPS change |",
-            "|---|---|---|---|---|",
-        ]
-        for a in summary["ablation"]:
-            lines.append(
-                f"| {a['checkpoint']} | {a['variant']} | "
-                f"{_fmt(a['bpp_change_percent'], 2)} | {_fmt(a['psnr_change_db'], 3)} | "
-                f"{_fmt(a['lpips_change'], 4)} |"
-            )
-    if summary["anchors"]:
-        lines += ["", "## Anchors", ""]
-        lines += [f"- {a['label']}: {a['source']}" for a in summary["anchors"]]
-    lines += ["", f"## Failures ({len(summary['failures'])})", ""]
-    lines += [
-        f"- {f['image']} [{f['stage']}{' ' + f['checkpoint'] if f['checkpoint'] else ''}"
-        f"{'/' + f['variant'] if f['variant'] else ''}]: {f['error']}"
-        for f in summary["failures"]
-    ] or ["none"]
-    if summary["warnings"]:
-        lines += ["", f"## Warnings ({len(summary['warnings'])})", ""]
-        lines += [f"- {w}" for w in summary["warnings"]]
-    return "\n".join(lines) + "\n"
-
-
 def _write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _jsonable(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    return obj
 
 
 def evaluate(
@@ -550,168 +368,95 @@ def evaluate(
         for i in range(len(eval_set)):
             run.image(i, progress)
             progress.update(1)
-    summary = summarize(run)
+    summary = summarize(
+        eval_set, run.rows, run.jpeg_rows, run.labels, options.variants, options.anchors,
+        run.failures, run.warnings,
+    )  # fmt: skip
     curves = summary.pop("_curves")
     summary["plots"] = [
         str(p.relative_to(out)) for p in plots.plot_all(curves, out, title=eval_set.name)
     ]
     _write_csv(out / "per_image.csv", run.rows, ROW_FIELDS)
     (out / "per_image.json").write_text(
-        json.dumps(_jsonable({"rows": run.rows, "failures": run.failures}), indent=1)
+        json.dumps(jsonable({"rows": run.rows, "failures": run.failures}), indent=1)
     )
     if run.jpeg_rows:
         _write_csv(out / "jpeg.csv", run.jpeg_rows, list(run.jpeg_rows[0]))
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
-    (out / "summary.md").write_text(summary_markdown(summary))
+    write_summary(summary, out)
     return summary
 
 
-# ----------------------------------------------------------------------------- CLI
-def add_cli_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of `tgic evaluate`."""
-    p.add_argument(
-        "--checkpoint",
-        nargs="+",
-        required=True,
-        help="inference checkpoint directories (one per rate point)",
-    )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--images", default="", help="folder of images (default: Kodak in data/)")
-    p.add_argument(
-        "--captions",
-        default="",
-        help="captions JSON {image name: caption or [captions]} (see tgic_jax/captions.py)",
-    )
-    p.add_argument(
-        "--caption-index",
-        type=int,
-        default=0,
-        help="which caption of a list to code (0-based; default 0, the first)",
-    )
-    p.add_argument(
-        "--dataset",
-        choices=("folder", "kodak", "clic", "coco"),
-        default=None,
-        help="folder (with --images), kodak (data/kodak), clic or coco (TFDS)",
-    )
-    p.add_argument("--split", default=None, help="TFDS split (clic: validation, coco: val)")
-    p.add_argument("--data-dir", default=None, help="TFDS data_dir")
-    p.add_argument("--max-images", type=int, default=0, help="0: all")
-    p.add_argument(
-        "--caption-mode",
-        choices=datasets.CAPTION_MODES,
-        default="first",
-        help="first caption (default) or best_lpips (oracle, labelled)",
-    )
-    p.add_argument(
-        "--ablation",
-        action="store_true",
-        help="also code with the empty and the mismatched (shifted) caption",
-    )
-    p.add_argument(
-        "--variants",
-        nargs="+",
-        choices=VARIANTS,
-        default=None,
-        help="caption variants to run (default: correct; --ablation: all)",
-    )
-    p.add_argument(
-        "--jpeg-qualities",
-        type=int,
-        nargs="*",
-        default=list(baselines.DEFAULT_QUALITIES),
-        help="empty: no JPEG baseline",
-    )
-    p.add_argument(
-        "--anchors",
-        nargs="*",
-        default=None,
-        help="anchor JSON files (default: the shipped ones for the data set)",
-    )
-    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
-    p.add_argument("--no-jpeg-lpips", action="store_true", help="skip LPIPS of the JPEG points")
-    p.add_argument(
-        "--no-warmup",
-        action="store_true",
-        help="time the first coding of each shape too (includes JIT compile)",
-    )
-    p.add_argument("--no-recon", action="store_true", help="do not write reconstructions")
-    p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images")
-    p.add_argument("--no-progress", action="store_true")
+def evaluate_checkpoints(
+    checkpoints: Sequence[str | os.PathLike],
+    eval_set: datasets.EvalSet,
+    out_dir: str | os.PathLike,
+    options: EvalOptions | None = None,
+    codec_loader: Callable[[str], Codec] = load_codec,
+    lpips_fn: LpipsFn | None = None,
+) -> dict:
+    """Evaluates inference checkpoints (one per rate point) on `eval_set` into out_dir.
 
-
-def build_eval_set(args) -> datasets.EvalSet:
-    """The EvalSet named by the CLI arguments."""
-    dataset = args.dataset or ("folder" if args.images else "kodak")
-    limit = args.max_images or None
-    if dataset == "folder":
-        if not args.images:
-            raise ValueError("--dataset folder needs --images DIR")
-        return datasets.folder_set(
-            args.images,
-            args.captions or None,
-            limit,
-            caption_index=getattr(args, "caption_index", 0),
-        )
-    if dataset == "kodak":
-        return datasets.kodak_set(args.images or None, limit)
-    return datasets.tfds_set(dataset, args.split, args.data_dir, limit, args.caption_mode)
-
-
-def run_from_args(args, codec_loader: Callable[[str], Codec] = load_codec) -> int:
-    """`tgic evaluate`: 0 when everything ran, 1 with failures listed, 2 if nothing could."""
-    try:
-        eval_set = build_eval_set(args)
-        if args.caption_mode != eval_set.caption_mode:
-            eval_set.caption_mode = args.caption_mode
-    except (ValueError, OSError) as err:
-        print(f"error: {err}")
-        return 2
+    The entry point of eval.py and `tgic evaluate`. A checkpoint that cannot be loaded is
+    reported on stderr and listed first in the summary's failures; the others run.
+    Raises ValueError when the set has no image or no checkpoint loads.
+    """
     if not len(eval_set):
-        print(f"error: no images in {eval_set.name}")
-        return 2
+        raise ValueError(f"no images in {eval_set.name}")
     codecs, load_failures = [], []
-    for ckpt in args.checkpoint:
+    for ckpt in checkpoints:
         try:
-            codecs.append(codec_loader(ckpt))
+            codecs.append(codec_loader(str(ckpt)))
         except Exception as err:  # noqa: BLE001 - report and evaluate the others
             load_failures.append({"image": "", "checkpoint": str(ckpt), "variant": "",
                                   "stage": "load checkpoint",
                                   "error": f"{type(err).__name__}: {err}"})  # fmt: skip
-            print(f"error: cannot load checkpoint {ckpt}: {err}")
+            print(f"error: cannot load checkpoint {ckpt}: {err}", file=sys.stderr)
     if not codecs:
-        return 2
-    anchors = None
-    if args.anchors is not None:
-        anchors = [plots.load_anchor(a) for a in args.anchors]
-    variants = tuple(args.variants or (VARIANTS if args.ablation else ("correct",)))
-    options = EvalOptions(
-        variants=variants,
-        jpeg_qualities=tuple(args.jpeg_qualities or ()),
-        lpips=not args.no_lpips,
-        jpeg_lpips=not args.no_jpeg_lpips,
-        warmup=not args.no_warmup,
-        save_recon=not args.no_recon,
-        anchors=anchors,
-        progress=not args.no_progress,
-        max_pixels=args.max_pixels,
-    )
-    summary = evaluate(codecs, eval_set, args.out, options)
+        raise ValueError(f"none of the checkpoints could be loaded: {list(map(str, checkpoints))}")
+    summary = evaluate(codecs, eval_set, out_dir, options, lpips_fn)
     if load_failures:
         summary["failures"] = load_failures + summary["failures"]
-        out = Path(args.out)
-        (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
-        (out / "summary.md").write_text(summary_markdown(summary))
-    print((Path(args.out) / "summary.md").read_text())
-    return 1 if summary["failures"] else 0
+        write_summary(summary, out_dir)
+    return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """python -m tgic_jax.evaluation ... (same as `tgic evaluate`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_cli_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+def evaluate_means(
+    codec: Codec, eval_set: datasets.EvalSet, lpips_fn: LpipsFn | None = None,
+    keep_images: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Mean real and estimated bpp, PSNR, MS-SSIM, LPIPS of one codec, in memory (no files).
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    The training loop's evaluation: each image is coded with its first caption; bpp_real
+    counts the bitstream's bytes, psnr is on the float x_hat of the forward pass (as the
+    authors' test_epoch), psnr_real / ms_ssim / lpips on the decoded image. `lpips` is
+    LPIPS-Alex on [-1, 1] inputs, `lpips_zero_one` the authors' variant fed [0, 1]. Any
+    failure raises (a mean over the images that happened to work would mislead). With
+    keep_images > 0 the result also holds "images": the first originals beside their
+    decoded images (uint8 [H, 2W, 3]), for TensorBoard.
+    """
+    if not len(eval_set):
+        raise ValueError(f"no images in {eval_set.name}")
+    rows, images = [], []
+    for item in eval_set:
+        x, _ = load_item_image(item)
+        h, w = x.shape[:2]
+        est = codec.estimate(x, item.caption)
+        data = codec.encode(x, item.caption)
+        x_hat = codec.decode(data)
+        row = {
+            "bpp_estimate": float(est["bpp_estimated"]),
+            "psnr": metrics.psnr(x, est["x_hat_float"]),
+            "bpp_real": 8.0 * len(data) / (h * w),
+            "psnr_real": metrics.psnr(x, x_hat),
+            "ms_ssim": metrics.ms_ssim(x, x_hat),
+        }
+        if lpips_fn is not None:
+            row["lpips"] = lpips_fn(x, x_hat, "minus_one_one")
+            row["lpips_zero_one"] = lpips_fn(x, x_hat, "zero_one")
+        if len(images) < keep_images:
+            images.append(np.concatenate([image_io.to_uint8(x), image_io.to_uint8(x_hat)], 1))
+        rows.append(row)
+    out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in sorted(rows[0])}
+    if keep_images:
+        out["images"] = images
+    return out

@@ -24,17 +24,30 @@ from pathlib import Path
 
 import numpy as np
 
-MAX_PIXELS = 1 << 26  # 67 M pixels: far above any test image, far below memory trouble
+# What Pillow can read; listing a folder of inputs keeps these (case-insensitive).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 class ImageError(ValueError):
     """The file cannot be used as an input image (one-line reason)."""
 
 
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files (by `IMAGE_SUFFIXES`) directly in `folder`, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def load_image(
-    path: str | os.PathLike, max_pixels: int = MAX_PIXELS
+    path: str | os.PathLike, max_pixels: int | None = None
 ) -> tuple[np.ndarray, list[str]]:
-    """-> (image float32 [H, W, 3] in [0, 1], notes on any conversion done)."""
+    """-> (image float32 [H, W, 3] in [0, 1], notes on any conversion done).
+
+    `max_pixels` None: only Pillow's decompression-bomb limit (~89 M pixels) applies; the
+    codec passes its own `codec.MAX_PIXELS`, the largest image it decodes by default.
+    """
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
 
     notes: list[str] = []
@@ -44,7 +57,7 @@ def load_image(
             im = Image.open(path)
         with im:
             w, h = im.size
-            if w * h > max_pixels:
+            if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(f"{path}: {w} x {h} image exceeds max_pixels={max_pixels}")
             if w < 1 or h < 1:
                 raise ImageError(f"{path}: empty image ({w} x {h})")
@@ -142,9 +155,12 @@ def _to_rgb_float(im, notes: list[str]) -> np.ndarray:
     return np.repeat(a.astype(np.float32)[..., None], 3, axis=-1)
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """float [H, W, 3] -> uint8, clamped to [0, 1] and rounded."""
-    a = np.nan_to_num(np.asarray(image, np.float32), nan=0.0)
+def to_uint8(image) -> np.ndarray:
+    """[0, 1] float image -> uint8, clamped and rounded (what an 8-bit PNG stores); NaN -> 0.
+
+    NaN is mapped to 0 explicitly: its uint8 cast is undefined and differs between platforms.
+    """
+    a = np.nan_to_num(np.asarray(image, np.float64), nan=0.0)
     return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

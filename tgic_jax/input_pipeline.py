@@ -23,14 +23,10 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from tgic_jax import image_io
+from tgic_jax.tf_import import import_tensorflow
+
 _SEP = "\x1f"  # joins a file's captions into one tf.string (never in a caption)
-
-
-def _tf():
-    import tensorflow as tf  # noqa: PLC0415 - TF only where the pipeline is built
-
-    tf.config.set_visible_devices([], "GPU")
-    return tf
 
 
 # ----------------------------------------------------------------------------- sources
@@ -44,11 +40,17 @@ def read_captions(captions_path: str | Path) -> dict[str, list[str]]:
 def list_folder(
     folder: str | Path, captions_path: str | Path | None = None, max_images: int = 0
 ) -> list[tuple[Path, list[str]]]:
-    """Sorted (image path, captions) pairs of the captioned images present in `folder`."""
+    """Sorted (image path, captions) pairs of the captioned images present in `folder`.
+
+    Images without a caption are left out: every training example needs one (evaluation's
+    `datasets.folder_set` lists the same images but codes those with the empty caption).
+    """
+    from tgic_jax.captions import lookup  # noqa: PLC0415
+
     folder = Path(folder)
     captions = read_captions(captions_path or folder / "captions.json")
-    items = [(folder / name, caps) for name, caps in sorted(captions.items())]
-    items = [(p, caps) for p, caps in items if p.is_file()]
+    listed = [(p, lookup(captions, p.name)) for p in image_io.list_images(folder)]
+    items = [(p, caps) for p, caps in listed if caps is not None]
     if not items:
         raise FileNotFoundError(f"no captioned images in {folder} ({captions_path})")
     return items[:max_images] if max_images else items
@@ -62,7 +64,7 @@ def folder_examples(
     process_count: int = 1,
 ):
     """tf.data of {"image": uint8 [h,w,3], "captions": string [n]} for this process's files."""
-    tf = _tf()
+    tf = import_tensorflow()
     items = list_folder(folder, captions_path, max_images)
     if len(items) >= process_count:
         items = items[process_index::process_count]  # disjoint shares when there are enough
@@ -86,7 +88,7 @@ def tfds_examples(
     seed: int = 0,
 ):
     """tf.data of {"image", "captions"} from TFDS, this process's even split."""
-    tf = _tf()
+    tf = import_tensorflow()
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     part = tfds.even_splits(split, n=process_count)[process_index]
@@ -104,7 +106,7 @@ def tfds_examples(
 # ----------------------------------------------------------------------------- crops
 def usable_examples(ds, crop_size: int):
     """Drops images smaller than the crop (before `repeat`: an empty share stays visible)."""
-    tf = _tf()
+    tf = import_tensorflow()
 
     def big_enough(ex):
         shape = tf.shape(ex["image"])
@@ -115,7 +117,7 @@ def usable_examples(ds, crop_size: int):
 
 def crop_examples(ds, crop_size: int, seed: int):
     """Random crop in [0, 1] and one random caption (images at least crop_size on a side)."""
-    tf = _tf()
+    tf = import_tensorflow()
 
     def crop(i, ex):
         # Stateless ops keyed by the element's position: the same crops and captions on
@@ -141,7 +143,7 @@ def make_dataset(
     repeat: bool = True,
 ):
     """The batched, shuffled, repeated tf.data pipeline for config.input (host-local)."""
-    tf = _tf()
+    tf = import_tensorflow()
     seed = int(seed) + 1000 * process_index  # different crops on every host
     if input_config.source == "folder":
         ds = folder_examples(
@@ -318,7 +320,7 @@ def pairs_dataset(
     process_index: int = 0,
 ):  # fmt: skip
     """tf.data of this host's batches of random crops of `pairs`, in `pair_order`."""
-    tf = _tf()
+    tf = import_tensorflow()
     paths = np.array([p for p, _ in pairs])
     caps = np.array([c for _, c in pairs])
     lo = process_index * host_batch  # this host's slice of every global batch

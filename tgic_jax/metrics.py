@@ -1,4 +1,4 @@
-"""Image quality metrics on [0, 1] float images: PSNR, MS-SSIM, 8-bit conversion.
+"""Image quality metrics on [0, 1] float images: PSNR, MS-SSIM (and in dB), 8-bit rounding.
 
 Host-side numpy (float64) on purpose: metrics are computed once per decoded image, outside
 jit, and float64 keeps them independent of the accelerator's matmul precision.
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tgic_jax.image_io import to_uint8
+
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 WINDOW_SIZE = 11
 WINDOW_SIGMA = 1.5
@@ -42,10 +44,15 @@ def psnr(a, b, data_range: float = 1.0) -> float:
     return float(10.0 * np.log10(data_range**2 / mse))
 
 
-def to_uint8(image) -> np.ndarray:
-    """[0, 1] float image -> uint8, clamped and rounded (what an 8-bit PNG stores)."""
-    x = np.clip(_as_float(image), 0.0, 1.0)
-    return np.round(x * 255.0).astype(np.uint8)
+def ms_ssim_db(value):
+    """MS-SSIM in dB, -10 log10(1 - MS-SSIM), as rate-distortion plots show it (inf at 1).
+
+    A float for a float, an array for an array (the plots transform whole curves).
+    """
+    v = _as_float(value)
+    with np.errstate(divide="ignore"):
+        db = -10.0 * np.log10(np.maximum(1.0 - v, 0.0))
+    return float(db) if db.ndim == 0 else db
 
 
 def quantize_8bit(image) -> np.ndarray:

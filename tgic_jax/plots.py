@@ -20,13 +20,15 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tgic_jax import metrics  # noqa: E402
+
 ANCHOR_DIR = Path(__file__).resolve().parent / "assets" / "anchors"
 
 # metric key -> (axis label, transform of the stored value)
 METRICS = {
     "psnr": ("PSNR (dB)", lambda v: v),
     "psnr_float": ("PSNR of float x_hat (dB)", lambda v: v),
-    "ms_ssim": ("MS-SSIM (dB), -10 log10(1 - MS-SSIM)", lambda v: -10.0 * np.log10(1.0 - v)),
+    "ms_ssim": ("MS-SSIM (dB), -10 log10(1 - MS-SSIM)", metrics.ms_ssim_db),
     "lpips": ("LPIPS-Alex (lower is better)", lambda v: v),
 }
 _STYLES = {

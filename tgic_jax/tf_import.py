@@ -1,0 +1,22 @@
+"""TensorFlow for host-side work only: imported on first use, with every GPU hidden from it.
+
+TF runs the range coder, tf.data and TensorBoard writing here; JAX owns the accelerators.
+A TF that saw the GPUs would reserve their memory at its first op, so every TF user in
+the package goes through `import_tensorflow` instead of `import tensorflow`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+
+@functools.cache
+def import_tensorflow():
+    """The `tensorflow` module, its GPUs hidden (once per process; ~3 s the first time)."""
+    import tensorflow as tf  # noqa: PLC0415 - deferred: most commands never need TF
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # already initialized: GPUs are then hidden or unused by our ops
+        pass
+    return tf
