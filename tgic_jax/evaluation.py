@@ -71,7 +71,7 @@ class Codec(Protocol):
 
 
 class TacoCodec:
-    """A TACO inference checkpoint + its text encoder, behind the `Codec` interface."""
+    """A TACO `codec.Coder` + its text encoder, behind the `Codec` interface."""
 
     def __init__(self, checkpoint: str | os.PathLike, text_encoder=None, label: str = ""):
         from tgic_jax import checkpoint as ckpt_lib
@@ -85,17 +85,16 @@ class TacoCodec:
 
     @classmethod
     def from_variables(cls, model, variables, text_encoder, label: str = "model") -> TacoCodec:
-        """A codec of in-memory variables ({'params'}; tables built on first use)."""
+        """A codec of in-memory variables ({'params'}; tables built here if absent)."""
         self = cls.__new__(cls)
         self.config = None
         self._setup(model, variables, text_encoder, label)
         return self
 
     def _setup(self, model, variables, text_encoder, label: str) -> None:
-        from tgic_jax import codec
+        from tgic_jax.codec import Coder
 
-        self._codec = codec
-        self.model, self.variables = model, variables
+        self.coder = Coder(model, variables)
         self.text_encoder = text_encoder
         self.label = label
         self._states: dict[str, np.ndarray] = {}
@@ -112,16 +111,16 @@ class TacoCodec:
         return self._states[caption]
 
     def encode(self, image: np.ndarray, caption: str) -> bytes:
-        """Bitstream of `image` encoded with `caption` (tgic_jax.codec.compress)."""
-        return self._codec.compress(self.model, self.variables, image, self.text(caption))
+        """Bitstream of `image` encoded with `caption`."""
+        return self.coder.compress(image, self.text(caption))
 
     def decode(self, data: bytes) -> np.ndarray:
         """Image float32 [H, W, 3] in [0, 1] from a bitstream (no caption needed)."""
-        return np.asarray(self._codec.decompress(self.model, self.variables, data), np.float32)
+        return np.asarray(self.coder.decompress(data), np.float32)
 
     def estimate(self, image: np.ndarray, caption: str) -> dict:
         """{'x_hat_float': unclamped float output, 'bpp_estimated'} from the forward pass."""
-        out = self._codec.reconstruct(self.model, self.variables, image, self.text(caption))
+        out = self.coder.estimate(image, self.text(caption))
         return {
             "x_hat_float": np.asarray(out["x_hat_float"], np.float32),
             "bpp_estimated": float(out["bpp_estimated"]),
