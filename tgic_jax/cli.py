@@ -33,8 +33,8 @@ def _quiet_third_party(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import logging  # noqa: PLC0415
-    import warnings  # noqa: PLC0415
+    import logging
+    import warnings
 
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", module=r"tgic_jax(\.|$)")
@@ -44,7 +44,7 @@ def _quiet_third_party(verbose: bool) -> None:
     # (ERROR -> 2, which lets TF's CUDA registration lines through): CRITICAL keeps 3.
     logging.getLogger("jax").setLevel(logging.CRITICAL)
     try:
-        from absl import logging as absl_logging  # noqa: PLC0415
+        from absl import logging as absl_logging
 
         absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:
@@ -68,7 +68,7 @@ def enable_compilation_cache(folder: Path | None) -> None:
     """Turns JAX's persistent compilation cache on in `folder` (every program, however small)."""
     if folder is None:
         return
-    import jax  # noqa: PLC0415
+    import jax
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -101,8 +101,8 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from tgic_jax.checkpoint import save_inference  # noqa: PLC0415
-    from tgic_jax.convert import from_official_state_dict, infer_model_config, load_state_dict_file  # noqa: PLC0415
+    from tgic_jax.checkpoint import save_inference
+    from tgic_jax.convert import from_official_state_dict, infer_model_config, load_state_dict_file
 
     if not os.path.isfile(args.input):
         print(f"tgic convert: {args.input}: no such file", file=sys.stderr)
@@ -132,7 +132,7 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 def parameter_summary(params) -> str:
     """A table of parameter counts per top-level module and the total."""
-    import jax  # noqa: PLC0415
+    import jax
 
     rows = []
     for name in sorted(params):

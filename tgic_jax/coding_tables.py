@@ -73,9 +73,9 @@ def _std_cumulative(x: np.ndarray) -> np.ndarray:
 
 def quantize_pmfs(pmfs: list[np.ndarray], precision: int = PRECISION) -> np.ndarray:
     """[pmf + overflow bin] per table -> the concatenated lookup [-precision, cdf..., ...]."""
-    import tensorflow_compression_ops as tco  # noqa: PLC0415 - TF only when tables are built
+    import tensorflow_compression_ops as tco  # TF only when tables are built
 
-    from tgic_jax.range_coder import hide_gpus_from_tf  # noqa: PLC0415
+    from tgic_jax.range_coder import hide_gpus_from_tf
 
     hide_gpus_from_tf()
     parts = []

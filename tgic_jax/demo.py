@@ -152,7 +152,7 @@ def _report(
 ) -> Path:
     model = json.loads((out / "train" / "config.json").read_text())["model"]
     correct = [r for r in rows if r["variant"] == "correct"]
-    mean = lambda key, rs: float(np.mean([r[key] for r in rs]))  # noqa: E731
+    mean = lambda key, rs: float(np.mean([r[key] for r in rs]))
     variants = sorted({r["variant"] for r in rows}, key=["correct", "empty", "mismatched"].index)
     lines = [
         "# tgic_jax demo report",

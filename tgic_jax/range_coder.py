@@ -30,7 +30,7 @@ SLACK_BITS = 32 + 16 + 3 * 16
 @functools.cache
 def hide_gpus_from_tf() -> None:
     """TF is only a host-side helper here: keep it off every GPU (JAX owns them)."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     try:
         tf.config.set_visible_devices([], "GPU")
@@ -41,8 +41,8 @@ def hide_gpus_from_tf() -> None:
 @functools.cache
 def _ops():
     hide_gpus_from_tf()
-    import tensorflow as tf  # noqa: PLC0415
-    import tensorflow_compression_ops as tco  # noqa: PLC0415
+    import tensorflow as tf
+    import tensorflow_compression_ops as tco
 
     return tf, tco
 
@@ -67,7 +67,7 @@ class SymbolCosts:
     @classmethod
     def from_lookup(cls, lookup: np.ndarray) -> SymbolCosts:
         """Costs of the CDFs in a concatenated lookup (as `RangeEncoder` takes it)."""
-        from tgic_jax.coding_tables import split_lookup  # noqa: PLC0415 - no import cycle
+        from tgic_jax.coding_tables import split_lookup  # no import cycle
 
         bins, starts, lengths, overflow, minimum = [], [], [], [], []
         start = 0

@@ -131,7 +131,7 @@ def _save_flax_weights(model, folder: Path) -> None:
     flax_model.msgpack takes about 2 s. Only folders under `cache_root()` (which tgic_jax
     fills with a pinned version) get one, so a user's folder is never written to.
     """
-    from flax.serialization import to_bytes  # noqa: PLC0415
+    from flax.serialization import to_bytes
 
     fd, tmp = tempfile.mkstemp(prefix=".flax_model.", suffix=".tmp", dir=folder)
     try:

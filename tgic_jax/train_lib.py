@@ -255,7 +255,7 @@ def evaluate(
     With keep_images > 0 the result also holds "images": the first originals beside their
     decoded images (uint8 [H, 2W, 3]), for TensorBoard.
     """
-    from tgic_jax import codec, image_io, metrics  # noqa: PLC0415 - TF (the range coder) only here
+    from tgic_jax import codec, image_io, metrics  # TF (the range coder) only here
 
     items = input_pipeline.list_folder(
         eval_config.folder, eval_config.get("captions") or None,
@@ -374,7 +374,7 @@ class MetricWriter:
     def __init__(self, logdir: str | os.PathLike, enabled: bool):
         self._writer = None
         if enabled:
-            from flax.metrics import tensorboard  # noqa: PLC0415 - imports TensorFlow
+            from flax.metrics import tensorboard  # imports TensorFlow
 
             input_pipeline._tf()  # hide GPUs from TF before it starts
             # str() of an epath keeps gs://; TensorFlow's file system layer writes there.
@@ -571,7 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     num_steps = total_steps(config, global_batch)
 
     # Model, loss, optimizer.
-    from tgic_jax import losses  # noqa: PLC0415 - heavy (LPIPS, transformers)
+    from tgic_jax import losses  # heavy (LPIPS, transformers)
 
     model = TACO.from_config(ModelConfig.from_config(config.model))
     losses.check_joint_group(config.loss, global_batch)
@@ -681,7 +681,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 # coordination barrier, not a collective (see sharding.sync_hosts).
                 if is_main:
                     if lpips_fn is None:
-                        from tgic_jax.evaluation import make_lpips_fn  # noqa: PLC0415
+                        from tgic_jax.evaluation import make_lpips_fn
 
                         lpips_fn = make_lpips_fn()
                     ev = evaluate(model, state.params, text_encoder, eval_config, lpips_fn,
@@ -782,7 +782,7 @@ def add_export_arguments(p) -> None:
 def run_export(args) -> int:
     """`tgic export` handler."""
     if args.format == "authors":
-        from tgic_jax.convert import export_authors  # noqa: PLC0415
+        from tgic_jax.convert import export_authors
 
         if args.select:
             print("tgic export: --select works with --format tgic only", file=sys.stderr)
