@@ -176,8 +176,8 @@ _EQUIVALENCE = textwrap.dedent(
 )
 
 
-# Two compiles of the tiny train step in a subprocess: 82 s alone on 2 cores, the fast tier's
-# longest test (next: 44 s, test_model's bfloat16 gradient). `make test` runs it in the slow tier.
+# Two compiles of the tiny train step in a subprocess: 71-82 s alone on 2 cores, over the
+# fast tier's 60 s. `make test` runs it with the slow ones.
 @pytest.mark.slow
 def test_one_step_on_8_devices_matches_1_device(tmp_path):
     script = tmp_path / "equivalence.py"
