@@ -27,6 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+    """Evaluates the given checkpoints, or the run's exported last one, on the configured images."""
     del argv
     config, workdir = FLAGS.config, Path(FLAGS.workdir)
     checkpoints = FLAGS.checkpoint

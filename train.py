@@ -22,6 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+    """Joins the multi-host run if asked, then trains the config into the workdir."""
     del argv
     sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     logging.info("config:\n%s", FLAGS.config)

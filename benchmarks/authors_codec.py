@@ -31,10 +31,10 @@ def _load_their_model(repo: str, seed: int):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
     sys.path.insert(0, repo)
-    import torch  # noqa: PLC0415
+    import torch
 
     torch.cuda.synchronize = lambda *a, **k: None  # their decompress calls it (CPU run)
-    from models import TACO  # noqa: PLC0415 - their package
+    from models import TACO  # their package
 
     config = types.SimpleNamespace(
         N=192, M=320, slice_num=5, context_window=5, slice_ch=[16, 16, 32, 64, 192], quant="ste"
@@ -46,6 +46,7 @@ def _load_their_model(repo: str, seed: int):
 
 
 def main() -> None:
+    """Builds the authors' model, writes its state_dict, then times each request on stdin."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repo", required=True, help="a checkout of the authors' TACO code")
     ap.add_argument("--state-dict", required=True, help="where to write their weights (.npz)")

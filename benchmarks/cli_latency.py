@@ -42,11 +42,11 @@ def make_checkpoint(size: str, folder: Path) -> Path:
     if (path / "config.json").is_file():
         return path
     sys.path.insert(0, str(REPO / "benchmarks"))
-    import numpy as np  # noqa: PLC0415
-    from codec import random_variables  # noqa: PLC0415 - benchmarks/codec.py
+    import numpy as np
+    from codec import random_variables  # benchmarks/codec.py
 
-    from tgic_jax.checkpoint import save_inference  # noqa: PLC0415
-    from tgic_jax.model import TACO, ModelConfig  # noqa: PLC0415
+    from tgic_jax.checkpoint import save_inference
+    from tgic_jax.model import TACO, ModelConfig
 
     cfg = ModelConfig(**SIZES[size])
     v = random_variables(TACO.from_config(cfg))
@@ -78,6 +78,7 @@ def run_cli(argv: list[str], cache: Path) -> tuple[float, dict]:
 
 
 def main() -> None:
+    """Times the CLI's compress and decompress, cold and warm, and prints the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image", default=str(REPO / "data" / "kodak" / "kodim01.png"))
     ap.add_argument("--runs", type=int, default=3)

@@ -33,13 +33,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: E402
+import jax
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
-from tgic_jax import codec, image_io  # noqa: E402
-from tgic_jax.coding_tables import build_tables  # noqa: E402
-from tgic_jax.model import TACO, ModelConfig, init_variables  # noqa: E402
+from tgic_jax import codec, image_io
+from tgic_jax.coding_tables import build_tables
+from tgic_jax.model import TACO, ModelConfig, init_variables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ class AuthorsCodec:
 def _summary(name: str, ours: list[float], theirs: list[float]) -> str:
     mo, mt = statistics.median(ours), statistics.median(theirs)
     ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
-    span = lambda t: f"{1e3 * min(t):.0f}-{1e3 * max(t):.0f}"  # noqa: E731
+    span = lambda t: f"{1e3 * min(t):.0f}-{1e3 * max(t):.0f}"
     return (f"{name}: ours {1e3 * mo:6.0f} ms (range {span(ours)}), authors {1e3 * mt:6.0f} ms "
             f"(range {span(theirs)}); ours / authors = {mo / mt:.2f}x "
             f"(per-run ratios {ratios[0]:.2f}-{ratios[-1]:.2f})")  # fmt: skip
@@ -122,7 +122,7 @@ def _summary(name: str, ours: list[float], theirs: list[float]) -> str:
 
 def compare_with_authors(args, image: np.ndarray) -> None:
     """Ours and the authors' codec on the same weights, image and text, runs interleaved."""
-    from tgic_jax.convert import from_official_state_dict, load_state_dict_file  # noqa: PLC0415
+    from tgic_jax.convert import from_official_state_dict, load_state_dict_file
 
     with tempfile.TemporaryDirectory() as tmp:
         theirs = AuthorsCodec(args.authors_repo, args.authors_python, tmp)
@@ -168,6 +168,7 @@ def compare_with_authors(args, image: np.ndarray) -> None:
 
 
 def main() -> None:
+    """Times encode and decode of one image (beside the authors' codec if asked); prints medians."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image", default=str(REPO / "data" / "kodak" / "kodim01.png"))
     ap.add_argument("--runs", type=int, default=3)

@@ -84,6 +84,7 @@ def _torch_fns(b, h, w, cin, cout, k, s):
 
 
 def main() -> None:
+    """Times forward, dX and dW of the dominant convolutions on one backend; prints GMAC/s."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=("jax", "torch"), default="jax")
     ap.add_argument("--runs", type=int, default=5)

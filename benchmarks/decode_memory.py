@@ -49,6 +49,7 @@ else:
 
 
 def main() -> None:
+    """Fits the decoder's peak memory against pixels, one encode and one decode process per size."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     args = ap.parse_args()

@@ -349,3 +349,69 @@ def test_minilm_captions_are_quiet_and_a_long_one_is_noted_as_truncated(tmp_path
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "caption truncated" in lines[0] and "first 38" in lines[0], lines
+
+
+# ----------------------------------------------------------------------------- codec commands
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny inference checkpoint that names no text encoder (captions cannot be encoded)."""
+    from tgic_jax.checkpoint import save_inference
+
+    _, v = tiny_model(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_inference(path, TINY, v["params"], tables=v["tables"])
+    return path
+
+
+def _cli(argv):
+    import argparse
+
+    from tgic_jax import cli_codec
+
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd")
+    cli_codec.add_compress_arguments(sub.add_parser("compress"))
+    cli_codec.add_decompress_arguments(sub.add_parser("decompress"))
+    args = p.parse_args(argv)
+    return (cli_codec.run_compress if args.cmd == "compress" else cli_codec.run_decompress)(args)
+
+
+def test_cli_compresses_a_folder_and_decodes_it_back(tmp_path, tiny_ckpt, capsys):
+    src = tmp_path / "images"
+    src.mkdir()
+    for k, (h, w) in enumerate([(64, 64), (1, 1), (40, 50)]):
+        image_io.save_png(src / f"im{k}.png", synthetic_image(h, w, k))
+    (src / "notes.txt").write_text("not an image")
+    np.save(tmp_path / "text.npy", _text())
+    rc = _cli(["compress", str(src), "--text-embeddings", str(tmp_path / "text.npy"),
+               "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "bits")])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.count("bpp") == 3 and "bytes" in out and " ms" in out
+    files = sorted((tmp_path / "bits").glob("*.tgic"))
+    assert [f.name for f in files] == ["im0.tgic", "im1.tgic", "im2.tgic"]
+    rc = _cli(["decompress", str(tmp_path / "bits"), "--checkpoint", str(tiny_ckpt),
+               "-o", str(tmp_path / "back")])  # fmt: skip
+    assert rc == 0
+    back, _ = image_io.load_image(tmp_path / "back" / "im2.png")
+    assert back.shape == (40, 50, 3)
+    # A damaged file: one clear line on stderr, non-zero exit, the other files still done.
+    bad = tmp_path / "bits" / "im1.tgic"
+    bad.write_bytes(bad.read_bytes()[:-1])
+    rc = _cli(["decompress", str(tmp_path / "bits"), "--checkpoint", str(tiny_ckpt),
+               "-o", str(tmp_path / "back2")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "im1.tgic" in err and "checksum" in err
+    assert sorted(p.name for p in (tmp_path / "back2").iterdir()) == ["im0.png", "im2.png"]
+
+
+def test_cli_single_file_output_and_missing_caption_source(tmp_path, tiny_ckpt, capsys):
+    image_io.save_png(tmp_path / "a.png", synthetic_image(8, 8))
+    np.save(tmp_path / "t.npy", _text())
+    rc = _cli(["compress", str(tmp_path / "a.png"), "--text-embeddings", str(tmp_path / "t.npy"),
+               "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "a.tgic")])  # fmt: skip
+    assert rc == 0 and (tmp_path / "a.tgic").is_file()
+    # The tiny checkpoint names no text encoder: a caption cannot be encoded.
+    rc = _cli(["compress", str(tmp_path / "a.png"), "--caption", "a cat",
+               "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "b.tgic")])  # fmt: skip
+    assert rc == 2 and "text-embeddings" in capsys.readouterr().err

@@ -303,7 +303,6 @@ class _HashText:
 def test_kodak_with_a_real_checkpoint_writes_everything_and_bpp_is_the_file_size(
     kodak_dir, tmp_path
 ):
-    pytest.importorskip("tgic_jax.codec")
     import jax
 
     from tgic_jax import checkpoint
@@ -336,7 +335,8 @@ def test_kodak_with_a_real_checkpoint_writes_everything_and_bpp_is_the_file_size
 
 
 def test_tfds_coco_uses_the_first_caption_by_default_and_labels_the_oracle(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=3):
         first = datasets.tfds_set("coco", max_images=2)
         oracle = datasets.tfds_set("coco", max_images=2, caption_mode="best_lpips")

@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+from test_codec import synthetic_image
 
 from tgic_jax import image_io
 
@@ -130,3 +131,47 @@ def test_list_images_keeps_image_files_only_sorted_by_name(tmp_path):
     assert [p.name for p in image_io.list_images(tmp_path)] == ["a.jpg", "b.PNG", "c.webp"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         image_io.list_images(tmp_path / "missing")
+
+
+def test_load_image_converts_odd_modes_and_says_so(tmp_path):
+    from PIL import Image
+
+    rgb = (synthetic_image(5, 7) * 255).round().astype(np.uint8)
+    cases = {
+        "rgba.png": (
+            Image.fromarray(np.dstack([rgb, np.full((5, 7), 128, np.uint8)]), "RGBA"),
+            "alpha",
+        ),
+        "gray.png": (Image.fromarray(rgb[..., 0], "L"), "grayscale"),
+        "pal.png": (Image.fromarray(rgb).convert("P"), "palette"),
+        "g16.png": (Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), "16-bit"),
+    }
+    for name, (im, word) in cases.items():
+        im.save(tmp_path / name)
+        x, notes = image_io.load_image(tmp_path / name)
+        assert x.shape == (5, 7, 3) and x.dtype == np.float32, name
+        assert 0 <= x.min() and x.max() <= 1
+        assert any(word in n for n in notes), (name, notes)
+    x, _ = image_io.load_image(tmp_path / "g16.png")  # 16-bit values scaled by 65535
+    np.testing.assert_allclose(x[..., 0], rgb[..., 0] / 255.0, atol=1e-6)
+    x, notes = image_io.load_image(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(np.round(x * 255).astype(np.uint8), rgb)
+
+
+def test_load_image_refuses_unreadable_and_oversized_files(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    for path in (tmp_path / "bad.png", tmp_path / "missing.png", tmp_path):
+        with pytest.raises(image_io.ImageError, match=str(path.name)):
+            image_io.load_image(path)
+    image_io.save_png(tmp_path / "big.png", synthetic_image(20, 30))
+    with pytest.raises(image_io.ImageError, match="max_pixels"):
+        image_io.load_image(tmp_path / "big.png", max_pixels=599)
+    x, notes = image_io.load_image(tmp_path / "big.png", max_pixels=600)
+    assert x.shape == (20, 30, 3) and notes == []
+
+
+def test_save_png_clamps_and_rounds(tmp_path):
+    x = np.array([[[-0.5, 0.5, 1.7], [0.2, 0.998, 0.001]]], np.float32)
+    image_io.save_png(tmp_path / "o.png", x)
+    y, _ = image_io.load_image(tmp_path / "o.png")
+    np.testing.assert_array_equal(np.round(y * 255), [[[0, 128, 255], [51, 254, 0]]])

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from tgic_jax.layers import LayerNorm
 from tgic_jax.model import TACO, ModelConfig, checkerboard_masks, init_variables
-from tgic_jax.text_adapter import Injector
 
 TINY = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=8)
 
@@ -31,17 +29,6 @@ def test_checkerboard_masks_partition_the_latent():
         for i in range(h):
             for j in range(w):  # anchors at (even, odd) and (odd, even)
                 assert anchor[i, j, 0] == (i % 2 != j % 2)
-
-
-def test_injector_with_zero_gamma_equals_layernorm_of_its_input():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 5, 16)) * 3 + 1
-    text = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 24))
-    inj = Injector(heads=8)
-    v = inj.init(jax.random.PRNGKey(2), x, text)
-    assert float(jnp.abs(v["params"]["gamma"]).max()) == 0.0  # its initial value
-    ln = LayerNorm()
-    ln_v = {"params": v["params"]["image_norm"]}
-    np.testing.assert_allclose(inj.apply(v, x, text), ln.apply(ln_v, x), atol=1e-6)
 
 
 def test_different_caption_changes_y_when_gamma_is_nonzero():

@@ -54,7 +54,7 @@ def save_inference(
     extra: dict | None = None,
 ) -> epath.Path:
     """Writes an inference checkpoint atomically; tables default to `build_tables(params)`."""
-    from tgic_jax.coding_tables import build_tables  # noqa: PLC0415 - avoids an import cycle
+    from tgic_jax.coding_tables import build_tables  # avoids an import cycle
 
     path = as_path(path)
     params = _to_numpy(params)

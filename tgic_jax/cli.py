@@ -33,8 +33,8 @@ def _quiet_third_party(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import logging  # noqa: PLC0415
-    import warnings  # noqa: PLC0415
+    import logging
+    import warnings
 
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", module=r"tgic_jax(\.|$)")
@@ -44,7 +44,7 @@ def _quiet_third_party(verbose: bool) -> None:
     # (ERROR -> 2, which lets TF's CUDA registration lines through): CRITICAL keeps 3.
     logging.getLogger("jax").setLevel(logging.CRITICAL)
     try:
-        from absl import logging as absl_logging  # noqa: PLC0415
+        from absl import logging as absl_logging
 
         absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:
@@ -73,7 +73,7 @@ def enable_compilation_cache(folder: Path | None) -> Path | None:
     """
     if folder is None:
         return None
-    import jax  # noqa: PLC0415
+    import jax
 
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -149,13 +149,13 @@ def _refuse_existing(outs: list[Path], force: bool) -> None:
 
 # ----------------------------------------------------------------------------- output
 def _progress(items, desc: str):
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     return tqdm(items, desc=desc, unit="img", disable=len(items) < 2, file=sys.stderr)
 
 
 def _say(line: str, err: bool = False) -> None:
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     tqdm.write(line, file=sys.stderr if err else sys.stdout)
 
@@ -199,15 +199,15 @@ def _prefetch_range_coder() -> None:
     a full test run (TensorFlow and XLA initializing in two threads of one process), where
     the same call passes alone. An import error resurfaces where the coder is used.
     """
-    from tgic_jax import range_coder  # noqa: PLC0415
+    from tgic_jax import range_coder
 
     if os.environ.get("TGIC_PREFETCH_TF", "0") != "1":  # benchmarks/cli_latency.py compares
         return
 
     def work():
         try:
-            range_coder._ops()  # noqa: SLF001
-        except Exception:  # noqa: BLE001, S110 - reported by the real use
+            range_coder._ops()
+        except Exception:  # noqa: BLE001 - reported by the real use
             pass
 
     threading.Thread(target=work, name="tgic-import-tf", daemon=True).start()
@@ -218,7 +218,7 @@ class _Texts:
     """Text states per image from a caption, a captions file or precomputed embeddings."""
 
     def __init__(self, args, config, paths: list[Path]):
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         self.fixed = self.per_image = self.captions = self.encoder = None
         self.index = int(getattr(args, "caption_index", 0) or 0)
@@ -238,21 +238,21 @@ class _Texts:
             self.fixed = None if self.fixed is None else np.asarray(self.fixed, np.float32)
             return
         if args.captions:
-            from tgic_jax.captions import read_captions  # noqa: PLC0415
+            from tgic_jax.captions import read_captions
 
             self.captions = read_captions(args.captions)
             self.captions_path = args.captions
         text_config = config.get("text") or {}
         if not text_config.get("encoder"):
             raise ValueError("the checkpoint names no text encoder: pass --text-embeddings")
-        from tgic_jax.text_encoders import build_text_encoder  # noqa: PLC0415
+        from tgic_jax.text_encoders import build_text_encoder
 
         self.encoder = build_text_encoder(text_config)
         self.default = args.caption
 
     def caption(self, path: Path) -> str:
         """The caption of one image under the captions-file rule (`tgic_jax.captions`)."""
-        from tgic_jax import captions as captions_lib  # noqa: PLC0415
+        from tgic_jax import captions as captions_lib
 
         if self.captions is None:
             return captions_lib.pick([self.default], self.index, path.name)
@@ -281,7 +281,7 @@ class _Texts:
 
 
 def _read_npy(path: str):
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     try:
         emb = np.load(path, allow_pickle=False)
@@ -334,10 +334,10 @@ def run_compress(args: argparse.Namespace) -> int:
     """Compresses each input image to a .tgic file; 0 if all succeeded."""
     clock = _Clock(args)
     try:
-        from tgic_jax.image_io import IMAGE_SUFFIXES  # noqa: PLC0415 - numpy only
+        from tgic_jax.image_io import IMAGE_SUFFIXES  # numpy only
 
         paths, outs, folder = _prepare(args, "compress", IMAGE_SUFFIXES, ".tgic")
-        from tgic_jax import checkpoint, codec, image_io  # noqa: PLC0415
+        from tgic_jax import checkpoint, codec, image_io
 
         _prefetch_range_coder()
         clock.lap("imports")
@@ -383,7 +383,7 @@ def run_decompress(args: argparse.Namespace) -> int:
     clock = _Clock(args)
     try:
         paths, outs, folder = _prepare(args, "decompress", {".tgic"}, ".png")
-        from tgic_jax import checkpoint, codec, image_io  # noqa: PLC0415
+        from tgic_jax import checkpoint, codec, image_io
 
         _prefetch_range_coder()
         clock.lap("imports")

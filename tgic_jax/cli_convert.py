@@ -34,8 +34,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """`tgic convert` handler: the authors' checkpoint -> our inference checkpoint."""
-    from tgic_jax.checkpoint import save_inference  # noqa: PLC0415
-    from tgic_jax.convert import from_official_state_dict, infer_model_config, load_state_dict_file  # noqa: PLC0415
+    from tgic_jax.checkpoint import save_inference
+    from tgic_jax.convert import from_official_state_dict, infer_model_config, load_state_dict_file
 
     if not os.path.isfile(args.input):
         print(f"tgic convert: {args.input}: no such file", file=sys.stderr)
@@ -65,7 +65,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def parameter_summary(params) -> str:
     """A table of parameter counts per top-level module and the total."""
-    import jax  # noqa: PLC0415
+    import jax
 
     rows = []
     for name in sorted(params):

@@ -29,7 +29,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     """`tgic export` handler."""
     if args.format == "authors":
-        from tgic_jax.convert import export_authors  # noqa: PLC0415
+        from tgic_jax.convert import export_authors
 
         if args.select:
             print("tgic export: --select works with --format tgic only", file=sys.stderr)

@@ -232,8 +232,8 @@ def _model_key(model: TACO) -> tuple:
 @functools.cache
 def _build_key() -> tuple:
     """What else a traced program depends on: library versions, backend, our source."""
-    import flax  # noqa: PLC0415
-    import jaxlib  # noqa: PLC0415
+    import flax
+    import jaxlib
 
     source = hashlib.sha256()
     package = Path(__file__).resolve().parent

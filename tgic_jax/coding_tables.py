@@ -73,10 +73,10 @@ def _std_cumulative(x: np.ndarray) -> np.ndarray:
 
 def quantize_pmfs(pmfs: list[np.ndarray], precision: int = PRECISION) -> np.ndarray:
     """[pmf + overflow bin] per table -> the concatenated lookup [-precision, cdf..., ...]."""
-    from tgic_jax.tf_import import import_tensorflow  # noqa: PLC0415
+    from tgic_jax.tf_import import import_tensorflow
 
     import_tensorflow()  # GPUs hidden before the TF ops run
-    import tensorflow_compression_ops as tco  # noqa: PLC0415 - TF only when tables are built
+    import tensorflow_compression_ops as tco  # TF only when tables are built
 
     parts = []
     for pmf in pmfs:

@@ -154,11 +154,11 @@ def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file  # noqa: PLC0415
+        from safetensors.numpy import load_file
 
         return dict(load_file(path))
     try:
-        import torch  # noqa: PLC0415 - optional dependency, only for .pth files
+        import torch  # optional dependency, only for .pth files
     except ImportError as e:
         raise ConversionError(
             "reading a PyTorch checkpoint needs torch: pip install 'tgic_jax[torch]' "
@@ -284,7 +284,7 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | os.Pa
     arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
     if name.endswith((".pth.tar", ".pth")):
         try:
-            import torch  # noqa: PLC0415 - optional dependency, only for .pth files
+            import torch  # optional dependency, only for .pth files
         except ImportError as e:
             raise ConversionError(
                 f"{path}: writing a PyTorch checkpoint needs torch: pip install "
@@ -300,7 +300,7 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | os.Pa
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
         else:
-            from safetensors.numpy import save_file  # noqa: PLC0415
+            from safetensors.numpy import save_file
 
             save_file(arrays, str(tmp))
         tmp.replace(path)  # a reader never sees half a file
@@ -311,7 +311,7 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | os.Pa
 
 def load_model_and_params(source: str | os.PathLike, step: int | None = None):
     """(model, params) from an inference checkpoint or a training workdir (latest or `step`)."""
-    from tgic_jax import checkpoint as ckpt_lib  # noqa: PLC0415 - orbax only when needed
+    from tgic_jax import checkpoint as ckpt_lib  # orbax only when needed
 
     source = Path(source)
     if not (source / "config.json").is_file():

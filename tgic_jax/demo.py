@@ -198,7 +198,7 @@ def _train_info(f: dict) -> str:
 
 def _report(out: Path, ckpt: Path, summary: dict, rows: list[dict], f: dict, figure: str) -> Path:
     correct = [r for r in rows if r["variant"] == "correct"]
-    mean = lambda key, rs: float(np.mean([r[key] for r in rs]))  # noqa: E731
+    mean = lambda key, rs: float(np.mean([r[key] for r in rs]))
     variants = sorted({r["variant"] for r in rows}, key=["correct", "empty", "mismatched"].index)
     lines = [
         "# tgic_jax demo report",

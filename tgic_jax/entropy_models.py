@@ -129,6 +129,7 @@ class EntropyBottleneck(nn.Module):
     channels: int
 
     def setup(self):
+        """Declares the per-channel density MLP (matrices, biases, factors) and the quantiles."""
         filters = (1,) + BOTTLENECK_FILTERS + (1,)
         scale = BOTTLENECK_INIT_SCALE ** (1.0 / (len(BOTTLENECK_FILTERS) + 1))
         c = self.channels

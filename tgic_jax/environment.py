@@ -47,7 +47,7 @@ def package_versions() -> dict[str, str | None]:
 
 def tensorflow_gpus() -> dict[str, Any]:
     """GPUs TensorFlow finds on the machine and those it may use after we hide them."""
-    from tgic_jax.tf_import import import_tensorflow  # noqa: PLC0415
+    from tgic_jax.tf_import import import_tensorflow
 
     tf = import_tensorflow()  # what every TF user in the package does before touching TF
 
@@ -62,10 +62,10 @@ def tensorflow_gpus() -> dict[str, Any]:
 
 def mesh_for(config) -> dict[str, Any]:
     """The mesh and batch sizes `train_and_evaluate` would build for `config` here."""
-    import jax  # noqa: PLC0415
+    import jax
 
-    from tgic_jax import sharding as shd  # noqa: PLC0415
-    from tgic_jax import train_lib  # noqa: PLC0415
+    from tgic_jax import sharding as shd
+    from tgic_jax import train_lib
 
     mesh = shd.make_mesh(config.get("mesh"))
     global_batch = train_lib.global_batch_size(config, mesh.size)
@@ -80,9 +80,9 @@ def mesh_for(config) -> dict[str, Any]:
 
 def describe(config=None) -> dict[str, Any]:
     """Everything `tgic env` prints, as a JSON-able dict."""
-    import jax  # noqa: PLC0415
+    import jax
 
-    from tgic_jax import throughput  # noqa: PLC0415
+    from tgic_jax import throughput
 
     devices = jax.devices()
     kind = devices[0].device_kind
@@ -160,7 +160,7 @@ def add_env_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_env(args: argparse.Namespace) -> int:
     """`tgic env` handler: 0, or 1 when TensorFlow could take GPU memory."""
-    from tgic_jax import sharding  # noqa: PLC0415
+    from tgic_jax import sharding
 
     sharding.maybe_initialize_distributed()  # on a pod: the same environment as train.py
     config = load_config(args.config) if args.config else None

@@ -48,7 +48,7 @@ def load_image(
     `max_pixels` None: only Pillow's decompression-bomb limit (~89 M pixels) applies; the
     codec passes its own `codec.MAX_PIXELS`, the largest image it decodes by default.
     """
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image, UnidentifiedImageError
 
     notes: list[str] = []
     try:
@@ -96,7 +96,7 @@ _ORIENTATION_WORDS = {
 
 def _apply_orientation(im, notes: list[str]):
     """Turns the pixels the way the EXIF orientation tag says (what viewers show)."""
-    from PIL import ImageOps  # noqa: PLC0415
+    from PIL import ImageOps
 
     try:
         orientation = int(im.getexif().get(0x0112, 1) or 1)
@@ -217,7 +217,7 @@ def _link_no_clobber(tmp: str, path: Path) -> None:
 
 def save_png(path: str | os.PathLike, image: np.ndarray, overwrite: bool = True) -> None:
     """Writes an 8-bit RGB PNG of a float image in [0, 1] (clamped, rounded), atomically."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:

@@ -32,7 +32,7 @@ _SEP = "\x1f"  # joins a file's captions into one tf.string (never in a caption)
 # ----------------------------------------------------------------------------- sources
 def read_captions(captions_path: str | Path) -> dict[str, list[str]]:
     """Captions JSON -> {file name: [captions]}: `tgic_jax.captions.read_captions`, strict."""
-    from tgic_jax.captions import read_captions as read  # noqa: PLC0415
+    from tgic_jax.captions import read_captions as read
 
     return read(captions_path)
 
@@ -45,7 +45,7 @@ def list_folder(
     Images without a caption are left out: every training example needs one (evaluation's
     `datasets.folder_set` lists the same images but codes those with the empty caption).
     """
-    from tgic_jax.captions import lookup  # noqa: PLC0415
+    from tgic_jax.captions import lookup
 
     folder = Path(folder)
     captions = read_captions(captions_path or folder / "captions.json")
@@ -89,7 +89,7 @@ def tfds_examples(
 ):
     """tf.data of {"image", "captions"} from TFDS, this process's even split."""
     tf = import_tensorflow()
-    import tensorflow_datasets as tfds  # noqa: PLC0415
+    import tensorflow_datasets as tfds
 
     part = tfds.even_splits(split, n=process_count)[process_index]
     read_config = tfds.ReadConfig(shuffle_seed=seed)
@@ -197,7 +197,7 @@ def numpy_batches(ds) -> Iterator[dict]:
 # ----------------------------------------------------------------------------- text
 def build_text_encoder(text_config, width: int | None = None):
     """config.text -> text encoder; `width` (config.model.text_dim) serves the 'random' one."""
-    from tgic_jax.text_encoders import build_text_encoder as build  # noqa: PLC0415
+    from tgic_jax.text_encoders import build_text_encoder as build
 
     if text_config.encoder == "random" and not text_config.get("width"):
         text_config = ml_collections.ConfigDict({**dict(text_config), "width": int(width or 0)})
@@ -258,7 +258,7 @@ def list_coco_files(
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     with Image.open(path) as im:  # reads the header only
         return im.size

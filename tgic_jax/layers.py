@@ -14,6 +14,7 @@ transposed convolution keeps PyTorch's *un-flipped* taps ([kh, kw, in, out] of t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,10 @@ import numpy as np
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
+
+# A parameter pytree (nested dicts of arrays, as Flax's `variables["params"]`): TACO's, the
+# text encoder's, LPIPS's. The one alias for them all; the modules that take them import it.
+Params = Any
 
 
 def _torch_default_init(fan_in_axes: Sequence[int]):
@@ -64,6 +69,7 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Convolves x [B, H, W, C] into [B, H/s, W/s, features] with zero padding k // 2."""
         k, c = self.kernel_size, x.shape[-1]
         kernel = self.param("kernel", _torch_default_init((0, 1, 2)), (k, k, c, self.features))
         bias = self.param("bias", _torch_bias_init(k * k * c), (self.features,))
@@ -118,6 +124,7 @@ class ConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Upsamples x [B, H, W, C] into [B, s*H, s*W, features]."""
         k, s, c = self.kernel_size, self.stride, x.shape[-1]
         # torch's fan_in for ConvTranspose2d weight [in, out, kh, kw] is out * kh * kw.
         kernel = self.param("kernel", _torch_default_init((0, 1, 3)), (k, k, c, self.features))
@@ -137,6 +144,7 @@ class ResidualBottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Adds the bottleneck branch to x [B, H, W, C] (C even); same shape out."""
         c = x.shape[-1]
         h = nn.relu(Conv(c // 2, 1, name="branch_0")(x))
         h = nn.relu(Conv(c // 2, 3, name="branch_2")(h))
@@ -148,6 +156,7 @@ class ResidualUnit(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Adds the bottleneck branch to x [B, H, W, C] and applies ReLU; same shape out."""
         c = x.shape[-1]
         h = nn.relu(Conv(c // 2, 1, name="conv_0")(x))
         h = nn.relu(Conv(c // 2, 3, name="conv_2")(h))
@@ -159,6 +168,7 @@ class AttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Gates the residual trunk of x [B, H, W, C] by the sigmoid mask; same shape out."""
         a = x
         for i in range(3):
             a = ResidualUnit(name=f"conv_a_{i}")(a)
@@ -183,6 +193,7 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Maps the last axis of x [..., in] to [..., features]."""
         fan_in = x.shape[-1]
         kernel_init = (
             _kaiming_normal_init((0,)) if self.kaiming_normal else _torch_default_init((0,))
@@ -200,6 +211,7 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalizes the last axis of x to zero mean and unit variance, then scales and shifts."""
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
         # Statistics in float32 whatever the input: bfloat16 means and variances of 192
@@ -220,6 +232,7 @@ class MultiheadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        """Attends queries q [B, Lq, E] to keys k and values v [B, Lk, E]; returns [B, Lq, E]."""
         e = q.shape[-1]
         bound = np.sqrt(6.0 / (e + 3 * e))  # xavier_uniform on [3E, E], as torch does
         w_in = self.param(

@@ -19,13 +19,13 @@ import math
 import os
 import pickle
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-Params = Any
+from tgic_jax.layers import Params
+
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 # CLIPImageProcessor's defaults for every OpenAI CLIP checkpoint.

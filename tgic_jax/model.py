@@ -92,6 +92,7 @@ class EntropyParameters(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Entropy parameters [..., features] (scales then means) from the concatenated context."""
         f = self.features
         x = nn.relu(Conv(f * 5 // 3, 1, name="fusion_0")(x))
         x = nn.relu(Conv(f * 4 // 3, 1, name="fusion_2")(x))
@@ -105,6 +106,7 @@ class ChannelContext(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Channel context [..., features] from the concatenated y_hat of the previous slices."""
         x = nn.relu(Conv(224, 5, name="fushion_0")(x))
         x = nn.relu(Conv(128, 5, name="fushion_2")(x))
         return Conv(self.features, 5, name="fushion_4")(x)
@@ -135,6 +137,7 @@ class TACO(nn.Module):
         )  # fmt: skip
 
     def setup(self):
+        """Declares the transforms, the bottleneck and one context/parameter net per slice."""
         dtype = self.compute_dtype
         self.g_a = AnalysisTransform(self.N, self.M, self.heads, dtype=dtype)
         self.g_s = SynthesisTransform(self.N, self.M, dtype=dtype)

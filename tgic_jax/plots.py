@@ -17,10 +17,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from tgic_jax import metrics  # noqa: E402
+from tgic_jax import metrics
 
 ANCHOR_DIR = Path(__file__).resolve().parent / "assets" / "anchors"
 

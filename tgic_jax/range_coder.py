@@ -30,10 +30,10 @@ SLACK_BITS = 32 + 16 + 3 * 16
 @functools.cache
 def _ops():
     """(tf, tensorflow_compression_ops), imported at the first coder use (the CLI relies on it)."""
-    from tgic_jax.tf_import import import_tensorflow  # noqa: PLC0415
+    from tgic_jax.tf_import import import_tensorflow
 
     tf = import_tensorflow()
-    import tensorflow_compression_ops as tco  # noqa: PLC0415
+    import tensorflow_compression_ops as tco
 
     return tf, tco
 
@@ -58,7 +58,7 @@ class SymbolCosts:
     @classmethod
     def from_lookup(cls, lookup: np.ndarray) -> SymbolCosts:
         """Costs of the CDFs in a concatenated lookup (as `RangeEncoder` takes it)."""
-        from tgic_jax.coding_tables import split_lookup  # noqa: PLC0415 - no import cycle
+        from tgic_jax.coding_tables import split_lookup  # no import cycle
 
         bins, starts, lengths, overflow, minimum = [], [], [], [], []
         start = 0

@@ -26,7 +26,7 @@ def _on_tpu_vm() -> bool:
     """A Cloud TPU VM (GCE or GKE): its pod env variables, or JAX's own finding of TPU chips."""
     if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
         return True
-    from jax._src import cloud_tpu_init  # noqa: PLC0415 - set when `import jax` found libtpu + chips
+    from jax._src import cloud_tpu_init  # set when `import jax` found libtpu + chips
 
     return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
 
@@ -108,7 +108,7 @@ def any_host(flag: bool) -> bool:
     """
     if jax.process_count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils  # noqa: PLC0415 - multi-host only
+    from jax.experimental import multihost_utils  # multi-host only
 
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
@@ -123,7 +123,7 @@ def sync_hosts(name: str, timeout_s: float = 3600.0) -> None:
     """
     if jax.process_count() == 1:
         return
-    from orbax.checkpoint import multihost  # noqa: PLC0415 - multi-host only
+    from orbax.checkpoint import multihost  # multi-host only
 
     multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
 
@@ -132,7 +132,7 @@ def agree_on_int(value: int) -> int:
     """Process 0's `value` on every host (a collective: every host must call it)."""
     if jax.process_count() == 1:
         return int(value)
-    from jax.experimental import multihost_utils  # noqa: PLC0415
+    from jax.experimental import multihost_utils
 
     return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 

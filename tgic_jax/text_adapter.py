@@ -19,6 +19,7 @@ class Injector(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, text: jax.Array) -> jax.Array:
+        """Image features x [B, H, W, C] conditioned on text tokens [B, T, D]; same shape."""
         b, h, w, dim = x.shape
         gamma = self.param("gamma", nn.initializers.zeros, (dim,))
         t = LayerNorm(name="text_norm")(
@@ -36,6 +37,7 @@ class Extractor(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, text: jax.Array) -> jax.Array:
+        """Text tokens [B, T, D] updated from the image features x [B, H, W, C]; same shape out."""
         b, h, w, dim = x.shape
         text_dim = text.shape[-1]
         v = Dense(text_dim, kaiming_normal=True, name="image_feature_dim_proj")(

@@ -47,10 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tgic_jax.layers import Params
 from tgic_jax.minilm_fetch import cache_root, ensure_minilm
 
 MAX_LENGTH = 38
-Params = Any
 
 
 def _load_flax(model_cls, path: str | os.PathLike):
@@ -72,7 +72,7 @@ def _save_flax_weights(model, folder: Path) -> None:
     flax_model.msgpack takes about 2 s. Only folders under `cache_root()` (which tgic_jax
     fills with a pinned version) get one, so a user's folder is never written to.
     """
-    from flax.serialization import to_bytes  # noqa: PLC0415
+    from flax.serialization import to_bytes
 
     fd, tmp = tempfile.mkstemp(prefix=".flax_model.", suffix=".tmp", dir=folder)
     try:

@@ -13,7 +13,7 @@ import functools
 @functools.cache
 def import_tensorflow():
     """The `tensorflow` module, its GPUs hidden (once per process; ~3 s the first time)."""
-    import tensorflow as tf  # noqa: PLC0415 - deferred: most commands never need TF
+    import tensorflow as tf  # deferred: most commands never need TF
 
     try:
         tf.config.set_visible_devices([], "GPU")

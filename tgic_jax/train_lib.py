@@ -38,9 +38,9 @@ from etils import epath
 from tgic_jax import checkpoint as ckpt_lib
 from tgic_jax import datasets, input_pipeline, throughput
 from tgic_jax import sharding as shd
+from tgic_jax.layers import Params
 from tgic_jax.model import TACO, ModelConfig, init_variables
 
-Params = Any
 QUANTILES = ("entropy_bottleneck", "quantiles")
 
 
@@ -263,7 +263,7 @@ def evaluate_params(
     keep_images: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """`evaluation.evaluate_means` of the current parameters (a host copy; process 0)."""
-    from tgic_jax import evaluation  # noqa: PLC0415 - TF (the range coder) only here
+    from tgic_jax import evaluation  # TF (the range coder) only here
 
     variables = {"params": jax.device_get(params)}
     codec = evaluation.TacoCodec.from_variables(model, variables, text_encoder, "train")
@@ -355,10 +355,10 @@ class MetricWriter:
     def __init__(self, logdir: str | os.PathLike, enabled: bool):
         self._writer = None
         if enabled:
-            from tgic_jax.tf_import import import_tensorflow  # noqa: PLC0415
+            from tgic_jax.tf_import import import_tensorflow
 
             import_tensorflow()  # GPUs hidden before TF starts
-            from flax.metrics import tensorboard  # noqa: PLC0415 - imports TensorFlow
+            from flax.metrics import tensorboard  # imports TensorFlow
 
             # str() of an epath keeps gs://; TensorFlow's file system layer writes there.
             self._writer = tensorboard.SummaryWriter(str(logdir))
@@ -554,7 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     num_steps = total_steps(config, global_batch)
 
     # Model, loss, optimizer.
-    from tgic_jax import losses  # noqa: PLC0415 - heavy (LPIPS, transformers)
+    from tgic_jax import losses  # heavy (LPIPS, transformers)
 
     model = TACO.from_config(ModelConfig.from_config(config.model))
     losses.check_joint_group(config.loss, global_batch)
@@ -664,7 +664,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 # coordination barrier, not a collective (see sharding.sync_hosts).
                 if is_main:
                     if lpips_fn is None:
-                        from tgic_jax.evaluation import make_lpips_fn  # noqa: PLC0415
+                        from tgic_jax.evaluation import make_lpips_fn
 
                         lpips_fn = make_lpips_fn()
                     evaluate_and_record(model, state.params, text_encoder, eval_config,
@@ -701,7 +701,7 @@ def evaluate_and_record(
     try:
         ev = evaluate_params(model, params, text_encoder, eval_set_of(eval_config), lpips_fn,
                              int(eval_config.get("images_to_log", 0)))  # fmt: skip
-    except Exception as err:  # noqa: BLE001 - reported below; training goes on (see above)
+    except Exception as err:  # reported below; training goes on (see above)
         logging.exception("evaluation at step %d failed", step)
         print(f"[eval] step {step} FAILED, no eval.csv row: {type(err).__name__}: {err}",
               file=sys.stderr, flush=True)  # fmt: skip

@@ -28,6 +28,7 @@ class AnalysisTransform(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, text: jax.Array) -> jax.Array:
+        """Latent y [B, H/16, W/16, M] float32 of the image x and its text tokens."""
         N, M = self.N, self.M
         x, text = x.astype(self.dtype), text.astype(self.dtype)
 
@@ -57,6 +58,7 @@ class SynthesisTransform(nn.Module):
 
     @nn.compact
     def __call__(self, y_hat: jax.Array) -> jax.Array:
+        """Reconstruction x_hat [B, 16h, 16w, 3] float32 of the quantized latent."""
         N = self.N
         x = AttentionBlock(name="synthesis_transform_0")(y_hat.astype(self.dtype))
         x = ConvTranspose(N, 5, 2, name="synthesis_transform_1")(x)
@@ -80,6 +82,7 @@ class HyperAnalysis(nn.Module):
 
     @nn.compact
     def __call__(self, y: jax.Array) -> jax.Array:
+        """Hyper-latent z [B, h/4, w/4, N] float32 of the latent y [B, h, w, M]."""
         z = nn.relu(Conv(self.N, 3, 1, name="reduction_0")(y.astype(self.dtype)))
         z = nn.relu(Conv(self.N, 5, 2, name="reduction_2")(z))
         return Conv(self.N, 5, 2, name="reduction_4")(z).astype(jnp.float32)
@@ -93,6 +96,7 @@ class HyperSynthesis(nn.Module):
 
     @nn.compact
     def __call__(self, z_hat: jax.Array) -> jax.Array:
+        """Hyper parameters [B, 4h, 4w, 2M] float32 of the quantized hyper-latent."""
         M = self.M
         h = nn.relu(ConvTranspose(M, 5, 2, name="increase_0")(z_hat.astype(self.dtype)))
         h = nn.relu(ConvTranspose(M * 3 // 2, 5, 2, name="increase_2")(h))

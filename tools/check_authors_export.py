@@ -27,11 +27,11 @@ import numpy as np
 
 def run_ours(args) -> int:
     """Exports CKPT in the authors' format and writes our outputs on a test image."""
-    import jax  # noqa: PLC0415
+    import jax
 
-    from tgic_jax import codec  # noqa: PLC0415
-    from tgic_jax.coding_tables import build_tables  # noqa: PLC0415
-    from tgic_jax.convert import export_authors, load_model_and_params  # noqa: PLC0415
+    from tgic_jax import codec
+    from tgic_jax.coding_tables import build_tables
+    from tgic_jax.convert import export_authors, load_model_and_params
 
     print(f"wrote {export_authors(args.checkpoint, args.export)}")
     model, params = load_model_and_params(args.checkpoint)
@@ -44,7 +44,7 @@ def run_ours(args) -> int:
     text = rng.normal(size=(38, model.text_dim)).astype(np.float32)
     with jax.default_matmul_precision("float32"):
         out = jax.jit(model.apply)(variables, x[None], text[None])
-    nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)  # noqa: E731
+    nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)
     data = codec.compress(model, variables, x, text)
     np.savez(
         args.io,
@@ -92,12 +92,12 @@ class _Stub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def _load_their_model(taco_repo: str, state_dict: dict):
-    import torch  # noqa: PLC0415
+    import torch
 
     missing = [m for m in ("torchvision", "torch_geometric") if _absent(m)]
     sys.meta_path.insert(0, _Stub(missing))
     sys.path.insert(0, taco_repo)
-    from models.taco import TACO  # noqa: PLC0415
+    from models.taco import TACO
 
     slices, i = [], 0
     while f"local_context.{i}.weight" in state_dict:
@@ -124,14 +124,14 @@ def _load_their_model(taco_repo: str, state_dict: dict):
 
 
 def _absent(module: str) -> bool:
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     return importlib.util.find_spec(module) is None
 
 
 def run_theirs(args) -> int:
     """Loads the export into the authors' model and compares with `ours` outputs."""
-    import torch  # noqa: PLC0415
+    import torch
 
     if args.export.endswith(".npz"):
         with np.load(args.export) as f:

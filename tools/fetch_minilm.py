@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from tgic_jax.minilm_fetch import ensure_minilm  # noqa: E402
+from tgic_jax.minilm_fetch import ensure_minilm
 
 
 def main() -> None:
