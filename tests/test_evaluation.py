@@ -250,30 +250,6 @@ def test_best_of_captions_is_an_oracle_choice_by_lpips_and_labelled(tmp_path):
     assert summary["caption_mode"] == "best_lpips"
 
 
-def test_kodak_captions_load_with_the_garbled_kodim17_kept(kodak_dir):
-    eval_set = datasets.kodak_set(kodak_dir)
-    assert len(eval_set) == 24 and eval_set.errors == []
-    by_name = {item.name: item for item in eval_set}
-    assert by_name["kodim01.png"].caption == "a brick building with red doors and windows"
-    assert by_name["kodim17.png"].caption.startswith("a statue of a woman holding a coco")
-    assert "\ufffd" in by_name["kodim17.png"].caption
-
-
-def test_captions_json_list_form_and_bad_entries(tmp_path):
-    path = tmp_path / "c.json"
-    path.write_text(json.dumps([{"image": "a.png", "caption": "x"},
-                                {"file_name": "b.png", "captions": ["y", "z"]},
-                                {"image": "c.png", "caption": 3}]))  # fmt: skip
-    caps, problems = datasets.load_captions(path)
-    assert caps == {"a.png": ["x"], "b.png": ["y", "z"]}
-    assert len(problems) == 1 and "'c.png'" in problems[0]
-    path.write_text("[1, 2]")
-    with pytest.raises(datasets.CaptionsError, match="entry 0 is not an object"):
-        datasets.load_captions(path)
-    with pytest.raises(datasets.CaptionsError, match="does not exist"):
-        datasets.load_captions(tmp_path / "nope.json")
-
-
 def test_real_lpips_is_zero_for_identical_images_and_depends_on_input_range():
     lpips = evaluation.make_lpips_fn()
     rng = np.random.default_rng(0)
@@ -332,23 +308,6 @@ def test_kodak_with_a_real_checkpoint_writes_everything_and_bpp_is_the_file_size
     for name in ("summary.md", "summary.json", "per_image.csv", "rd_psnr.png", "rd_psnr.svg"):
         assert (out / name).is_file()
     assert "ELIC" in (out / "summary.md").read_text()
-
-
-def test_tfds_coco_uses_the_first_caption_by_default_and_labels_the_oracle(tmp_path):
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=3):
-        first = datasets.tfds_set("coco", max_images=2)
-        oracle = datasets.tfds_set("coco", max_images=2, caption_mode="best_lpips")
-        clic = datasets.tfds_set("clic", max_images=1)
-    assert first.name == "coco/val" and len(first) == 2
-    item = first.items[0]
-    assert item.array.ndim == 3 and len(item.captions) > 1
-    assert item.caption == item.captions[0] and item.caption_note.startswith("COCO caption 1 of")
-    assert "ORACLE" in oracle.caption_source and "oracle" in oracle.items[0].caption_note
-    assert clic.items[0].caption == "" and "no captions" in clic.items[0].caption_note
-    image, _ = evaluation.load_item_image(clic.items[0])
-    assert image.dtype == np.float32 and image.shape[-1] == 3 and image.max() <= 1.0
 
 
 def test_single_rate_point_gets_rate_at_equal_quality_instead_of_bd_rate():

@@ -295,7 +295,7 @@ class _Run:
             "bitstream": str(stream.relative_to(self.out)), "recon": recon,
         }  # fmt: skip
 
-    def image(self, index: int, progress) -> None:
+    def code_image(self, index: int, progress) -> None:
         item = self.set.items[index]
         try:
             x, notes = load_item_image(item, self.opt.max_pixels)
@@ -368,7 +368,7 @@ def evaluate(
     with tqdm(total=len(eval_set), desc=f"evaluate {eval_set.name}", unit="img",
               disable=not options.progress) as progress:  # fmt: skip
         for i in range(len(eval_set)):
-            run.image(i, progress)
+            run.code_image(i, progress)
             progress.update(1)
     summary = summarize(
         eval_set, run.rows, run.jpeg_rows, run.labels, options.variants, options.anchors,

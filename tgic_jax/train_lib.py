@@ -628,7 +628,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
     stop = StopAgreement(manager, budget_s, begun)
     log_every = max(1, int(config.get("log_every_steps", 100)))
-    every = max(1, int(config.ckpt.every_steps))
+    checkpoint_every = max(1, int(config.ckpt.every_steps))
     eval_config = config.get("eval")
     has_eval = bool(eval_config and eval_config.get("folder"))
     eval_every = int(eval_config.get("every_steps", 0)) if has_eval else 0
@@ -636,7 +636,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     eval_epochs = int(eval_config.get("every_epochs", 0)) if has_eval else 0
     lpips_fn = None
     step = start_step
-    pending = None
+    last_metrics = None
     meter.reset(step, prefetch.wait_s)
     try:
         # Checked before every step (the budget counts compile time; a run resumed after
@@ -649,12 +649,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 jax.block_until_ready(metrics)
                 plan.observe(step + 1, time.perf_counter())
             step += 1
-            pending = metrics
+            last_metrics = metrics
             profiler.after_step(step, metrics)
             if step % log_every == 0 or step == plan.num_steps:
-                scalars = {k: float(v) for k, v in jax.device_get(pending).items()}
+                scalars = {k: float(v) for k, v in jax.device_get(last_metrics).items()}
                 writer.write(step, {**scalars, **meter.scalars(step, prefetch.wait_s)})
-            if step % every == 0:  # orbax alone would also save the first step of a run
+            if step % checkpoint_every == 0:  # orbax alone would also save the first step of a run
                 ckpt_lib.save_train_state(manager, step, state)
             due = (eval_every and step % eval_every == 0) or (
                 eval_epochs and step % (eval_epochs * spe) == 0
@@ -679,7 +679,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             ckpt_lib.save_train_state(manager, step, state, force=True)
         manager.wait_until_finished()
     finally:
-        profiler.stop(pending)
+        profiler.stop(last_metrics)
         prefetch.close()
         stop.close()
         manager.close()
