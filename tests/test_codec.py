@@ -99,7 +99,7 @@ _DECODE_SCRIPT = textwrap.dedent(
     from tgic_jax import codec
     from tgic_jax.checkpoint import load_inference
     model, variables, _ = load_inference(sys.argv[1])
-    program_dir = os.environ.get("PROGRAM_DIR")
+    program_dir = os.environ.get("PROGRAM_DIR") or None
     if program_dir:  # every program must come from the folder: tracing is an error here
         def no_export(*args, **kwargs):
             raise AssertionError("a program was exported again instead of read")
