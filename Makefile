@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m tgic_jax.demo
+	$(PY) -m tgic_jax.cli.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" tests

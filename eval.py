@@ -14,7 +14,8 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from tgic_jax import datasets, evaluation
+from tgic_jax.evaluation import driver as evaluation
+from tgic_jax.evaluation import sets as datasets
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (its eval section).")
@@ -32,7 +33,7 @@ def main(argv):
     config, workdir = FLAGS.config, Path(FLAGS.workdir)
     checkpoints = FLAGS.checkpoint
     if not checkpoints:
-        from tgic_jax import train_lib
+        from tgic_jax.train import trainer as train_lib
 
         checkpoints = [str(train_lib.export_inference(workdir, workdir / "inference"))]
     eval_cfg = config.get("eval") or {}

@@ -10,7 +10,8 @@ TGIC_PROCESS_ID environment variables).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tgic_jax import sharding, train_lib
+from tgic_jax.train import sharding
+from tgic_jax.train import trainer as train_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)

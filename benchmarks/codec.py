@@ -37,9 +37,10 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from tgic_jax import codec, image_io
-from tgic_jax.coding_tables import build_tables
-from tgic_jax.model import TACO, ModelConfig, init_variables
+from tgic_jax import image_io
+from tgic_jax.coding import codec
+from tgic_jax.coding.tables import build_tables
+from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,7 +123,7 @@ def _summary(name: str, ours: list[float], theirs: list[float]) -> str:
 
 def compare_with_authors(args, image: np.ndarray) -> None:
     """Ours and the authors' codec on the same weights, image and text, runs interleaved."""
-    from tgic_jax.convert import from_official_state_dict, load_state_dict_file
+    from tgic_jax.model.convert import from_official_state_dict, load_state_dict_file
 
     with tempfile.TemporaryDirectory() as tmp:
         theirs = AuthorsCodec(args.authors_repo, args.authors_python, tmp)

@@ -26,8 +26,8 @@ import json, resource, sys, time
 sys.path.insert(0, {bench!r})
 import numpy as np
 from codec import random_variables
-from tgic_jax import codec
-from tgic_jax.model import TACO
+from tgic_jax.coding import codec
+from tgic_jax.model.taco import TACO
 model = TACO()
 variables = random_variables(model)
 mode, size, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _clip(clip_path: str):
     from transformers import CLIPConfig, FlaxCLIPModel
 
-    from tgic_jax import losses
+    from tgic_jax.train import losses
 
     try:
         return losses.build_clip(clip_path), f"real weights ({clip_path})"
@@ -46,9 +46,10 @@ def run_batch(batch: int, clip_path: str, compute_dtype: str) -> dict:
 
     sys.path.insert(0, str(REPO))
     from configs.taco import get_config
-    from tgic_jax import losses, throughput, train_lib
-    from tgic_jax import sharding as shd
-    from tgic_jax.model import TACO, ModelConfig
+    from tgic_jax.model.taco import TACO, ModelConfig
+    from tgic_jax.train import losses, throughput
+    from tgic_jax.train import sharding as shd
+    from tgic_jax.train import trainer as train_lib
 
     config = get_config("lmbda=0.0004")
     config.model.compute_dtype = compute_dtype

@@ -37,8 +37,10 @@ def run(dtype: str, steps: int, out: Path) -> dict:
     """Trains, exports and evaluates one dtype; returns the figures."""
     import numpy as np
 
-    from tgic_jax import datasets, evaluation, train_lib
+    from tgic_jax.evaluation import driver as evaluation
+    from tgic_jax.evaluation import sets as datasets
     from tgic_jax.minilm_fetch import ensure_minilm
+    from tgic_jax.train import trainer as train_lib
 
     ensure_minilm()
     shutil.rmtree(out, ignore_errors=True)

@@ -25,7 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from tgic_jax import codec, coding_tables, image_io
+from tgic_jax import image_io
+from tgic_jax.coding import codec
+from tgic_jax.coding import tables as coding_tables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +95,7 @@ def main() -> None:
 
     cases = []
     if args.parity:
-        from tgic_jax.convert import from_official_state_dict, load_state_dict_file
+        from tgic_jax.model.convert import from_official_state_dict, load_state_dict_file
 
         folder = Path(args.parity)
         model, variables = from_official_state_dict(
@@ -105,8 +107,8 @@ def main() -> None:
         for b in range(len(x)):
             cases.append((f"parity {b}", model, variables, x[b], texts[b], int(theirs[b])))
     if args.checkpoint:
-        from tgic_jax.checkpoint import load_inference
         from tgic_jax.text_encoders import build_text_encoder
+        from tgic_jax.train.checkpoint import load_inference
 
         model, variables, config = load_inference(args.checkpoint)
         encoder = build_text_encoder(config.text)

@@ -9,7 +9,7 @@ Two cases, each in its own process (so that peak RSS belongs to one case):
 Text states are random [B, 38, 512] (the frozen text tower runs on the host; see
 tgic_jax/text_encoders.py for its cost). Run: python benchmarks/train.py [--steps 3]
 [--compute_dtype bfloat16]. On a GPU or TPU it runs unchanged and adds MFU (FLOPs per step
-from XLA's cost analysis over the device's bfloat16 peak, `tgic_jax/throughput.py`).
+from XLA's cost analysis over the device's bfloat16 peak, `tgic_jax/train/throughput.py`).
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float3
 
     sys.path.insert(0, str(REPO))
     from configs.taco import get_config
-    from tgic_jax import losses, throughput, train_lib
-    from tgic_jax import sharding as shd
-    from tgic_jax.model import TACO, ModelConfig
+    from tgic_jax.model.taco import TACO, ModelConfig
+    from tgic_jax.train import losses, throughput
+    from tgic_jax.train import sharding as shd
+    from tgic_jax.train import trainer as train_lib
 
     config = get_config("lmbda=0.0004")
     config.model.compute_dtype = compute_dtype

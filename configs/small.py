@@ -8,7 +8,7 @@ The `tiny` variant is for tests (random hash-based text states, 64x64 crops, no 
 
 import ml_collections
 
-from tgic_jax.datasets import KODAK_DIR as KODAK
+from tgic_jax.evaluation.sets import KODAK_DIR as KODAK
 
 
 def get_config(arg=None):

@@ -12,7 +12,7 @@ import logging
 
 import ml_collections
 
-from tgic_jax.datasets import KODAK_DIR as KODAK
+from tgic_jax.evaluation.sets import KODAK_DIR as KODAK
 
 # lambda -> (k_P, k_J) that the authors confirm: their README's launch command. Their code
 # and checkpoint names say nothing about the perceptual weights of other lambdas.

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tgic_jax import baselines
+from tgic_jax.evaluation import baselines
 
 
 def test_jpeg_baseline_rate_is_real_file_bytes_and_quality_increases_with_rate(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import integrate, interpolate
 
-from tgic_jax import bdrate
+from tgic_jax.evaluation import bdrate
 
 # "Sample 1" of the public Bjontegaard reference script github.com/Anserw/Bjontegaard_metric
 # (demo.py): rates in kbit/s, PSNR in dB. The script prints its result but does not publish it.

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from test_codec import _text, synthetic_image, tiny_model
 
-from tgic_jax import codec, container
-from tgic_jax.codec import BitstreamError
+from tgic_jax.coding import codec, container
+from tgic_jax.coding.codec import BitstreamError
 
 MAX_SECONDS = 10.0
 
@@ -129,10 +129,10 @@ def test_files_of_another_model_are_refused(files):
     for r in results:
         with pytest.raises(BitstreamError, match="another model"):
             codec.decompress(model, other, r.data)
-    from tgic_jax.model import TACO, ModelConfig
+    from tgic_jax.model.taco import TACO, ModelConfig
 
     bigger = TACO.from_config(ModelConfig(N=24, M=24, slices=(2, 2, 4, 4, 12), text_dim=16))
-    from tgic_jax.coding_tables import build_tables
+    from tgic_jax.coding.tables import build_tables
 
     eb = {"entropy_bottleneck": {k: np.concatenate([a, a[:8]]) for k, a in
                                  v["params"]["entropy_bottleneck"].items()}}  # fmt: skip

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from test_codec import TINY, _text, synthetic_image, tiny_model
 
-from tgic_jax import captions, cli, datasets, image_io, input_pipeline
+from tgic_jax import captions, image_io
+from tgic_jax.cli import main as cli
+from tgic_jax.evaluation import sets as datasets
+from tgic_jax.train import input_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 RANDOM_TEXT = {"encoder": "random", "width": TINY.text_dim, "max_length": 38}
@@ -28,7 +31,7 @@ def _no_user_cache(monkeypatch):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny inference checkpoint whose text encoder is the test-only hash encoder."""
-    from tgic_jax.checkpoint import save_inference
+    from tgic_jax.train.checkpoint import save_inference
 
     _, v = tiny_model(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
@@ -127,7 +130,7 @@ _LIMITED = textwrap.dedent(
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    from tgic_jax import cli
+    from tgic_jax.cli import main as cli
     codes = [cli.main(line.split("\\t")) for line in sys.argv[2:]]
     print("codes", codes)
     """
@@ -313,7 +316,8 @@ def test_the_compilation_cache_lives_in_the_user_cache_folder_and_can_be_turned_
 
 def test_compress_imports_neither_training_nor_evaluation_code(tmp_path):
     code = (
-        "import sys; from tgic_jax import cli; cli.build_parser(cli._command_of(['compress']));"
+        "import sys; from tgic_jax.cli import main as cli;"
+        "cli.build_parser(cli._command_of(['compress']));"
         "print(sorted(m for m in sys.modules if m.startswith(('tgic_jax.train', 'tgic_jax.eval',"
         " 'optax', 'matplotlib', 'tensorflow'))))"
     )
@@ -323,18 +327,18 @@ def test_compress_imports_neither_training_nor_evaluation_code(tmp_path):
 
 @pytest.mark.slow  # subprocesses that compile the codec (~1 min on 2 cores)
 def test_minilm_captions_are_quiet_and_a_long_one_is_noted_as_truncated(tmp_path):
-    from tgic_jax.checkpoint import save_inference
     from tgic_jax.minilm_fetch import _minilm_complete, cache_root
+    from tgic_jax.train.checkpoint import save_inference
 
     if not _minilm_complete(cache_root() / "minilm"):
         pytest.skip("MiniLM is not in the cache (make test fetches it)")
-    from tgic_jax.model import ModelConfig
+    from tgic_jax.model.taco import ModelConfig
 
     cfg = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=384, heads=8)
     from test_codec import random_variables
 
-    from tgic_jax.coding_tables import build_tables
-    from tgic_jax.model import TACO
+    from tgic_jax.coding.tables import build_tables
+    from tgic_jax.model.taco import TACO
 
     v = random_variables(TACO.from_config(cfg))
     save_inference(tmp_path / "ck", cfg, v["params"], tables=build_tables(v["params"]),
@@ -355,7 +359,7 @@ def test_minilm_captions_are_quiet_and_a_long_one_is_noted_as_truncated(tmp_path
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     """A tiny inference checkpoint that names no text encoder (captions cannot be encoded)."""
-    from tgic_jax.checkpoint import save_inference
+    from tgic_jax.train.checkpoint import save_inference
 
     _, v = tiny_model(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
@@ -366,7 +370,7 @@ def tiny_ckpt(tmp_path_factory):
 def _cli(argv):
     import argparse
 
-    from tgic_jax import cli_codec
+    from tgic_jax.cli import codec_commands as cli_codec
 
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd")

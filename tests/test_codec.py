@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from tgic_jax import codec, container, image_io
-from tgic_jax.model import TACO, ModelConfig, init_variables
+from tgic_jax import image_io
+from tgic_jax.coding import codec, container
+from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
 TINY = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=8)
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def random_variables(model: TACO, seed: int = 0) -> dict:
 
 def tiny_model(seed: int = 0):
     """(model, variables with tables) of the tiny test size."""
-    from tgic_jax.coding_tables import build_tables
+    from tgic_jax.coding.tables import build_tables
 
     model = TACO.from_config(TINY)
     v = random_variables(model, seed)
@@ -83,7 +84,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory, tiny):
-    from tgic_jax.checkpoint import save_inference
+    from tgic_jax.train.checkpoint import save_inference
 
     model, v = tiny
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
@@ -96,8 +97,8 @@ _DECODE_SCRIPT = textwrap.dedent(
     import os, sys
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import numpy as np
-    from tgic_jax import codec
-    from tgic_jax.checkpoint import load_inference
+    from tgic_jax.coding import codec
+    from tgic_jax.train.checkpoint import load_inference
     model, variables, _ = load_inference(sys.argv[1])
     program_dir = os.environ.get("PROGRAM_DIR") or None
     if program_dir:  # every program must come from the folder: tracing is an error here
@@ -134,7 +135,7 @@ def _kodak_images(kodak_dir: Path, names: list[str]):
 
 
 def _roundtrip_in_other_process(tmp_path, tiny, ckpt, images):
-    from tgic_jax.checkpoint import load_inference
+    from tgic_jax.train.checkpoint import load_inference
 
     model, variables, _ = load_inference(ckpt)  # what the other process will hold
     texts = [_text(k) for k in range(len(images))]
@@ -241,7 +242,7 @@ def test_bad_inputs_to_the_encoder_raise_value_errors(tiny):
 
 
 def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path, tiny_ckpt):
-    from tgic_jax.checkpoint import load_inference
+    from tgic_jax.train.checkpoint import load_inference
 
     model, variables, _ = load_inference(tiny_ckpt)
     programs = tmp_path / "programs"
@@ -305,7 +306,7 @@ def test_kept_programs_are_keyed_by_the_build_so_a_change_never_reads_a_stale_on
 
 @pytest.fixture(scope="module")
 def parity(parity_dir):
-    from tgic_jax.convert import from_official_state_dict, load_state_dict_file
+    from tgic_jax.model.convert import from_official_state_dict, load_state_dict_file
 
     model, v = from_official_state_dict(
         load_state_dict_file(parity_dir / "official_state_dict.npz")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from tgic_jax import coding_tables as ct
-from tgic_jax.codec import _indexes
-from tgic_jax.range_coder import RangeDecoder, RangeEncoder
+from tgic_jax.coding import tables as ct
+from tgic_jax.coding.codec import _indexes
+from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_bottleneck_tables_follow_the_quantiles():
 
 
 def test_bottleneck_tables_match_the_authors_buffers(parity_dir):
-    from tgic_jax.convert import from_official_state_dict, load_state_dict_file
+    from tgic_jax.model.convert import from_official_state_dict, load_state_dict_file
 
     sd = load_state_dict_file(parity_dir / "official_state_dict.npz")
     _, v = from_official_state_dict(sd)

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from tgic_jax import datasets, evaluation
+from tgic_jax.evaluation import driver as evaluation
+from tgic_jax.evaluation import sets as datasets
 
 
 def test_kodak_captions_load_with_the_garbled_kodim17_kept(kodak_dir):

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from tgic_jax import demo
+from tgic_jax.cli import demo
 
 
 def _row(variant, bpp, psnr, lpips, jpeg_psnr=24.0, jpeg_lpips=0.45):
@@ -43,7 +43,7 @@ def test_the_report_facts_come_from_the_config_that_trained():
     import jax
 
     from configs.small import get_config
-    from tgic_jax.model import TACO, ModelConfig, init_variables
+    from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
     config = get_config("tiny")
     config.input.max_images = 7

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tgic_jax import entropy_models as em
+from tgic_jax.model import entropy_models as em
 
 
 def test_straight_through_gradient_is_one():

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from tgic_jax import environment
+from tgic_jax.cli import environment
 
 REPO = Path(__file__).resolve().parents[1]
 

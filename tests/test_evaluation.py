@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tgic_jax import cli_evaluate, datasets, evaluation, image_io, metrics
+from tgic_jax import image_io
+from tgic_jax.cli import evaluate as cli_evaluate
+from tgic_jax.evaluation import driver as evaluation
+from tgic_jax.evaluation import metrics
+from tgic_jax.evaluation import sets as datasets
 
 
 class FakeCodec:
@@ -281,8 +285,8 @@ def test_kodak_with_a_real_checkpoint_writes_everything_and_bpp_is_the_file_size
 ):
     import jax
 
-    from tgic_jax import checkpoint
-    from tgic_jax.model import TACO, ModelConfig, init_variables
+    from tgic_jax.model.taco import TACO, ModelConfig, init_variables
+    from tgic_jax.train import checkpoint
 
     cfg = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4)
     model = TACO.from_config(cfg)

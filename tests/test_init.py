@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from tgic_jax.model import TACO, ModelConfig, init_variables
+from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
 # Flax paths of the transposed convolutions (torch's fan_in is out * kh * kw for them).
 _TRANSPOSED = re.compile(r"^(synthesis_transform_(1|5|10|14)|increase_\d+)$")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tgic_jax import input_pipeline
 from tgic_jax.text_encoders import RandomTextEncoder
+from tgic_jax.train import input_pipeline
 
 
 def _folder_config(folder, crop, **kw):
@@ -154,7 +154,7 @@ def _write_pairs_folder(folder, sizes_and_captions):
 
 
 def test_epoch_is_one_pass_over_the_pairs_of_images_at_least_256_on_the_short_side(tmp_path):
-    from tgic_jax import train_lib
+    from tgic_jax.train import trainer as train_lib
 
     folder = _write_pairs_folder(tmp_path / "pairs", [
         ((260, 300), ["one", "two"]),         # 2 pairs

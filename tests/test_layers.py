@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from tgic_jax.layers import Conv, ConvTranspose
+from tgic_jax.model.layers import Conv, ConvTranspose
 
 
 def _torch_style_transposed_conv(x, kernel, stride, padding, output_padding):

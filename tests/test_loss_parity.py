@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from tgic_jax import losses
+from tgic_jax.train import losses
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO.parent / "shared" / "reference" / "loss_parity"

@@ -1,4 +1,4 @@
-"""Tests for tgic_jax.losses: rate, distortion, LPIPS-Alex, joint CLIP term, the total."""
+"""Tests for tgic_jax.train.losses: rate, distortion, LPIPS-Alex, joint CLIP term, the total."""
 
 import math
 from pathlib import Path
@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tgic_jax import losses
+from tgic_jax.train import losses
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -278,7 +278,7 @@ def test_zero_one_lpips_option_changes_the_loss(lpips_params):
 
 @pytest.mark.slow
 def test_whole_loss_on_the_paper_size_model_is_finite_with_every_term_logged(tiny_clip):
-    from tgic_jax.model import TACO, ModelConfig, init_variables
+    from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
     model = TACO.from_config(ModelConfig())  # N=192, M=320, text width 512
     variables = init_variables(model, jax.random.PRNGKey(0))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tgic_jax import image_io, metrics
+from tgic_jax import image_io
+from tgic_jax.evaluation import metrics
 
 
 def _smooth_image(h, w, seed=0):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from tgic_jax.model import TACO, ModelConfig, checkerboard_masks, init_variables
+from tgic_jax.model.taco import TACO, ModelConfig, checkerboard_masks, init_variables
 
 TINY = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=8)
 

@@ -6,8 +6,9 @@ import jax
 import ml_collections
 import pytest
 
-from tgic_jax import checkpoint as ckpt_lib
-from tgic_jax import sharding, train_lib
+from tgic_jax.train import checkpoint as ckpt_lib
+from tgic_jax.train import sharding
+from tgic_jax.train import trainer as train_lib
 
 _LAUNCHER_VARS = ("TGIC_COORDINATOR", "TGIC_NUM_PROCESSES", "TGIC_PROCESS_ID",
                   "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_NTASKS",

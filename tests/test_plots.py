@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tgic_jax import plots
+from tgic_jax.evaluation import plots
 
 ELIC_PUBLISHED = [  # bpp, PSNR as listed in the issue (rounded from the ELIC results CSV)
     (0.0468, 26.27), (0.0767, 27.68), (0.1236, 29.13), (0.1964, 30.70), (0.3334, 32.80),

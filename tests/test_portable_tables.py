@@ -19,8 +19,9 @@ import pytest
 from flax.traverse_util import flatten_dict
 from test_codec import synthetic_image
 
-from tgic_jax import codec, coding_tables
-from tgic_jax.model import TACO, ModelConfig, init_variables
+from tgic_jax.coding import codec
+from tgic_jax.coding import tables as coding_tables
+from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,8 +30,10 @@ _CHILD = textwrap.dedent(
     import sys
     import numpy as np
     from flax.traverse_util import unflatten_dict
-    from tgic_jax import codec, coding_tables, entropy_models as em
-    from tgic_jax.model import TACO, ModelConfig
+    from tgic_jax.coding import codec
+    from tgic_jax.coding import tables as coding_tables
+    from tgic_jax.model import entropy_models as em
+    from tgic_jax.model.taco import TACO, ModelConfig
 
     with np.load(sys.argv[1]) as f:  # params only, as a converted checkpoint holds them
         params = unflatten_dict({tuple(k.split("/")): f[k] for k in f.files})
@@ -59,7 +62,7 @@ def paper():
 
 @pytest.mark.slow
 def test_a_file_of_a_model_built_in_process_decodes_under_another_instruction_set(tmp_path, paper):
-    from tgic_jax import entropy_models as em
+    from tgic_jax.model import entropy_models as em
 
     model, params = paper  # tables are built on the fly, in each process
     np.savez(tmp_path / "params.npz",
@@ -101,7 +104,7 @@ def test_a_file_of_a_model_built_in_process_decodes_under_another_instruction_se
 def test_the_paper_size_model_refuses_a_100_byte_file_claiming_6000_x_6000_at_once(paper):
     import time
 
-    from tgic_jax import container
+    from tgic_jax.coding import container
 
     model, params = paper
     variables = {"params": params}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tgic_jax import coding_tables as ct
-from tgic_jax.range_coder import SLACK_BITS, RangeDecoder, RangeEncoder, SymbolCosts
+from tgic_jax.coding import tables as ct
+from tgic_jax.coding.range_coder import SLACK_BITS, RangeDecoder, RangeEncoder, SymbolCosts
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tgic_jax.layers import LayerNorm
-from tgic_jax.text_adapter import Injector
+from tgic_jax.model.layers import LayerNorm
+from tgic_jax.model.text_adapter import Injector
 
 
 def test_injector_with_zero_gamma_equals_layernorm_of_its_input():

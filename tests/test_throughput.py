@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tgic_jax import throughput
+from tgic_jax.train import throughput
 
 
 def test_peak_flops_known_for_h100_a100_and_tpus_and_absent_on_cpu():
@@ -41,7 +41,7 @@ def test_compiled_flops_are_per_device_when_the_batch_is_split_over_two_devices(
         """
         import jax, jax.numpy as jnp
         from jax.sharding import NamedSharding, PartitionSpec as P
-        from tgic_jax import throughput
+        from tgic_jax.train import throughput
         mesh = jax.make_mesh((2,), ("data",))
         a = jax.ShapeDtypeStruct((64, 128), jnp.float32, sharding=NamedSharding(mesh, P("data")))
         b = jax.ShapeDtypeStruct((128, 32), jnp.float32, sharding=NamedSharding(mesh, P()))
@@ -163,7 +163,7 @@ def test_tiny_training_run_logs_throughput_to_tensorboard_and_traces_the_asked_s
     tmp_path, kodak_dir
 ):
     from configs.small import get_config
-    from tgic_jax import train_lib
+    from tgic_jax.train import trainer as train_lib
 
     config = get_config("tiny")
     config.input.folder = str(kodak_dir)

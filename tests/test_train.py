@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tgic_jax import train_lib
+from tgic_jax.train import trainer as train_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,8 +138,10 @@ _EQUIVALENCE = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     from configs.small import get_config
-    from tgic_jax import losses, sharding as shd, train_lib
-    from tgic_jax.model import TACO, ModelConfig
+    from tgic_jax.train import losses
+    from tgic_jax.train import sharding as shd
+    from tgic_jax.train import trainer as train_lib
+    from tgic_jax.model.taco import TACO, ModelConfig
 
     assert jax.device_count() == 8
     config = get_config("tiny")
@@ -230,7 +232,7 @@ def _start_and_signal(cmd, env, workdir, sig, after_step):
 
 
 def _restorable_steps(workdir):
-    from tgic_jax import checkpoint as ckpt_lib
+    from tgic_jax.train import checkpoint as ckpt_lib
 
     steps = []
     for step in _finished_steps(workdir):
@@ -323,9 +325,9 @@ def test_trained_model_codes_unseen_kodak_within_one_percent_of_its_estimate(
 ):
     from PIL import Image
 
-    from tgic_jax import codec
-    from tgic_jax.checkpoint import load_inference
+    from tgic_jax.coding import codec
     from tgic_jax.text_encoders import build_text_encoder
+    from tgic_jax.train.checkpoint import load_inference
 
     model, v, config = load_inference(train_lib.export_inference(trained_tiny[0], tmp_path / "x"))
     encoder = build_text_encoder(config.text)
@@ -343,8 +345,8 @@ def test_trained_model_codes_unseen_kodak_within_one_percent_of_its_estimate(
 
 
 def test_export_writes_an_inference_checkpoint_without_optimizer_state(tmp_path):
-    from tgic_jax import checkpoint as ckpt_lib
-    from tgic_jax.model import TACO, ModelConfig
+    from tgic_jax.model.taco import TACO, ModelConfig
+    from tgic_jax.train import checkpoint as ckpt_lib
 
     config = ml_collections.ConfigDict(
         dict(model=dict(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4),
@@ -370,8 +372,8 @@ def test_evaluation_reports_estimated_and_real_bitstream_rates(tmp_path, kodak_d
     from PIL import Image
 
     from configs.small import get_config
-    from tgic_jax import input_pipeline
-    from tgic_jax.model import TACO, ModelConfig
+    from tgic_jax.model.taco import TACO, ModelConfig
+    from tgic_jax.train import input_pipeline
 
     Image.open(kodak_dir / "kodim01.png").crop((0, 0, 96, 64)).save(tmp_path / "a.png")
     (tmp_path / "captions.json").write_text(json.dumps({"a.png": "a brick building"}))
@@ -394,8 +396,10 @@ _EVERY_TERM = textwrap.dedent(
     import functools, json, sys
     import jax, jax.numpy as jnp, numpy as np
     from configs.small import get_config
-    from tgic_jax import losses, sharding as shd, train_lib
-    from tgic_jax.model import TACO, ModelConfig
+    from tgic_jax.train import losses
+    from tgic_jax.train import sharding as shd
+    from tgic_jax.train import trainer as train_lib
+    from tgic_jax.model.taco import TACO, ModelConfig
     from tgic_jax.text_encoders import RandomTextEncoder
 
     assert jax.device_count() == 8
@@ -502,8 +506,8 @@ def test_per_epoch_evaluation_writes_its_csv_keeps_best_checkpoints_and_export_s
     from PIL import Image
 
     from configs.small import get_config
-    from tgic_jax import checkpoint as ckpt_lib
-    from tgic_jax import cli
+    from tgic_jax.cli import main as cli
+    from tgic_jax.train import checkpoint as ckpt_lib
 
     evalset = tmp_path / "kodak_crop"
     evalset.mkdir()
@@ -533,7 +537,7 @@ def test_per_epoch_evaluation_writes_its_csv_keeps_best_checkpoints_and_export_s
 
 def test_a_failing_evaluation_is_reported_on_stderr_and_writes_no_csv_row(tmp_path, capsys, caplog):
     from configs.small import get_config
-    from tgic_jax.model import TACO, ModelConfig, init_variables
+    from tgic_jax.model.taco import TACO, ModelConfig, init_variables
     from tgic_jax.text_encoders import RandomTextEncoder
 
     folder = tmp_path / "evalset"

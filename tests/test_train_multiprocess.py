@@ -26,7 +26,7 @@ _CHILD = textwrap.dedent(
                                process_id=pid)
     assert jax.process_count() == 2 and jax.device_count() == 4
     from configs.small import get_config
-    from tgic_jax import train_lib
+    from tgic_jax.train import trainer as train_lib
 
     config = get_config("tiny")
     config.total_steps = 3
@@ -85,11 +85,11 @@ _PREEMPTED_CHILD = textwrap.dedent(
     """
     import json, pathlib, sys, time
     port, pid, workdir, total, released, budget_minutes = sys.argv[1:7]
-    from tgic_jax import sharding
+    from tgic_jax.train import sharding
     assert sharding.maybe_initialize_distributed(f"localhost:{port}", 2, int(pid))
     import jax, numpy as np
     from configs.small import get_config
-    from tgic_jax import train_lib
+    from tgic_jax.train import trainer as train_lib
 
     config = get_config("tiny")
     config.total_steps = int(total)

@@ -47,8 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tgic_jax.layers import Params
 from tgic_jax.minilm_fetch import cache_root, ensure_minilm
+from tgic_jax.model.layers import Params
 
 MAX_LENGTH = 38
 

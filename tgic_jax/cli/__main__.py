@@ -1,0 +1,5 @@
+"""`python -m tgic_jax.cli`: the `tgic` command."""
+
+from tgic_jax.cli.main import entry
+
+entry()

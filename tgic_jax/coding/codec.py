@@ -1,0 +1,635 @@
+"""Compress images to .tgic files and back: exported networks, host-side range coding.
+
+`Coder(model, variables)` is built once per checkpoint and holds what coding needs: the
+checked tables, the fingerprint, the parameters on the device and the compiled programs.
+Order of coding (the authors'): all of z, then for each slice its anchors, then its
+non-anchors, each scale/mean computed from already-decoded values only. Determinism is
+by construction: every network that feeds the entropy model is one exported program,
+called with the same shapes and inputs (symbols, tables, params) on both sides, and both
+sides run one slice loop (`Coder._slices`) that differs only in where symbols come from,
+so the decoder rebuilds the encoder's y_hat bit for bit:
+
+    encoder:  x, text --analysis--> y, z           (encoder only; batched is fine)
+              z_sym = round(z - medians)           --> z stream
+              hyper = hyper(z_sym)                 (shared)
+              for slice i:
+                idx_a, mu_a, ctx = anchor_i(hyper, y_hat_<i)           (shared)
+                s_a = round(y_i - mu_a) at anchors                     --> y stream
+                y_hat_a, idx_n, mu_n = nonanchor_i(hyper, ctx, s_a, mu_a)    (shared)
+                s_n = round(y_i - mu_n) at non-anchors                 --> y stream
+                y_hat_i = combine(y_hat_a, s_n, mu_n)                  (shared)
+    decoder:  the same calls, with s_a and s_n read from the streams.
+
+The module-level `compress` / `decompress` / `encode` / `decode` build a Coder per call
+(programs are shared per architecture). On GPU, run both sides with
+`--xla_gpu_deterministic_ops=true` on the same kind of device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export
+
+from tgic_jax.coding import tables as coding_tables
+from tgic_jax.coding.container import FINGERPRINT_BYTES, BitstreamError, Container, pack, unpack
+from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder, SymbolCosts, fits
+from tgic_jax.image_io import write_atomic
+from tgic_jax.model.taco import TACO, ModelConfig, checkerboard_masks
+
+__all__ = [
+    "BitstreamError",
+    "Coder",
+    "EncodeResult",
+    "compress",
+    "compress_batch",
+    "decode",
+    "decompress",
+    "encode",
+    "reconstruct",
+    "read_header",
+]
+
+PAD = 64  # g_a downsamples by 16, h_a by 4 more
+# Decoding memory, measured with the paper-size model on CPU (benchmarks/decode_memory.py,
+# docs/BENCHMARKS.md): peak RSS 1.16 / 1.67 / 3.53 GiB at 512^2 / 1024^2 / 2048^2 pixels,
+# a straight line of 1.02 GiB + 645 bytes per pixel. The default limit, 2^24 pixels
+# (4096 x 4096), then needs about 11 GiB: it fits a 24 GiB machine with room for the OS
+# and another process (2^25 would need 21 GiB). Larger images are refused up front (pass
+# a larger max_pixels where memory allows) instead of being killed midway.
+DECODE_BYTES_PER_PIXEL = 645
+DECODE_BASE_BYTES = int(1.02 * 2**30)
+MAX_PIXELS = 1 << 24
+_MAX_SYMBOL = 1 << 24  # |round(y - mu)| beyond this means a broken model or stream
+
+
+@dataclasses.dataclass
+class EncodeResult:
+    """One compressed image: the file bytes and what the encoder knows about it."""
+
+    data: bytes
+    height: int
+    width: int
+    payload_bytes: dict  # {"z": n, "y": n}
+    header_bytes: int
+    x_hat: np.ndarray | None  # decoder-side reconstruction [H, W, 3], unclamped (if asked)
+    timings: dict  # seconds: networks, entropy_coding
+
+    @property
+    def bpp(self) -> float:
+        """Real bits per pixel: 8 x file bytes / pixels."""
+        return 8.0 * len(self.data) / (self.height * self.width)
+
+
+# ----------------------------------------------------------------------------------------
+# The networks as programs of (params, arrays)
+
+
+def _network_functions(model: TACO) -> dict:
+    """The model's pieces as pure functions of (params, arrays); the slice index is static."""
+    apply = model.apply
+
+    def analysis(params, x, text):
+        return apply({"params": params}, x, text, method="analysis")
+
+    def hyper(params, z_sym, medians):
+        z_hat = z_sym.astype(jnp.float32) + medians
+        return apply({"params": params}, z_hat, method="hyper_synthesis")
+
+    def anchor(i, params, hyper, y_hat_previous, thresholds):
+        scales, means, ctx = apply(
+            {"params": params}, i, hyper, list(y_hat_previous), method="anchor_params"
+        )
+        mask = _masks(hyper.shape)[0]
+        return _indexes(scales, thresholds) * mask.astype(jnp.int32), means * mask, ctx
+
+    def nonanchor(i, params, hyper, ctx, sym_a, means_a, thresholds):
+        anchor_mask, non_anchor_mask = _masks(hyper.shape)
+        y_hat_a = (sym_a.astype(jnp.float32) + means_a) * anchor_mask
+        scales, means = apply({"params": params}, i, hyper, ctx, y_hat_a, method="nonanchor_params")
+        idx = _indexes(scales, thresholds) * non_anchor_mask.astype(jnp.int32)
+        return y_hat_a, idx, means * non_anchor_mask
+
+    def combine(y_hat_a, sym_n, means_n):
+        non_anchor_mask = _masks(y_hat_a.shape)[1]
+        return y_hat_a + (sym_n.astype(jnp.float32) + means_n) * non_anchor_mask
+
+    def synthesis(params, y_hat_slices):
+        y_hat = jnp.concatenate(list(y_hat_slices), -1)
+        return apply({"params": params}, y_hat, method="synthesis")
+
+    return {
+        "analysis": analysis,
+        "hyper": hyper,
+        "anchor": anchor,
+        "nonanchor": nonanchor,
+        "combine": combine,
+        "synthesis": synthesis,
+    }
+
+
+def _masks(shape) -> tuple[jax.Array, jax.Array]:
+    anchor, non_anchor = checkerboard_masks(shape[1], shape[2])
+    return jnp.asarray(anchor), jnp.asarray(non_anchor)
+
+
+def _indexes(scales: jax.Array, thresholds: jax.Array) -> jax.Array:
+    """Table index = the nearest scale-table entry in log scale (`scale_thresholds`)."""
+    return jnp.searchsorted(thresholds, scales, side="left").astype(jnp.int32)
+
+
+def _param_scopes(name: str, i: int | None) -> tuple[str, ...]:
+    """The top-level parameter collections program `name` reads (see TACO's methods).
+
+    Each program gets only these: an exported program's inputs are deserialized one by
+    one, and the full tree (276 arrays for the paper-size model) for each of the 16
+    programs took 1.0 s of a warm encode. A missing collection fails at export (Flax
+    raises on a parameter it cannot find), never silently.
+    """
+    return {
+        "analysis": ("g_a", "h_a"),
+        "hyper": ("h_s",),
+        "anchor": (f"entropy_parameters_anchor_{i}",) + ((f"channel_context_{i}",) if i else ()),
+        "nonanchor": (f"local_context_{i}", f"entropy_parameters_nonanchor_{i}"),
+        "synthesis": ("g_s",),
+    }[name]
+
+
+class Programs:
+    """The model's pieces compiled per input shape, each exported (`jax.export`) once.
+
+    Both sides of the codec call the same exported programs, so they run the same XLA
+    computation. With a `folder`, the serialized programs are kept there: a new process
+    reads them instead of tracing the model again (tracing was ~1.9 s of a 4.7 s warm
+    paper-size `tgic compress`, docs/BENCHMARKS.md), and JAX's compilation cache then skips
+    XLA's compile. A file is keyed by the program, its input shapes, the model sizes, the
+    JAX / jaxlib / Flax versions, the backend and a digest of this package's source, so a
+    changed model or upgrade never reads a stale program; an unreadable file is re-exported.
+    """
+
+    def __init__(self, model: TACO, folder: str | os.PathLike | None = None):
+        self.model = model
+        self.folder = Path(folder) if folder is not None else None
+        self._functions = _network_functions(model)
+        self._compiled: dict[tuple, Callable] = {}
+        # Evaluation's estimate is not part of any bitstream: a plain jit is enough.
+        self.forward = jax.jit(
+            lambda params, x, text: _forward_outputs(model.apply({"params": params}, x, text))
+        )
+
+    def __call__(self, name: str, *args, i: int | None = None):
+        """Runs program `name` (slice `i` for anchor / nonanchor) on `args`."""
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        key = (name, i, tree, tuple((np.shape(a), np.result_type(a).str) for a in leaves))
+        program = self._compiled.get(key)
+        if program is None:
+            program = self._compiled[key] = jax.jit(self._exported(key, args).call)
+        return program(*args)
+
+    def _exported(self, key: tuple, args) -> export.Exported:
+        name, i = key[:2]
+        path = None
+        if self.folder is not None:
+            digest = hashlib.sha256(repr((key, _model_key(self.model), _build_key())).encode())
+            path = self.folder / f"{name}{'' if i is None else i}-{digest.hexdigest()[:32]}.jaxexp"
+            try:
+                return export.deserialize(bytearray(path.read_bytes()))
+            except FileNotFoundError:
+                pass
+            except Exception:  # noqa: BLE001 - a damaged or foreign file: export anew
+                pass
+        fn = self._functions[name] if i is None else partial(self._functions[name], i)
+        exported = export.export(jax.jit(fn))(*args)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, bytes(exported.serialize()))
+            except OSError:  # a read-only cache folder: run, just without keeping it
+                pass
+        return exported
+
+
+def _forward_outputs(out: dict):
+    return out["x_hat"], out["likelihoods"]
+
+
+def _model_key(model: TACO) -> tuple:
+    return (model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
+
+
+@functools.cache
+def _build_key() -> tuple:
+    """What else a traced program depends on: library versions, backend, our source."""
+    import flax
+    import jaxlib
+
+    source = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for f in sorted(package.rglob("*.py")):
+        source.update(f.relative_to(package).as_posix().encode() + f.read_bytes())
+    return (
+        jax.__version__,
+        jaxlib.__version__,
+        flax.__version__,
+        jax.default_backend(),
+        jax.devices()[0].device_kind,
+        bool(jax.config.jax_enable_x64),
+        source.hexdigest(),
+    )
+
+
+_SHARED_PROGRAMS: dict[tuple, Programs] = {}
+
+
+def shared_programs(model: TACO, folder: str | os.PathLike | None = None) -> Programs:
+    """The process's programs for one architecture (a value key), shared by all its Coders."""
+    key = (_model_key(model), None if folder is None else str(folder))
+    if key not in _SHARED_PROGRAMS:
+        _SHARED_PROGRAMS[key] = Programs(model, folder)
+    return _SHARED_PROGRAMS[key]
+
+
+class _Clock:
+    """Accumulates seconds per phase: `with clock("networks"): ...`."""
+
+    def __init__(self, **start: float):
+        self.seconds = {"networks": 0.0, "entropy_coding": 0.0, **start}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------------
+# The coder
+
+
+class Coder:
+    """One model + its variables, ready to code: `Coder(model, variables).compress(x, t)`.
+
+    Built once per checkpoint: it checks the coding tables (building them from the
+    parameters if `variables` has none), computes the model fingerprint written into
+    every file, and puts the parameters on the device. `program_dir` keeps the exported
+    programs between processes (see `Programs`; the CLI passes its cache folder).
+    """
+
+    def __init__(self, model: TACO, variables, program_dir: str | os.PathLike | None = None):
+        params = variables["params"]
+        tables = variables.get("tables") if hasattr(variables, "get") else None
+        if tables is None:
+            tables = coding_tables.build_tables(params)
+        tables = {k: np.asarray(tables[k]) for k in coding_tables.TABLE_KEYS if k in tables}
+        coding_tables.check_tables(tables)
+        if len(tables["z_offset"]) != model.N:
+            raise ValueError(
+                f"coding tables are for N={len(tables['z_offset'])}, model has {model.N}"
+            )
+        config = ModelConfig(model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
+        self.model = model
+        self.tables = tables
+        self.fingerprint = coding_tables.fingerprint(config.to_dict(), tables)[:FINGERPRINT_BYTES]
+        self.programs = shared_programs(model, program_dir)
+        self.params = jax.device_put(params)
+        self._scoped_params: dict[tuple, dict] = {}
+        # Where the scale-table index steps up, and z's medians, on the device.
+        self.thresholds = jnp.asarray(coding_tables.scale_thresholds(tables["scale_table"]))
+        self.medians = jnp.asarray(tables["z_medians"], jnp.float32)
+        # Bits each decoded symbol consumes at least (stream length checks).
+        self.z_costs = SymbolCosts.from_lookup(tables["z_lookup"])
+        self.y_costs = SymbolCosts.from_lookup(tables["gaussian_lookup"])
+
+    def _run(self, name: str, *args, i: int | None = None):
+        """Program `name` on (its part of the parameters, *args)."""
+        params = self._scoped_params.get((name, i))
+        if params is None:
+            params = {k: self.params[k] for k in _param_scopes(name, i)}
+            self._scoped_params[(name, i)] = params
+        return self.programs(name, params, *args, i=i)
+
+    # -------------------------------------------------------------------- the slice loop
+    def _slices(self, hyper, symbols: Callable, clock: _Clock) -> list:
+        """y_hat slice by slice: anchors, then non-anchors, each from decoded values only.
+
+        `symbols(channels, idx, means, positions)` is the one difference between the two
+        sides: the encoder rounds y there and writes the symbols, the decoder reads them.
+        Everything else is this loop, so the sides stay in step by construction.
+        """
+        h, w = hyper.shape[1], hyper.shape[2]
+        anchor_hw = checkerboard_masks(h, w)[0][..., 0] > 0
+        y_hat_slices, start = [], 0
+        for i, c in enumerate(self.model.slices):
+            channels, start = slice(start, start + c), start + c
+            with clock("networks"):
+                idx_a, means_a, ctx = self._run(
+                    "anchor", hyper, tuple(y_hat_slices), self.thresholds, i=i
+                )
+                idx_a, means_a = np.asarray(idx_a), np.asarray(means_a)
+            with clock("entropy_coding"):
+                sym_a = symbols(channels, idx_a, means_a, anchor_hw)
+            with clock("networks"):
+                y_hat_a, idx_n, means_n = self._run(
+                    "nonanchor", hyper, ctx, sym_a, means_a, self.thresholds, i=i
+                )
+                idx_n, means_n = np.asarray(idx_n), np.asarray(means_n)
+            with clock("entropy_coding"):
+                sym_n = symbols(channels, idx_n, means_n, ~anchor_hw)
+            with clock("networks"):
+                y_hat_slices.append(self.programs("combine", y_hat_a, sym_n, means_n))
+        return y_hat_slices
+
+    # -------------------------------------------------------------------- encoder
+    def encode(
+        self,
+        images: Sequence[np.ndarray],
+        texts: Sequence[np.ndarray],
+        with_reconstruction: bool = False,
+    ) -> list[EncodeResult]:
+        """Compresses several images (g_a runs batched per padded size); one result each."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        checked = [
+            _check_image(im, t, self.model.text_dim) for im, t in zip(images, texts, strict=True)
+        ]
+        results: list[EncodeResult | None] = [None] * len(checked)
+        groups: dict[tuple, list[int]] = {}
+        for k, (im, t) in enumerate(checked):
+            groups.setdefault((_pad(im).shape, t.shape), []).append(k)
+        for members in groups.values():
+            t0 = time.perf_counter()
+            x = np.stack([_pad(checked[k][0]) for k in members])
+            text = np.stack([checked[k][1] for k in members])
+            y, z = jax.device_get(self._run("analysis", x, text))
+            t_analysis = (time.perf_counter() - t0) / len(members)
+            for j, k in enumerate(members):
+                height, width = checked[k][0].shape[:2]
+                results[k] = self._encode_latents(
+                    y[j : j + 1], z[j : j + 1], height, width, with_reconstruction, t_analysis
+                )
+        return results
+
+    def _encode_latents(self, y, z, height, width, with_reconstruction, t_analysis):
+        tables, clock = self.tables, _Clock(networks=t_analysis)
+        with clock("entropy_coding"):  # z: symbols around the medians, one table per channel
+            z_sym = _symbols(z, tables["z_medians"], np.ones(z.shape[1:3], bool))
+            z_idx = np.broadcast_to(np.arange(z.shape[-1], dtype=np.int32), z_sym.shape)
+            z_enc = RangeEncoder(tables["z_lookup"])
+            z_enc.encode(z_sym - tables["z_offset"][z_idx], z_idx)
+            z_bytes = z_enc.finish()
+            y_enc = RangeEncoder(tables["gaussian_lookup"])
+        offset = tables["gaussian_offset"]
+
+        def write(channels, idx, means, positions):
+            sym = _symbols(y[..., channels], means, positions)
+            k = idx[0][positions]
+            y_enc.encode(sym[0][positions] - offset[k], k)
+            return sym
+
+        with clock("networks"):
+            hyper = self._run("hyper", z_sym, self.medians)
+        y_hat_slices = self._slices(hyper, write, clock)
+        with clock("entropy_coding"):
+            y_bytes = y_enc.finish()
+            zh, zw = _latent_hw(height, width)
+            data = pack(Container(height, width, zh, zw, self.fingerprint, (z_bytes, y_bytes)))
+        x_hat = None
+        if with_reconstruction:
+            with clock("networks"):
+                x_hat = self._synthesis(y_hat_slices)[:height, :width]
+        return EncodeResult(
+            data=data,
+            height=height,
+            width=width,
+            payload_bytes={"z": len(z_bytes), "y": len(y_bytes)},
+            header_bytes=len(data) - len(z_bytes) - len(y_bytes),
+            x_hat=x_hat,
+            timings=clock.seconds,
+        )
+
+    def _synthesis(self, y_hat_slices) -> np.ndarray:
+        return np.asarray(self._run("synthesis", tuple(y_hat_slices)))[0]
+
+    def compress(self, image: np.ndarray, text: np.ndarray) -> bytes:
+        """One image float32 [H, W, 3] in [0, 1] + its text states [T, D] -> .tgic bytes."""
+        return self.encode([image], [text])[0].data
+
+    # -------------------------------------------------------------------- decoder
+    def decode(self, data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, dict]:
+        """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s)."""
+        c = read_header(data)
+        if c.height * c.width > max_pixels:
+            need = DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * c.height * c.width
+            raise BitstreamError(
+                f"image of {c.height} x {c.width} exceeds max_pixels={max_pixels} (decoding it "
+                f"with the paper-size model takes ~{need / 2**30:.0f} GiB; raise max_pixels if "
+                "memory allows)"
+            )
+        if c.fingerprint != self.fingerprint:
+            raise BitstreamError(
+                f"file was made by another model (fingerprint {c.fingerprint.hex()}, "
+                f"this model {self.fingerprint.hex()})"
+            )
+        self._check_payload_bound(c)
+        tables, clock = self.tables, _Clock()
+        z_bytes, y_bytes = c.sections
+        try:
+            with clock("entropy_coding"):
+                n = self.model.N
+                z_idx = np.broadcast_to(
+                    np.arange(n, dtype=np.int32), (1, c.latent_height, c.latent_width, n)
+                )
+                z_dec = RangeDecoder(z_bytes, tables["z_lookup"], self.z_costs)
+                z_sym = z_dec.decode(z_idx) + tables["z_offset"][z_idx]
+                if not z_dec.finish():
+                    raise BitstreamError("z stream is damaged or ends before its symbols")
+                _check_range(z_sym, "z")
+                y_dec = RangeDecoder(y_bytes, tables["gaussian_lookup"], self.y_costs)
+            offset = tables["gaussian_offset"]
+
+            def read(channels, idx, means, positions):
+                k = idx[0][positions]
+                s = y_dec.decode(k) + offset[k]
+                if y_dec.overrun:  # stop before more networks run on symbols from past the end
+                    raise BitstreamError("y stream ends before its symbols (damaged or truncated)")
+                _check_range(s, "y")
+                sym = np.zeros(idx.shape, np.int32)
+                sym[0][positions] = s
+                return sym
+
+            with clock("networks"):
+                hyper = self._run("hyper", z_sym, self.medians)
+            y_hat_slices = self._slices(hyper, read, clock)
+            with clock("entropy_coding"):
+                if not y_dec.finish():
+                    raise BitstreamError("y stream is damaged or ends before its symbols")
+        except BitstreamError:
+            raise
+        except Exception as e:  # the coder's own complaints about a malformed stream
+            raise BitstreamError(
+                f"range decoding failed: {type(e).__name__}: {e}".split("\n")[0]
+            ) from e
+        with clock("networks"):
+            x_hat = self._synthesis(y_hat_slices)[: c.height, : c.width]
+        if not np.isfinite(x_hat).all():
+            raise BitstreamError("decoded image is not finite: damaged stream or wrong model")
+        return x_hat, clock.seconds
+
+    def decompress(self, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """.tgic bytes -> image float32 [H, W, 3] in [0, 1]; BitstreamError on any bad input."""
+        return np.clip(self.decode(data, max_pixels)[0], 0.0, 1.0)
+
+    def _check_payload_bound(self, c: Container) -> None:
+        """Refuses sections too short for the symbols the header implies, before any network.
+
+        Each z symbol of channel c costs at least the cheapest symbol of table c; each y
+        symbol at least the cheapest of all Gaussian tables (its table is known only after
+        the networks run). A 100-byte file claiming 6000 x 6000 fails here, not after
+        minutes of decoding into gigabytes.
+        """
+        zh, zw = c.latent_height, c.latent_width
+        need = {
+            "z": zh * zw * float(self.z_costs.minimum.sum()),
+            "y": 16 * zh * zw * sum(self.model.slices) * float(self.y_costs.minimum.min()),
+        }
+        for (name, bits), section in zip(need.items(), c.sections, strict=True):
+            if not fits(bits, len(section)):
+                raise BitstreamError(
+                    f"{name} section has {len(section)} bytes, too few for the {c.height} x "
+                    f"{c.width} image the header claims (at least {math.ceil(bits / 8)} bytes)"
+                )
+
+    # -------------------------------------------------------------------- estimate
+    def estimate(self, image: np.ndarray, text: np.ndarray) -> dict:
+        """Eval-mode model output: x_hat_float [H, W, 3] (unclamped), bpp_estimated."""
+        image, text = _check_image(image, text, self.model.text_dim)
+        x_hat, lik = self.programs.forward(self.params, _pad(image)[None], text[None])
+        bits_y, bits_z = _bits(lik["y"]), _bits(lik["z"])
+        h, w = image.shape[:2]
+        return {
+            "x_hat_float": np.asarray(x_hat)[0, :h, :w],
+            "bpp_estimated": float((bits_y + bits_z) / (h * w)),
+            "bits_estimated": {"y": bits_y, "z": bits_z},
+        }
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers
+
+
+def _pad(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    ph, pw = -h % PAD, -w % PAD
+    return np.pad(image, ((0, ph), (0, pw), (0, 0)))
+
+
+def _check_image(image, text, text_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(image, np.float32)
+    text = np.asarray(text, np.float32)
+    if image.ndim == 4 and image.shape[0] == 1 and text.ndim == 3 and text.shape[0] == 1:
+        image, text = image[0], text[0]  # a batch of one, as some callers hold it
+    if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"image must be float32 [H, W, 3] with H, W >= 1, got {image.shape}")
+    if text.ndim != 2 or text.shape[-1] != text_dim:
+        raise ValueError(f"text must be [T, {text_dim}], got {text.shape}")
+    if not np.isfinite(image).all():
+        raise ValueError("image has non-finite values")
+    return image, text
+
+
+def _symbols(y: np.ndarray, means, positions: np.ndarray) -> np.ndarray:
+    """round(y - means) at `positions` ([h, w] bool), zeros elsewhere, int32 [1, h, w, c]."""
+    d = y - np.asarray(means)
+    if not np.isfinite(d).all() or np.abs(d).max(initial=0) >= _MAX_SYMBOL:
+        raise ValueError("latents out of range (non-finite or huge): is the model broken?")
+    sym = np.rint(d).astype(np.int32)
+    sym[:, ~positions] = 0
+    return sym
+
+
+def _check_range(sym: np.ndarray, what: str) -> None:
+    if sym.size and np.abs(sym).max() >= _MAX_SYMBOL:
+        raise BitstreamError(f"{what} stream decodes to out-of-range symbols (damaged)")
+
+
+def _latent_hw(height: int, width: int) -> tuple[int, int]:
+    return math.ceil(height / PAD), math.ceil(width / PAD)
+
+
+@jax.jit
+def _bits_jit(lik):
+    return -jnp.sum(jnp.log2(lik))
+
+
+def _bits(lik) -> float:
+    return float(_bits_jit(lik))
+
+
+def read_header(data: bytes) -> Container:
+    """Parses and checks a file's framing (magic, CRC, version, lengths), no model needed."""
+    c = unpack(data)
+    if c.height < 1 or c.width < 1:
+        raise BitstreamError(f"invalid image size {c.height} x {c.width}")
+    if (c.latent_height, c.latent_width) != _latent_hw(c.height, c.width):
+        raise BitstreamError(
+            f"latent shape {c.latent_height} x {c.latent_width} does not fit image size "
+            f"{c.height} x {c.width}"
+        )
+    return c
+
+
+# ----------------------------------------------------------------------------------------
+# One-call functions (a Coder per call; the programs are shared per architecture)
+
+
+def encode(
+    model: TACO,
+    variables,
+    images: Sequence[np.ndarray],
+    texts: Sequence[np.ndarray],
+    with_reconstruction: bool = False,
+) -> list[EncodeResult]:
+    """Compresses several images (g_a runs batched per padded size); one result each."""
+    return Coder(model, variables).encode(images, texts, with_reconstruction)
+
+
+def compress(model: TACO, variables, image: np.ndarray, text: np.ndarray) -> bytes:
+    """One image float32 [H, W, 3] in [0, 1] + its text states [T, D] -> .tgic bytes."""
+    return Coder(model, variables).compress(image, text)
+
+
+def compress_batch(model: TACO, variables, images, texts) -> list[bytes]:
+    """Several images (any sizes) -> one .tgic file each."""
+    return [r.data for r in encode(model, variables, images, texts)]
+
+
+def decode(
+    model: TACO, variables, data: bytes, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, dict]:
+    """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s)."""
+    read_header(data)  # a damaged file is refused before the tables are checked
+    return Coder(model, variables).decode(data, max_pixels)
+
+
+def decompress(model: TACO, variables, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """.tgic bytes -> image float32 [H, W, 3] in [0, 1]; BitstreamError on any bad input."""
+    return np.clip(decode(model, variables, data, max_pixels)[0], 0.0, 1.0)
+
+
+def reconstruct(model: TACO, variables, image: np.ndarray, text: np.ndarray) -> dict:
+    """Eval-mode model output: x_hat_float [H, W, 3] (unclamped), bpp_estimated."""
+    return Coder(model, variables).estimate(image, text)

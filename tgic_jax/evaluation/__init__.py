@@ -1,0 +1,1 @@
+"""Evaluation: the driver, its summary, evaluation sets, metrics, BD-rate, plots and baselines."""

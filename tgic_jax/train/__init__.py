@@ -1,0 +1,3 @@
+"""Training: input pipeline, device mesh, checkpoints, losses, the train loop and throughput
+instruments.
+"""
