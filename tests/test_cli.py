@@ -274,6 +274,25 @@ def test_bad_text_embeddings_are_an_error_naming_the_file(tmp_path, ckpt, capsys
 
 
 # ----------------------------------------------------------------------------- quiet, fast
+def test_the_codec_commands_load_tensorflow_without_keras(tmp_path, ckpt):
+    # Keras 3 (and matplotlib through it) was 0.5 s of every call, and none of it is used.
+    image_io.save_png(tmp_path / "a.png", synthetic_image(32, 32, 6))
+    np.save(tmp_path / "t.npy", _text())
+    argv = ["compress", str(tmp_path / "a.png"), "--text-embeddings", str(tmp_path / "t.npy"),
+            "--checkpoint", str(ckpt), "-o", str(tmp_path / "a.tgic")]  # fmt: skip
+    code = (
+        "import sys; from tgic_jax.cli import main as cli; rc = cli.main(sys.argv[1:]);"
+        "print(rc, 'tensorflow' in sys.modules, 'keras' in sys.modules,"
+        " 'matplotlib' in sys.modules)"
+    )
+    env = {k: v for k, v in _env().items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.stdout.split()[-4:] == ["0", "True", "False", "False"], proc.stdout + proc.stderr
+    assert (tmp_path / "a.tgic").stat().st_size > 0
+
+
 @pytest.mark.slow  # subprocesses that compile the codec (~1 min on 2 cores)
 def test_commands_are_quiet_and_a_second_call_reuses_the_compilation_cache(tmp_path, ckpt):
     image_io.save_png(tmp_path / "a.png", synthetic_image(64, 64, 6))

@@ -157,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     args.t_start = t0
     global _FAST_EXIT
     _FAST_EXIT = args.command in ("compress", "decompress")
+    if _FAST_EXIT:
+        # TensorFlow serves only the range coder here. Its compat.v1 module otherwise looks
+        # Keras 3 up, which imports it (and matplotlib through it): 0.5 s of every call
+        # (docs/BENCHMARKS.md). With this documented switch TF looks for tf_keras, which is
+        # not installed, and imports nothing; tf.keras is never used by these commands.
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
