@@ -330,6 +330,19 @@ def _finish(command: str, failures: int, total: int, clock: _Clock, args) -> int
     return 0
 
 
+def _load_coder(args: argparse.Namespace, clock: _Clock):
+    """(codec.Coder of --checkpoint, the checkpoint's config), timing imports and loading."""
+    from tgic_jax.coding import codec
+    from tgic_jax.train import checkpoint
+
+    _prefetch_range_coder()
+    clock.lap("imports")
+    model, variables, config = checkpoint.load_inference(args.checkpoint)
+    coder = codec.Coder(model, variables, getattr(args, "program_dir", None))
+    clock.lap("checkpoint")
+    return coder, config
+
+
 def run_compress(args: argparse.Namespace) -> int:
     """Compresses each input image to a .tgic file; 0 if all succeeded."""
     clock = _Clock(args)
@@ -339,13 +352,8 @@ def run_compress(args: argparse.Namespace) -> int:
         paths, outs, folder = _prepare(args, "compress", IMAGE_SUFFIXES, ".tgic")
         from tgic_jax import image_io
         from tgic_jax.coding import codec
-        from tgic_jax.train import checkpoint
 
-        _prefetch_range_coder()
-        clock.lap("imports")
-        model, variables, config = checkpoint.load_inference(args.checkpoint)
-        coder = codec.Coder(model, variables, getattr(args, "program_dir", None))
-        clock.lap("checkpoint")
+        coder, config = _load_coder(args, clock)
         texts = _Texts(args, config, paths)
         clock.lap("text encoder")
         if folder is not None:
@@ -387,13 +395,8 @@ def run_decompress(args: argparse.Namespace) -> int:
         paths, outs, folder = _prepare(args, "decompress", {".tgic"}, ".png")
         from tgic_jax import image_io
         from tgic_jax.coding import codec
-        from tgic_jax.train import checkpoint
 
-        _prefetch_range_coder()
-        clock.lap("imports")
-        model, variables, _ = checkpoint.load_inference(args.checkpoint)
-        coder = codec.Coder(model, variables, getattr(args, "program_dir", None))
-        clock.lap("checkpoint")
+        coder, _ = _load_coder(args, clock)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as e:
