@@ -281,7 +281,8 @@ def test_the_codec_commands_load_tensorflow_without_keras(tmp_path, ckpt):
     argv = ["compress", str(tmp_path / "a.png"), "--text-embeddings", str(tmp_path / "t.npy"),
             "--checkpoint", str(ckpt), "-o", str(tmp_path / "a.tgic")]  # fmt: skip
     code = (
-        "import sys; from tgic_jax.cli import main as cli; rc = cli.main(sys.argv[1:]);"
+        "import sys; from tgic_jax.cli import main as cli; cli.prepare_process(sys.argv[1:]);"
+        "rc = cli.main(sys.argv[1:]);"
         "print(rc, 'tensorflow' in sys.modules, 'keras' in sys.modules,"
         " 'matplotlib' in sys.modules)"
     )
@@ -291,6 +292,10 @@ def test_the_codec_commands_load_tensorflow_without_keras(tmp_path, ckpt):
     )
     assert proc.stdout.split()[-4:] == ["0", "True", "False", "False"], proc.stdout + proc.stderr
     assert (tmp_path / "a.tgic").stat().st_size > 0
+    # Called in-process, main() leaves the environment alone: a later training run in the
+    # same process (or its subprocesses) still gets Keras.
+    assert cli.main(argv[:-1] + [str(tmp_path / "b.tgic")]) == 0
+    assert "TF_USE_LEGACY_KERAS" not in os.environ
 
 
 @pytest.mark.slow  # subprocesses that compile the codec (~1 min on 2 cores)
