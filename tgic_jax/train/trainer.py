@@ -185,7 +185,12 @@ def init_sharded_state(model, optimizer, seed: int, mesh, mesh_config=None):
     abstract = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
-    return jax.jit(make, out_shardings=shardings)(), shardings, abstract
+    # Compile, then meet, then run: the first multi-host program forms the CPU (gloo)
+    # communicator, which waits only 30 s for the other hosts (see `shd.sync_hosts`), and
+    # hosts finish compiling at different times under load.
+    create = jax.jit(make, out_shardings=shardings).lower().compile()
+    shd.sync_hosts("tgic_jax/init_compiled")
+    return create(), shardings, abstract
 
 
 # ----------------------------------------------------------------------------- step
