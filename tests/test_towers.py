@@ -4,6 +4,7 @@ The fixtures come from tools/make_tower_fixtures.py (torch, seeded); the tiny ch
 are read by our torch-free loader, the real MiniLM from the user's cache (skipped if absent).
 """
 
+import re
 from pathlib import Path
 
 import jax
@@ -102,3 +103,11 @@ def test_real_minilm_matches_pytorch_states():
     np.testing.assert_array_equal(tokens["attention_mask"], want["attention_mask"])
     states, _ = encoder.encode([str(c) for c in want["captions"]])
     assert _max_abs(states, want["last_hidden_state"]) < TOL
+
+
+def test_no_flax_class_of_transformers_is_used():
+    """transformers 5 removed its Flax classes: the package only takes tokenizers and configs."""
+    package = Path(__file__).resolve().parents[1] / "tgic_jax"
+    pattern = re.compile(r"\bFlax[A-Z]\w*(Model|PreTrainedModel)\b")
+    hits = [p for p in package.rglob("*.py") if pattern.search(p.read_text())]
+    assert not hits, hits
