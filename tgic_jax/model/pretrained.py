@@ -44,15 +44,15 @@ def resolve_folder(path: str | os.PathLike) -> Path:
         return local
     from huggingface_hub import hf_hub_download  # a dependency of transformers
 
-    repo = str(path)
+    repo, errors = str(path), []
     config = Path(hf_hub_download(repo, "config.json"))
     for name in ("model.safetensors", "pytorch_model.bin"):
         try:
             hf_hub_download(repo, name)
             return config.parent
-        except Exception:  # noqa: BLE001 - the hub's not-found errors differ by version
-            continue
-    raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin on the hub.")
+        except Exception as err:  # noqa: BLE001 - the hub's not-found errors differ by version
+            errors.append(f"{name}: {type(err).__name__}: {err}")
+    raise FileNotFoundError(f"{path}: no weights could be fetched ({'; '.join(errors)})")
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
@@ -70,7 +70,11 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     elif (folder / "pytorch_model.bin").is_file():
         state = read_torch_zip(folder / "pytorch_model.bin")
     else:
-        raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin.")
+        sharded = sorted(p.name for p in folder.glob("*.index.json"))
+        note = f" (sharded checkpoints, {sharded[0]}, are not read)" if sharded else ""
+        raise FileNotFoundError(
+            f"{folder} has neither model.safetensors nor pytorch_model.bin{note}."
+        )
     renamed = {}
     for key, value in state.items():
         for old, new in _LEGACY.items():
