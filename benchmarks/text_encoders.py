@@ -20,14 +20,16 @@ from tgic_jax.text_encoders import MAX_LENGTH, load_minilm
 
 def bench(batch: int = 8, repeats: int = 5) -> dict[str, float]:
     """Median seconds of a jitted batch forward for MiniLM and a ViT-B/32-sized CLIP text."""
-    from transformers import CLIPTextConfig, FlaxCLIPTextModel
+    from transformers import CLIPTextConfig
+
+    from tgic_jax.model.clip import random_clip
 
     ids = np.ones((batch, MAX_LENGTH), np.int32)
     mask = np.ones((batch, MAX_LENGTH), np.int32)
-    clip = FlaxCLIPTextModel(CLIPTextConfig(), seed=0)  # ViT-B/32 text defaults: 12 x 512
+    clip = random_clip(CLIPTextConfig(), seed=0)  # ViT-B/32 text defaults: 12 x 512
     towers = {
         "clip_text_vitb32": (
-            lambda p, i, m: clip(i, m, params=p, train=False).last_hidden_state,
+            lambda p, i, m: clip.text_features(p, i, m)["last_hidden_state"],
             clip.params,
         ),
     }

