@@ -866,7 +866,14 @@ def export_inference(
         params, info = load_best_params(workdir, select)
         step = int(info["step"])
     else:
-        params, step = ckpt_lib.restore_train_params(workdir, step)
+        params, step = ckpt_lib.restore_train_params(
+            workdir, step, report=lambda line: print(line, file=sys.stderr, flush=True)
+        )
+    bad = [k for k, v in flax.traverse_util.flatten_dict(params).items()
+           if not np.isfinite(v).all()]  # fmt: skip
+    if bad:  # coding tables of NaN pmfs fail deep in the range coder otherwise
+        raise ValueError(f"step {step} has non-finite parameters ({'/'.join(bad[0])}, "
+                         f"{len(bad)} arrays): export an earlier --step")  # fmt: skip
     return ckpt_lib.save_inference(
         out, ModelConfig.from_config(config.model), params,
         text_config={"width": int(config.model.text_dim), **config.text.to_dict()},
