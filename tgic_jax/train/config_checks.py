@@ -138,4 +138,4 @@ def record_config(config: ml_collections.ConfigDict, workdir, changes: dict[str,
               f"recorded in {CONFIG_HISTORY}", flush=True)  # fmt: skip
     tmp = workdir / f".{CONFIG_JSON}.tmp-{os.getpid()}"
     tmp.write_text(config.to_json(indent=1))
-    tmp.rename(workdir / CONFIG_JSON)
+    tmp.replace(workdir / CONFIG_JSON)  # atomic: never a half config.json

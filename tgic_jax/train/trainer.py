@@ -720,7 +720,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh) -> TrainState:
                                          lpips_fn, writer, workdir, step, step // spe)  # fmt: skip
                 shd.sync_hosts(f"tgic_jax/eval_{step}")
         if stop.reason:
-            logging.warning("%s: stopping at step %d", stop.reason, step)
+            logging.info("%s: stopping at step %d", stop.reason, step)
             if is_main:
                 print(f"{stop.reason}: stopping at step {step}", flush=True)
         # Always leave the last step on disk (end of run, preemption, budget), unless the
