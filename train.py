@@ -16,8 +16,9 @@ import os
 import sys
 
 VERBOSE = "--verbose" in sys.argv or "--verbose=true" in sys.argv
-if not VERBOSE:  # before TensorFlow is imported: its C++ lines (cuFFT, cuDNN, TensorRT)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if not VERBOSE:  # before TensorFlow is imported: its C++ lines (cuFFT, cuDNN, TensorRT) and
+    # XLA's ("Very slow compile?" after 2 minutes on a busy CPU) at any level below 3
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from absl import app, flags, logging  # noqa: E402

@@ -149,7 +149,9 @@ class CheckpointError(RunError, OSError):
 def _reason(err: BaseException) -> str:
     """The first line of an exception, shortened: orbax's messages run to pages."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+    if len(text) > 120:
+        text = text[:120] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def save_train_state(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
