@@ -712,3 +712,41 @@ def test_a_background_save_whose_step_never_appears_is_a_failure_too(tmp_path):
     watch.saved(20)
     with pytest.raises(ckpt_lib.CheckpointError, match="step 20 failed to write"):
         watch.check(21)
+
+
+def test_the_first_non_finite_step_is_named_and_none_before_it_is_blamed():
+    from tgic_jax.train.finite_watch import NonFiniteError, NonFiniteWatch
+
+    watch = NonFiniteWatch()
+    for step, loss in [(1, 2.0), (2, 1.5)]:
+        watch.add(step, {"loss": jnp.float32(loss), "grad_norm": jnp.float32(1.0), "psnr": 1})
+    watch.check()
+    watch.add(3, {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(np.inf)})
+    watch.add(4, {"loss": jnp.float32(np.nan), "grad_norm": jnp.float32(np.nan)})
+    with pytest.raises(NonFiniteError, match=r"^step 3: grad_norm=inf is not finite$"):
+        watch.check()
+
+
+def test_a_second_run_on_a_workdir_is_refused_while_the_first_holds_it(tmp_path):
+    from tgic_jax.train.workdir_lock import WorkdirBusy, WorkdirLock
+
+    first = WorkdirLock(tmp_path)
+    first.acquire()
+    with pytest.raises(WorkdirBusy, match=rf"in use by another training run \(pid {os.getpid()}"):
+        WorkdirLock(tmp_path).acquire()
+    first.release()
+    again = WorkdirLock(tmp_path)  # released (as by the kernel when a run dies): free again
+    again.acquire()
+    again.release()
+
+
+def test_with_no_checkpoint_that_restores_one_line_says_so_and_nothing_is_deleted(tmp_path):
+    from tgic_jax.train import checkpoint as ckpt_lib
+
+    workdir = tmp_path / "run"
+    _tiny_workdir_with_checkpoints(workdir, [10])
+    _damage(workdir / "checkpoints" / "10")
+    with pytest.raises(ckpt_lib.CheckpointError) as err:
+        ckpt_lib.restore_train_params(workdir)
+    assert re.fullmatch(r"no checkpoint in .*/checkpoints restores \(step 10: .*\)", str(err.value))
+    assert (workdir / "checkpoints" / "10").is_dir()
