@@ -54,3 +54,13 @@ def test_tgic_env_command_shows_the_mesh_over_four_host_devices():
     assert info["mesh"] == {"axes": {"data": 4}, "batch_per_device": 2, "global_batch": 8,
                             "batch_per_process": 8, "processes": 1}  # fmt: skip
     assert info["tensorflow"]["usable_gpus"] == 0
+
+
+def test_report_says_tensorflow_is_not_installed_where_it_is_absent(monkeypatch):
+    real = environment.importlib.util.find_spec
+    fake = lambda name, *a: None if name == "tensorflow" else real(name, *a)
+    monkeypatch.setattr(environment.importlib.util, "find_spec", fake)
+    info = environment.describe()
+    assert info["tensorflow"] == {"version": None, "built_with_cuda": False, "physical_gpus": 0,
+                                  "usable_gpus": 0}  # fmt: skip
+    assert "TensorFlow:        not installed" in environment.format_report(info)
