@@ -770,3 +770,17 @@ def test_export_refuses_non_finite_parameters_in_one_line(tmp_path, capsys):
         err.count("\n") == 1
     ), err
     assert not (tmp_path / "x").exists()
+
+
+def test_export_over_its_own_earlier_export_needs_force(tmp_path, capsys):
+    from tgic_jax.cli import main as cli
+
+    workdir = tmp_path / "run"
+    _tiny_workdir_with_checkpoints(workdir, [10])
+    argv = ["export", "--workdir", str(workdir), "--out", str(tmp_path / "x")]
+    assert cli.main(argv) == 0
+    first = (tmp_path / "x" / "config.json").read_text()
+    assert cli.main(argv) == 2
+    assert "use --force to replace it" in capsys.readouterr().err
+    assert cli.main([*argv, "--force"]) == 0
+    assert (tmp_path / "x" / "config.json").read_text() == first
