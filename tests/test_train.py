@@ -288,7 +288,7 @@ def test_a_time_limited_run_applies_both_decays_before_its_budget_ends(tmp_path)
     assert fitted, proc.stdout[-2000:]
     num_steps, first, second = map(int, fitted[-1])
     assert 10 < first < second < num_steps < 25_000
-    logged = re.findall(r"\[train\] step (\d+) .*?learning_rate=([0-9.e+-]+)", proc.stdout)
+    logged = re.findall(r"\[train\] step (\d+)/\d+ .*?learning_rate=([0-9.e+-]+)", proc.stdout)
     last_step, last_lr = int(logged[-1][0]), float(logged[-1][1])
     assert last_step == num_steps and max(_finished_steps(workdir)) == num_steps
     np.testing.assert_allclose(last_lr, 1e-5, rtol=1e-4)
@@ -313,7 +313,7 @@ def trained_tiny(tmp_path_factory, kodak_dir):
 @pytest.mark.slow
 def test_tiny_config_loss_falls_over_200_steps_on_kodak_crops(trained_tiny):
     _, stdout = trained_tiny
-    losses = [float(v) for v in re.findall(r"\[train\] step \d+ .*? loss=([0-9.e+-]+)", stdout)]
+    losses = [float(v) for v in re.findall(r"\[train\] step \d+/\d+ .*? loss=([0-9.e+-]+)", stdout)]
     assert len(losses) == 20
     first, last = np.mean(losses[:2]), np.mean(losses[-3:])
     assert last < 0.6 * first, losses
