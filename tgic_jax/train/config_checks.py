@@ -64,11 +64,12 @@ def validate(config: ml_collections.ConfigDict, global_batch: int) -> None:
         _check(config.text.encoder == "clip",
                "loss.k_j > 0 needs text.encoder='clip': the joint term reuses the "
                "conditioning tokens")  # fmt: skip
-        group = int(loss.get("joint_group_size", 8))
-        _check(group <= 0 or global_batch % group == 0,
-               f"global batch {global_batch} is not a multiple of loss.joint_group_size="
-               f"{group} (the joint term is computed per group; change the batch or the "
-               "group size)")  # fmt: skip
+    from tgic_jax.train import losses  # the joint term's own rule, in one place
+
+    try:
+        losses.check_joint_group(loss, global_batch)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     for key in ("log_every_steps",):
         if key in config:
             _check(int(config[key]) >= 1, f"{key}={config[key]}: must be >= 1")
