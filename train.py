@@ -5,13 +5,28 @@ path or a URL such as gs://bucket/run). On several hosts run the same command ev
 TPU pods, SLURM job steps and Open MPI are detected; elsewhere add
 --coordinator/--num_processes/--process_id (or the TGIC_COORDINATOR / TGIC_NUM_PROCESSES /
 TGIC_PROCESS_ID environment variables).
+
+Prints our lines only (a compile notice, `[train] step N/TOTAL ... eta`, checkpoints,
+evaluations); `--verbose` adds the config and the libraries' logs (orbax, absl,
+TensorFlow). A run that cannot go on prints one line `train.py: error: ...` and exits
+non-zero (130 after Ctrl-C, which saves the current step first).
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+import os
+import sys
 
-from tgic_jax.train import sharding
-from tgic_jax.train import trainer as train_lib
+VERBOSE = "--verbose" in sys.argv or "--verbose=true" in sys.argv
+if not VERBOSE:  # before TensorFlow is imported: its C++ lines (cuFFT, cuDNN, TensorRT) and
+    # XLA's ("Very slow compile?" after 2 minutes on a busy CPU) at any level below 3
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tgic_jax.train import sharding  # noqa: E402
+from tgic_jax.train import trainer as train_lib  # noqa: E402
+from tgic_jax.train.errors import RunError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -19,16 +34,54 @@ flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, config.js
 flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.DEFINE_bool("verbose", False, "Also print the config and the libraries' log lines.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _quiet_libraries() -> None:
+    """Hides the libraries' INFO lines (~90 of orbax's a run) and their warnings."""
+    import logging as std_logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"tgic_jax(\.|$)")
+    # orbax logs through absl's logger; ours go to the root logger (warnings still shown).
+    logging.set_verbosity(logging.ERROR)
+    for name in ("orbax", "tensorflow", "transformers", "jax"):
+        std_logging.getLogger(name).setLevel(std_logging.ERROR)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with an error as one line (a config file's error included)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        # ml_collections puts the config file's traceback into the message: its last line
+        # is the error itself.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        print(f"train.py: error: {lines[-1] if lines else err}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def main(argv):
     """Joins the multi-host run if asked, then trains the config into the workdir."""
     del argv
-    sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-    logging.info("config:\n%s", FLAGS.config)
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if not FLAGS.verbose:
+        _quiet_libraries()
+    try:
+        sharding.maybe_initialize_distributed(
+            FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id
+        )
+        logging.info("config:\n%s", FLAGS.config)
+        train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except RunError as err:
+        print(f"train.py: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print("train.py: interrupted before training started; nothing to save",
+              file=sys.stderr, flush=True)  # fmt: skip
+        sys.exit(130)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -13,6 +13,8 @@ from tgic_jax.evaluation.sets import KODAK_DIR as KODAK
 
 def get_config(arg=None):
     """The small CPU config; arg 'tiny' gives the test-size variant."""
+    if arg not in (None, "", "tiny"):  # a typo (small.py:tny) must not train the full config
+        raise ValueError(f"configs/small.py: unknown argument {arg!r} (known: 'tiny')")
     tiny = arg == "tiny"
     config = ml_collections.ConfigDict()
     config.seed = 0

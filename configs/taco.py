@@ -39,6 +39,9 @@ def _parse(arg):
 def get_config(arg=None):
     """Returns the authors' config; `arg` picks the rate point, e.g. 'lmbda=0.0016'."""
     args = _parse(arg)
+    unknown = sorted(set(args) - {"lmbda", "runlocal"})
+    if unknown:  # a typo must not silently train the default rate point
+        raise ValueError(f"configs/taco.py: unknown argument {unknown} (known: lmbda, runlocal)")
     lmbda = float(args.get("lmbda", 0.0004))
     if lmbda <= 0:
         raise ValueError(f"lmbda must be > 0: {lmbda}")

@@ -440,3 +440,57 @@ def test_cli_single_file_output_and_missing_caption_source(tmp_path, tiny_ckpt, 
     rc = _cli(["compress", str(tmp_path / "a.png"), "--caption", "a cat",
                "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "b.tgic")])  # fmt: skip
     assert rc == 2 and "text-embeddings" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- export / convert
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
+            for p in sorted(folder.rglob("*"))}  # fmt: skip
+
+
+def test_export_and_convert_never_delete_a_folder_they_did_not_write_nor_the_workdir(
+    tmp_path, capsys, monkeypatch
+):
+    # Measured: `export --out RUN` deleted the training run, `--out .` the current folder.
+    run = tmp_path / "run"
+    (run / "checkpoints" / "10").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file")
+    source = tmp_path / "authors.npz"
+    source.write_bytes(b"not read: refused before")
+    monkeypatch.chdir(mine)
+    before = _tree(tmp_path)
+    refused = [
+        ("export", "--workdir", run, "--out", run, "--force"),
+        ("export", "--workdir", run, "--out", run / "checkpoints", "--force"),
+        ("export", "--workdir", run, "--out", tmp_path, "--force"),  # holds the workdir
+        ("export", "--workdir", run, "--out", ".", "--force"),  # a folder it did not write
+        ("export", "--workdir", run, "--out", mine / "notes.txt"),  # a file, not forced
+        ("export", "--workdir", run, "--out", mine / "notes.txt", "--format", "authors"),
+        ("convert", source, mine, "--force"),
+        ("convert", source, tmp_path, "--force"),  # holds the input
+    ]
+    for argv in refused:
+        assert _tgic(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"tgic {argv[0]}: error: ") and err.count("\n") == 1, err
+    assert _tree(tmp_path) == before
+
+
+def test_an_existing_inference_checkpoint_is_replaced_only_with_force(tmp_path, capsys):
+    from tgic_jax.train.checkpoint import FORMAT
+
+    old = tmp_path / "export"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"format": FORMAT}))
+    source = tmp_path / "authors.npz"
+    source.write_bytes(b"x")
+    for argv in (("export", "--workdir", tmp_path / "run", "--out", old),
+                 ("convert", source, old)):  # fmt: skip
+        assert _tgic(*argv) == 2
+        assert "use --force to replace it" in capsys.readouterr().err
+    from tgic_jax.cli.outputs import check_output
+
+    check_output(str(old), force=True)  # accepted: this is what export writes

@@ -372,3 +372,21 @@ def test_evaluate_means_averages_real_bytes_and_raises_instead_of_dropping_a_met
     (folder / "img1.png").write_bytes(b"not a png")  # one image fails: no partial mean
     with pytest.raises(ValueError, match="img1.png"):
         evaluation.evaluate_means(codec, datasets.folder_set(folder, captions))
+
+
+def test_a_mean_over_fewer_images_than_n_says_over_how_many():
+    # Measured: the model's LPIPS was averaged over fewer images than the `n` shown.
+    from tgic_jax.evaluation import summary as summary_lib
+
+    def row(name, lpips):
+        values = dict.fromkeys(summary_lib.MEAN_KEYS, 1.0)
+        return {"checkpoint": "a", "variant": "correct", "caption": "c", "image": name,
+                **values, "lpips": lpips}  # fmt: skip
+
+    rows = [row("x", 0.2), row("y", float("nan")), row("z", 0.4)]
+    s = summary_lib.summarize(datasets.EvalSet("set", []), rows, [], ["a"], ["correct"], [])
+    (t,) = s["table"]
+    assert t["n"] == 3 and t["n_by_metric"] == {"lpips": 2}
+    np.testing.assert_allclose(t["lpips"], 0.3)
+    md = summary_lib.summary_markdown(s)
+    assert "0.3000 (n=2)" in md and "lpips over 2 of 3 images" in md

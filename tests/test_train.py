@@ -288,7 +288,7 @@ def test_a_time_limited_run_applies_both_decays_before_its_budget_ends(tmp_path)
     assert fitted, proc.stdout[-2000:]
     num_steps, first, second = map(int, fitted[-1])
     assert 10 < first < second < num_steps < 25_000
-    logged = re.findall(r"\[train\] step (\d+) .*?learning_rate=([0-9.e+-]+)", proc.stdout)
+    logged = re.findall(r"\[train\] step (\d+)/\d+ .*?learning_rate=([0-9.e+-]+)", proc.stdout)
     last_step, last_lr = int(logged[-1][0]), float(logged[-1][1])
     assert last_step == num_steps and max(_finished_steps(workdir)) == num_steps
     np.testing.assert_allclose(last_lr, 1e-5, rtol=1e-4)
@@ -313,7 +313,7 @@ def trained_tiny(tmp_path_factory, kodak_dir):
 @pytest.mark.slow
 def test_tiny_config_loss_falls_over_200_steps_on_kodak_crops(trained_tiny):
     _, stdout = trained_tiny
-    losses = [float(v) for v in re.findall(r"\[train\] step \d+ .*? loss=([0-9.e+-]+)", stdout)]
+    losses = [float(v) for v in re.findall(r"\[train\] step \d+/\d+ .*? loss=([0-9.e+-]+)", stdout)]
     assert len(losses) == 20
     first, last = np.mean(losses[:2]), np.mean(losses[-3:])
     assert last < 0.6 * first, losses
@@ -556,3 +556,231 @@ def test_a_failing_evaluation_is_reported_on_stderr_and_writes_no_csv_row(tmp_pa
     assert "[eval] step 6 FAILED, no eval.csv row: ImageError" in err and "k.png" in err
     assert any("evaluation at step 6 failed" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / train_lib.EVAL_CSV).exists() and train_lib.read_best(tmp_path) == {}
+
+
+# ----------------------------------------------------------------------------- nothing lost
+def _tiny_workdir_with_checkpoints(workdir, steps, nan_steps=()):
+    """A workdir as the tiny config leaves it, with checkpoints of a fresh state at `steps`.
+
+    Those in `nan_steps` hold NaN parameters (as runs before the non-finite stop saved).
+    """
+    from configs import small
+    from tgic_jax.model.taco import TACO, ModelConfig
+    from tgic_jax.train import checkpoint as ckpt_lib
+    from tgic_jax.train import config_checks
+
+    config = small.get_config("tiny")
+    workdir.mkdir(parents=True)
+    config_checks.record_config(config, ckpt_lib.as_path(workdir), {})
+    model = TACO.from_config(ModelConfig.from_config(config.model))
+    optimizer = train_lib.make_optimizer(config.optim, 2)
+    state = train_lib.create_train_state(model, optimizer, seed=0)
+    manager = ckpt_lib.train_checkpoint_manager(workdir, 1, 10, use_async=False)
+    for step in steps:
+        saved = state.replace(step=jnp.int32(step))
+        if step in nan_steps:
+            saved = saved.replace(params=jax.tree_util.tree_map(lambda a: a * np.nan, state.params))
+        ckpt_lib.save_train_state(manager, step, saved, force=True)
+    manager.close()
+
+
+def _damage(step_dir: Path) -> None:
+    """Truncates the largest file of a checkpoint to half (a disk that failed mid-write)."""
+    biggest = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+
+
+@pytest.mark.slow  # compiles the tiny train step (~1-2 min on 2 cores)
+def test_resume_skips_a_damaged_checkpoint_and_a_nan_loss_stops_with_the_good_ones_kept(
+    tmp_path, capsys
+):
+    from tgic_jax.cli import main as cli
+    from tgic_jax.train import checkpoint as ckpt_lib
+
+    workdir = tmp_path / "run"
+    _tiny_workdir_with_checkpoints(workdir, [10, 20])
+    _damage(workdir / "checkpoints" / "20")
+    # Export: the newest step that restores, one line for the damaged one; a missing step
+    # is one line naming the steps there (was "Must provide `args` of type `Composite`").
+    notes = []
+    _, step = ckpt_lib.restore_train_params(workdir, report=notes.append)
+    assert step == 10 and len(notes) == 1 and notes[0].startswith("checkpoint step 20 does not")
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "x"),
+                     "--step", "15"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "no checkpoint of step 15" in err and "(steps there: 10, 20)" in err
+    assert err.count("\n") == 1, err
+
+    # Training resumes from step 10 and, at learning_rate=1e6, goes non-finite within a few
+    # steps: it stops there, saves nothing after it, and names the last good checkpoint.
+    cmd = _train_cmd(workdir, "--config.total_steps=40", "--config.optim.learning_rate=1e6",
+                     "--config.ckpt.every_steps=1", "--config.ckpt.keep=3",
+                     "--config.log_every_steps=5")  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "resumed from step 10" in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) <= 3, proc.stderr[-3000:]
+    assert lines[0].startswith("checkpoint step 20 does not restore (") and "kept as" in lines[0]
+    bad = re.fullmatch(r"train\.py: error: step (\d+): .*=nan.* is not finite: training "
+                       r"stopped, nothing non-finite was saved; last good checkpoint: "
+                       r"step (\d+) .*", lines[-1])  # fmt: skip
+    assert bad, lines[-1]
+    bad_step, good = int(bad[1]), int(bad[2])
+    survivors = _restorable_steps(workdir)  # asserts every one is finite
+    assert survivors and max(survivors) == good == bad_step - 1
+    assert (workdir / "checkpoints_damaged" / "20").is_dir()  # kept, not deleted
+
+
+@pytest.mark.slow  # compiles the tiny train step (~1-2 min on 2 cores)
+def test_ctrl_c_saves_the_current_step_and_a_second_run_on_the_workdir_is_refused(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = _train_cmd(workdir, "--config.total_steps=1000", "--config.ckpt.every_steps=1000",
+                     "--config.log_every_steps=1")  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        out = []
+        for line in proc.stdout:  # our lines only: a compile notice, then N/TOTAL and eta
+            out.append(line)
+            if line.startswith("[train] step 3/1000 "):
+                break
+        assert any(line.startswith("compiling the train step") for line in out), out
+        assert re.match(r"\[train\] step 3/1000 eta \d:\d\d:\d\d ", out[-1]), out[-1]
+        # A second run on the same workdir: refused in one line, before anything is written.
+        second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert second.returncode == 1
+        assert second.stderr.startswith("train.py: error: ") and "in use by another" in (
+            second.stderr
+        ), second.stderr
+        assert second.stderr.count("\n") == 1
+        proc.send_signal(signal.SIGINT)
+        t0 = time.perf_counter()
+        rest, err = proc.communicate(timeout=120)
+        waited = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    stopped = int(re.search(r"interrupted \(SIGINT\) at step (\d+): saved", err)[1])
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2, err
+    assert _restorable_steps(workdir) == [stopped] and stopped >= 3
+    assert waited < 30
+
+
+class _FailingSaves:
+    """A CheckpointManager whose async save of a step fails in the background."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.in_progress = True
+
+    def is_saving_in_progress(self):
+        return self.in_progress
+
+    def check_for_errors(self):
+        if not self.in_progress:
+            raise OSError(28, "No space left on device")
+
+    def save(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+
+def test_a_background_save_that_fails_stops_training_at_the_step_it_ends(tmp_path):
+    # Measured on a full disk: the step-20 save failed while training went on to 30, then
+    # ~315 lines of tracebacks.
+    from tgic_jax.train import checkpoint as ckpt_lib
+
+    manager = _FailingSaves(tmp_path)
+    watch = ckpt_lib.SaveWatch(manager)
+    watch.saved(20)
+    watch.check(21)  # still writing: no verdict yet, no wait
+    manager.in_progress = False
+    with pytest.raises(ckpt_lib.CheckpointError) as err:
+        watch.check(22)
+    assert str(err.value) == ("the checkpoint of step 20 failed to write (found at step 22): "
+                              "OSError: [Errno 28] No space left on device")  # fmt: skip
+    with pytest.raises(ckpt_lib.CheckpointError, match="saving the checkpoint of step 30 failed"):
+        ckpt_lib.save_train_state(manager, 30, state={})
+
+
+def test_a_background_save_whose_step_never_appears_is_a_failure_too(tmp_path):
+    from tgic_jax.train import checkpoint as ckpt_lib
+
+    manager = _FailingSaves(tmp_path)
+    manager.check_for_errors = lambda: None  # orbax logged the error in its thread
+    manager.in_progress = False
+    watch = ckpt_lib.SaveWatch(manager)
+    watch.saved(10)
+    (tmp_path / "10").mkdir()
+    watch.check(11)  # on disk: fine
+    watch.saved(20)
+    with pytest.raises(ckpt_lib.CheckpointError, match="step 20 failed to write"):
+        watch.check(21)
+
+
+def test_the_first_non_finite_step_is_named_and_none_before_it_is_blamed():
+    from tgic_jax.train.finite_watch import NonFiniteError, NonFiniteWatch
+
+    watch = NonFiniteWatch()
+    for step, loss in [(1, 2.0), (2, 1.5)]:
+        watch.add(step, {"loss": jnp.float32(loss), "grad_norm": jnp.float32(1.0), "psnr": 1})
+    watch.check()
+    watch.add(3, {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(np.inf)})
+    watch.add(4, {"loss": jnp.float32(np.nan), "grad_norm": jnp.float32(np.nan)})
+    with pytest.raises(NonFiniteError, match=r"^step 3: grad_norm=inf is not finite$"):
+        watch.check()
+
+
+def test_a_second_run_on_a_workdir_is_refused_while_the_first_holds_it(tmp_path):
+    from tgic_jax.train.workdir_lock import WorkdirBusy, WorkdirLock
+
+    first = WorkdirLock(tmp_path)
+    first.acquire()
+    with pytest.raises(WorkdirBusy, match=rf"in use by another training run \(pid {os.getpid()}"):
+        WorkdirLock(tmp_path).acquire()
+    first.release()
+    again = WorkdirLock(tmp_path)  # released (as by the kernel when a run dies): free again
+    again.acquire()
+    again.release()
+
+
+def test_with_no_checkpoint_that_restores_one_line_says_so_and_nothing_is_deleted(tmp_path):
+    from tgic_jax.train import checkpoint as ckpt_lib
+
+    workdir = tmp_path / "run"
+    _tiny_workdir_with_checkpoints(workdir, [10])
+    _damage(workdir / "checkpoints" / "10")
+    with pytest.raises(ckpt_lib.CheckpointError) as err:
+        ckpt_lib.restore_train_params(workdir)
+    assert re.fullmatch(r"no checkpoint in .*/checkpoints restores \(step 10: .*\)", str(err.value))
+    assert (workdir / "checkpoints" / "10").is_dir()
+
+
+def test_export_refuses_non_finite_parameters_in_one_line(tmp_path, capsys):
+    # Measured: exporting a NaN checkpoint failed with a TensorFlow traceback (non-finite pmf).
+    from tgic_jax.cli import main as cli
+
+    workdir = tmp_path / "run"
+    _tiny_workdir_with_checkpoints(workdir, [10], nan_steps=[10])
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tgic export: error: step 10 has non-finite parameters") and (
+        err.count("\n") == 1
+    ), err
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_over_its_own_earlier_export_needs_force(tmp_path, capsys):
+    from tgic_jax.cli import main as cli
+
+    workdir = tmp_path / "run"
+    _tiny_workdir_with_checkpoints(workdir, [10])
+    argv = ["export", "--workdir", str(workdir), "--out", str(tmp_path / "x")]
+    assert cli.main(argv) == 0
+    first = (tmp_path / "x" / "config.json").read_text()
+    assert cli.main(argv) == 2
+    assert "use --force to replace it" in capsys.readouterr().err
+    assert cli.main([*argv, "--force"]) == 0
+    assert (tmp_path / "x" / "config.json").read_text() == first

@@ -156,7 +156,7 @@ def test_sigterm_seconds_apart_stops_both_hosts_at_one_step_and_so_does_one_host
     procs = _start_pair(script, workdir, 100_000, released, cwd, env, logs)
     try:
         deadline = time.time() + 600  # two tiny train-step compiles on 2 cores
-        while "[train] step 3 " not in logs[0].read_text():
+        while "[train] step 3/" not in logs[0].read_text():
             assert time.time() < deadline and all(p.poll() is None for p in procs), "no step 3"
             time.sleep(0.2)
         procs[0].send_signal(signal.SIGTERM)

@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from tgic_jax.cli.outputs import OutputRefused, check_output
+
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `tgic convert`."""
@@ -30,6 +32,9 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--text-path", default="openai/clip-vit-base-patch32", help="hub id or local folder"
     )
+    p.add_argument(
+        "-f", "--force", action="store_true", help="replace an existing inference checkpoint"
+    )
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -43,6 +48,11 @@ def run_convert(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.input):
         print(f"tgic convert: {args.input}: no such file", file=sys.stderr)
+        return 2
+    try:
+        check_output(args.output_dir, args.force, {"the input": args.input})
+    except OutputRefused as err:  # a usage error, as compress's (status 2)
+        print(f"tgic convert: error: {err}", file=sys.stderr)
         return 2
     t0 = time.time()
     state_dict = load_state_dict_file(args.input)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tgic_jax.cli.outputs import OutputRefused, check_output
 from tgic_jax.train import trainer as train_lib
 
 
@@ -24,10 +25,17 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--select", choices=sorted(train_lib.BEST_BY), default=None,
                    help="export a best-by-evaluation checkpoint instead of a step")  # fmt: skip
+    p.add_argument("-f", "--force", action="store_true",
+                   help="replace an existing output (inference checkpoint or file)")  # fmt: skip
 
 
 def run_export(args: argparse.Namespace) -> int:
     """`tgic export` handler."""
+    try:
+        check_output(args.out, args.force, {"the workdir": args.workdir})
+    except OutputRefused as err:  # a usage error, as compress's (status 2)
+        print(f"tgic export: error: {err}", file=sys.stderr)
+        return 2
     if args.format == "authors":
         from tgic_jax.model.convert import export_authors
 

@@ -26,10 +26,16 @@ MEAN_KEYS = (
 
 
 def _mean_rows(rows: Sequence[dict]) -> dict:
-    out = {"n": len(rows)}
+    """Means over the images whose value is finite; `n_by_metric` counts them where fewer.
+
+    Measured: the model's LPIPS was averaged over fewer images than the `n` shown beside it.
+    """
+    out = {"n": len(rows), "n_by_metric": {}}
     for k in MEAN_KEYS:
         vals = [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])]
         out[k] = float(np.mean(vals)) if vals else float("nan")
+        if len(vals) != len(rows) and any(k in r for r in rows):
+            out["n_by_metric"][k] = len(vals)
     out["n_empty_caption"] = sum(1 for r in rows if r["caption"] == "")
     return out
 
@@ -159,13 +165,23 @@ def summary_markdown(summary: dict) -> str:
         "LPIPS | LPIPS01 | enc ms | dec ms | empty captions |"
     )
     lines += [head, "|" + "---|" * 13]
+    partial = []
     for t in summary["table"]:
+        counts = t.get("n_by_metric", {})
+
+        def cell(key, digits, t=t, counts=counts):  # the value, and its n when it is fewer
+            return _fmt(t[key], digits) + (f" (n={counts[key]})" if key in counts else "")
+
         lines.append(
-            f"| {t['checkpoint']} | {t['variant']} | {t['n']} | {_fmt(t['bpp'], 4)} | "
-            f"{_fmt(t['bpp_estimated'], 4)} | {_fmt(t['psnr'], 2)} | {_fmt(t['psnr_float'], 2)} | "
-            f"{_fmt(t['ms_ssim'], 4)} | {_fmt(t['lpips'], 4)} | {_fmt(t['lpips_zero_one'], 4)} | "
-            f"{_fmt(t['encode_ms'], 0)} | {_fmt(t['decode_ms'], 0)} | {t['n_empty_caption']} |"
+            f"| {t['checkpoint']} | {t['variant']} | {t['n']} | {cell('bpp', 4)} | "
+            f"{cell('bpp_estimated', 4)} | {cell('psnr', 2)} | {cell('psnr_float', 2)} | "
+            f"{cell('ms_ssim', 4)} | {cell('lpips', 4)} | {cell('lpips_zero_one', 4)} | "
+            f"{cell('encode_ms', 0)} | {cell('decode_ms', 0)} | {t['n_empty_caption']} |"
         )
+        partial += [f"{t['checkpoint']} ({t['variant']}): {k} over {c} of {t['n']} images"
+                    for k, c in counts.items()]  # fmt: skip
+    if partial:
+        lines += ["", "Not finite for some images, so averaged over fewer: " + "; ".join(partial)]
     if summary["jpeg"]:
         lines += [
             "",

@@ -39,8 +39,12 @@ from tgic_jax.evaluation import sets as datasets
 from tgic_jax.model.layers import Params
 from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 from tgic_jax.train import checkpoint as ckpt_lib
-from tgic_jax.train import input_pipeline, throughput
+from tgic_jax.train import config_checks, input_pipeline, throughput
 from tgic_jax.train import sharding as shd
+from tgic_jax.train.errors import Interrupted, RunError
+from tgic_jax.train.finite_watch import NonFiniteError, NonFiniteWatch
+from tgic_jax.train.stopping import StopAgreement
+from tgic_jax.train.workdir_lock import WorkdirLock
 
 QUANTILES = ("entropy_bottleneck", "quantiles")
 
@@ -369,8 +373,9 @@ class MetricWriter:
             # str() of an epath keeps gs://; TensorFlow's file system layer writes there.
             self._writer = tensorboard.SummaryWriter(str(logdir))
 
-    def write(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
-        """Writes scalars at step and logs one line."""
+    def write(self, step: int, scalars: dict[str, float], prefix: str = "train",
+              progress: str = "") -> None:  # fmt: skip
+        """Writes scalars at step and prints one line (`progress`, e.g. '5/20 eta 0:01:02')."""
         if self._writer is not None:
             for k, v in scalars.items():
                 self._writer.scalar(f"{prefix}/{k}", v, step)
@@ -378,7 +383,7 @@ class MetricWriter:
         shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items()))
         logging.info("[%s] step %d %s", prefix, step, shown)
         if jax.process_index() == 0:
-            print(f"[{prefix}] step {step} {shown}", flush=True)
+            print(f"[{prefix}] step {progress or step} {shown}", flush=True)
 
     def write_images(self, step: int, images: list, prefix: str = "eval") -> None:
         """A few originals beside their decoded images (uint8 [H, 2W, 3] each)."""
@@ -391,35 +396,6 @@ class MetricWriter:
         """Flushes and closes the event file."""
         if self._writer is not None:
             self._writer.close()
-
-
-# ----------------------------------------------------------------------------- stopping
-# Every host must leave the loop after the same step: one that stops early enters orbax's
-# save (whose first barrier is a device collective) while the others wait in the next
-# step's all-reduce, and both hang (measured: 2 processes, SIGTERM 2 s apart, no checkpoint
-# after 100 s). Hence a SIGTERM is never acted on where it lands, but through JAX's
-# preemption sync point, and the time budget through an all-gather.
-BUDGET_CHECK_EVERY_STEPS = 10  # several hosts: one tiny all-gather per 10 steps
-
-
-class _LocalSigterm:
-    """One process without a coordination service: SIGTERM sets a flag read between steps."""
-
-    def __init__(self):
-        self.received = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        logging.warning("SIGTERM: saving a checkpoint and stopping")
-        self.received = True
-
-    def restore(self) -> None:
-        """Puts the previous SIGTERM handler back."""
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 # ----------------------------------------------------------------------------- budget
@@ -482,61 +458,43 @@ class BudgetPlan:
                 print(f"time budget: {fit} steps fit, decays at {decays}", flush=True)
 
 
-class StopAgreement:
-    """Whether to stop after a step, the same answer on every host: preemption or budget.
-
-    With `jax.distributed` initialized, JAX's preemption sync manager owns SIGTERM (its
-    notice reaches every host through the coordination service) and
-    `manager.reached_preemption(step)` is True on all hosts at the same step, so no Python
-    handler is installed (it would replace JAX's). Without it (one process) SIGTERM sets a
-    local flag. The wall-clock budget (seconds from `begun`, 0: none) is decided by
-    `sharding.any_host` every BUDGET_CHECK_EVERY_STEPS steps on several hosts, every
-    step on one. `should_stop(step)` must be called at every step on every host.
-    """
-
-    def __init__(self, manager, budget_s: float = 0.0, begun: float | None = None):
-        self._manager = manager
-        self._budget_s = float(budget_s or 0.0)
-        self._begun = time.perf_counter() if begun is None else begun
-        self._local = None if jax.distributed.is_initialized() else _LocalSigterm()
-        self._check_every = BUDGET_CHECK_EVERY_STEPS if jax.process_count() > 1 else 1
-        self.reason = ""
-
-    def should_stop(self, step: int) -> bool:
-        """True (on every host alike) when the run must checkpoint `step` and return."""
-        if self._local is not None:
-            preempted = self._local.received
-        else:
-            preempted = self._manager.reached_preemption(step)
-        if preempted:
-            self.reason = "preemption"
-            return True
-        if self._budget_s and step % self._check_every == 0:
-            over = time.perf_counter() - self._begun > self._budget_s
-            if shd.any_host(over):
-                self.reason = "train_time_limit_minutes"
-                return True
-        return False
-
-    def close(self) -> None:
-        """Puts the previous SIGTERM handler back (one process)."""
-        if self._local is not None:
-            self._local.restore()
-
-
 # ----------------------------------------------------------------------------- loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainState:
-    """Trains (resuming from workdir's latest checkpoint), evaluates, checkpoints.
+    """Trains (resuming from workdir's newest restorable checkpoint), evaluates, checkpoints.
 
     `workdir` may be a URL (gs://bucket/run): checkpoints, config.json and TensorBoard
-    events are written there, not to a local folder.
+    events are written there, not to a local folder. One run at a time per workdir (a lock);
+    a reason to stop that the user can act on raises a one-line `RunError`.
     """
     begun = time.perf_counter()  # train_time_limit_minutes counts from here (compile included)
     workdir = ckpt_lib.as_path(workdir)
+    # The config checks come before anything is written (the workdir included).
+    mesh = shd.make_mesh(config.get("mesh"))
+    config_checks.validate(config, global_batch_size(config, mesh.size))
     workdir.mkdir(parents=True, exist_ok=True)
+    lock = WorkdirLock(workdir)
+    if jax.process_index() == 0:
+        lock.acquire()
+    # Until the loop, Ctrl-C ends the process at once (the kernel's default action, as
+    # SIGTERM's): nothing is trained yet, and Python's KeyboardInterrupt would only be
+    # raised after the minute-long compilation. The loop installs `_StopSignals`.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous_sigint = signal.signal(signal.SIGINT, signal.SIG_DFL) if in_main else None
+    try:
+        return _train(config, workdir, begun, mesh)
+    finally:
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
+        lock.release()
+
+
+def _train(config, workdir: epath.Path, begun: float, mesh) -> TrainState:
     is_main = jax.process_index() == 0
+    global_batch = global_batch_size(config, mesh.size)
+    host_batch = shd.local_batch_size(global_batch, mesh)
+    changes = config_checks.compare_with_workdir(config, workdir)
     if is_main:
-        write_workdir_config(config, workdir)
+        config_checks.record_config(config, workdir, changes)
 
     precision = config.get("jax_default_matmul_precision")
     if precision:  # before anything is traced; see docs/RECIPE.md (numerics)
@@ -545,10 +503,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         logging.warning("loss.lmbda=%g: (k_p, k_j)=(%g, %g) are not confirmed by the authors",
                         config.loss.lmbda, config.loss.k_p, config.loss.k_j)  # fmt: skip
 
-    # Mesh and batch sizes.
-    mesh = shd.make_mesh(config.get("mesh"))
-    global_batch = global_batch_size(config, mesh.size)
-    host_batch = shd.local_batch_size(global_batch, mesh)
     # (image, caption) pair sources: the epoch is one pass over the pairs, counted here.
     pairs = None
     if input_pipeline.uses_pairs(config.input):
@@ -563,35 +517,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     from tgic_jax.train import losses  # heavy (LPIPS, transformers)
 
     model = TACO.from_config(ModelConfig.from_config(config.model))
-    losses.check_joint_group(config.loss, global_batch)
     text_encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
     clip_model, clip_text_fn = None, None
-    if float(config.loss.k_j) > 0:
-        if config.text.encoder != "clip":
-            raise ValueError("loss.k_j > 0 needs text.encoder='clip': the joint term reuses "
-                             "the conditioning tokens")  # fmt: skip
+    if float(config.loss.k_j) > 0:  # validate: text.encoder is "clip"
         clip_model = losses.build_clip(config.loss.clip_path)
         clip_text_fn = functools.partial(losses.clip_text_embeddings, clip_model)
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
     frozen = shd.put_replicated({**frozen, "text": text_encoder.params}, mesh)
     optimizer = make_optimizer(config.optim, global_batch)
 
-    # State: restored from the workdir when a checkpoint exists, else fresh.
+    # State: restored from the workdir's newest checkpoint that restores, else fresh.
     shd.sync_hosts("tgic_jax/start")  # orbax's first barrier is a collective: meet first
-    manager = ckpt_lib.train_checkpoint_manager(
-        workdir, config.ckpt.every_steps, config.ckpt.keep, config.ckpt.get("use_async", True)
-    )
+    manager = _checkpoint_manager(config, workdir)
     state, state_shardings, abstract = init_sharded_state(
         model, optimizer, int(config.seed), mesh, config.get("mesh")
     )
-    if manager.latest_step() is not None:
+    if manager.all_steps():
         del state
-        state = ckpt_lib.restore_train_state(manager, abstract)
-        logging.info("resumed from step %d", int(state.step))
-        if is_main:
-            print(f"resumed from step {int(state.step)}", flush=True)
+        state, manager = _resume(config, workdir, manager, abstract)
     start_step = int(state.step)
-
     # Input: this host's share of every global batch, captions tokenized on the host.
     if pairs is not None:  # order from (seed, epoch): resumes exactly at start_step
         ds = input_pipeline.pairs_dataset(
@@ -625,6 +569,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     )  # fmt: skip
     global_batches = prefetch
     if start_step < num_steps:
+        if is_main:
+            print(f"compiling the train step (about a minute on a CPU) for steps "
+                  f"{start_step + 1}-{num_steps} ...", flush=True)  # fmt: skip
         first = next(global_batches)
         step_fn = step_fn.lower(state, frozen, first, np.float32(0)).compile()
         global_batches = itertools.chain([first], global_batches)
@@ -632,7 +579,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     meter, profiler = _throughput_instruments(config, step_fn, global_batch, mesh, workdir)
 
     writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
-    stop = StopAgreement(manager, budget_s, begun)
+    stop = StopAgreement(manager, budget_s, begun)  # from here SIGINT / SIGTERM save, then stop
     log_every = max(1, int(config.get("log_every_steps", 100)))
     checkpoint_every = max(1, int(config.ckpt.every_steps))
     eval_config = config.get("eval")
@@ -643,6 +590,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     lpips_fn = None
     step = start_step
     last_metrics = None
+    # Nothing non-finite is saved or evaluated: the watch reads every step's loss and
+    # gradient norm at each log line and before each save and evaluation.
+    finite = NonFiniteWatch()
+    saves = ckpt_lib.SaveWatch(manager)
+    eta = _Eta(start_step)
     meter.reset(step, prefetch.wait_s)
     try:
         # Checked before every step (the budget counts compile time; a run resumed after
@@ -656,16 +608,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 plan.observe(step + 1, time.perf_counter())
             step += 1
             last_metrics = metrics
+            finite.add(step, metrics)
+            saves.check(step)
             profiler.after_step(step, metrics)
             if step % log_every == 0 or step == plan.num_steps:
+                finite.check()
                 scalars = {k: float(v) for k, v in jax.device_get(last_metrics).items()}
-                writer.write(step, {**scalars, **meter.scalars(step, prefetch.wait_s)})
+                writer.write(step, {**scalars, **meter.scalars(step, prefetch.wait_s)},
+                             progress=eta.progress(step, plan.num_steps))  # fmt: skip
             if step % checkpoint_every == 0:  # orbax alone would also save the first step of a run
-                ckpt_lib.save_train_state(manager, step, state)
+                finite.check()
+                if ckpt_lib.save_train_state(manager, step, state):
+                    saves.saved(step)
             due = (eval_every and step % eval_every == 0) or (
                 eval_epochs and step % (eval_epochs * spe) == 0
             )
             if due or ((eval_every or eval_epochs) and step == plan.num_steps):
+                finite.check()
                 # Process 0 evaluates (as the authors' rank 0); the others wait at a
                 # coordination barrier, not a collective (see sharding.sync_hosts).
                 if is_main:
@@ -677,20 +636,77 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                          lpips_fn, writer, workdir, step, step // spe)  # fmt: skip
                 shd.sync_hosts(f"tgic_jax/eval_{step}")
         if stop.reason:
-            logging.warning("%s: stopping at step %d", stop.reason, step)
+            logging.info("%s: stopping at step %d", stop.reason, step)
             if is_main:
                 print(f"{stop.reason}: stopping at step {step}", flush=True)
-        # Always leave the last step on disk (end of run, preemption, budget).
-        if manager.latest_step() != step:
+        # Always leave the last step on disk (end of run, preemption, budget), unless the
+        # run never trained (a signal during start-up: nothing new to save).
+        finite.check()
+        if step != start_step and manager.latest_step() != step:
             ckpt_lib.save_train_state(manager, step, state, force=True)
+            saves.saved(step)
         manager.wait_until_finished()
+        saves.check(step)
+    except NonFiniteError as err:
+        manager.wait_until_finished()  # the good saves in flight complete
+        good = manager.latest_step()
+        kept = (f"last good checkpoint: step {good} ({manager.directory / str(good)})"
+                if good is not None else "no checkpoint was saved")  # fmt: skip
+        raise RunError(f"{err}: training stopped, nothing non-finite was saved; {kept}; "
+                       "lower optim.learning_rate or loss.lmbda") from None  # fmt: skip
     finally:
         profiler.stop(last_metrics)
         prefetch.close()
         stop.close()
         manager.close()
         writer.close()
+    if stop.reason == "SIGINT":
+        saved = f"saved in {manager.directory}" if step != start_step else "nothing new to save"
+        raise Interrupted(f"interrupted (SIGINT) at step {step}: {saved}; the same command "
+                          "resumes")  # fmt: skip
     return state
+
+
+def _checkpoint_manager(config, workdir):
+    return ckpt_lib.train_checkpoint_manager(
+        workdir, config.ckpt.every_steps, config.ckpt.keep, config.ckpt.get("use_async", True)
+    )
+
+
+def _resume(config, workdir, manager, abstract):
+    """(restored state, manager): the newest step that restores; damaged ones set aside."""
+    state, step, skipped = ckpt_lib.restore_newest(manager, abstract)
+    if skipped:
+        shd.sync_hosts("tgic_jax/restored")
+        for bad, why in skipped:
+            if jax.process_index() == 0:
+                kept = ckpt_lib.set_aside(manager, bad)
+                print(f"checkpoint step {bad} does not restore ({why}): skipped, kept as "
+                      f"{kept}", file=sys.stderr, flush=True)  # fmt: skip
+        shd.sync_hosts("tgic_jax/set_aside")
+        manager.close()  # it lists the steps once: a new one sees them gone
+        manager = _checkpoint_manager(config, workdir)
+    logging.info("resumed from step %d", step)
+    if jax.process_index() == 0:
+        print(f"resumed from step {step}", flush=True)
+    return state, manager
+
+
+class _Eta:
+    """`step N/TOTAL, eta H:MM:SS` from the mean step time since the run's first step."""
+
+    def __init__(self, start_step: int):
+        self._start_step, self._t0 = start_step, None
+
+    def progress(self, step: int, num_steps: int) -> str:
+        """The progress text of a log line at `step`."""
+        now = time.perf_counter()
+        if self._t0 is None:  # the first step's time includes the input's warm-up
+            self._t0, self._start_step = now, step
+            return f"{step}/{num_steps}"
+        per_step = (now - self._t0) / max(1, step - self._start_step)
+        left = int(per_step * (num_steps - step))
+        return f"{step}/{num_steps} eta {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
 
 
 def evaluate_and_record(
@@ -767,7 +783,14 @@ def export_inference(
         params, info = load_best_params(workdir, select)
         step = int(info["step"])
     else:
-        params, step = ckpt_lib.restore_train_params(workdir, step)
+        params, step = ckpt_lib.restore_train_params(
+            workdir, step, report=lambda line: print(line, file=sys.stderr, flush=True)
+        )
+    bad = [k for k, v in flax.traverse_util.flatten_dict(params).items()
+           if not np.isfinite(v).all()]  # fmt: skip
+    if bad:  # coding tables of NaN pmfs fail deep in the range coder otherwise
+        raise ValueError(f"step {step} has non-finite parameters ({'/'.join(bad[0])}, "
+                         f"{len(bad)} arrays): export an earlier --step")  # fmt: skip
     return ckpt_lib.save_inference(
         out, ModelConfig.from_config(config.model), params,
         text_config={"width": int(config.model.text_dim), **config.text.to_dict()},

@@ -1,0 +1,99 @@
+"""Config checks: bad values and a rerun's incompatible config are one-line errors, early."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configs import small
+from tgic_jax.train import config_checks
+from tgic_jax.train import trainer as train_lib
+from tgic_jax.train.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny(**overrides):
+    config = small.get_config("tiny")
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        (config[section] if section else config)[name] = value
+    return config
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("loss.lmbda", 0.0, "loss.lmbda=0.0: must be > 0"),
+    ("loss.lmbda", -1.0, "loss.lmbda=-1.0: must be > 0"),
+    ("loss.k_p", -0.5, "loss.k_p=-0.5: must be >= 0"),
+    ("loss.k_j", float("nan"), "loss.k_j=nan: must be >= 0"),
+    ("input.crop_size", 100, "input.crop_size=100: must be a multiple of the model's stride 64"),
+    ("input.batch_size_per_device", 0, "input.batch_size_per_device=0: must be >= 1"),
+])  # fmt: skip
+def test_values_that_would_train_wrong_are_refused_in_one_line(key, value, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(")) as err:
+        config_checks.validate(_tiny(**{key: value}), global_batch=2)
+    assert "\n" not in str(err.value)
+
+
+def test_a_batch_the_joint_groups_do_not_tile_is_refused():
+    config = _tiny(**{"loss.k_j": 1.0, "loss.joint_group_size": 8})
+    config.text.encoder = "clip"
+    with pytest.raises(ConfigError, match="global batch 12 is not a multiple of"):
+        config_checks.validate(config, global_batch=12)
+    config_checks.validate(config, global_batch=16)
+
+
+def test_an_unknown_config_argument_is_an_error_not_the_full_config():
+    with pytest.raises(ValueError, match="unknown argument 'tny'"):
+        small.get_config("tny")
+
+
+def test_a_rerun_may_change_how_it_trains_but_not_what_its_checkpoints_hold(tmp_path):
+    from tgic_jax.train.checkpoint import as_path
+
+    workdir = as_path(tmp_path)
+    config_checks.record_config(_tiny(), workdir, {})
+    original = (tmp_path / "config.json").read_text()
+    for key, value in [("model.N", 32), ("seed", 1), ("input.batch_size_per_device", 4),
+                       ("text.encoder", "minilm")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"{key} .* would not fit its checkpoints") as err:
+            config_checks.compare_with_workdir(_tiny(**{key: value}), workdir)
+        assert "\n" not in str(err.value)
+    changes = config_checks.compare_with_workdir(_tiny(**{"optim.learning_rate": 1e-4}), workdir)
+    assert changes == {"optim.learning_rate": (1e-3, 1e-4)}
+    assert (tmp_path / "config.json").read_text() == original  # compare writes nothing
+    config_checks.record_config(_tiny(**{"optim.learning_rate": 1e-4}), workdir, changes)
+    history = [json.loads(line) for line in (tmp_path / "config_history.jsonl").open()]
+    assert history == [{"changes": {"optim.learning_rate": [1e-3, 1e-4]}}]
+    assert json.loads((tmp_path / "config.json").read_text())["optim"]["learning_rate"] == 1e-4
+
+
+def test_train_refuses_an_incompatible_rerun_before_writing_anything(tmp_path):
+    # Measured: N=32 on an N=16 run overwrote config.json, then 13 orbax tracebacks.
+    config_checks.record_config(_tiny(), tmp_path, {})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    original = (tmp_path / "config.json").read_text()
+    with pytest.raises(ConfigError, match="model.N 16 -> 32"):
+        train_lib.train_and_evaluate(_tiny(**{"model.N": 32}), tmp_path)
+    assert (tmp_path / "config.json").read_text() == original
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == before
+
+
+def test_train_py_config_errors_are_one_line_with_a_nonzero_status(tmp_path):
+    cases = [
+        (["--config", f"{REPO}/configs/small.py:tny"], "unknown argument 'tny'"),
+        (["--config", f"{REPO}/configs/small.py:tiny", "--config.loss.lmbda=-1"],
+         "loss.lmbda=-1.0: must be > 0"),
+    ]  # fmt: skip
+    for args, message in cases:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), *args, "--workdir", str(tmp_path / "run")],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+            env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        assert proc.returncode != 0
+        assert proc.stderr.startswith("train.py: error: ") and message in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written

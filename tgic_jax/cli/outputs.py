@@ -1,0 +1,63 @@
+"""What `tgic export` and `tgic convert` may write to: nothing a user made is lost.
+
+Measured: `tgic export --workdir RUN --out RUN` deleted the training run (checkpoints,
+TensorBoard) and `--out .` the current folder, exit 0. An output that exists is refused
+unless --force, and --force replaces only what these commands write (an inference
+checkpoint folder, or a file); a folder that holds or is held by the workdir or the input
+is refused always.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class OutputRefused(ValueError):
+    """Writing the output would delete or overwrite something the user made."""
+
+
+def _local(path: str | os.PathLike) -> Path | None:
+    text = os.fspath(path)
+    return None if "://" in text else Path(os.path.abspath(os.path.realpath(text)))
+
+
+def _overlap(out: Path, other: Path) -> bool:
+    return out == other or other in out.parents or out in other.parents
+
+
+def _is_inference_checkpoint(folder: Path) -> bool:
+    from tgic_jax.train.checkpoint import read_inference_config
+
+    try:
+        read_inference_config(folder)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def check_output(out: str, force: bool, keep: dict[str, str] | None = None) -> None:
+    """Raises OutputRefused when writing `out` could lose a file; `keep`: {what: path}.
+
+    `keep` names what must never be touched (e.g. {"the workdir": RUN}): `out` may be
+    neither it, inside it, nor around it.
+    """
+    target = _local(out)
+    if target is None:  # a URL: no local checks
+        return
+    for what, path in (keep or {}).items():
+        other = _local(path)
+        if other is not None and _overlap(target, other):
+            raise OutputRefused(f"{out}: is, is inside or contains {what} ({path}); "
+                                "write the output somewhere else")  # fmt: skip
+    if target.is_file() or target.is_symlink():
+        if not force:
+            raise OutputRefused(f"{out}: exists (use --force to replace it)")
+        return
+    if target.is_dir() and any(target.iterdir()):
+        if not _is_inference_checkpoint(target):
+            raise OutputRefused(f"{out}: a folder that is not empty and is not an inference "
+                                "checkpoint; nothing was written (name a new folder)")  # fmt: skip
+        if not force:
+            raise OutputRefused(f"{out}: an inference checkpoint exists there "
+                                "(use --force to replace it)")  # fmt: skip

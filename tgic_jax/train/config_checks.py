@@ -1,0 +1,142 @@
+"""Config checks of a training run, made before the run writes anything.
+
+`validate` refuses values that would train silently wrong or fail minutes later (a
+non-positive lmbda, a negative weight, a crop the model cannot downsample, a batch the
+joint term's groups do not tile). `compare_with_workdir` checks a rerun against the
+config.json its workdir was started with: a rerun may change how long and how it trains
+(steps, learning rates, loss weights, checkpoints, logging, evaluation) but not what the
+checkpoints hold or the order of the data, which a resumed run must continue. Every error
+is a one-line `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import ml_collections
+
+from tgic_jax.train.errors import ConfigError
+
+# The model downsamples x by 64 before the hyperprior (z is [H/64, W/64]).
+MODEL_STRIDE = 64
+
+# Keys (dotted; a trailing "." means the whole section) a rerun may not change: they decide
+# the parameters' shapes (so the optimizer state's too), the text the model was trained
+# with, or the order of the batches (seed, the data, the batch). Measured: N=32 on an N=16
+# run overwrote config.json, then failed in orbax with 13 tracebacks.
+FROZEN = (
+    "model.", "text.", "seed", "mesh.",
+    "input.source", "input.tfds_name", "input.tfds_split", "input.folder", "input.captions",
+    "input.pairs", "input.max_images", "input.min_short_side", "input.crop_size",
+    "input.batch_size_per_device", "input.shuffle_buffer",
+)  # fmt: skip
+# ...except these, which change the arithmetic, not the shapes or the data.
+CHANGEABLE = ("model.compute_dtype",)
+
+CONFIG_JSON = "config.json"
+CONFIG_HISTORY = "config_history.jsonl"
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict, global_batch: int) -> None:
+    """Raises a one-line ConfigError for a value the run cannot train with as meant."""
+    loss = config.loss
+    lmbda = float(loss.lmbda)
+    _check(math.isfinite(lmbda) and lmbda > 0,
+           f"loss.lmbda={loss.lmbda}: must be > 0 (the rate-distortion trade-off)")  # fmt: skip
+    for key in ("k_p", "k_j", "clip_embed_weight"):
+        if key in loss:
+            value = float(loss[key])
+            _check(math.isfinite(value) and value >= 0, f"loss.{key}={loss[key]}: must be >= 0")
+    crop = int(config.input.crop_size)
+    _check(crop >= MODEL_STRIDE and crop % MODEL_STRIDE == 0,
+           f"input.crop_size={crop}: must be a multiple of the model's stride {MODEL_STRIDE} "
+           f"(e.g. {max(MODEL_STRIDE, crop // MODEL_STRIDE * MODEL_STRIDE)})")  # fmt: skip
+    per_device = int(config.input.batch_size_per_device)
+    _check(per_device >= 1, f"input.batch_size_per_device={per_device}: must be >= 1")
+    if float(loss.k_j) > 0:
+        _check(config.text.encoder == "clip",
+               "loss.k_j > 0 needs text.encoder='clip': the joint term reuses the "
+               "conditioning tokens")  # fmt: skip
+    from tgic_jax.train import losses  # the joint term's own rule, in one place
+
+    try:
+        losses.check_joint_group(loss, global_batch)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for key in ("log_every_steps",):
+        if key in config:
+            _check(int(config[key]) >= 1, f"{key}={config[key]}: must be >= 1")
+    _check(int(config.ckpt.every_steps) >= 1, f"ckpt.every_steps={config.ckpt.every_steps}: "
+           "must be >= 1")  # fmt: skip
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _frozen(key: str) -> bool:
+    if key in CHANGEABLE:
+        return False
+    return any(key.startswith(f) if f.endswith(".") else key == f for f in FROZEN)
+
+
+def differences(old: dict, new: dict) -> dict[str, tuple]:
+    """{dotted key: (old value, new value)} of the keys both configs have and differ in."""
+    a, b = _flat(old), _flat(new)
+    return {k: (a[k], b[k]) for k in sorted(a.keys() & b.keys()) if a[k] != b[k]}
+
+
+def _shown(changes: dict[str, tuple]) -> str:
+    return ", ".join(f"{k} {json.dumps(o)} -> {json.dumps(n)}" for k, (o, n) in changes.items())
+
+
+def compare_with_workdir(config: ml_collections.ConfigDict, workdir) -> dict[str, tuple]:
+    """The allowed changes of a rerun against workdir/config.json ({} for a new run).
+
+    Raises ConfigError naming the keys that would change the model, the optimizer state or
+    the data order. Reads only: nothing is written here.
+    """
+    path = workdir / CONFIG_JSON
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except ValueError as err:
+        raise ConfigError(f"{path}: not readable JSON ({err}); move it away to start "
+                          "a new run here") from err  # fmt: skip
+    new = json.loads(config.to_json())  # the same normalization (tuples -> lists)
+    changes = differences(old, new)
+    refused = {k: v for k, v in changes.items() if _frozen(k)}
+    if refused:
+        raise ConfigError(
+            f"{workdir} was trained with another config: {_shown(refused)} would not fit its "
+            "checkpoints or data order (use a new --workdir, or the run's values)"
+        )
+    return changes
+
+
+def record_config(config: ml_collections.ConfigDict, workdir, changes: dict[str, tuple]) -> None:
+    """Writes workdir/config.json; a rerun's allowed changes are appended to the history."""
+    if changes:
+        entry = {"changes": {k: [o, n] for k, (o, n) in changes.items()}}
+        history = workdir / CONFIG_HISTORY
+        old = history.read_text() if history.exists() else ""
+        history.write_text(old + json.dumps(entry) + "\n")  # rewritten whole: gs:// has no append
+        print(f"config: changed since the last run ({_shown(changes)}); "
+              f"recorded in {CONFIG_HISTORY}", flush=True)  # fmt: skip
+    tmp = workdir / f".{CONFIG_JSON}.tmp-{os.getpid()}"
+    tmp.write_text(config.to_json(indent=1))
+    tmp.replace(workdir / CONFIG_JSON)  # atomic: never a half config.json
