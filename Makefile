@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SOURCES := tgic_jax tests configs benchmarks tools train.py eval.py
 
-.PHONY: demo test install check lint format clean
+.PHONY: demo test test-transformers5 install check lint format clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@# A venv of an older Python (an earlier checkout's) is replaced, not patched.
@@ -26,6 +26,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 	$(PY) -m pytest -q -m slow tests
+	$(MAKE) --no-print-directory test-transformers5
+
+# The lock picks transformers 4.57; the towers and tokenizers must work with 5.x too. A
+# second venv holds transformers 5 and what it needs newer, and reads everything else from
+# .venv (a path line, after its own site-packages, so its own versions win).
+VENV5 := .venv-transformers5
+$(VENV5)/.installed: $(STAMP)
+	rm -rf $(VENV5)
+	$(shell sh tools/find_python.sh) -m venv $(VENV5)
+	$(PY) -c 'import site; print(site.getsitepackages()[0])' \
+		> $$($(VENV5)/bin/python -c 'import site; print(site.getsitepackages()[0])')/tgic-main-venv.pth
+	$(VENV5)/bin/python -m pip install -q 'transformers>=5,<6'
+	$(VENV5)/bin/python -c 'import sys, transformers; sys.exit(transformers.__version__[0] != "5")'
+	touch $@
+
+test-transformers5: $(VENV5)/.installed
+	$(VENV5)/bin/python -c 'import transformers; print("transformers", transformers.__version__)'
+	$(VENV5)/bin/python -m pytest -q -p no:cacheprovider tests/test_towers.py tests/test_text_encoders.py
 
 # What CI checks before the tests: the formatter would change nothing, the linter finds nothing.
 check: $(STAMP)
@@ -39,4 +57,4 @@ format: $(STAMP)
 	$(PY) -m ruff format $(SOURCES)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV5) .pytest_cache
