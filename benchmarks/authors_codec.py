@@ -11,6 +11,11 @@ OUT.npz (our side converts the same weights). Then it serves one request per std
 line back with the seconds of each and the bytes of their strings. Their modules import
 `lpips` and `clip` at top level, compressai imports torchvision, and their decompress calls
 `torch.cuda.synchronize`: all stubbed (CPU only; none of them is used by the codec).
+
+With `--state-dict-in IN.npz` (e.g. the parity fixture's trained small model) their model
+is built at the sizes of that state_dict (N, M, slices, text width read from its shapes;
+8 attention heads, their only choice) and loads it, coder buffers included (compressai's
+`load_state_dict` resizes them), instead of drawing a random init; OUT.npz is then a copy.
 """
 
 from __future__ import annotations
@@ -24,7 +29,19 @@ import types
 import numpy as np
 
 
-def _load_their_model(repo: str, seed: int):
+def _sizes(sd: dict) -> types.SimpleNamespace:
+    """Their config from a state_dict's shapes (N, M, slices; text width apart)."""
+    slices, i = [], 0
+    while f"local_context.{i}.weight" in sd:
+        slices.append(sd[f"local_context.{i}.weight"].shape[1])
+        i += 1
+    return types.SimpleNamespace(
+        N=sd["entropy_bottleneck.quantiles"].shape[0], M=sum(slices), slice_num=len(slices),
+        context_window=5, slice_ch=slices, quant="ste",
+    )  # fmt: skip
+
+
+def _load_their_model(repo: str, seed: int, state_dict_in: str | None = None):
     # Imported at top level by their utils (lpips, clip) and by compressai's registry
     # (torchvision.transforms, only to list its classes); none is used by the codec.
     for name in ("lpips", "clip", "torchvision", "torchvision.transforms"):
@@ -36,10 +53,20 @@ def _load_their_model(repo: str, seed: int):
     torch.cuda.synchronize = lambda *a, **k: None  # their decompress calls it (CPU run)
     from models import TACO  # their package
 
+    torch.manual_seed(seed)
+    if state_dict_in:
+        with np.load(state_dict_in) as f:
+            sd = {k: torch.from_numpy(f[k]) for k in f.files}
+        config = _sizes(sd)
+        text_dim = next(
+            v.shape[1] for k, v in sd.items() if k.endswith("text_feature_dim_proj.weight")
+        )
+        model = TACO(config, text_embedding_dim=text_dim)
+        model.load_state_dict(sd)
+        return torch, model.eval()
     config = types.SimpleNamespace(
         N=192, M=320, slice_num=5, context_window=5, slice_ch=[16, 16, 32, 64, 192], quant="ste"
     )
-    torch.manual_seed(seed)
     model = TACO(config, text_embedding_dim=512).eval()
     model.update(force=True)
     return torch, model
@@ -51,9 +78,12 @@ def main() -> None:
     ap.add_argument("--repo", required=True, help="a checkout of the authors' TACO code")
     ap.add_argument("--state-dict", required=True, help="where to write their weights (.npz)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--state-dict-in", help="load these weights (.npz) instead of a random init")
     args = ap.parse_args()
-    torch, model = _load_their_model(args.repo, args.seed)
+    torch, model = _load_their_model(args.repo, args.seed, args.state_dict_in)
     sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    if args.state_dict_in:  # what they loaded, as read back from their model
+        assert all(np.array_equal(sd[k], v) for k, v in np.load(args.state_dict_in).items())
     np.savez(args.state_dict, **sd)
     print(json.dumps({"ready": True, "torch": torch.__version__,
                       "threads": torch.get_num_threads()}), flush=True)  # fmt: skip

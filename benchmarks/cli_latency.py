@@ -15,6 +15,9 @@ The model: random well-scaled weights of the paper's size (N=192, M=320, D=512) 
 small demo size (configs/small.py: N=64, M=96, D=384), exported once to an inference
 checkpoint under --workdir. Text comes from a .npy of token states (--text-embeddings) so the
 numbers do not depend on which text encoder is installed; `--caption` adds the text encoder.
+
+Afterwards one more compress and decompress run under `python -X importtime` (not
+timed) and the script prints which of tensorflow / keras / torch each imported (none should).
 """
 
 from __future__ import annotations
@@ -56,13 +59,17 @@ def make_checkpoint(size: str, folder: Path) -> Path:
     return path
 
 
-def run_cli(argv: list[str], cache: Path) -> tuple[float, dict]:
-    """(wall seconds, the CLI's --timings breakdown) of one fresh `tgic` process."""
+def run_cli(argv: list[str], cache: Path, importtime: bool = False) -> tuple[float, dict]:
+    """(wall seconds, the CLI's --timings breakdown) of one fresh `tgic` process.
+
+    With `importtime` the breakdown gets "imported": the heavy packages the process imported.
+    """
     env = dict(os.environ, TGIC_JAX_CACHE=str(cache), PYTHONPATH=str(REPO))
     env.setdefault("JAX_PLATFORMS", "cpu")
+    flags = ["-X", "importtime"] if importtime else []
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "tgic_jax.cli", *argv, "--timings", "--force"],
+        [sys.executable, *flags, "-m", "tgic_jax.cli", *argv, "--timings", "--force"],
         env=env,
         capture_output=True,
         text=True,
@@ -74,6 +81,10 @@ def run_cli(argv: list[str], cache: Path) -> tuple[float, dict]:
     for line in proc.stderr.splitlines():
         if line.startswith("timings: "):
             timings = json.loads(line[len("timings: ") :])
+    if importtime:  # lines "import time: self | cumulative | [spaces]package"
+        top = {ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines()
+               if ln.startswith("import time:")}  # fmt: skip
+        timings["imported"] = sorted(top & {"tensorflow", "keras", "torch"})
     return wall, timings
 
 
@@ -84,14 +95,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--model", choices=sorted(SIZES), default="paper")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "tgic_cli_latency"))
-    ap.add_argument(
-        "--tf-thread",
-        action="store_true",
-        help="import TensorFlow in a thread at the start instead of on first use (A/B)",
-    )
     args = ap.parse_args()
-    if args.tf_thread:
-        os.environ["TGIC_PREFETCH_TF"] = "1"
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -113,6 +117,11 @@ def main() -> None:
                 print(f"run {run + 1}: {command} {state}: {wall:.2f} s  {timings}", flush=True)
             if command == "compress":  # decompress's cold call must not see compress's cache
                 cache = Path(tempfile.mkdtemp(prefix="jax_cache_", dir=work))
+
+    for command, argv in (("compress", compress), ("decompress", decompress)):
+        _, t = run_cli(argv, cache, importtime=True)
+        print(f"{command} (one more call, -X importtime): imported {t['imported'] or 'none'} "
+              "of tensorflow, keras, torch")  # fmt: skip
 
     load = os.getloadavg()[0]
     print(f"\nmodel {args.model} ({SIZES[args.model]}), image {args.image}, "

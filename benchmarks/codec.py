@@ -12,6 +12,12 @@ between the two (ours first on even runs, theirs first on odd ones) so that a bu
 slows both alike; medians are printed with the ratio, and the two reconstructions are
 compared.
 
+With `--authors-state-dict IN.npz --images A.png B.png ...` it compares bytes only: both
+codecs load that state_dict (e.g. `../shared/reference/parity/official_state_dict.npz`, a
+trained small model), and each image is coded once on each side with the same random text;
+prints our payload (and header) against the bytes of their rANS strings per image, and
+whether the reconstructions agree.
+
 Weights: random and well-scaled (He-normal kernels; the bottleneck at its Flax init
 values), drawn from the shapes of `init_variables` via `jax.eval_shape` so the run does
 not spend minutes compiling Flax's init. Timings do not depend on the weights' values,
@@ -79,12 +85,13 @@ def random_variables(model: TACO, seed: int = 0) -> dict:
 class AuthorsCodec:
     """The authors' codec in a worker process of their environment (one request per run)."""
 
-    def __init__(self, repo: str, python: str, workdir: str, seed: int = 0):
+    def __init__(self, repo: str, python: str, workdir: str, seed: int = 0, state_dict_in=None):
         self.state_dict = str(Path(workdir) / "authors_state_dict.npz")
         self._io = str(Path(workdir) / "authors_io.npz")
+        extra = ["--state-dict-in", state_dict_in] if state_dict_in else []
         self._proc = subprocess.Popen(
             [python, str(REPO / "benchmarks" / "authors_codec.py"), "--repo", repo,
-             "--state-dict", self.state_dict, "--seed", str(seed)],
+             "--state-dict", self.state_dict, "--seed", str(seed), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.info = self._read()
@@ -168,6 +175,41 @@ def compare_with_authors(args, image: np.ndarray) -> None:
     print(_summary("decode", times["ours_dec"], times["theirs_dec"]))
 
 
+def compare_bytes(args) -> None:
+    """Bytes of ours and the authors' codec on one state_dict, image by image."""
+    from tgic_jax.model.convert import from_official_state_dict, load_state_dict_file
+
+    model, variables = from_official_state_dict(load_state_dict_file(args.authors_state_dict))
+    coder = codec.Coder(model, variables)
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs = AuthorsCodec(args.authors_repo, args.authors_python, tmp,
+                              state_dict_in=args.authors_state_dict)  # fmt: skip
+        try:
+            print(f"model N={model.N} M={model.M} slices={list(model.slices)} "
+                  f"text {model.text_dim}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+            total_ours = total_theirs = 0
+            for path in args.images:
+                image = image_io.load_image(path)[0]
+                text = rng.normal(size=(38, model.text_dim)).astype(np.float32)
+                r = coder.encode([image], [text])[0]
+                x_ours = np.clip(coder.decode(r.data)[0], 0, 1).astype(np.float64)
+                out = theirs.run(image, text)
+                ours, their = sum(r.payload_bytes.values()), out["y_bytes"] + out["z_bytes"]
+                total_ours, total_theirs = total_ours + ours, total_theirs + their
+                h, w = image.shape[:2]
+                diff = np.abs(x_ours - out["x_hat"])
+                print(f"{Path(path).name} {w}x{h}: ours {ours} B (y {r.payload_bytes['y']}, "
+                      f"z {r.payload_bytes['z']}) + header {r.header_bytes} B; authors {their} B "
+                      f"(y {out['y_bytes']}, z {out['z_bytes']}); ours/theirs {ours / their:.4f}x "
+                      f"payload, {(ours + r.header_bytes) / their:.4f}x with header; "
+                      f"max |x_hat diff| {diff.max():.1e}")  # fmt: skip
+            print(f"total: ours {total_ours} B, authors {total_theirs} B "
+                  f"({total_ours / total_theirs:.4f}x payload)")  # fmt: skip
+        finally:
+            theirs.close()
+
+
 def main() -> None:
     """Times encode and decode of one image (beside the authors' codec if asked); prints medians."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -177,7 +219,14 @@ def main() -> None:
     ap.add_argument("--authors-repo", help="a checkout of the authors' TACO: time theirs too")
     ap.add_argument("--authors-python", default=os.environ.get("AUTHORS_PYTHON", "python3"),
                     help="python of an environment with torch and compressai==1.2.8")  # fmt: skip
+    ap.add_argument(
+        "--authors-state-dict", help="with --authors-repo: compare bytes on these weights"
+    )
+    ap.add_argument("--images", nargs="+", help="with --authors-state-dict: the images to code")
     args = ap.parse_args()
+    if args.authors_repo and args.authors_state_dict:
+        compare_bytes(args)
+        return
     if args.authors_repo:
         compare_with_authors(args, image_io.load_image(args.image)[0])
         return

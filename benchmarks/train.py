@@ -41,6 +41,12 @@ def _tiny_clip():
     return random_clip(config, seed=0)
 
 
+def auto_mesh_ok(mesh) -> bool:
+    """False when `mesh` has Explicit axes (sharding in types), which the step cannot trace."""
+    types = getattr(mesh, "axis_types", ())
+    return not any("Explicit" in str(t) for t in types)
+
+
 def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float32") -> dict:
     """Times `steps` train steps after a warm-up one; returns the figures."""
     import jax
@@ -69,6 +75,10 @@ def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float3
     config.input.batch_size_per_device = batch
     config.loss.joint_group_size = min(8, batch)  # the joint term's groups tile the batch
     mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=1)))
+    if not auto_mesh_ok(mesh):
+        # jax >= 0.7's jax.make_mesh gives Explicit axes; the step's ConvTranspose reshape
+        # then fails to trace (ShardingTypeError). Same one-device step on an Auto mesh.
+        mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names)
     model = TACO.from_config(ModelConfig.from_config(config.model))
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
     frozen = shd.put_replicated(frozen, mesh)
