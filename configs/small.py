@@ -39,6 +39,7 @@ def get_config(arg=None):
             k_p=1.0,
             k_j=0.0,  # CLIP image weights are not available offline
             lpips_input_range="minus_one_one",
+            lpips_float64=False,  # the CPU demo: float32 is faster, parity is not its aim
             clip_path="openai/clip-vit-base-patch32",
             clip_embed_weight=40.0,
             clip_logit_scale_log=2.6592,

@@ -83,6 +83,11 @@ def get_config(arg=None):
             # The authors call lpips.LPIPS(net='alex')(x_hat, x) on [0, 1] images without
             # normalize=True; 'minus_one_one' is LPIPS's own range (the corrected option).
             lpips_input_range="zero_one",
+            # LPIPS's network in float64: its ReLU / max-pool near-ties are then decided as
+            # exact arithmetic (and the authors' float32 CPU run) decides them, so the
+            # gradient matches theirs (evaluation/lpips.py). False: float32, where float64
+            # is slow or emulated (TPUs).
+            lpips_float64=True,
             clip_path="openai/clip-vit-base-patch32",
             clip_embed_weight=40.0,
             clip_logit_scale_log=2.6592,

@@ -180,6 +180,7 @@ def build_loss(loss_config, clip_model=None) -> tuple[LossFn, dict[str, Params]]
     k_p = float(loss_config.k_p)
     k_j = float(loss_config.k_j)
     input_range = loss_config.get("lpips_input_range", "minus_one_one")
+    lpips_float64 = bool(loss_config.get("lpips_float64", True))
     embed_weight = float(loss_config.get("clip_embed_weight", 40.0))
     logit_scale_log = float(loss_config.get("clip_logit_scale_log", 2.6592))
     group_size = int(loss_config.get("joint_group_size", 8))
@@ -211,7 +212,9 @@ def build_loss(loss_config, clip_model=None) -> tuple[LossFn, dict[str, Params]]
             "distortion": distortion,
         }
         if k_p > 0:
-            lpips = jnp.mean(lpips_distance(frozen_params["lpips"], x_hat, x, input_range))
+            lpips = jnp.mean(
+                lpips_distance(frozen_params["lpips"], x_hat, x, input_range, lpips_float64)
+            )
             loss = loss + k_p * lpips
             metrics["lpips"] = lpips
         if k_j > 0:
