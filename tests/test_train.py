@@ -1,8 +1,8 @@
 """Training: optimizer partition, schedule, 1 vs 8 devices, kill/resume, loss falls, export.
 
 Runs that need fresh XLA device counts or must be killed run as subprocesses. Each compiles
-the tiny model's train step (~50 s on 2 CPU cores): JAX's persistent compilation cache is
-not used because reloading cached CPU executables crashed (SIGABRT) or hung on jax 0.5.3.
+the tiny model's train step (~50 s on 2 CPU cores) without JAX's persistent compilation
+cache, so that each run compiles as a user's first run does.
 """
 
 import json

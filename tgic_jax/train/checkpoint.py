@@ -121,13 +121,6 @@ def load_inference(path: str | os.PathLike):
 # (plus temporaries that the next manager removes).
 TRAIN_CHECKPOINTS = "checkpoints"
 
-# orbax-checkpoint 0.11.24 reports array sizes through jax.monitoring.record_scalar, which
-# jax 0.5.3 does not have yet: without it, restoring a jax.Array checkpoint raises. The
-# metric is only telemetry, so a no-op stands in for it on this jax.
-if not hasattr(jax.monitoring, "record_scalar"):
-    jax.monitoring.record_scalar = lambda *args, **kwargs: None
-
-
 def train_checkpoint_manager(
     workdir: str | os.PathLike, every_steps: int = 1000, keep: int = 3, use_async: bool = True
 ) -> ocp.CheckpointManager:
