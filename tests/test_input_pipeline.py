@@ -32,7 +32,7 @@ def _write_folder(tmp_path, sizes_and_captions):
 def test_kodak_batches_are_random_crops_in_unit_range_with_their_captions(kodak_dir):
     cfg = _folder_config(kodak_dir, 64, max_images=3)
     ds = input_pipeline.make_dataset(cfg, batch_size=4, seed=0)
-    batch = next(input_pipeline.numpy_batches(ds))
+    batch = next(iter(ds))
     assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.float32
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     assert batch["image"].std() > 0.05  # real image content, not zeros
@@ -45,7 +45,7 @@ def test_same_seed_gives_the_same_batches_and_another_seed_other_crops(kodak_dir
     cfg = _folder_config(kodak_dir, 64, max_images=3)
 
     def batches(seed, n=3):
-        it = input_pipeline.numpy_batches(input_pipeline.make_dataset(cfg, 4, seed=seed))
+        it = iter(input_pipeline.make_dataset(cfg, 4, seed=seed))
         return [next(it) for _ in range(n)]
 
     a, b, c = batches(5), batches(5), batches(6)
@@ -60,7 +60,7 @@ def test_images_smaller_than_the_crop_are_skipped(tmp_path):
         tmp_path, [((32, 200), "too short"), ((80, 96), "big enough"), ((200, 40), "too narrow")]
     )
     ds = input_pipeline.make_dataset(_folder_config(folder, 64), batch_size=3, seed=1)
-    batches = input_pipeline.numpy_batches(ds)
+    batches = iter(ds)
     captions = [c for _ in range(3) for c in next(batches)["caption"]]
     assert set(captions) == {"big enough"}
 
@@ -75,13 +75,13 @@ def test_a_share_without_a_usable_image_fails_clearly_instead_of_looping(tmp_pat
     with pytest.raises(ValueError, match=r"process 0 of 2 has no image of at least 64x64"):
         input_pipeline.make_dataset(cfg, batch_size=2, seed=0, process_index=0, process_count=2)
     ds = input_pipeline.make_dataset(cfg, batch_size=2, seed=0, process_index=1, process_count=2)
-    assert set(next(input_pipeline.numpy_batches(ds))["caption"]) <= {"big 1", "big 3"}
+    assert set(next(iter(ds))["caption"]) <= {"big 1", "big 3"}
 
 
 def test_one_caption_is_picked_at_random_from_a_list(tmp_path):
     folder = _write_folder(tmp_path, [((64, 64), ["first", "second", "third"])])
     ds = input_pipeline.make_dataset(_folder_config(folder, 64), batch_size=8, seed=2)
-    batches = input_pipeline.numpy_batches(ds)
+    batches = iter(ds)
     captions = [c for _ in range(4) for c in next(batches)["caption"]]
     assert set(captions) == {"first", "second", "third"}
 
@@ -95,7 +95,7 @@ def test_folder_is_split_disjointly_between_processes(kodak_dir):
     cfg = _folder_config(kodak_dir, 64, max_images=12)
     caps = [
         set(
-            next(input_pipeline.numpy_batches(
+            next(iter(
                 input_pipeline.make_dataset(cfg, 12, seed=0, process_index=i, process_count=2)
             ))["caption"]
         )
@@ -114,7 +114,7 @@ def test_mock_coco_captions_through_tfds_even_splits():
     with tfds.testing.mock_data(num_examples=16):
         ds = input_pipeline.make_dataset(cfg, batch_size=4, seed=0, process_index=1,
                                          process_count=2)  # fmt: skip
-        batch = next(input_pipeline.numpy_batches(ds))
+        batch = next(iter(ds))
     assert batch["image"].shape == (4, 16, 16, 3)
     assert all(isinstance(c, str) and c for c in batch["caption"])
 
@@ -202,7 +202,7 @@ def test_pairs_dataset_gives_each_host_its_slice_and_resumes_with_the_same_crops
 
     def host_batches(process_index, start_step, n=3):
         ds = input_pipeline.pairs_dataset(cfg, pairs, 4, 2, 3, start_step, process_index)
-        it = input_pipeline.numpy_batches(ds)
+        it = iter(ds)
         return [next(it) for _ in range(n)]
 
     h0, h1 = host_batches(0, 0), host_batches(1, 0)

@@ -603,7 +603,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             config.input, host_batch, seed=int(config.seed) + start_step,
             process_index=jax.process_index(), process_count=jax.process_count(),
         )  # fmt: skip
-    batches = input_pipeline.tokenize_batches(input_pipeline.numpy_batches(ds), text_encoder)
+    batches = input_pipeline.tokenize_batches(ds, text_encoder)
 
     # Update step.
     step_fn = jit_train_step(
