@@ -243,3 +243,74 @@ def test_coco_files_reads_the_official_layout_with_the_same_filter(tmp_path):
     assert [(Path(p).name[-6:], c) for p, c in pairs] == want
     with pytest.raises(FileNotFoundError, match="captions_train2014.json"):
         input_pipeline.list_coco_files(tmp_path)
+
+
+# ----------------------------------------------------------------------------- hostile data
+def test_unreadable_images_are_named_skipped_and_counted_never_fatal(tmp_path, capsys):
+    folder = _write_folder(tmp_path, [((80, 80), "good 0"), ((80, 80), "good 1")])
+    (folder / "zz_bad.jpg").write_bytes(np.random.default_rng(0).bytes(2000))  # no header
+    good = (folder / "im1.png").read_bytes()
+    (folder / "im1.png").write_bytes(good[: len(good) // 2])  # header fine, data cut
+    captions = json.loads((folder / "captions.json").read_text())
+    (folder / "captions.json").write_text(json.dumps({**captions, "zz_bad.jpg": "bad"}))
+    cfg = _folder_config(folder, 64)
+    batches = iter(input_pipeline.make_dataset(cfg, batch_size=4, seed=0))
+    captions = [c for _ in range(5) for c in next(batches)["caption"]]
+    assert set(captions) == {"good 0"}  # the cut file gives way to the next usable one
+    out = capsys.readouterr().out
+    assert "1 of 3 images unreadable, skipped: zz_bad.jpg" in out
+    assert out.count("skipped") == 2 and "im1.png" in out and "1 unusable images so far" in out
+
+
+def test_images_without_captions_and_captions_without_images_are_reported(tmp_path, capsys):
+    folder = _write_folder(tmp_path, [((80, 80), "kept")])
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(folder / "nocap.png")
+    caps = json.loads((folder / "captions.json").read_text())
+    (folder / "captions.json").write_text(json.dumps({**caps, "gone.png": "no file"}))
+    batch = next(iter(input_pipeline.make_dataset(_folder_config(folder, 64), 2, seed=0)))
+    assert batch["caption"] == ["kept", "kept"]
+    out = capsys.readouterr().out
+    assert "1 images without a caption left out (nocap.png), 1 captions without an image " \
+           "(gone.png)" in out  # fmt: skip
+    (folder / "captions.json").write_text(json.dumps({"gone.png": "no file"}))
+    with pytest.raises(FileNotFoundError, match="2 images without a caption, 1 captions"):
+        input_pipeline.make_dataset(_folder_config(folder, 64), 2, seed=0)
+
+
+def test_batches_are_decoded_ahead_while_the_consumer_works():
+    import time
+
+    def slow_load(index, position):
+        time.sleep(0.05)  # one image's decode
+        return np.zeros((2, 2, 3), np.float32), str(position)
+
+    batches = input_pipeline._batches(((i, i) for i in range(64)), slow_load, 4, workers=4)
+    first = next(batches)
+    time.sleep(0.3)  # the train step
+    t0 = time.perf_counter()
+    second = next(batches)
+    assert time.perf_counter() - t0 < 0.03  # ready: decoded during the step
+    assert first["caption"] == ["0", "1", "2", "3"] and second["caption"] == ["4", "5", "6", "7"]
+
+
+def test_folder_and_pair_sources_run_without_tensorflow(tmp_path):
+    import subprocess
+    import sys
+
+    folder = _write_pairs_folder(tmp_path / "pairs", [((260, 270), ["a", "b"]), ((256, 300), "c")])
+    code = f"""
+import sys
+sys.modules["tensorflow"] = None  # `import tensorflow` now raises
+import ml_collections
+from tgic_jax.train import input_pipeline as ip
+cfg = ml_collections.ConfigDict(dict(source="folder", folder={str(folder)!r}, crop_size=64,
+                                     pairs=True))
+pairs = ip.list_pairs(cfg)
+b = next(iter(ip.pairs_dataset(cfg, pairs, 2, 2, 0, 0)))
+c = next(iter(ip.make_dataset(cfg, 2, seed=0)))
+assert b["image"].shape == c["image"].shape == (2, 64, 64, 3)
+print("ok", len(pairs))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok 3" in out.stdout
