@@ -361,13 +361,9 @@ class MetricWriter:
     def __init__(self, logdir: str | os.PathLike, enabled: bool):
         self._writer = None
         if enabled:
-            from tgic_jax.tf_import import import_tensorflow
+            from tgic_jax.train.summary_writer import SummaryWriter  # no TensorFlow
 
-            import_tensorflow()  # GPUs hidden before TF starts
-            from flax.metrics import tensorboard  # imports TensorFlow
-
-            # str() of an epath keeps gs://; TensorFlow's file system layer writes there.
-            self._writer = tensorboard.SummaryWriter(str(logdir))
+            self._writer = SummaryWriter(str(logdir))  # str() of an epath keeps gs://
 
     def write(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
         """Writes scalars at step and logs one line."""
