@@ -138,7 +138,8 @@ def _readable_sizes(paths: list[Path]) -> list[tuple[int, int] | None]:
 
 def _reason(e: BaseException, path) -> str:
     """Pillow's message on one line, without the path it repeats."""
-    return (str(e) or type(e).__name__).splitlines()[0].replace(f"'{path}'", "it")
+    line = (str(e) or type(e).__name__).splitlines()[0]
+    return line.replace(f": '{path}'", "").replace(f" '{path}'", "")
 
 
 # Modes Pillow turns into 8-bit RGB as tf.io.decode_image did; rarer ones (16-bit, float)
@@ -249,7 +250,7 @@ def _batches(
                 yield {"image": np.stack(images), "caption": captions}
                 images, captions = [], []
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # at most `workers` decodes left
 
 
 def _workers(input_config) -> int:
