@@ -54,3 +54,15 @@ def test_tgic_env_command_shows_the_mesh_over_four_host_devices():
     assert info["mesh"] == {"axes": {"data": 4}, "batch_per_device": 2, "global_batch": 8,
                             "batch_per_process": 8, "processes": 1}  # fmt: skip
     assert info["tensorflow"]["usable_gpus"] == 0
+
+
+def test_tgic_env_on_an_image_without_tensorflow_says_so_and_succeeds():
+    code = (
+        "import sys, runpy; sys.modules['tensorflow'] = None; sys.argv = ['tgic', 'env']; "
+        "runpy.run_module('tgic_jax.cli', run_name='__main__')"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TensorFlow:        not installed (needed only by the TFDS input source)" in proc.stdout

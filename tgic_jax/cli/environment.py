@@ -49,6 +49,8 @@ def tensorflow_gpus() -> dict[str, Any]:
     """GPUs TensorFlow finds on the machine and those it may use after we hide them."""
     from tgic_jax.tf_import import import_tensorflow
 
+    if importlib.util.find_spec("tensorflow") is None:  # a bare GPU image: none to hide
+        return {"version": None, "built_with_cuda": False, "physical_gpus": 0, "usable_gpus": 0}
     tf = import_tensorflow()  # what every TF user in the package does before touching TF
 
     return {
@@ -134,7 +136,9 @@ def format_report(info: dict[str, Any]) -> str:
         )
     verdict = "OK" if tf["usable_gpus"] == 0 else "PROBLEM: TensorFlow would take GPU memory"
     lines.append(
-        f"TensorFlow:        {tf['version']} sees {tf['physical_gpus']} GPU(s), may use "
+        "TensorFlow:        not installed (needed only by the TFDS input source)"
+        if tf["version"] is None
+        else f"TensorFlow:        {tf['version']} sees {tf['physical_gpus']} GPU(s), may use "
         f"{tf['usable_gpus']} ({verdict})"
     )
     cache = info["compilation_cache_dir"]
