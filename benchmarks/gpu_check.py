@@ -159,6 +159,7 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
     mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=1)))
     rng = np.random.default_rng(0)
     begun = time.perf_counter()
+    first_state = shardings = None
     cases = {}
     for dtype in dtypes:
         for batch in batches:
