@@ -1,5 +1,5 @@
 # Two commands set up a fresh machine: `make demo` (the main job, offline) and `make test`.
-PYTHON ?= python3
+# The venv's Python: >= 3.12, found by tools/find_python.sh (PYTHON=... to choose one).
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -8,9 +8,13 @@ SOURCES := tgic_jax tests configs benchmarks tools train.py eval.py
 .PHONY: demo test install check lint format clean
 
 $(STAMP): pyproject.toml requirements.lock
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# A venv of an older Python (an earlier checkout's) is replaced, not patched.
+	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))'; then \
+		echo "replacing $(VENV) (Python < 3.12)"; rm -rf $(VENV); fi
+	@test -x $(PY) || { python=$$(sh tools/find_python.sh) && echo "creating $(VENV) with $$python" \
+		&& $$python -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,tfds]'
 	$(PY) tools/fetch_minilm.py
 	touch $(STAMP)
 

@@ -233,10 +233,13 @@ def test_small_claims_that_fit_the_payload_bound_still_decode_or_fail_cleanly(fi
             assert x.shape == (h, w, 3)
 
 
-def test_version_2_files_are_still_read(files):
-    """Version 3 changed only how tables are computed; the fingerprint covers the tables."""
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_files_of_the_retired_coder_are_refused_with_what_made_them(files, version):
+    """Versions 1-3 were written by tensorflow-compression's range coder; one line says so."""
     model, v, results = files
     data = results[1].data
-    assert data[4] == container.VERSION == 3
-    old = _with_crc(data[:4] + bytes([2]) + data[5:-4])
-    np.testing.assert_array_equal(codec.decode(model, v, old)[0], results[1].x_hat)
+    assert data[4] == container.VERSION == 4
+    old = _with_crc(data[:4] + bytes([version]) + data[5:-4])
+    with pytest.raises(BitstreamError, match=f"version {version} was written by") as e:
+        codec.decode(model, v, old)
+    assert "\n" not in str(e.value) and "compress the image again" in str(e.value)

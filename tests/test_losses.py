@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tgic_jax.evaluation import lpips
 from tgic_jax.train import losses
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def tiny_clip(tiny_clip_folder):
 
 @pytest.fixture(scope="module")
 def lpips_params():
-    return losses.load_lpips_params()
+    return lpips.load_lpips_params()
 
 
 def test_build_clip_loads_a_local_folder(tiny_clip):
@@ -75,7 +76,7 @@ def test_lpips_alex_known_answer_on_kodim23(lpips_params):
     a = _kodak_image("kodim23.png")[0:256, 0:256]
     noise = np.random.default_rng(0).normal(0, 0.05, a.shape).astype(np.float32)
     b = np.clip(a + noise, 0, 1)
-    dist = jax.jit(losses.lpips_distance, static_argnums=3)
+    dist = jax.jit(lpips.lpips_distance, static_argnums=3)
     value = float(dist(lpips_params, a[None], b[None], "minus_one_one")[0])
     assert value == pytest.approx(0.34504, abs=1e-4)
     assert float(dist(lpips_params, a[None], a[None], "minus_one_one")[0]) == pytest.approx(
@@ -91,10 +92,10 @@ def test_lpips_is_per_image_and_rejects_unknown_ranges(lpips_params):
     a = rng.uniform(size=(2, 64, 64, 3)).astype(np.float32)
     b = a.copy()
     b[1] = np.clip(b[1] + 0.1 * rng.normal(size=b[1].shape), 0, 1)
-    dist = np.asarray(losses.lpips_distance(lpips_params, a, b))
+    dist = np.asarray(lpips.lpips_distance(lpips_params, a, b))
     assert dist.shape == (2,) and dist[0] == pytest.approx(0.0, abs=1e-7) and dist[1] > 0.01
     with pytest.raises(ValueError, match="lpips_input_range"):
-        losses.lpips_distance(lpips_params, a, b, "0_255")
+        lpips.lpips_distance(lpips_params, a, b, "0_255")
 
 
 def test_bpp_is_minus_log2_likelihoods_per_pixel():

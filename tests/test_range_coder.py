@@ -33,9 +33,11 @@ def test_symbol_costs_are_minus_log2_of_the_bin_probability_plus_one_count(gauss
     assert costs.overflow[k] == pytest.approx(-np.log2(p[-1] + 2**-16))
     # The narrowest table (scale 0.11): its zero bin holds 65533 of 65536 counts.
     assert costs.minimum[0] == pytest.approx(-np.log2(65534 / 65536))
-    # Escaped values (outside the table) are charged the overflow bin.
-    assert costs.needed_bits(np.array([-5, 10**6]), np.array([k, k])) == pytest.approx(
-        2 * costs.overflow[k]
+    # An escaped value is charged the overflow bin plus its escape code: 5 bits for the
+    # code's length n, then n - 1 bits (-5 folds to u = 9: n = 4; L + 1000 folds to 2000).
+    n_bins = int(costs.lengths[k])
+    assert costs.needed_bits(np.array([-5, n_bins + 1000]), np.array([k, k])) == pytest.approx(
+        2 * costs.overflow[k] + (5 + 3) + (5 + 10)
     )
 
 

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -191,28 +190,6 @@ class _Clock:
                   file=sys.stderr)  # fmt: skip
 
 
-def _prefetch_range_coder() -> None:
-    """With TGIC_PREFETCH_TF=1, imports TensorFlow (the range coder's ops, ~3.5 s) in a thread.
-
-    Off by default: the overlap gained nothing measurable on 2 busy cores
-    (benchmarks/cli_latency.py), and a cold `tgic compress` with it on hung for 600 s once in
-    a full test run (TensorFlow and XLA initializing in two threads of one process), where
-    the same call passes alone. An import error resurfaces where the coder is used.
-    """
-    from tgic_jax.coding import range_coder
-
-    if os.environ.get("TGIC_PREFETCH_TF", "0") != "1":  # benchmarks/cli_latency.py compares
-        return
-
-    def work():
-        try:
-            range_coder._ops()
-        except Exception:  # noqa: BLE001 - reported by the real use
-            pass
-
-    threading.Thread(target=work, name="tgic-import-tf", daemon=True).start()
-
-
 # ----------------------------------------------------------------------------- text
 class _Texts:
     """Text states per image from a caption, a captions file or precomputed embeddings."""
@@ -335,7 +312,6 @@ def _load_coder(args: argparse.Namespace, clock: _Clock):
     from tgic_jax.coding import codec
     from tgic_jax.train import checkpoint
 
-    _prefetch_range_coder()
     clock.lap("imports")
     model, variables, config = checkpoint.load_inference(args.checkpoint)
     coder = codec.Coder(model, variables, getattr(args, "program_dir", None))

@@ -1,9 +1,10 @@
 """`tgic env`: what this host sees, the first thing to run on a new GPU host or TPU pod.
 
 Reports the JAX platform and devices, this process's index among how many, the mesh and
-batch sizes a training config would build, whether TensorFlow (host-side only: tf.data and
-the range coder) can see a GPU after we hide them (it must not: JAX owns the
-accelerators), the compilation-cache folder and the versions of the packages that matter.
+batch sizes a training config would build, whether TensorFlow (an optional extra, for TFDS
+input only) is installed and, if so, whether it can see a GPU after we hide them (it must
+not: JAX owns the accelerators), the compilation-cache folder and the versions of the
+packages that matter.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = (
-    "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "libtpu", "flax", "optax",
-    "orbax-checkpoint", "tensorflow", "tensorflow-compression-ops", "transformers", "numpy",
+    "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin",
+    "jax-cuda13-pjrt", "libtpu", "flax", "optax", "orbax-checkpoint", "constriction",
+    "transformers", "numpy", "tensorflow", "tensorflow-cpu",
 )  # fmt: skip
 
 
@@ -46,11 +48,15 @@ def package_versions() -> dict[str, str | None]:
 
 
 def tensorflow_gpus() -> dict[str, Any]:
-    """GPUs TensorFlow finds on the machine and those it may use after we hide them."""
+    """GPUs TensorFlow finds on the machine and those it may use after we hide them.
+
+    {"version": None, "usable_gpus": 0} where TensorFlow is not installed (the usual case:
+    only the `tfds` extra brings it).
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        return {"version": None, "built_with_cuda": False, "physical_gpus": 0, "usable_gpus": 0}
     from tgic_jax.tf_import import import_tensorflow
 
-    if importlib.util.find_spec("tensorflow") is None:  # a bare GPU image: none to hide
-        return {"version": None, "built_with_cuda": False, "physical_gpus": 0, "usable_gpus": 0}
     tf = import_tensorflow()  # what every TF user in the package does before touching TF
 
     return {
@@ -135,12 +141,13 @@ def format_report(info: dict[str, Any]) -> str:
             f"{m['global_batch']} global, {m['batch_per_process']} per process"
         )
     verdict = "OK" if tf["usable_gpus"] == 0 else "PROBLEM: TensorFlow would take GPU memory"
-    lines.append(
-        "TensorFlow:        not installed (needed only by the TFDS input source)"
-        if tf["version"] is None
-        else f"TensorFlow:        {tf['version']} sees {tf['physical_gpus']} GPU(s), may use "
-        f"{tf['usable_gpus']} ({verdict})"
-    )
+    if tf["version"] is None:
+        lines.append("TensorFlow:        not installed (needed only for TFDS input: [tfds] extra)")
+    else:
+        lines.append(
+            f"TensorFlow:        {tf['version']} sees {tf['physical_gpus']} GPU(s), may use "
+            f"{tf['usable_gpus']} ({verdict})"
+        )
     cache = info["compilation_cache_dir"]
     lines.append(
         "compilation cache: "

@@ -167,27 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def prepare_process(argv: list[str]) -> None:
-    """Process-wide settings for a `tgic` process, before anything imports TensorFlow.
-
-    compress / decompress use TensorFlow for the range coder only. Its compat.v1 module
-    otherwise looks Keras 3 up, which imports it (and matplotlib through it): 0.5 s of every
-    call (docs/BENCHMARKS.md). With TensorFlow's documented TF_USE_LEGACY_KERAS switch it
-    looks for tf_keras, which is not installed, and imports nothing. The switch lasts for
-    the whole process (tf.keras would then fail), so only the console script sets it, for
-    these two commands, never `main()` called from a program that may train afterwards.
-    """
-    if _command_of(argv) in ("compress", "decompress"):
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-
 def entry() -> None:
     """The `tgic` console script: main(), then a fast exit for the codec commands.
 
     compress/decompress have written and closed every file when main returns; the normal
-    interpreter teardown (TensorFlow's and XLA's atexit work) would add a second or two.
+    interpreter teardown (XLA's atexit work) would add a second or two.
     """
-    prepare_process(sys.argv[1:])
     rc = main()
     if _FAST_EXIT:
         sys.stdout.flush()

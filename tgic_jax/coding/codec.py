@@ -45,7 +45,7 @@ from jax import export
 
 from tgic_jax.coding import tables as coding_tables
 from tgic_jax.coding.container import FINGERPRINT_BYTES, BitstreamError, Container, pack, unpack
-from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder, SymbolCosts, fits
+from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder, Tables, fits
 from tgic_jax.image_io import write_atomic
 from tgic_jax.model.taco import TACO, ModelConfig, checkerboard_masks
 
@@ -192,7 +192,7 @@ class Programs:
     def __call__(self, name: str, *args, i: int | None = None):
         """Runs program `name` (slice `i` for anchor / nonanchor) on `args`."""
         leaves, tree = jax.tree_util.tree_flatten(args)
-        key = (name, i, tree, tuple((np.shape(a), np.result_type(a).str) for a in leaves))
+        key = (name, i, tree, tuple((np.shape(a), np.asarray(a).dtype.str) for a in leaves))
         program = self._compiled.get(key)
         if program is None:
             program = self._compiled[key] = jax.jit(self._exported(key, args).call)
@@ -310,9 +310,11 @@ class Coder:
         # Where the scale-table index steps up, and z's medians, on the device.
         self.thresholds = jnp.asarray(coding_tables.scale_thresholds(tables["scale_table"]))
         self.medians = jnp.asarray(tables["z_medians"], jnp.float32)
-        # Bits each decoded symbol consumes at least (stream length checks).
-        self.z_costs = SymbolCosts.from_lookup(tables["z_lookup"])
-        self.y_costs = SymbolCosts.from_lookup(tables["gaussian_lookup"])
+        # The range coder's models of both families, and the bits each decoded symbol
+        # consumes at least (stream length checks), built once per checkpoint.
+        self.z_tables = Tables(tables["z_lookup"])
+        self.y_tables = Tables(tables["gaussian_lookup"])
+        self.z_costs, self.y_costs = self.z_tables.costs, self.y_tables.costs
 
     def _run(self, name: str, *args, i: int | None = None):
         """Program `name` on (its part of the parameters, *args)."""
@@ -388,10 +390,10 @@ class Coder:
         with clock("entropy_coding"):  # z: symbols around the medians, one table per channel
             z_sym = _symbols(z, tables["z_medians"], np.ones(z.shape[1:3], bool))
             z_idx = np.broadcast_to(np.arange(z.shape[-1], dtype=np.int32), z_sym.shape)
-            z_enc = RangeEncoder(tables["z_lookup"])
+            z_enc = RangeEncoder(self.z_tables)
             z_enc.encode(z_sym - tables["z_offset"][z_idx], z_idx)
             z_bytes = z_enc.finish()
-            y_enc = RangeEncoder(tables["gaussian_lookup"])
+            y_enc = RangeEncoder(self.y_tables)
         offset = tables["gaussian_offset"]
 
         def write(channels, idx, means, positions):
@@ -453,12 +455,13 @@ class Coder:
                 z_idx = np.broadcast_to(
                     np.arange(n, dtype=np.int32), (1, c.latent_height, c.latent_width, n)
                 )
-                z_dec = RangeDecoder(z_bytes, tables["z_lookup"], self.z_costs)
+                z_dec = RangeDecoder(z_bytes, self.z_tables)
                 z_sym = z_dec.decode(z_idx) + tables["z_offset"][z_idx]
                 if not z_dec.finish():
                     raise BitstreamError("z stream is damaged or ends before its symbols")
                 _check_range(z_sym, "z")
-                y_dec = RangeDecoder(y_bytes, tables["gaussian_lookup"], self.y_costs)
+                z_sym = z_sym.astype(np.int32)  # the encoder's dtype: the same program
+                y_dec = RangeDecoder(y_bytes, self.y_tables)
             offset = tables["gaussian_offset"]
 
             def read(channels, idx, means, positions):
@@ -563,7 +566,11 @@ def _symbols(y: np.ndarray, means, positions: np.ndarray) -> np.ndarray:
 
 def _check_range(sym: np.ndarray, what: str) -> None:
     if sym.size and np.abs(sym).max() >= _MAX_SYMBOL:
-        raise BitstreamError(f"{what} stream decodes to out-of-range symbols (damaged)")
+        # Garbage read past a section's end can decode to escapes before the length bound
+        # trips: the same damage, caught one check earlier.
+        raise BitstreamError(
+            f"{what} stream is damaged or ends before its symbols (out-of-range symbols)"
+        )
 
 
 def _latent_hw(height: int, width: int) -> tuple[int, int]:

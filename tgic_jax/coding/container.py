@@ -22,12 +22,12 @@ import struct
 import zlib
 
 MAGIC = b"TGIC"
-# 3: z tables built in float64 NumPy, the same on every CPU (2: by XLA in float32);
-# 2: scale-table index = nearest entry in log scale (1: first entry >= scale).
-VERSION = 3
-# Version 2 files have the same layout; their tables differ only where a checkpoint's stored
-# tables were not used, which the model fingerprint catches, so they are still read.
-READABLE_VERSIONS = (2, 3)
+# 4: sections coded by constriction's range coder with our own escape code (1-3:
+# tensorflow-compression's coder, whose streams the new one cannot read).
+VERSION = 4
+READABLE_VERSIONS = (4,)
+# Versions 1-3: tensorflow-compression's range coder (tgic_jax 0.1.x, jax 0.5.3).
+_RETIRED_VERSIONS = (1, 2, 3)
 FINGERPRINT_BYTES = 4
 NUM_SECTIONS = 2  # z, y
 _MAX_VARINT_BYTES = 5  # values < 2**35 (sizes and lengths fit easily)
@@ -111,6 +111,12 @@ def unpack(data: bytes) -> Container:
     if zlib.crc32(body) != crc:
         raise BitstreamError("checksum mismatch: the file is damaged, truncated or padded")
     version = body[len(MAGIC)]
+    if version in _RETIRED_VERSIONS:
+        raise BitstreamError(
+            f".tgic version {version} was written by tgic_jax 0.1.x (tensorflow-compression's "
+            f"range coder); this reader reads version {VERSION}: decode the file with tgic_jax "
+            "0.1.x, then compress the image again"
+        )
     if version not in READABLE_VERSIONS:
         raise BitstreamError(
             f"unsupported .tgic version {version} (this reader: {READABLE_VERSIONS})"

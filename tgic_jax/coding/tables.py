@@ -3,8 +3,9 @@
 Computed in float64 NumPy/SciPy, never by XLA, so that every CPU builds the same tables and
 fingerprint from the same parameters (`bottleneck_tables` says why).
 
-Two families of quantized CDFs, both at 16-bit precision with the coder's overflow
-(Elias-gamma escape) enabled, so no symbol is ever out of range:
+Two families of quantized CDFs, both at 16-bit precision (`quantize_pmf`, our own rule),
+each ending in an overflow bin that escapes values beyond the table (`range_coder`), so no
+symbol is ever out of range:
 
 - Gaussian (y): one table per entry of the scale table exp(linspace(ln 0.11, ln 256, 64)).
   Table k covers the integer offsets -c..c around the mean, c = ceil(s_k * 6.1) (the
@@ -12,10 +13,10 @@ Two families of quantized CDFs, both at 16-bit precision with the coder's overfl
 - Factorized (z): one table per channel, over median - minima .. median + maxima with
   minima/maxima from the bottleneck's quantiles, plus the tail mass as overflow bin.
 
-Layout (what `tensorflow_compression_ops.create_range_encoder` takes as `lookup`): the
-tables of one family concatenated into one int32 vector, each preceded by its precision
-negated (-16 = overflow on), so `index` k in `entropy_encode_index` selects table k. A
-symbol s is coded as the value s - offset[k]; values outside [0, length) are escaped.
+Layout (what `range_coder.RangeEncoder` takes as `lookup`): the tables of one family
+concatenated into one int32 vector, each preceded by its precision negated (-16), so
+index k selects table k. A symbol s is coded as the value s - offset[k]; values outside
+[0, length) are escaped.
 """
 
 from __future__ import annotations
@@ -71,20 +72,47 @@ def _std_cumulative(x: np.ndarray) -> np.ndarray:
     return 0.5 * scipy.special.erfc(-(2**-0.5) * x)
 
 
+def quantize_pmf(pmf: np.ndarray, precision: int = PRECISION) -> np.ndarray:
+    """Probabilities -> integer counts >= 1 that sum to 2^precision (int64, same length).
+
+    Bins whose share of 2^precision is below one count get exactly one; the rest share what
+    is left in proportion to their probability, by largest remainders (Hamilton's rule):
+    floor of each share, then one more count to the largest fractional parts, ties to the
+    lower index. Only IEEE-exact operations (products, quotients, floors, sorts), so every
+    CPU gets the same counts from the same float64 pmf.
+    """
+    p = np.asarray(pmf, np.float64)
+    if p.ndim != 1 or not len(p) or not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError("pmf must be a non-empty vector of finite non-negative numbers")
+    total = 1 << precision
+    if len(p) > total:
+        raise ValueError(f"{len(p)} bins cannot each keep a count of 2^-{precision}")
+    p = p / math.fsum(p) if math.fsum(p) > 0 else np.full(len(p), 1.0 / len(p))
+    floor_only = np.zeros(len(p), bool)
+    while True:  # a bin pushed to one count leaves less for the others: repeat until stable
+        left = total - int(floor_only.sum())
+        mass = math.fsum(p[~floor_only])
+        share = np.where(floor_only, 0.0, p * (left / mass))
+        grow = ~floor_only & (share < 1.0)
+        if not grow.any():
+            break
+        floor_only |= grow
+    counts = np.where(floor_only, 1, np.floor(share)).astype(np.int64)
+    remainder = np.where(floor_only, -1.0, share - np.floor(share))
+    extra = total - int(counts.sum())
+    counts[np.argsort(-remainder, kind="stable")[:extra]] += 1
+    return counts
+
+
 def quantize_pmfs(pmfs: list[np.ndarray], precision: int = PRECISION) -> np.ndarray:
-    """[pmf + overflow bin] per table -> the concatenated lookup [-precision, cdf..., ...]."""
-    from tgic_jax.tf_import import import_tensorflow
-
-    import_tensorflow()  # GPUs hidden before the TF ops run
-    import tensorflow_compression_ops as tco  # TF only when tables are built
-
+    """[pmf] per table -> the concatenated lookup [-precision, cdf..., ...], overflow bin added."""
     parts = []
     for pmf in pmfs:
-        # The escape symbol is the last one of non-zero probability: keep it non-zero.
+        # The overflow (escape) bin holds the mass outside the table, at least one count.
         # math.fsum: exactly rounded, so no summation order (SIMD width) shows in the tables.
         overflow = max(1.0 - math.fsum(np.asarray(pmf, np.float64)), 2.0**-precision)
-        p = np.concatenate([np.asarray(pmf, np.float64), [overflow]]).astype(np.float32)
-        cdf = np.asarray(tco.pmf_to_quantized_cdf(p, precision=precision), np.int32)
+        counts = quantize_pmf(np.concatenate([np.asarray(pmf, np.float64), [overflow]]), precision)
+        cdf = np.concatenate([[0], np.cumsum(counts)])
         parts.append(np.concatenate([[-precision], cdf]).astype(np.int32))
     return np.concatenate(parts)
 

@@ -142,20 +142,20 @@ LpipsFn = Callable[[np.ndarray, np.ndarray, str], float]
 
 
 def make_lpips_fn() -> LpipsFn:
-    """LPIPS-Alex of two [H, W, 3] images in [0, 1]; input_range as losses.lpips_distance."""
+    """LPIPS-Alex of two [H, W, 3] images in [0, 1]; input_range as in `lpips_distance`."""
     import jax
 
-    from tgic_jax.train import losses
+    from tgic_jax.evaluation.lpips import load_lpips_params, lpips_distance
 
-    params = losses.load_lpips_params()
-    fn = jax.jit(losses.lpips_distance, static_argnames="input_range")
+    params = load_lpips_params()
+    fn = jax.jit(lpips_distance, static_argnames="input_range")
 
-    def lpips(a: np.ndarray, b: np.ndarray, input_range: str = "minus_one_one") -> float:
+    def distance(a: np.ndarray, b: np.ndarray, input_range: str = "minus_one_one") -> float:
         a = np.asarray(a, np.float32)[None]
         b = np.asarray(b, np.float32)[None]
         return float(np.asarray(fn(params, a, b, input_range=input_range))[0])
 
-    return lpips
+    return distance
 
 
 # ----------------------------------------------------------------------------- images

