@@ -32,7 +32,7 @@ def _write_folder(tmp_path, sizes_and_captions):
 def test_kodak_batches_are_random_crops_in_unit_range_with_their_captions(kodak_dir):
     cfg = _folder_config(kodak_dir, 64, max_images=3)
     ds = input_pipeline.make_dataset(cfg, batch_size=4, seed=0)
-    batch = next(input_pipeline.numpy_batches(ds))
+    batch = next(iter(ds))
     assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.float32
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     assert batch["image"].std() > 0.05  # real image content, not zeros
@@ -45,7 +45,7 @@ def test_same_seed_gives_the_same_batches_and_another_seed_other_crops(kodak_dir
     cfg = _folder_config(kodak_dir, 64, max_images=3)
 
     def batches(seed, n=3):
-        it = input_pipeline.numpy_batches(input_pipeline.make_dataset(cfg, 4, seed=seed))
+        it = iter(input_pipeline.make_dataset(cfg, 4, seed=seed))
         return [next(it) for _ in range(n)]
 
     a, b, c = batches(5), batches(5), batches(6)
@@ -60,7 +60,7 @@ def test_images_smaller_than_the_crop_are_skipped(tmp_path):
         tmp_path, [((32, 200), "too short"), ((80, 96), "big enough"), ((200, 40), "too narrow")]
     )
     ds = input_pipeline.make_dataset(_folder_config(folder, 64), batch_size=3, seed=1)
-    batches = input_pipeline.numpy_batches(ds)
+    batches = iter(ds)
     captions = [c for _ in range(3) for c in next(batches)["caption"]]
     assert set(captions) == {"big enough"}
 
@@ -75,13 +75,13 @@ def test_a_share_without_a_usable_image_fails_clearly_instead_of_looping(tmp_pat
     with pytest.raises(ValueError, match=r"process 0 of 2 has no image of at least 64x64"):
         input_pipeline.make_dataset(cfg, batch_size=2, seed=0, process_index=0, process_count=2)
     ds = input_pipeline.make_dataset(cfg, batch_size=2, seed=0, process_index=1, process_count=2)
-    assert set(next(input_pipeline.numpy_batches(ds))["caption"]) <= {"big 1", "big 3"}
+    assert set(next(iter(ds))["caption"]) <= {"big 1", "big 3"}
 
 
 def test_one_caption_is_picked_at_random_from_a_list(tmp_path):
     folder = _write_folder(tmp_path, [((64, 64), ["first", "second", "third"])])
     ds = input_pipeline.make_dataset(_folder_config(folder, 64), batch_size=8, seed=2)
-    batches = input_pipeline.numpy_batches(ds)
+    batches = iter(ds)
     captions = [c for _ in range(4) for c in next(batches)["caption"]]
     assert set(captions) == {"first", "second", "third"}
 
@@ -95,7 +95,7 @@ def test_folder_is_split_disjointly_between_processes(kodak_dir):
     cfg = _folder_config(kodak_dir, 64, max_images=12)
     caps = [
         set(
-            next(input_pipeline.numpy_batches(
+            next(iter(
                 input_pipeline.make_dataset(cfg, 12, seed=0, process_index=i, process_count=2)
             ))["caption"]
         )
@@ -114,7 +114,7 @@ def test_mock_coco_captions_through_tfds_even_splits():
     with tfds.testing.mock_data(num_examples=16):
         ds = input_pipeline.make_dataset(cfg, batch_size=4, seed=0, process_index=1,
                                          process_count=2)  # fmt: skip
-        batch = next(input_pipeline.numpy_batches(ds))
+        batch = next(iter(ds))
     assert batch["image"].shape == (4, 16, 16, 3)
     assert all(isinstance(c, str) and c for c in batch["caption"])
 
@@ -202,7 +202,7 @@ def test_pairs_dataset_gives_each_host_its_slice_and_resumes_with_the_same_crops
 
     def host_batches(process_index, start_step, n=3):
         ds = input_pipeline.pairs_dataset(cfg, pairs, 4, 2, 3, start_step, process_index)
-        it = input_pipeline.numpy_batches(ds)
+        it = iter(ds)
         return [next(it) for _ in range(n)]
 
     h0, h1 = host_batches(0, 0), host_batches(1, 0)
@@ -243,3 +243,74 @@ def test_coco_files_reads_the_official_layout_with_the_same_filter(tmp_path):
     assert [(Path(p).name[-6:], c) for p, c in pairs] == want
     with pytest.raises(FileNotFoundError, match="captions_train2014.json"):
         input_pipeline.list_coco_files(tmp_path)
+
+
+# ----------------------------------------------------------------------------- hostile data
+def test_unreadable_images_are_named_skipped_and_counted_never_fatal(tmp_path, capsys):
+    folder = _write_folder(tmp_path, [((80, 80), "good 0"), ((80, 80), "good 1")])
+    (folder / "zz_bad.jpg").write_bytes(np.random.default_rng(0).bytes(2000))  # no header
+    good = (folder / "im1.png").read_bytes()
+    (folder / "im1.png").write_bytes(good[: len(good) // 2])  # header fine, data cut
+    captions = json.loads((folder / "captions.json").read_text())
+    (folder / "captions.json").write_text(json.dumps({**captions, "zz_bad.jpg": "bad"}))
+    cfg = _folder_config(folder, 64)
+    batches = iter(input_pipeline.make_dataset(cfg, batch_size=4, seed=0))
+    captions = [c for _ in range(5) for c in next(batches)["caption"]]
+    assert set(captions) == {"good 0"}  # the cut file gives way to the next usable one
+    out = capsys.readouterr().out
+    assert "1 of 3 images unreadable, skipped: zz_bad.jpg" in out
+    assert out.count("skipped") == 2 and "im1.png" in out and "1 unusable images so far" in out
+
+
+def test_images_without_captions_and_captions_without_images_are_reported(tmp_path, capsys):
+    folder = _write_folder(tmp_path, [((80, 80), "kept")])
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(folder / "nocap.png")
+    caps = json.loads((folder / "captions.json").read_text())
+    (folder / "captions.json").write_text(json.dumps({**caps, "gone.png": "no file"}))
+    batch = next(iter(input_pipeline.make_dataset(_folder_config(folder, 64), 2, seed=0)))
+    assert batch["caption"] == ["kept", "kept"]
+    out = capsys.readouterr().out
+    assert "1 images without a caption left out (nocap.png), 1 captions without an image " \
+           "(gone.png)" in out  # fmt: skip
+    (folder / "captions.json").write_text(json.dumps({"gone.png": "no file"}))
+    with pytest.raises(FileNotFoundError, match="2 images without a caption, 1 captions"):
+        input_pipeline.make_dataset(_folder_config(folder, 64), 2, seed=0)
+
+
+def test_batches_are_decoded_ahead_while_the_consumer_works():
+    import time
+
+    def slow_load(index, position):
+        time.sleep(0.05)  # one image's decode
+        return np.zeros((2, 2, 3), np.float32), str(position)
+
+    batches = input_pipeline._batches(((i, i) for i in range(64)), slow_load, 4, workers=4)
+    first = next(batches)
+    time.sleep(0.3)  # the train step
+    t0 = time.perf_counter()
+    second = next(batches)
+    assert time.perf_counter() - t0 < 0.03  # ready: decoded during the step
+    assert first["caption"] == ["0", "1", "2", "3"] and second["caption"] == ["4", "5", "6", "7"]
+
+
+def test_folder_and_pair_sources_run_without_tensorflow(tmp_path):
+    import subprocess
+    import sys
+
+    folder = _write_pairs_folder(tmp_path / "pairs", [((260, 270), ["a", "b"]), ((256, 300), "c")])
+    code = f"""
+import sys
+sys.modules["tensorflow"] = None  # `import tensorflow` now raises
+import ml_collections
+from tgic_jax.train import input_pipeline as ip
+cfg = ml_collections.ConfigDict(dict(source="folder", folder={str(folder)!r}, crop_size=64,
+                                     pairs=True))
+pairs = ip.list_pairs(cfg)
+b = next(iter(ip.pairs_dataset(cfg, pairs, 2, 2, 0, 0)))
+c = next(iter(ip.make_dataset(cfg, 2, seed=0)))
+assert b["image"].shape == c["image"].shape == (2, 64, 64, 3)
+print("ok", len(pairs))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok 3" in out.stdout

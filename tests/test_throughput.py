@@ -148,14 +148,15 @@ def test_profile_steps_parse_and_bad_values_fail_clearly():
 
 
 def _scalars(logdir):
-    import tensorflow as tf
+    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+    from tensorboard.util import tensor_util
 
-    out = {}
-    for path in sorted(logdir.glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                out.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
-    return out
+    acc = pea.EventAccumulator(str(logdir), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    return {
+        tag: [float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+        for tag in acc.Tags()["tensors"]
+    }
 
 
 @pytest.mark.slow

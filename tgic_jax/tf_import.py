@@ -1,6 +1,6 @@
 """TensorFlow for host-side work only: imported on first use, with every GPU hidden from it.
 
-TF runs the range coder, tf.data and TensorBoard writing here; JAX owns the accelerators.
+TF runs only the TFDS input source here (the `tfds` extra); JAX owns the accelerators.
 A TF that saw the GPUs would reserve their memory at its first op, so every TF user in
 the package goes through `import_tensorflow` instead of `import tensorflow`.
 """

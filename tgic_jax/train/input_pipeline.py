@@ -1,32 +1,47 @@
 """Training input: random crops of captioned images, as host-local numpy batches.
 
-Two sources (config.input.source):
-- ``tfds``: TFDS ``coco_captions`` (MS-COCO 2014 with its ~5 captions per image), as in
-  the paper; each process reads its own `tfds.even_splits` part.
+Sources (config.input.source):
 - ``folder``: a folder of images and a captions JSON in Kodak's format
   (``{"kodim01.png": "a caption", ...}``; a value may also be a list of captions, of which
-  each example draws one at random: the rule of `tgic_jax.captions`).
+  each example draws one at random: the rule of `tgic_jax.captions`). Each process reads
+  its own disjoint share of the files.
+- ``coco_files`` (or ``folder`` with ``pairs=True``): one example per (image, caption)
+  pair, the epoch counted from the data (`list_pairs`, `pairs_dataset`), as the authors do.
+- ``tfds``: TFDS ``coco_captions`` through tf.data; the only source that needs
+  TensorFlow (the optional ``tfds`` extra), imported in that branch only.
+
+The folder and pair sources are plain Python: Pillow decodes in a small thread pool
+(its decoders release the GIL) a few batches ahead of the consumer, NumPy crops. Every
+crop and caption pick is keyed by (seed, position in the run), never by thread timing,
+so a run with the same seed sees the same batches and a resumed pair run the same crops.
 
 Per example: images smaller than the crop are dropped (not padded, not crashed on), one
-random crop_size x crop_size crop, one caption picked at random. tf.data runs on the CPU
-only (TensorFlow is told not to see GPUs). Batches are host-local dicts
+random crop_size x crop_size crop, one caption. An unreadable image is named once, skipped
+(the next readable file of the list stands in, so batches keep their size) and counted;
+it never stops a run. Batches are host-local dicts
 ``{"image": float32 [b, H, W, 3] in [0, 1], "caption": list[str]}``; `tokenize_batches`
 replaces the captions by token ids and masks (the text tower runs in the train step).
 """
 
 from __future__ import annotations
 
+import collections
 import json
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 
 from tgic_jax import image_io
-from tgic_jax.tf_import import import_tensorflow
 
-_SEP = "\x1f"  # joins a file's captions into one tf.string (never in a caption)
+
+def _say(message: str) -> None:
+    """One line of the input's own report (stdout, as the trainer's step lines)."""
+    print(f"input: {message}", flush=True)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -37,48 +52,267 @@ def read_captions(captions_path: str | Path) -> dict[str, list[str]]:
     return read(captions_path)
 
 
-def list_folder(
-    folder: str | Path, captions_path: str | Path | None = None, max_images: int = 0
-) -> list[tuple[Path, list[str]]]:
-    """Sorted (image path, captions) pairs of the captioned images present in `folder`.
+def folder_inventory(
+    folder: str | Path, captions_path: str | Path | None = None
+) -> tuple[list[tuple[Path, list[str]]], list[str], list[str]]:
+    """-> (sorted captioned (image, captions), images without a caption, captions without image).
 
-    Images without a caption are left out: every training example needs one (evaluation's
-    `datasets.folder_set` lists the same images but codes those with the empty caption).
+    A caption key names an image by file name or by stem (`tgic_jax.captions.lookup`).
     """
     from tgic_jax.captions import lookup
 
     folder = Path(folder)
     captions = read_captions(captions_path or folder / "captions.json")
-    listed = [(p, lookup(captions, p.name)) for p in image_io.list_images(folder)]
-    items = [(p, caps) for p, caps in listed if caps is not None]
+    items, uncaptioned, used = [], [], set()
+    for p in image_io.list_images(folder):
+        caps = lookup(captions, p.name)
+        if caps is None:
+            uncaptioned.append(p.name)
+            continue
+        items.append((p, caps))
+        used.update((p.name, p.stem))
+    orphans = sorted(k for k in captions if k not in used)
+    return items, uncaptioned, orphans
+
+
+def list_folder(
+    folder: str | Path, captions_path: str | Path | None = None, max_images: int = 0,
+    report: bool = False,
+) -> list[tuple[Path, list[str]]]:  # fmt: skip
+    """Sorted (image path, captions) pairs of the captioned images present in `folder`.
+
+    Images without a caption are left out: every training example needs one (evaluation's
+    `datasets.folder_set` lists the same images but codes those with the empty caption).
+    `report`: one line counts the images without a caption and the captions without an
+    image (training says so at start rather than dropping them silently).
+    """
+    items, uncaptioned, orphans = folder_inventory(folder, captions_path)
+    if report and (uncaptioned or orphans):
+        _say(
+            f"{folder}: {len(uncaptioned)} images without a caption left out"
+            f"{_examples(uncaptioned)}, {len(orphans)} captions without an image"
+            f"{_examples(orphans)}"
+        )
     if not items:
-        raise FileNotFoundError(f"no captioned images in {folder} ({captions_path})")
+        raise FileNotFoundError(
+            f"no captioned images in {folder} ({captions_path or 'captions.json'}): "
+            f"{len(uncaptioned)} images without a caption, {len(orphans)} captions "
+            "without an image"
+        )
     return items[:max_images] if max_images else items
 
 
-def folder_examples(
-    folder: str | Path,
-    captions_path: str | Path | None = None,
-    max_images: int = 0,
+def _examples(names: list[str], n: int = 3) -> str:
+    if not names:
+        return ""
+    more = ", ..." if len(names) > n else ""
+    return " (" + ", ".join(names[:n]) + more + ")"
+
+
+# ----------------------------------------------------------------------------- images
+def _image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header (ImageError when Pillow cannot read it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return im.size
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise image_io.ImageError(f"cannot read image ({_reason(e, path)})") from e
+
+
+def _readable_sizes(paths: list[Path]) -> list[tuple[int, int] | None]:
+    """Header sizes; None for a file Pillow cannot read, which is named (one summary line)."""
+    sizes, bad = [], []
+    for p in paths:
+        try:
+            sizes.append(_image_size(p))
+        except image_io.ImageError as e:
+            sizes.append(None)
+            bad.append(f"{p.name} ({str(e).removeprefix('cannot read image (')[:-1]})")
+    if bad:
+        _say(f"{len(bad)} of {len(paths)} images unreadable, skipped: " + "; ".join(bad[:10])
+             + ("; ..." if len(bad) > 10 else ""))  # fmt: skip
+    return sizes
+
+
+def _reason(e: BaseException, path) -> str:
+    """Pillow's message on one line, without the path it repeats."""
+    line = (str(e) or type(e).__name__).splitlines()[0]
+    return line.replace(f": '{path}'", "").replace(f" '{path}'", "")
+
+
+# Modes Pillow turns into 8-bit RGB as tf.io.decode_image did; rarer ones (16-bit, float)
+# go through `image_io.load_image`, which scales them from their full range.
+_PLAIN_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr")
+
+
+def decode_uint8(path: str | Path) -> np.ndarray:
+    """The whole image as uint8 RGB [h, w, 3] (no EXIF turn, as tf.io.decode_image)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in _PLAIN_MODES:
+                im.load()  # Pillow's decoders release the GIL: threads decode in parallel
+                return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise image_io.ImageError(f"cannot read image ({_reason(e, path)})") from e
+    return image_io.to_uint8(image_io.load_image(path)[0])
+
+
+def random_crop(image: np.ndarray, crop_size: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly placed crop_size x crop_size crop, float32 in [0, 1]."""
+    h, w = image.shape[:2]
+    y = int(rng.integers(0, h - crop_size + 1))
+    x = int(rng.integers(0, w - crop_size + 1))
+    return image[y : y + crop_size, x : x + crop_size].astype(np.float32) / np.float32(255.0)
+
+
+class _Images:
+    """The decoded images of a file list; an unusable file gives way to the next usable one.
+
+    A file that fails to decode mid-run (truncated, corrupt, smaller than the crop) is
+    named once and counted, and the next usable file of the list stands in for it: the
+    batch keeps its size and, as the stand-in depends only on the files, every run and
+    every resume picks the same one.
+    """
+
+    def __init__(self, paths: list[str], crop_size: int, cache: bool = False):
+        self.paths = paths
+        self.crop_size = crop_size
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self._lock = threading.Lock()
+        self.unusable: dict[str, str] = {}
+
+    def get(self, index: int) -> tuple[np.ndarray, int]:
+        """-> (uint8 image, index of the file used: `index` unless it was unusable)."""
+        n = len(self.paths)
+        for k in range(n):
+            i = (index + k) % n
+            path = self.paths[i]
+            if path in self.unusable:
+                continue
+            image = self._cache.get(i) if self._cache is not None else None
+            if image is None:
+                try:
+                    image = decode_uint8(path)
+                except image_io.ImageError as e:
+                    self._skip(path, str(e))
+                    continue
+                if min(image.shape[:2]) < self.crop_size:
+                    self._skip(path, f"smaller than the {self.crop_size} pixel crop")
+                    continue
+                if self._cache is not None:
+                    self._cache[i] = image
+            return image, i
+        raise RuntimeError(f"input: none of the {n} images of this host can be used")
+
+    def _skip(self, path: str, reason: str) -> None:
+        with self._lock:
+            if path in self.unusable:
+                return
+            self.unusable[path] = reason
+            count = len(self.unusable)
+        _say(f"skipped {path}: {reason} ({count} unusable images so far)")
+
+
+def _batches(
+    positions: Iterable[tuple[int, int]],
+    load: Callable[[int, int], tuple[np.ndarray, str]],
+    batch_size: int,
+    workers: int,
+) -> Iterator[dict]:
+    """Batches of `load(index, position)`, in the order of `positions`, decoded ahead.
+
+    A thread pool keeps about two batches of examples in flight while the consumer (the
+    trainer's Prefetcher, itself batches ahead of the step) works; results are taken in
+    submission order, so threads change the speed, never the batches.
+    """
+    ahead = max(2 * batch_size, 4 * workers)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="tgic-input")
+    pending: collections.deque = collections.deque()
+    todo = iter(positions)
+    try:
+        images, captions = [], []
+        while True:
+            while len(pending) < ahead:
+                nxt = next(todo, None)
+                if nxt is None:
+                    break
+                pending.append(pool.submit(load, *nxt))
+            if not pending:
+                return  # a finite order ran out; the remainder is dropped
+            image, caption = pending.popleft().result()
+            images.append(image)
+            captions.append(caption)
+            if len(images) == batch_size:
+                yield {"image": np.stack(images), "caption": captions}
+                images, captions = [], []
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # at most `workers` decodes left
+
+
+def _workers(input_config) -> int:
+    return int(input_config.get("workers", 0) or min(32, os.cpu_count() or 1))
+
+
+# ----------------------------------------------------------------------------- folder
+def make_dataset(
+    input_config,
+    batch_size: int,
+    seed: int = 0,
     process_index: int = 0,
     process_count: int = 1,
-):
-    """tf.data of {"image": uint8 [h,w,3], "captions": string [n]} for this process's files."""
-    tf = import_tensorflow()
-    items = list_folder(folder, captions_path, max_images)
+    repeat: bool = True,
+) -> Iterator[dict]:
+    """This host's batches of random crops of config.input's images (host-local numpy).
+
+    Checked before the first batch: a host whose share holds no usable image fails here
+    with one line, instead of looping forever.
+    """
+    seed = int(seed) + 1000 * process_index  # different crops on every host
+    crop_size = int(input_config.crop_size)
+    if input_config.source == "tfds":
+        return _tfds_batches(input_config, batch_size, seed, process_index, process_count, repeat)
+    if input_config.source != "folder":
+        raise ValueError(f"unknown input.source {input_config.source!r}: 'tfds' or 'folder'")
+    items = list_folder(
+        input_config.folder, input_config.get("captions") or None,
+        int(input_config.get("max_images", 0)), report=process_index == 0,
+    )  # fmt: skip
     if len(items) >= process_count:
         items = items[process_index::process_count]  # disjoint shares when there are enough
-    paths = [str(p) for p, _ in items]
-    caps = [_SEP.join(c) for _, c in items]
-    ds = tf.data.Dataset.from_tensor_slices((paths, caps))
+    sizes = _readable_sizes([p for p, _ in items])
+    items = [it for it, s in zip(items, sizes, strict=True) if s and min(s) >= crop_size]
+    if not items:
+        raise ValueError(
+            f"input: process {process_index} of {process_count} has no image of at least "
+            f"{crop_size}x{crop_size} pixels in its share of {input_config.folder}"
+        )
+    images = _Images([str(p) for p, _ in items], crop_size, bool(input_config.get("cache")))
 
-    def load(path, cap):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return {"image": image, "captions": tf.strings.split(cap, _SEP)}
+    def positions() -> Iterator[tuple[int, int]]:
+        # Position n of the stream is entry n % N of the permutation of epoch n // N.
+        epoch = 0
+        while True:
+            perm = np.random.default_rng([seed, epoch]).permutation(len(items))
+            for k, i in enumerate(perm):
+                yield int(i), epoch * len(items) + k
+            epoch += 1
+            if not repeat:
+                return
 
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    def load(index: int, position: int) -> tuple[np.ndarray, str]:
+        rng = np.random.default_rng([seed, position])  # the same crop on every run
+        image, used = images.get(index)
+        caps = items[used][1]
+        return random_crop(image, crop_size, rng), caps[int(rng.integers(len(caps)))]
+
+    return _batches(positions(), load, batch_size, _workers(input_config))
 
 
+# ----------------------------------------------------------------------------- tfds
 def tfds_examples(
     name: str = "coco_captions",
     split: str = "train",
@@ -88,7 +322,9 @@ def tfds_examples(
     seed: int = 0,
 ):
     """tf.data of {"image", "captions"} from TFDS, this process's even split."""
-    tf = import_tensorflow()
+    from tgic_jax.tf_import import import_tensorflow
+
+    tf = import_tensorflow()  # the `tfds` extra; no other source imports TensorFlow
     import tensorflow_datasets as tfds
 
     part = tfds.even_splits(split, n=process_count)[process_index]
@@ -103,21 +339,32 @@ def tfds_examples(
     return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-# ----------------------------------------------------------------------------- crops
-def usable_examples(ds, crop_size: int):
-    """Drops images smaller than the crop (before `repeat`: an empty share stays visible)."""
+def _tfds_batches(input_config, batch_size, seed, process_index, process_count, repeat):
+    """TFDS through tf.data (on the CPU), as host-local numpy batches."""
+    from tgic_jax.tf_import import import_tensorflow
+
     tf = import_tensorflow()
+    crop_size = int(input_config.crop_size)
+    ds = tfds_examples(
+        input_config.tfds_name, input_config.tfds_split, input_config.get("data_dir") or None,
+        process_index, process_count, seed,
+    )  # fmt: skip
 
     def big_enough(ex):
         shape = tf.shape(ex["image"])
         return tf.logical_and(shape[0] >= crop_size, shape[1] >= crop_size)
 
-    return ds.filter(big_enough)
-
-
-def crop_examples(ds, crop_size: int, seed: int):
-    """Random crop in [0, 1] and one random caption (images at least crop_size on a side)."""
-    tf = import_tensorflow()
+    # Filter before repeat(): after it, a share without one usable image loops forever.
+    ds = ds.filter(big_enough)
+    if not any(True for _ in ds.take(1)):  # stops at the first usable image
+        raise ValueError(
+            f"input: process {process_index} of {process_count} has no image of at least "
+            f"{crop_size}x{crop_size} pixels in its share of TFDS "
+            f"{input_config.tfds_name}:{input_config.tfds_split}"
+        )
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.shuffle(int(input_config.get("shuffle_buffer", 1000)), seed=seed)
 
     def crop(i, ex):
         # Stateless ops keyed by the element's position: the same crops and captions on
@@ -126,72 +373,19 @@ def crop_examples(ds, crop_size: int, seed: int):
         image = tf.image.stateless_random_crop(ex["image"], (crop_size, crop_size, 3), seed=key)
         n = tf.shape(ex["captions"])[0]
         pick = tf.random.stateless_uniform((), key + [0, 1 << 40], 0, n, dtype=tf.int32)
-        return {
-            "image": tf.cast(image, tf.float32) / 255.0,
-            "caption": ex["captions"][pick],
-        }
+        return {"image": tf.cast(image, tf.float32) / 255.0, "caption": ex["captions"][pick]}
 
-    return ds.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
+    def numpy_batches():
+        for batch in ds.as_numpy_iterator():
+            yield {
+                "image": np.asarray(batch["image"], np.float32),
+                "caption": [c.decode("utf-8") for c in batch["caption"]],
+            }
 
-def make_dataset(
-    input_config,
-    batch_size: int,
-    seed: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    repeat: bool = True,
-):
-    """The batched, shuffled, repeated tf.data pipeline for config.input (host-local)."""
-    tf = import_tensorflow()
-    seed = int(seed) + 1000 * process_index  # different crops on every host
-    if input_config.source == "folder":
-        ds = folder_examples(
-            input_config.folder,
-            input_config.get("captions") or None,
-            int(input_config.get("max_images", 0)),
-            process_index,
-            process_count,
-        )
-        where = str(input_config.folder)
-    elif input_config.source == "tfds":
-        ds = tfds_examples(
-            input_config.tfds_name,
-            input_config.tfds_split,
-            input_config.get("data_dir") or None,
-            process_index,
-            process_count,
-            seed,
-        )
-        where = f"TFDS {input_config.tfds_name}:{input_config.tfds_split}"
-    else:
-        raise ValueError(f"unknown input.source {input_config.source!r}: 'tfds' or 'folder'")
-    # Filter before repeat(): after it, a share without one usable image loops forever.
-    crop_size = int(input_config.crop_size)
-    ds = usable_examples(ds, crop_size)
-    if not any(True for _ in ds.take(1)):  # stops at the first usable image
-        raise ValueError(
-            f"input: process {process_index} of {process_count} has no image of at least "
-            f"{crop_size}x{crop_size} pixels in its share of {where}"
-        )
-    # Small folders: keep the decoded images in memory.
-    if input_config.source == "folder" and input_config.get("cache", False):
-        ds = ds.cache()
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.shuffle(int(input_config.get("shuffle_buffer", 1000)), seed=seed)
-    ds = crop_examples(ds, crop_size, seed)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def numpy_batches(ds) -> Iterator[dict]:
-    """tf.data batches -> {"image": float32 ndarray, "caption": list[str]}."""
-    for batch in ds.as_numpy_iterator():
-        yield {
-            "image": np.asarray(batch["image"], np.float32),
-            "caption": [c.decode("utf-8") for c in batch["caption"]],
-        }
+    return numpy_batches()
 
 
 # ----------------------------------------------------------------------------- text
@@ -241,14 +435,22 @@ def list_coco_files(
     captions: dict[int, list[str]] = {}
     for a in ann["annotations"]:
         captions.setdefault(int(a["image_id"]), []).append(str(a["caption"]).strip())
+    images = sorted(ann["images"], key=lambda im: im["file_name"])
+    ids = {int(im["id"]) for im in images}
+    uncaptioned = sum(int(im["id"]) not in captions for im in images)
+    orphans = sum(len(c) for i, c in captions.items() if i not in ids)
+    if uncaptioned or orphans:
+        _say(f"{ann_path}: {uncaptioned} images without a caption left out, {orphans} "
+             "captions of an image not listed")  # fmt: skip
+    paths = [root / "train2014" / im["file_name"] for im in images]
+    # Sizes from the JSON; read from the file only when it lacks them (unreadable: skipped).
+    unsized = [p for im, p in zip(images, paths, strict=True)
+               if "width" not in im or "height" not in im]  # fmt: skip
+    read = dict(zip(unsized, _readable_sizes(unsized), strict=True))
     pairs = []
-    for im in sorted(ann["images"], key=lambda im: im["file_name"]):
-        path = root / "train2014" / im["file_name"]
-        if "width" in im and "height" in im:
-            short = min(int(im["width"]), int(im["height"]))
-        else:
-            short = min(_image_size(path))
-        if short >= min_short_side:
+    for im, path in zip(images, paths, strict=True):
+        size = (int(im["width"]), int(im["height"])) if path not in read else read[path]
+        if size is not None and min(size) >= min_short_side:
             pairs += [(str(path), c) for c in captions.get(int(im["id"]), [])]
     if not pairs:
         raise FileNotFoundError(
@@ -257,21 +459,16 @@ def list_coco_files(
     return pairs
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as im:  # reads the header only
-        return im.size
-
-
 def list_folder_pairs(
     folder: str | Path, captions_path: str | Path | None = None, max_images: int = 0,
     min_short_side: int = MIN_SHORT_SIDE,
 ) -> list[tuple[str, str]]:  # fmt: skip
     """(image path, caption) pairs of a captioned folder, one per caption, short side filtered."""
+    items = list_folder(folder, captions_path, max_images, report=True)
+    sizes = _readable_sizes([p for p, _ in items])
     pairs = []
-    for path, caps in list_folder(folder, captions_path, max_images):
-        if min(_image_size(path)) >= min_short_side:
+    for (path, caps), size in zip(items, sizes, strict=True):
+        if size is not None and min(size) >= min_short_side:
             pairs += [(str(path), c) for c in caps]
     if not pairs:
         raise FileNotFoundError(
@@ -318,30 +515,28 @@ def pair_order(num_pairs: int, global_batch: int, seed: int, start_step: int = 0
 def pairs_dataset(
     input_config, pairs, global_batch: int, host_batch: int, seed: int, start_step: int,
     process_index: int = 0,
-):  # fmt: skip
-    """tf.data of this host's batches of random crops of `pairs`, in `pair_order`."""
-    tf = import_tensorflow()
-    paths = np.array([p for p, _ in pairs])
-    caps = np.array([c for _, c in pairs])
-    lo = process_index * host_batch  # this host's slice of every global batch
-    crop_size = int(input_config.crop_size)
+) -> Iterator[dict]:  # fmt: skip
+    """This host's batches of random crops of `pairs`, in `pair_order` from start_step on.
 
-    def positions():
+    Host h takes entries [h * host_batch, (h + 1) * host_batch) of every global batch, so
+    the hosts' slices are disjoint; each crop is keyed by the pair's position in the run,
+    so a run resumed at any step crops as the uninterrupted one did.
+    """
+    crop_size = int(input_config.crop_size)
+    lo = process_index * host_batch  # this host's slice of every global batch
+    images = _Images([p for p, _ in pairs], crop_size, bool(input_config.get("cache")))
+
+    def positions() -> Iterator[tuple[int, int]]:
         step = int(start_step)
         for idx in pair_order(len(pairs), global_batch, seed, start_step):
             for j, i in enumerate(idx[lo : lo + host_batch]):
-                # Position in the run: keys the crop, so a resumed run crops as before.
-                yield paths[i], caps[i], np.int64(step * global_batch + lo + j)
+                yield int(i), step * global_batch + lo + j
             step += 1
 
-    sig = (tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.int64))
-    ds = tf.data.Dataset.from_generator(positions, output_signature=sig)
+    def load(index: int, position: int) -> tuple[np.ndarray, str]:
+        image, used = images.get(index)
+        return random_crop(image, crop_size, np.random.default_rng([seed, position])), pairs[used][
+            1
+        ]
 
-    def load(path, caption, position):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        key = tf.stack([tf.cast(seed, tf.int64), position])
-        image = tf.image.stateless_random_crop(image, (crop_size, crop_size, 3), seed=key)
-        return {"image": tf.cast(image, tf.float32) / 255.0, "caption": caption}
-
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)  # order kept (deterministic)
-    return ds.batch(host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _batches(positions(), load, host_batch, _workers(input_config))

@@ -146,8 +146,8 @@ def make_mesh(mesh_config=None, devices=None) -> Mesh:
     if n > len(devices):
         raise ValueError(f"mesh.data={n} but only {len(devices)} devices are visible")
     if n == len(jax.devices()):
-        # Auto axes: jax >= 0.7 makes them Explicit by default, which makes every reshape of
-        # a sharded activation an error ("This reshape is not supported") in the model.
+        # Auto axes: jax >= 0.8 makes them Explicit by default, under which the model's
+        # reshapes of batch-sharded activations fail to trace (ShardingTypeError).
         return jax.make_mesh((n,), (DATA,), axis_types=(jax.sharding.AxisType.Auto,))
     # A sub-mesh (tests, debugging on fewer devices); single-process only.
     return Mesh(np.asarray(devices[:n]), (DATA,))

@@ -365,13 +365,9 @@ class MetricWriter:
     def __init__(self, logdir: str | os.PathLike, enabled: bool):
         self._writer = None
         if enabled:
-            from tgic_jax.tf_import import import_tensorflow
+            from tgic_jax.train.summary_writer import SummaryWriter  # no TensorFlow
 
-            import_tensorflow()  # GPUs hidden before TF starts
-            from flax.metrics import tensorboard  # imports TensorFlow
-
-            # str() of an epath keeps gs://; TensorFlow's file system layer writes there.
-            self._writer = tensorboard.SummaryWriter(str(logdir))
+            self._writer = SummaryWriter(str(logdir))  # str() of an epath keeps gs://
 
     def write(self, step: int, scalars: dict[str, float], prefix: str = "train",
               progress: str = "") -> None:  # fmt: skip
@@ -547,7 +543,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh) -> TrainState:
             config.input, host_batch, seed=int(config.seed) + start_step,
             process_index=jax.process_index(), process_count=jax.process_count(),
         )  # fmt: skip
-    batches = input_pipeline.tokenize_batches(input_pipeline.numpy_batches(ds), text_encoder)
+    batches = input_pipeline.tokenize_batches(ds, text_encoder)
 
     # Update step.
     step_fn = jit_train_step(

@@ -1,0 +1,78 @@
+"""Training on a bare GPU image: no TensorFlow anywhere in the training path.
+
+Every process here starts with a sitecustomize that makes `import tensorflow` (and
+tensorflow_datasets) fail, as on a GPU image without them; `importlib.util.find_spec`
+then says they are absent, as it would there.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_BLOCK = 'import sys\nsys.modules["tensorflow"] = None\nsys.modules["tensorflow_datasets"] = None\n'
+
+
+def _no_tf_env(tmp_path):
+    site = tmp_path / "no_tf_site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_BLOCK)
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{site}{os.pathsep}{REPO}",
+                XLA_FLAGS="--xla_force_host_platform_device_count=1")  # fmt: skip
+
+
+def test_the_blocking_sitecustomize_really_blocks_tensorflow(tmp_path):
+    code = "import tensorflow"
+    proc = subprocess.run([sys.executable, "-c", code], env=_no_tf_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
+
+
+@pytest.mark.slow
+def test_tiny_training_runs_resumes_and_logs_without_tensorflow_past_an_unreadable_image(
+    tmp_path, kodak_dir
+):
+    # Two Kodak images and a file of random bytes named like a JPEG (issue 24, case 6).
+    folder = tmp_path / "images"
+    folder.mkdir()
+    captions = json.loads((kodak_dir / "captions.json").read_text())
+    kept = {}
+    for name in sorted(captions)[:2]:
+        shutil.copy(kodak_dir / name, folder / name)
+        kept[name] = captions[name]
+    (folder / "zz_bad.jpg").write_bytes(np.random.default_rng(0).bytes(5000))
+    (folder / "captions.json").write_text(json.dumps({**kept, "zz_bad.jpg": "noise"}))
+    workdir = tmp_path / "run"
+    env = _no_tf_env(tmp_path)
+
+    def train(steps):
+        cmd = [sys.executable, str(REPO / "train.py"), "--config",
+               f"{REPO}/configs/small.py:tiny", "--workdir", str(workdir),
+               f"--config.input.folder={folder}", f"--config.input.captions={folder}/captions.json",
+               f"--config.total_steps={steps}", "--config.ckpt.every_steps=2",
+               "--config.log_every_steps=1"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc.stdout
+
+    out = train(3)
+    assert "1 of 3 images unreadable, skipped: zz_bad.jpg" in out
+    assert re.findall(r"\[train\] step (\d+)", out)[-1] == "3"
+    out = train(5)
+    assert "resumed from step 3" in out
+    assert re.findall(r"\[train\] step (\d+)", out)[-1] == "5"
+    events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 2  # one per run, written without TensorFlow
+
+    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+
+    acc = pea.EventAccumulator(str(workdir / "tensorboard"), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    assert [e.step for e in acc.Tensors("train/loss")] == [1, 2, 3, 4, 5]
