@@ -121,6 +121,7 @@ def load_inference(path: str | os.PathLike):
 # (plus temporaries that the next manager removes).
 TRAIN_CHECKPOINTS = "checkpoints"
 
+
 def train_checkpoint_manager(
     workdir: str | os.PathLike, every_steps: int = 1000, keep: int = 3, use_async: bool = True
 ) -> ocp.CheckpointManager:
