@@ -170,10 +170,16 @@ _EQUIVALENCE = textwrap.dedent(
     norm = sum(sq(a) for a in jax.tree_util.tree_leaves(p1))
     max_abs = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: float(np.abs(a - b).max()), p1, p8)))
+    # Elements whose gradient is far above Adam's eps take a full step of lr: there the
+    # two meshes must agree to round-off.
+    full = lambda a, b, a0: float(np.where(np.abs(a - a0) > 0.99e-3, np.abs(a - b), 0).max())
+    max_abs_full = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        full, p1, p8, initial.params)))
     moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: float(np.abs(a - b).max()), p1, initial.params))
     print(json.dumps({"loss": [float(m1["loss"]), float(m8["loss"])], "moved": max(moved),
-                      "rel": (diff / norm) ** 0.5, "max_abs": max_abs}))
+                      "rel": (diff / norm) ** 0.5, "max_abs": max_abs,
+                      "max_abs_full_steps": max_abs_full}))
     """
 )
 
@@ -193,11 +199,14 @@ def test_one_step_on_8_devices_matches_1_device(tmp_path):
     loss_1, loss_8 = out["loss"]
     assert abs(loss_1 - loss_8) <= 1e-5 * abs(loss_1)
     assert out["moved"] > 1e-4  # the step really updated the parameters
-    # All parameters as one vector agree to 1e-5. Per element, the worst case is a
-    # zero-initialized bias whose value is one Adam step lr * g / (|g| + eps): where g is
-    # ~eps, summation order moves it by ~1e-7, 1e-4 of the lr=1e-3 step (measured 2.5e-7).
+    # All parameters as one vector agree to 1e-5, and so does every element that took a
+    # full Adam step (> 0.99 lr: |g| > 99 eps). An element's step is lr * g / (|g| + eps):
+    # where |g| is ~eps, the summation order of the two meshes moves g by its own size and the
+    # step by a fraction of lr. Measured (jax 0.12, XLA CPU): a g_a kernel element with
+    # |g| ~1.4e-9 stepped -1.25e-4 on one device and -2.22e-4 on eight.
     assert out["rel"] < 1e-5, out
-    assert out["max_abs"] < 1e-6, out
+    assert out["max_abs_full_steps"] < 1e-6, out
+    assert out["max_abs"] < 0.25e-3, out  # a quarter of lr: near-eps gradients only
 
 
 # ----------------------------------------------------------------------------- resume
