@@ -23,9 +23,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m tgic_jax.cli.demo
 
+# One run in two workers, the slow tests first (tests/conftest.py); `-m "not slow"` for a
+# quick pass while working.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests
 	$(MAKE) --no-print-directory test-transformers5
 
 # The lock picks transformers 4.57; the towers and tokenizers must work with 5.x too. A
@@ -57,4 +58,4 @@ format: $(STAMP)
 	$(PY) -m ruff format $(SOURCES)
 
 clean:
-	rm -rf $(VENV) $(VENV5) .pytest_cache
+	rm -rf $(VENV) $(VENV5) .pytest_cache .cache/jax-tests

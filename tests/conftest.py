@@ -3,12 +3,22 @@
 import os
 from pathlib import Path
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Compiled XLA programs persist across every process of one `make test`: the two pytest
+# workers and the train/CLI subprocesses they start (they inherit this environment).
+# The tiny train step alone is compiled by a dozen processes, ~70 s each on 2 cores; a cache
+# hit loads the same executable, so results are bit for bit those of a fresh compile.
+# A size limit turns on JAX's file lock around every read and write: without it a process
+# may read an entry another one is still writing.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+
 SHARED = REPO.parent / "shared"
 KODAK = REPO / "data" / "kodak"
 
@@ -31,3 +41,8 @@ def kodak_dir() -> Path:
     if not (KODAK / "captions.json").is_file():
         pytest.skip("data/kodak is absent")
     return KODAK
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: two workers start the long ones early, the short ones fill in."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -36,7 +36,7 @@ def test_the_blocking_sitecustomize_really_blocks_tensorflow(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_training_runs_resumes_and_logs_without_tensorflow_past_an_unreadable_image(
+def test_tiny_training_resumes_exports_and_round_trips_an_image_without_tensorflow(
     tmp_path, kodak_dir
 ):
     # Two Kodak images and a file of random bytes named like a JPEG (issue 24, case 6).
@@ -76,3 +76,26 @@ def test_tiny_training_runs_resumes_and_logs_without_tensorflow_past_an_unreadab
     acc = pea.EventAccumulator(str(workdir / "tensorboard"), size_guidance={pea.TENSORS: 0})
     acc.Reload()
     assert [e.step for e in acc.Tensors("train/loss")] == [1, 2, 3, 4, 5]
+
+    # The trained run becomes files on disk and back, still without TensorFlow: export, then
+    # compress and decompress one image, each command its own process.
+    from PIL import Image
+
+    def tgic(*argv):
+        proc = subprocess.run([sys.executable, "-m", "tgic_jax.cli", *map(str, argv)], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-4000:]
+        return proc.stdout
+
+    exported = tmp_path / "exported"
+    assert tgic("export", "--workdir", workdir, "--out", exported).startswith("wrote ")
+    assert json.loads((exported / "config.json").read_text())["train_step"] == 5
+    image = np.asarray(Image.open(folder / sorted(kept)[0]).convert("RGB"))[:64, :96]
+    Image.fromarray(image).save(tmp_path / "a.png")
+    out = tgic("compress", tmp_path / "a.png", "--caption", kept[sorted(kept)[0]],
+               "--checkpoint", exported, "-o", tmp_path / "a.tgic")  # fmt: skip
+    size = (tmp_path / "a.tgic").stat().st_size
+    assert f"{size} bytes" in out
+    tgic("decompress", tmp_path / "a.tgic", "--checkpoint", exported, "-o", tmp_path / "b.png")
+    decoded = np.asarray(Image.open(tmp_path / "b.png"))
+    assert decoded.shape == image.shape and decoded.dtype == np.uint8

@@ -12,8 +12,10 @@ Every path here goes through `as_path` (etils.epath): `gs://bucket/run` stays a 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 import uuid
 
 import jax
@@ -224,7 +226,13 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state=None, step: in
 
 
 class _orbax_quiet:
-    """Orbax and tensorstore log every failing read (thousands of lines): ERROR only."""
+    """A damaged step's restore, reported once by us rather than thousands of times by orbax.
+
+    Orbax and tensorstore log every failing read; and the reads still in flight when the
+    restore gives up end on a closed event loop, each printing a traceback through
+    `sys.unraisablehook` (~22,000 stderr lines for one truncated file). Both are silenced
+    for the restore; its leftovers are collected before the hook is given back.
+    """
 
     def __enter__(self):
         import logging
@@ -233,8 +241,12 @@ class _orbax_quiet:
         self._levels = [lg.level for lg in self._loggers]
         for lg in self._loggers:
             lg.setLevel(logging.CRITICAL)
+        self._hook = sys.unraisablehook
+        sys.unraisablehook = lambda unraisable: None
 
     def __exit__(self, *exc):
+        gc.collect()
+        sys.unraisablehook = self._hook
         for lg, level in zip(self._loggers, self._levels, strict=True):
             lg.setLevel(level)
 

@@ -88,7 +88,9 @@ def clip_image_embeddings(
     clip_model, clip_params: Params, images: jax.Array, resize_method: str = "linear"
 ) -> jax.Array:
     """L2-normalized projected CLIP image embeddings [B, P] of NHWC [0, 1] images."""
-    pixels = clip_preprocess(images, method=resize_method)  # NHWC, as our tower takes them
+    # At the tower's own input size: 224 for OpenAI's B/32, 336 for L/14-336, a test tower's.
+    size = clip_model.module.vision.image_size
+    pixels = clip_preprocess(images, size, method=resize_method)  # NHWC, as our tower takes
     return _l2_normalize(clip_model.image_features(clip_params, pixels)["image_embeds"])
 
 

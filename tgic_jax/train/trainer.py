@@ -181,14 +181,23 @@ def create_train_state(
     )
 
 
-def init_sharded_state(model, optimizer, seed: int, mesh, mesh_config=None):
-    """(state created directly with its shardings, the shardings, the abstract state)."""
-    make = functools.partial(create_train_state, model, optimizer, seed)
-    shapes = jax.eval_shape(make)
+def abstract_train_state(model, optimizer, seed: int, mesh, mesh_config=None):
+    """(the state's shardings, the state as shapes with those shardings): nothing compiled.
+
+    Enough to compile the train step (`lower`) while the state itself is being made.
+    """
+    shapes = jax.eval_shape(functools.partial(create_train_state, model, optimizer, seed))
     shardings = shd.state_sharding(mesh, shapes, mesh_config)
     abstract = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
+    return shardings, abstract
+
+
+def init_sharded_state(model, optimizer, seed: int, mesh, mesh_config=None):
+    """(state created directly with its shardings, the shardings, the abstract state)."""
+    make = functools.partial(create_train_state, model, optimizer, seed)
+    shardings, abstract = abstract_train_state(model, optimizer, seed, mesh, mesh_config)
     # Compile, then meet, then run: the first multi-host program forms the CPU (gloo)
     # communicator, which waits only 30 s for the other hosts (see `shd.sync_hosts`), and
     # hosts finish compiling at different times under load.
