@@ -13,10 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # workers and the train/CLI subprocesses they start (they inherit this environment).
 # The tiny train step alone is compiled by a dozen processes, ~70 s each on 2 cores; a cache
 # hit loads the same executable, so results are bit for bit those of a fresh compile.
-# A size limit turns on JAX's file lock around every read and write: without it a process
-# may read an entry another one is still writing.
+# Only programs that took >= 1 s to compile are kept (JAX's default): caching every eager
+# op too wrote ~3,600 entries for one test and doubled its time. A size limit turns on
+# JAX's file lock around reads and writes (two workers share the folder).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-tests"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 SHARED = REPO.parent / "shared"

@@ -36,12 +36,13 @@ def test_different_caption_changes_y_when_gamma_is_nonzero():
     t1 = jax.random.normal(jax.random.PRNGKey(1), (1, 38, TINY.text_dim))
     t2 = jax.random.normal(jax.random.PRNGKey(2), (1, 38, TINY.text_dim))
     model, v = _tiny(gamma=0.5)
-    y1, _ = model.apply(v, x, t1, method="analysis")
-    y2, _ = model.apply(v, x, t2, method="analysis")
+    analysis = jax.jit(lambda v, t: model.apply(v, x, t, method="analysis"))
+    y1, _ = analysis(v, t1)
+    y2, _ = analysis(v, t2)
     assert float(jnp.abs(y1 - y2).max()) > 1e-4
-    model, v0 = _tiny(gamma=0.0)  # gamma = 0: the Extractor's output never reaches y
-    y1, _ = model.apply(v0, x, t1, method="analysis")
-    y2, _ = model.apply(v0, x, t2, method="analysis")
+    _, v0 = _tiny(gamma=0.0)  # gamma = 0: the Extractor's output never reaches y
+    y1, _ = analysis(v0, t1)
+    y2, _ = analysis(v0, t2)
     np.testing.assert_array_equal(y1, y2)
 
 
@@ -49,8 +50,9 @@ def test_outputs_follow_the_contract_and_likelihoods_are_in_unit_interval():
     model, v = _tiny(gamma=0.3)
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 128, 64, 3))
     text = jax.random.normal(jax.random.PRNGKey(1), (2, 38, TINY.text_dim))
+    apply = jax.jit(model.apply, static_argnames="train")  # eager: thousands of tiny compiles
     for train in (False, True):
-        out = model.apply(v, x, text, train=train, rngs={"noise": jax.random.PRNGKey(3)})
+        out = apply(v, x, text, train=train, rngs={"noise": jax.random.PRNGKey(3)})
         assert out["x_hat"].shape == x.shape
         assert out["likelihoods"]["y"].shape == (2, 8, 4, TINY.M)
         assert out["likelihoods"]["z"].shape == (2, 2, 1, TINY.N)
@@ -62,10 +64,11 @@ def test_eval_mode_is_deterministic_and_training_mode_is_noisy():
     model, v = _tiny(gamma=0.3)
     x = jax.random.uniform(jax.random.PRNGKey(0), (1, 64, 64, 3))
     text = jax.random.normal(jax.random.PRNGKey(1), (1, 38, TINY.text_dim))
-    a, b = model.apply(v, x, text), model.apply(v, x, text)
+    apply = jax.jit(model.apply, static_argnames="train")
+    a, b = apply(v, x, text), apply(v, x, text)
     np.testing.assert_array_equal(a["likelihoods"]["y"], b["likelihoods"]["y"])
-    c = model.apply(v, x, text, train=True, rngs={"noise": jax.random.PRNGKey(0)})
-    d = model.apply(v, x, text, train=True, rngs={"noise": jax.random.PRNGKey(1)})
+    c = apply(v, x, text, train=True, rngs={"noise": jax.random.PRNGKey(0)})
+    d = apply(v, x, text, train=True, rngs={"noise": jax.random.PRNGKey(1)})
     assert float(jnp.abs(c["likelihoods"]["y"] - d["likelihoods"]["y"]).max()) > 0
     np.testing.assert_array_equal(c["x_hat"], a["x_hat"])  # g_s sees rounded y_hat either way
 
@@ -109,7 +112,8 @@ def test_bfloat16_transforms_compute_in_bfloat16_but_params_likelihoods_and_grad
     jaxpr16 = str(jax.make_jaxpr(lambda v: model16.apply(v, x, text))(v))
     jaxpr32 = str(jax.make_jaxpr(lambda v: model32.apply(v, x, text))(v))
     assert "bf16[2,32,32,16]" in jaxpr16 and "bf16" not in jaxpr32
-    out16, out32 = model16.apply(v, x, text), model32.apply(v, x, text)
+    # Jitted: eager, the model is thousands of one-op programs, each compiled on its own.
+    out16, out32 = jax.jit(model16.apply)(v, x, text), jax.jit(model32.apply)(v, x, text)
     for key in ("x_hat", "y", "z"):
         assert out16[key].dtype == jnp.float32, key
     assert out16["likelihoods"]["y"].dtype == out16["likelihoods"]["z"].dtype == jnp.float32
@@ -122,7 +126,7 @@ def test_bfloat16_transforms_compute_in_bfloat16_but_params_likelihoods_and_grad
                             rngs={"noise": jax.random.PRNGKey(5)})  # fmt: skip
         return jnp.mean(jnp.square(out["x_hat"] - x)) - jnp.mean(jnp.log(out["likelihoods"]["y"]))
 
-    grads = jax.grad(loss)(v["params"])
+    grads = jax.jit(jax.grad(loss))(v["params"])
     leaves = jax.tree_util.tree_leaves(grads)
     assert {g.dtype for g in leaves} == {jnp.dtype(jnp.float32)}
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
