@@ -3,24 +3,30 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BASE := $(VENV)/.installed-base
 SOURCES := tgic_jax tests configs benchmarks tools train.py eval.py
 
 .PHONY: demo test test-transformers5 install check lint format clean
 
-$(STAMP): pyproject.toml requirements.lock
+# The demo needs the package alone; the tests add pytest, ruff and TensorFlow (TFDS input).
+$(BASE): pyproject.toml requirements.lock
 	@# A venv of an older Python (an earlier checkout's) is replaced, not patched.
 	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))'; then \
 		echo "replacing $(VENV) (Python < 3.12)"; rm -rf $(VENV); fi
 	@test -x $(PY) || { python=$$(sh tools/find_python.sh) && echo "creating $(VENV) with $$python" \
 		&& $$python -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test,tfds]'
+	$(PY) -m pip install -q -c requirements.lock -e .
 	$(PY) tools/fetch_minilm.py
+	touch $(BASE)
+
+$(STAMP): $(BASE)
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,tfds]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(PY) -m tgic_jax.cli.demo
 
 # One run in two workers, the slow tests first (tests/conftest.py); `-m "not slow"` for a
