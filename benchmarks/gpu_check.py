@@ -182,7 +182,8 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
             model = TACO.from_config(ModelConfig.from_config(config.model))
             loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
             optimizer = train_lib.make_optimizer(config.optim, batch)
-            shardings, abstract = train_lib.abstract_train_state(model, optimizer, 0, mesh)
+            if not cases:  # the same state tree for every case (parameters stay float32)
+                shardings, abstract = train_lib.abstract_train_state(model, optimizer, 0, mesh)
             step = train_lib.jit_train_step(
                 train_lib.make_train_step(model, loss_fn, optimizer), mesh, shardings
             )
@@ -200,7 +201,6 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
                 crop=crop, terms="rate+MSE+LPIPS" + ("+CLIP" if config.loss.k_j > 0 else ""),
             )  # fmt: skip
             futures[(dtype, batch)] = pool.submit(_catching(compile_case), (dtype, batch))
-    # The same tree for every case (the compute dtype leaves the parameters float32).
     first_state = train_lib.init_sharded_state(model, optimizer, 0, mesh)[0]
     errors = {key: f.result() for key, f in futures.items()}
     pool.shutdown()

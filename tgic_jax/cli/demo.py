@@ -242,9 +242,9 @@ def against_expected(means: dict, f: dict, jax_version: str) -> str:
         if abs(means[key] - e[key]) > ROUND_OFF[key]
     ]
     if not off:
-        return (
-            f"{promised} This run repeats them within round-off (0.002 bpp, 0.05 dB, 0.005 LPIPS)."
-        )
+        r = ROUND_OFF
+        return (f"{promised} This run repeats them within round-off ({r['bpp']} bpp, "
+                f"{r['psnr']} dB, {r['lpips']} LPIPS).")  # fmt: skip
     why = []
     if f["budget_minutes"]:
         why.append(f"it trained for a {f['budget_minutes']:g}-minute budget (--minutes), so how "
