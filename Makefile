@@ -52,10 +52,12 @@ test-transformers5: $(VENV5)/.installed
 	$(VENV5)/bin/python -c 'import transformers; print("transformers", transformers.__version__)'
 	$(VENV5)/bin/python -m pytest -q -p no:cacheprovider tests/test_towers.py tests/test_text_encoders.py
 
-# What CI checks before the tests: the formatter would change nothing, the linter finds nothing.
+# What CI checks before the tests: the formatter would change nothing, the linter finds nothing,
+# and no module imports from a layer above its own (tools/check_layers.py).
 check: $(STAMP)
 	$(PY) -m ruff format --check $(SOURCES)
 	$(PY) -m ruff check $(SOURCES)
+	$(PY) tools/check_layers.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(SOURCES)

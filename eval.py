@@ -14,8 +14,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from tgic_jax.evaluation import driver as evaluation
-from tgic_jax.evaluation import sets as datasets
+from tgic_jax.evaluation import driver, sets
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (its eval section).")
@@ -33,22 +32,22 @@ def main(argv):
     config, workdir = FLAGS.config, Path(FLAGS.workdir)
     checkpoints = FLAGS.checkpoint
     if not checkpoints:
-        from tgic_jax.train import trainer as train_lib
+        from tgic_jax.train import trainer
 
-        checkpoints = [str(train_lib.export_inference(workdir, workdir / "inference"))]
+        checkpoints = [str(trainer.export_inference(workdir, workdir / "inference"))]
     eval_cfg = config.get("eval") or {}
     limit = int(eval_cfg.get("max_images", 0) or 0) or None
-    options = evaluation.EvalOptions(
-        variants=evaluation.VARIANTS if FLAGS.ablation else ("correct",), lpips=FLAGS.lpips
+    options = driver.EvalOptions(
+        variants=driver.VARIANTS if FLAGS.ablation else ("correct",), lpips=FLAGS.lpips
     )
     out = Path(FLAGS.out or workdir / "eval")
     try:
         if eval_cfg.get("folder"):
             captions = eval_cfg.get("captions") or None
-            eval_set = datasets.folder_set(eval_cfg["folder"], captions, limit)
+            eval_set = sets.folder_set(eval_cfg["folder"], captions, limit)
         else:
-            eval_set = datasets.kodak_set(None, limit)
-        summary = evaluation.evaluate_checkpoints(checkpoints, eval_set, out, options)
+            eval_set = sets.kodak_set(Path(__file__).parent / "data" / "kodak", limit)
+        summary = driver.evaluate_checkpoints(checkpoints, eval_set, out, options)
     except (ValueError, OSError) as err:  # nothing could run: one clear line, exit code 2
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

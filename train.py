@@ -24,8 +24,7 @@ if not VERBOSE:  # before TensorFlow is imported: its C++ lines (cuFFT, cuDNN, T
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from tgic_jax.train import sharding  # noqa: E402
-from tgic_jax.train import trainer as train_lib  # noqa: E402
+from tgic_jax.train import sharding, trainer  # noqa: E402
 from tgic_jax.train.errors import RunError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -73,7 +72,7 @@ def main(argv):
             FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id
         )
         logging.info("config:\n%s", FLAGS.config)
-        train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except RunError as err:
         print(f"train.py: error: {err}", file=sys.stderr, flush=True)
         sys.exit(err.exit_code)

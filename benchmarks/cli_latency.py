@@ -48,8 +48,8 @@ def make_checkpoint(size: str, folder: Path) -> Path:
     import numpy as np
     from codec import random_variables  # benchmarks/codec.py
 
+    from tgic_jax.checkpoints.inference import save_inference
     from tgic_jax.model.taco import TACO, ModelConfig
-    from tgic_jax.train.checkpoint import save_inference
 
     cfg = ModelConfig(**SIZES[size])
     v = random_variables(TACO.from_config(cfg))

@@ -130,7 +130,7 @@ def _summary(name: str, ours: list[float], theirs: list[float]) -> str:
 
 def compare_with_authors(args, image: np.ndarray) -> None:
     """Ours and the authors' codec on the same weights, image and text, runs interleaved."""
-    from tgic_jax.model.convert import from_official_state_dict, load_state_dict_file
+    from tgic_jax.checkpoints.authors import from_official_state_dict, load_state_dict_file
 
     with tempfile.TemporaryDirectory() as tmp:
         theirs = AuthorsCodec(args.authors_repo, args.authors_python, tmp)
@@ -177,7 +177,7 @@ def compare_with_authors(args, image: np.ndarray) -> None:
 
 def compare_bytes(args) -> None:
     """Bytes of ours and the authors' codec on one state_dict, image by image."""
-    from tgic_jax.model.convert import from_official_state_dict, load_state_dict_file
+    from tgic_jax.checkpoints.authors import from_official_state_dict, load_state_dict_file
 
     model, variables = from_official_state_dict(load_state_dict_file(args.authors_state_dict))
     coder = codec.Coder(model, variables)

@@ -147,9 +147,8 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
 
     sys.path.insert(0, str(REPO))
     from tgic_jax.model.taco import TACO, ModelConfig
-    from tgic_jax.train import losses, throughput
+    from tgic_jax.train import losses, throughput, trainer
     from tgic_jax.train import sharding as shd
-    from tgic_jax.train import trainer as train_lib
 
     try:  # the benchmarks' tiny CLIP (real ViT-B/32 weights are not carried)
         from benchmarks.train import _tiny_clip
@@ -181,11 +180,11 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
             config.loss.joint_group_size = min(int(config.loss.joint_group_size), batch)
             model = TACO.from_config(ModelConfig.from_config(config.model))
             loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
-            optimizer = train_lib.make_optimizer(config.optim, batch)
+            optimizer = trainer.make_optimizer(config.optim, batch)
             if not cases:  # the same state tree for every case (parameters stay float32)
-                shardings, abstract = train_lib.abstract_train_state(model, optimizer, 0, mesh)
-            step = train_lib.jit_train_step(
-                train_lib.make_train_step(model, loss_fn, optimizer), mesh, shardings
+                shardings, abstract = trainer.abstract_train_state(model, optimizer, 0, mesh)
+            step = trainer.jit_train_step(
+                trainer.make_train_step(model, loss_fn, optimizer), mesh, shardings
             )
             td = int(config.model.text_dim)
             host = {"image": rng.random((batch, crop, crop, 3), np.float32),
@@ -201,7 +200,7 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
                 crop=crop, terms="rate+MSE+LPIPS" + ("+CLIP" if config.loss.k_j > 0 else ""),
             )  # fmt: skip
             futures[(dtype, batch)] = pool.submit(_catching(compile_case), (dtype, batch))
-    first_state = train_lib.init_sharded_state(model, optimizer, 0, mesh)[0]
+    first_state = trainer.init_sharded_state(model, optimizer, 0, mesh)[0]
     errors = {key: f.result() for key, f in futures.items()}
     pool.shutdown()
     print(f"compiled {len(cases)} steps and the state in {time.perf_counter() - begun:.0f} s "

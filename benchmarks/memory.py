@@ -48,9 +48,8 @@ def run_batch(batch: int, clip_path: str, compute_dtype: str) -> dict:
     sys.path.insert(0, str(REPO))
     from configs.taco import get_config
     from tgic_jax.model.taco import TACO, ModelConfig
-    from tgic_jax.train import losses, throughput
+    from tgic_jax.train import losses, throughput, trainer
     from tgic_jax.train import sharding as shd
-    from tgic_jax.train import trainer as train_lib
 
     config = get_config("lmbda=0.0004")
     config.model.compute_dtype = compute_dtype
@@ -59,10 +58,10 @@ def run_batch(batch: int, clip_path: str, compute_dtype: str) -> dict:
     model = TACO.from_config(ModelConfig.from_config(config.model))
     clip_model, clip_note = _clip(clip_path)
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
-    optimizer = train_lib.make_optimizer(config.optim, batch)
-    shapes = jax.eval_shape(functools.partial(train_lib.create_train_state, model, optimizer, 0))
-    step = train_lib.jit_train_step(
-        train_lib.make_train_step(model, loss_fn, optimizer),
+    optimizer = trainer.make_optimizer(config.optim, batch)
+    shapes = jax.eval_shape(functools.partial(trainer.create_train_state, model, optimizer, 0))
+    step = trainer.jit_train_step(
+        trainer.make_train_step(model, loss_fn, optimizer),
         mesh, shd.state_sharding(mesh, shapes),
     )  # fmt: skip
 

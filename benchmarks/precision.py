@@ -37,10 +37,9 @@ def run(dtype: str, steps: int, out: Path) -> dict:
     """Trains, exports and evaluates one dtype; returns the figures."""
     import numpy as np
 
-    from tgic_jax.evaluation import driver as evaluation
-    from tgic_jax.evaluation import sets as datasets
+    from tgic_jax.evaluation import driver, sets
     from tgic_jax.minilm_fetch import ensure_minilm
-    from tgic_jax.train import trainer as train_lib
+    from tgic_jax.train import trainer
 
     ensure_minilm()
     shutil.rmtree(out, ignore_errors=True)
@@ -49,18 +48,18 @@ def run(dtype: str, steps: int, out: Path) -> dict:
     config.total_steps = int(steps)
     config.ckpt.every_steps = max(int(steps), 1)
     t0 = time.perf_counter()
-    train_lib.train_and_evaluate(config, out / "train")
+    trainer.train_and_evaluate(config, out / "train")
     train_s = time.perf_counter() - t0
-    ckpt = train_lib.export_inference(out / "train", out / "checkpoint")
+    ckpt = trainer.export_inference(out / "train", out / "checkpoint")
 
-    full = datasets.kodak_set(REPO / "data" / "kodak")
-    held_out = datasets.EvalSet(
+    full = sets.kodak_set(REPO / "data" / "kodak")
+    held_out = sets.EvalSet(
         name="Kodak 13-24 (held out)", items=full.items[12:],
         caption_mode=full.caption_mode, caption_source=full.caption_source,
     )  # fmt: skip
-    options = evaluation.EvalOptions(jpeg_qualities=(), save_recon=False, progress=False)
-    codec = evaluation.load_codec(str(ckpt), label=f"small_{dtype}")
-    evaluation.evaluate([codec], held_out, out / "eval", options)
+    options = driver.EvalOptions(jpeg_qualities=(), save_recon=False, progress=False)
+    codec = driver.load_codec(str(ckpt), label=f"small_{dtype}")
+    driver.evaluate([codec], held_out, out / "eval", options)
     rows = json.loads((out / "eval" / "per_image.json").read_text())["rows"]
     rows = [r for r in rows if r["checkpoint"] == f"small_{dtype}" and r["variant"] == "correct"]
     keys = ("bpp", "bpp_estimated", "psnr", "ms_ssim", "lpips")

@@ -95,7 +95,7 @@ def main() -> None:
 
     cases = []
     if args.parity:
-        from tgic_jax.model.convert import from_official_state_dict, load_state_dict_file
+        from tgic_jax.checkpoints.authors import from_official_state_dict, load_state_dict_file
 
         folder = Path(args.parity)
         model, variables = from_official_state_dict(
@@ -107,8 +107,8 @@ def main() -> None:
         for b in range(len(x)):
             cases.append((f"parity {b}", model, variables, x[b], texts[b], int(theirs[b])))
     if args.checkpoint:
-        from tgic_jax.text_encoders import build_text_encoder
-        from tgic_jax.train.checkpoint import load_inference
+        from tgic_jax.checkpoints.inference import load_inference
+        from tgic_jax.model.text_encoders import build_text_encoder
 
         model, variables, config = load_inference(args.checkpoint)
         encoder = build_text_encoder(config.text)

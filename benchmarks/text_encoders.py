@@ -3,7 +3,7 @@ r"""Times the frozen text towers: a jitted batch forward of MiniLM-L6 and a ViT-
   python benchmarks/text_encoders.py
 
 Median of 5 after warm-up, batch 8 x 38 tokens; the CLIP tower has random weights (the same
-graph as openai/clip-vit-base-patch32's). The numbers quoted in tgic_jax/text_encoders.py's
+graph as openai/clip-vit-base-patch32's). The numbers quoted in tgic_jax/model/text_encoders.py's
 docstring come from here. MiniLM is skipped (with a note) when it cannot be fetched.
 """
 
@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from tgic_jax.text_encoders import MAX_LENGTH, load_minilm
+from tgic_jax.model.text_encoders import MAX_LENGTH, load_minilm
 
 
 def bench(batch: int = 8, repeats: int = 5) -> dict[str, float]:

@@ -7,7 +7,7 @@ Two cases, each in its own process (so that peak RSS belongs to one case):
   rd:   rate + MSE only, batch 2, 256x256: like-for-like with the authors' PyTorch step
         (2.3-3.4 s per step on a 2-core machine).
 Text states are random [B, 38, 512] (the frozen text tower runs on the host; see
-tgic_jax/text_encoders.py for its cost). Run: python benchmarks/train.py [--steps 3]
+tgic_jax/model/text_encoders.py for its cost). Run: python benchmarks/train.py [--steps 3]
 [--compute_dtype bfloat16]. On a GPU or TPU it runs unchanged and adds MFU (FLOPs per step
 from XLA's cost analysis over the device's bfloat16 peak, `tgic_jax/train/throughput.py`).
 """
@@ -56,9 +56,8 @@ def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float3
     sys.path.insert(0, str(REPO))
     from configs.taco import get_config
     from tgic_jax.model.taco import TACO, ModelConfig
-    from tgic_jax.train import losses, throughput
+    from tgic_jax.train import losses, throughput, trainer
     from tgic_jax.train import sharding as shd
-    from tgic_jax.train import trainer as train_lib
 
     config = get_config("lmbda=0.0004")
     config.model.compute_dtype = compute_dtype
@@ -82,10 +81,10 @@ def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float3
     model = TACO.from_config(ModelConfig.from_config(config.model))
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
     frozen = shd.put_replicated(frozen, mesh)
-    optimizer = train_lib.make_optimizer(config.optim, batch)
-    state, shardings, _ = train_lib.init_sharded_state(model, optimizer, 0, mesh)
-    step = train_lib.jit_train_step(
-        train_lib.make_train_step(model, loss_fn, optimizer), mesh, shardings
+    optimizer = trainer.make_optimizer(config.optim, batch)
+    state, shardings, _ = trainer.init_sharded_state(model, optimizer, 0, mesh)
+    step = trainer.jit_train_step(
+        trainer.make_train_step(model, loss_fn, optimizer), mesh, shardings
     )
     lr = np.float32(config.optim.learning_rate)
     rng = np.random.default_rng(0)

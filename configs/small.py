@@ -6,9 +6,12 @@ The `tiny` variant is for tests (random hash-based text states, 64x64 crops, no 
   python train.py --config configs/small.py:tiny --workdir /tmp/taco_tiny --config.total_steps=20
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from tgic_jax.evaluation.sets import KODAK_DIR as KODAK
+# The repository's Kodak images and captions (the config files live beside them).
+KODAK = Path(__file__).resolve().parents[1] / "data" / "kodak"
 
 
 def get_config(arg=None):

@@ -9,10 +9,12 @@ Override any value: --config.loss.k_p=3.5 --config.input.batch_size_per_device=8
 """
 
 import logging
+from pathlib import Path
 
 import ml_collections
 
-from tgic_jax.evaluation.sets import KODAK_DIR as KODAK
+# The repository's Kodak images and captions (the config files live beside them).
+KODAK = Path(__file__).resolve().parents[1] / "data" / "kodak"
 
 # lambda -> (k_P, k_J) that the authors confirm: their README's launch command. Their code
 # and checkpoint names say nothing about the perceptual weights of other lambdas.

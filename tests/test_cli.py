@@ -15,7 +15,7 @@ from test_codec import TINY, _text, synthetic_image, tiny_model
 
 from tgic_jax import captions, image_io
 from tgic_jax.cli import main as cli
-from tgic_jax.evaluation import sets as datasets
+from tgic_jax.evaluation import sets
 from tgic_jax.train import input_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def _no_user_cache(monkeypatch):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny inference checkpoint whose text encoder is the test-only hash encoder."""
-    from tgic_jax.train.checkpoint import save_inference
+    from tgic_jax.checkpoints.inference import save_inference
 
     _, v = tiny_model(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
@@ -206,8 +206,8 @@ def test_a_coco_caption_file_reads_the_same_in_compress_evaluate_and_training(
     assert (tmp_path / "i.tgic").read_bytes() == (tmp_path / "l.tgic").read_bytes()
     assert (tmp_path / "f.tgic").read_bytes() != (tmp_path / "i.tgic").read_bytes()
     # Evaluate codes the same caption, and the same one under --caption-index.
-    assert datasets.folder_set(folder, caps).items[0].caption == "a red boat on a lake"
-    assert datasets.folder_set(folder, caps, caption_index=3).items[0].caption == "a lake"
+    assert sets.folder_set(folder, caps).items[0].caption == "a red boat on a lake"
+    assert sets.folder_set(folder, caps, caption_index=3).items[0].caption == "a lake"
     # Training reads all five (one drawn per example), through the same reader.
     assert input_pipeline.list_folder(folder, caps) == [
         (folder / "a.png", json.loads(caps.read_text())["a.png"])
@@ -242,7 +242,7 @@ def test_a_bad_caption_file_is_an_error_naming_file_and_entry_everywhere(
         input_pipeline.read_captions(caps)
     assert "coco.json" in str(training_error.value)
     assert all(w in str(training_error.value) for w in words)
-    eval_set = datasets.folder_set(folder, caps)  # evaluate records it as a failure
+    eval_set = sets.folder_set(folder, caps)  # evaluate records it as a failure
     assert any(all(w in e for w in words) and "coco.json" in e for e in eval_set.errors)
 
 
@@ -348,8 +348,8 @@ def test_compress_imports_neither_training_nor_evaluation_code(tmp_path):
 
 @pytest.mark.slow  # subprocesses that compile the codec (~1 min on 2 cores)
 def test_minilm_captions_are_quiet_and_a_long_one_is_noted_as_truncated(tmp_path):
+    from tgic_jax.checkpoints.inference import save_inference
     from tgic_jax.minilm_fetch import _minilm_complete, cache_root
-    from tgic_jax.train.checkpoint import save_inference
 
     if not _minilm_complete(cache_root() / "minilm"):
         pytest.skip("MiniLM is not in the cache (make test fetches it)")
@@ -380,7 +380,7 @@ def test_minilm_captions_are_quiet_and_a_long_one_is_noted_as_truncated(tmp_path
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     """A tiny inference checkpoint that names no text encoder (captions cannot be encoded)."""
-    from tgic_jax.train.checkpoint import save_inference
+    from tgic_jax.checkpoints.inference import save_inference
 
     _, v = tiny_model(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
@@ -480,7 +480,7 @@ def test_export_and_convert_never_delete_a_folder_they_did_not_write_nor_the_wor
 
 
 def test_an_existing_inference_checkpoint_is_replaced_only_with_force(tmp_path, capsys):
-    from tgic_jax.train.checkpoint import FORMAT
+    from tgic_jax.checkpoints.inference import FORMAT
 
     old = tmp_path / "export"
     old.mkdir()

@@ -84,7 +84,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory, tiny):
-    from tgic_jax.train.checkpoint import save_inference
+    from tgic_jax.checkpoints.inference import save_inference
 
     model, v = tiny
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
@@ -98,7 +98,7 @@ _DECODE_SCRIPT = textwrap.dedent(
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import numpy as np
     from tgic_jax.coding import codec
-    from tgic_jax.train.checkpoint import load_inference
+    from tgic_jax.checkpoints.inference import load_inference
     model, variables, _ = load_inference(sys.argv[1])
     program_dir = os.environ.get("PROGRAM_DIR") or None
     if program_dir:  # every program must come from the folder: tracing is an error here
@@ -135,7 +135,7 @@ def _kodak_images(kodak_dir: Path, names: list[str]):
 
 
 def _roundtrip_in_other_process(tmp_path, tiny, ckpt, images):
-    from tgic_jax.train.checkpoint import load_inference
+    from tgic_jax.checkpoints.inference import load_inference
 
     model, variables, _ = load_inference(ckpt)  # what the other process will hold
     texts = [_text(k) for k in range(len(images))]
@@ -242,7 +242,7 @@ def test_bad_inputs_to_the_encoder_raise_value_errors(tiny):
 
 
 def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path, tiny_ckpt):
-    from tgic_jax.train.checkpoint import load_inference
+    from tgic_jax.checkpoints.inference import load_inference
 
     model, variables, _ = load_inference(tiny_ckpt)
     programs = tmp_path / "programs"
@@ -306,7 +306,7 @@ def test_kept_programs_are_keyed_by_the_build_so_a_change_never_reads_a_stale_on
 
 @pytest.fixture(scope="module")
 def parity(parity_dir):
-    from tgic_jax.model.convert import from_official_state_dict, load_state_dict_file
+    from tgic_jax.checkpoints.authors import from_official_state_dict, load_state_dict_file
 
     model, v = from_official_state_dict(
         load_state_dict_file(parity_dir / "official_state_dict.npz")

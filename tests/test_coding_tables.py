@@ -103,7 +103,7 @@ def test_bottleneck_tables_follow_the_quantiles():
 
 
 def test_bottleneck_tables_match_the_authors_buffers(parity_dir):
-    from tgic_jax.model.convert import from_official_state_dict, load_state_dict_file
+    from tgic_jax.checkpoints.authors import from_official_state_dict, load_state_dict_file
 
     sd = load_state_dict_file(parity_dir / "official_state_dict.npz")
     _, v = from_official_state_dict(sd)

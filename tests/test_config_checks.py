@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from configs import small
-from tgic_jax.train import config_checks
-from tgic_jax.train import trainer as train_lib
+from tgic_jax.train import config_checks, trainer
 from tgic_jax.train.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +50,7 @@ def test_an_unknown_config_argument_is_an_error_not_the_full_config():
 
 
 def test_a_rerun_may_change_how_it_trains_but_not_what_its_checkpoints_hold(tmp_path):
-    from tgic_jax.train.checkpoint import as_path
+    from tgic_jax.checkpoints.inference import as_path
 
     workdir = as_path(tmp_path)
     config_checks.record_config(_tiny(), workdir, {})
@@ -76,7 +75,7 @@ def test_train_refuses_an_incompatible_rerun_before_writing_anything(tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
     original = (tmp_path / "config.json").read_text()
     with pytest.raises(ConfigError, match="model.N 16 -> 32"):
-        train_lib.train_and_evaluate(_tiny(**{"model.N": 32}), tmp_path)
+        trainer.train_and_evaluate(_tiny(**{"model.N": 32}), tmp_path)
     assert (tmp_path / "config.json").read_text() == original
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == before
 

@@ -11,7 +11,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from configs import taco as taco_config
-from tgic_jax.model.convert import (
+from tgic_jax.checkpoints.authors import (
     BUFFERS,
     ConversionError,
     flax_path,
@@ -157,7 +157,7 @@ def test_convert_cli_writes_a_checkpoint_that_reproduces_the_model(parity, parit
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "4,026,289" in r.stdout  # the parameter summary
-    from tgic_jax.train.checkpoint import load_inference
+    from tgic_jax.checkpoints.inference import load_inference
 
     model2, variables2, config = load_inference(dest)
     assert model2 == model
@@ -188,7 +188,7 @@ def _assert_valid_cdfs(cdf: np.ndarray, lengths: np.ndarray) -> None:
 
 
 def test_pmf_to_quantized_cdf_rounds_half_away_rescales_and_steals_like_compressai():
-    from tgic_jax.model.compressai_buffers import pmf_to_quantized_cdf
+    from tgic_jax.checkpoints.compressai_buffers import pmf_to_quantized_cdf
 
     # 2.5 counts round up to 3 (C's round, not numpy's to-even), 65533.5 to 65534; the
     # total 65537 rescales them by integer division to 2 and 65532; the last entry is 2^16.
@@ -208,7 +208,7 @@ def test_pmf_to_quantized_cdf_rounds_half_away_rescales_and_steals_like_compress
 
 @pytest.fixture(scope="module")
 def round_trip(parity_dir):
-    from tgic_jax.model.convert import to_official_state_dict
+    from tgic_jax.checkpoints.authors import to_official_state_dict
 
     sd = load_state_dict_file(parity_dir / "official_state_dict.npz")
     return sd, to_official_state_dict(*from_official_state_dict(sd))
@@ -245,7 +245,7 @@ def test_recomputed_coder_buffers_equal_those_their_update_wrote(round_trip):
 
 
 def test_bottleneck_buffers_follow_the_quantiles_not_the_initial_ones(round_trip):
-    from tgic_jax.model.compressai_buffers import entropy_bottleneck_buffers
+    from tgic_jax.checkpoints.compressai_buffers import entropy_bottleneck_buffers
 
     sd, _ = round_trip
     eb = {
@@ -298,18 +298,20 @@ def _tgic(args, timeout=600):
 def test_export_authors_then_convert_gives_identical_parameters_and_tgic_files(tmp_path):
     from test_codec import _text, synthetic_image
 
+    from tgic_jax.checkpoints import inference
+    from tgic_jax.checkpoints.authors import to_official_state_dict
+    from tgic_jax.cli.export import export_authors
     from tgic_jax.coding import codec
-    from tgic_jax.model.convert import export_authors, to_official_state_dict
     from tgic_jax.train import checkpoint as ckpt_lib
 
     model, variables = _perturbed_tiny_model()
     cfg = ModelConfig(N=model.N, M=model.M, slices=model.slices, text_dim=model.text_dim)
-    ckpt_lib.save_inference(tmp_path / "ours", cfg, variables["params"])
+    inference.save_inference(tmp_path / "ours", cfg, variables["params"])
     _tgic(["export", "--format", "authors", "--workdir", tmp_path / "ours",
            "--out", tmp_path / "theirs.npz"])  # fmt: skip
     _tgic(["convert", tmp_path / "theirs.npz", tmp_path / "back"])
-    _, v1, _ = ckpt_lib.load_inference(tmp_path / "ours")
-    _, v2, _ = ckpt_lib.load_inference(tmp_path / "back")
+    _, v1, _ = inference.load_inference(tmp_path / "ours")
+    _, v2, _ = inference.load_inference(tmp_path / "back")
     flat1, flat2 = flatten_dict(v1["params"]), flatten_dict(v2["params"])
     assert set(flat1) == set(flat2)
     for k in flat1:
@@ -337,7 +339,7 @@ def test_export_authors_then_convert_gives_identical_parameters_and_tgic_files(t
 
 def test_pth_tar_export_holds_the_state_dict_torch_load_reads(tmp_path):
     torch = pytest.importorskip("torch")
-    from tgic_jax.model.convert import save_state_dict_file
+    from tgic_jax.checkpoints.authors import save_state_dict_file
 
     sd = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "b._offset": np.int32([-3])}
     path = save_state_dict_file(sd, tmp_path / "m.pth.tar")
@@ -351,7 +353,7 @@ def test_pth_tar_export_holds_the_state_dict_torch_load_reads(tmp_path):
 
 
 def test_pth_tar_export_without_torch_names_the_torch_free_formats(tmp_path, monkeypatch):
-    from tgic_jax.model.convert import save_state_dict_file
+    from tgic_jax.checkpoints.authors import save_state_dict_file
 
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     with pytest.raises(ConversionError, match=r"needs torch.*\.npz / \.safetensors"):
@@ -362,7 +364,7 @@ def test_pth_tar_export_without_torch_names_the_torch_free_formats(tmp_path, mon
 
 
 def test_variables_of_another_model_are_refused_naming_the_first_differences():
-    from tgic_jax.model.convert import to_official_state_dict
+    from tgic_jax.checkpoints.authors import to_official_state_dict
 
     model, variables = _perturbed_tiny_model()
     bigger = TACO.from_config(ModelConfig(N=16, M=24, slices=(4, 4, 4, 12), text_dim=16))
@@ -372,7 +374,7 @@ def test_variables_of_another_model_are_refused_naming_the_first_differences():
 
 
 def test_export_refuses_a_head_count_the_authors_code_cannot_run(tmp_path):
-    from tgic_jax.model.convert import export_authors
+    from tgic_jax.cli.export import export_authors
     from tgic_jax.train import checkpoint as ckpt_lib
 
     model, variables = _perturbed_tiny_model()

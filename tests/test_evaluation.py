@@ -11,9 +11,7 @@ from PIL import Image
 
 from tgic_jax import image_io
 from tgic_jax.cli import evaluate as cli_evaluate
-from tgic_jax.evaluation import driver as evaluation
-from tgic_jax.evaluation import metrics
-from tgic_jax.evaluation import sets as datasets
+from tgic_jax.evaluation import driver, metrics, sets
 
 
 class FakeCodec:
@@ -78,7 +76,7 @@ def image_folder(tmp_path):
 def _options(**kw):
     base = dict(jpeg_qualities=(10, 40, 70, 95), progress=False, warmup=True)
     base.update(kw)
-    return evaluation.EvalOptions(**base)
+    return driver.EvalOptions(**base)
 
 
 def test_real_bpp_is_eight_times_file_bytes_over_pixels_and_outputs_are_written(
@@ -87,7 +85,7 @@ def test_real_bpp_is_eight_times_file_bytes_over_pixels_and_outputs_are_written(
     folder, captions, names = image_folder
     out = tmp_path / "out"
     codecs = [FakeCodec("low", 4), FakeCodec("mid", 16), FakeCodec("high", 64)]
-    summary = evaluation.evaluate(codecs, datasets.folder_set(folder, captions), out,
+    summary = driver.evaluate(codecs, sets.folder_set(folder, captions), out,
                                   _options(), lpips_fn=fake_lpips)  # fmt: skip
     rows = json.loads((out / "per_image.json").read_text())["rows"]
     assert len(rows) == 3 * len(names)
@@ -118,7 +116,7 @@ def test_summary_states_bd_rate_against_the_jpeg_curve_in_the_plot(image_folder,
     folder, captions, _ = image_folder
     out = tmp_path / "out"
     codecs = [FakeCodec(f"q{n}", n) for n in (4, 8, 16, 32)]
-    summary = evaluation.evaluate(codecs, datasets.folder_set(folder, captions), out,
+    summary = driver.evaluate(codecs, sets.folder_set(folder, captions), out,
                                   _options(), lpips_fn=fake_lpips)  # fmt: skip
     assert len(summary["jpeg"]) == 4 and all(p["bpp"] > 0 for p in summary["jpeg"])
     jpeg_csv = (out / "jpeg.csv").read_text().splitlines()
@@ -219,9 +217,9 @@ def test_caption_ablation_codes_correct_empty_and_shifted_captions_side_by_side(
 ):
     folder, captions, names = image_folder
     codec = FakeCodec("taco", 16)
-    summary = evaluation.evaluate(
-        [codec], datasets.folder_set(folder, captions), tmp_path / "out",
-        _options(variants=evaluation.VARIANTS, jpeg_qualities=()), lpips_fn=fake_lpips,
+    summary = driver.evaluate(
+        [codec], sets.folder_set(folder, captions), tmp_path / "out",
+        _options(variants=driver.VARIANTS, jpeg_qualities=()), lpips_fn=fake_lpips,
     )  # fmt: skip
     rows = json.loads((tmp_path / "out" / "per_image.json").read_text())["rows"]
     got = {(r["variant"], r["image"]): r["caption"] for r in rows}
@@ -242,9 +240,9 @@ def test_best_of_captions_is_an_oracle_choice_by_lpips_and_labelled(tmp_path):
     _write_images(folder, n=2)
     caps = {"img0.png": ["", "long caption"], "img1.png": ["only one"]}
     (tmp_path / "c.json").write_text(json.dumps(caps))
-    eval_set = datasets.folder_set(folder, tmp_path / "c.json")
+    eval_set = sets.folder_set(folder, tmp_path / "c.json")
     eval_set.caption_mode = "best_lpips"
-    summary = evaluation.evaluate([FakeCodec("t", 16)], eval_set, tmp_path / "out",
+    summary = driver.evaluate([FakeCodec("t", 16)], eval_set, tmp_path / "out",
                                   _options(jpeg_qualities=()), lpips_fn=fake_lpips)  # fmt: skip
     rows = {r["image"]: r for r in json.loads((tmp_path / "out" / "per_image.json").read_text())
             ["rows"]}  # fmt: skip
@@ -255,7 +253,7 @@ def test_best_of_captions_is_an_oracle_choice_by_lpips_and_labelled(tmp_path):
 
 
 def test_real_lpips_is_zero_for_identical_images_and_depends_on_input_range():
-    lpips = evaluation.make_lpips_fn()
+    lpips = driver.make_lpips_fn()
     rng = np.random.default_rng(0)
     a = rng.random((64, 64, 3)).astype(np.float32)
     b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
@@ -285,18 +283,18 @@ def test_kodak_with_a_real_checkpoint_writes_everything_and_bpp_is_the_file_size
 ):
     import jax
 
+    from tgic_jax.checkpoints import inference
     from tgic_jax.model.taco import TACO, ModelConfig, init_variables
-    from tgic_jax.train import checkpoint
 
     cfg = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4)
     model = TACO.from_config(cfg)
     params = init_variables(model, jax.random.PRNGKey(0))["params"]
-    ckpt = checkpoint.save_inference(tmp_path / "tiny_ckpt", cfg, params,
+    ckpt = inference.save_inference(tmp_path / "tiny_ckpt", cfg, params,
                                      text_config={"encoder": "test-hash"})  # fmt: skip
-    codec = evaluation.TacoCodec(ckpt, text_encoder=_HashText(16))
+    codec = driver.TacoCodec(ckpt, text_encoder=_HashText(16))
     out = tmp_path / "out"
-    summary = evaluation.evaluate(
-        [codec], datasets.kodak_set(kodak_dir, max_images=1), out,
+    summary = driver.evaluate(
+        [codec], sets.kodak_set(kodak_dir, max_images=1), out,
         _options(jpeg_qualities=(10, 50), variants=("correct", "empty")),
     )  # fmt: skip
     assert summary["failures"] == []
@@ -315,11 +313,13 @@ def test_kodak_with_a_real_checkpoint_writes_everything_and_bpp_is_the_file_size
 
 
 def test_single_rate_point_gets_rate_at_equal_quality_instead_of_bd_rate():
+    from tgic_jax.evaluation.summary import rate_saving_at_equal_quality
+
     jpeg = [{"bpp": 0.5, "psnr": 30.0}, {"bpp": 1.0, "psnr": 34.0}]
     # Halfway in PSNR is the geometric mean in rate (log-rate interpolation): sqrt(0.5).
     point = {"bpp": 0.5 * 2**0.5 * 0.8, "psnr": 32.0}
-    assert evaluation.rate_saving_at_equal_quality(point, jpeg, "psnr") == pytest.approx(-20.0)
-    assert evaluation.rate_saving_at_equal_quality({"bpp": 1, "psnr": 40}, jpeg, "psnr") is None
+    assert rate_saving_at_equal_quality(point, jpeg, "psnr") == pytest.approx(-20.0)
+    assert rate_saving_at_equal_quality({"bpp": 1, "psnr": 40}, jpeg, "psnr") is None
 
 
 def test_evaluate_checkpoints_runs_the_loadable_ones_and_lists_the_others_first(
@@ -333,8 +333,8 @@ def test_evaluate_checkpoints_runs_the_loadable_ones_and_lists_the_others_first(
         return FakeCodec(c, 8)
 
     out = tmp_path / "o"
-    summary = evaluation.evaluate_checkpoints(
-        ["a", "broken", "b"], datasets.folder_set(folder, captions), out,
+    summary = driver.evaluate_checkpoints(
+        ["a", "broken", "b"], sets.folder_set(folder, captions), out,
         _options(jpeg_qualities=(), lpips=False), codec_loader=loader,
     )  # fmt: skip
     assert [t["checkpoint"] for t in summary["table"]] == ["a", "b"]
@@ -346,18 +346,18 @@ def test_evaluate_checkpoints_runs_the_loadable_ones_and_lists_the_others_first(
     assert on_disk["failures"][0]["checkpoint"] == "broken"
     assert "broken" in (out / "summary.md").read_text()
     with pytest.raises(ValueError, match="none of the checkpoints could be loaded"):
-        evaluation.evaluate_checkpoints(["broken"], datasets.folder_set(folder, captions),
+        driver.evaluate_checkpoints(["broken"], sets.folder_set(folder, captions),
                                         out, codec_loader=loader)  # fmt: skip
 
 
 def test_evaluate_means_averages_real_bytes_and_raises_instead_of_dropping_a_metric(image_folder):
     folder, captions, names = image_folder
-    eval_set = datasets.folder_set(folder, captions)
+    eval_set = sets.folder_set(folder, captions)
     codec = FakeCodec("m", 16)
-    ev = evaluation.evaluate_means(codec, eval_set, fake_lpips, keep_images=2)
+    ev = driver.evaluate_means(codec, eval_set, fake_lpips, keep_images=2)
     per_image = []
     for item in eval_set:
-        x = evaluation.load_item_image(item)[0]
+        x = driver.load_item_image(item)[0]
         data = codec.encode(x, item.caption)
         per_image.append((8.0 * len(data) / (x.shape[0] * x.shape[1]), x, codec.decode(data)))
     assert ev["bpp_real"] == pytest.approx(np.mean([b for b, _, _ in per_image]), rel=1e-12)
@@ -371,7 +371,7 @@ def test_evaluate_means_averages_real_bytes_and_raises_instead_of_dropping_a_met
                        "lpips_zero_one"}  # fmt: skip
     (folder / "img1.png").write_bytes(b"not a png")  # one image fails: no partial mean
     with pytest.raises(ValueError, match="img1.png"):
-        evaluation.evaluate_means(codec, datasets.folder_set(folder, captions))
+        driver.evaluate_means(codec, sets.folder_set(folder, captions))
 
 
 def test_a_mean_over_fewer_images_than_n_says_over_how_many():
@@ -384,7 +384,7 @@ def test_a_mean_over_fewer_images_than_n_says_over_how_many():
                 **values, "lpips": lpips}  # fmt: skip
 
     rows = [row("x", 0.2), row("y", float("nan")), row("z", 0.4)]
-    s = summary_lib.summarize(datasets.EvalSet("set", []), rows, [], ["a"], ["correct"], [])
+    s = summary_lib.summarize(sets.EvalSet("set", []), rows, [], ["a"], ["correct"], [])
     (t,) = s["table"]
     assert t["n"] == 3 and t["n_by_metric"] == {"lpips": 2}
     np.testing.assert_allclose(t["lpips"], 0.3)

@@ -6,9 +6,8 @@ import jax
 import ml_collections
 import pytest
 
-from tgic_jax.train import checkpoint as ckpt_lib
-from tgic_jax.train import sharding
-from tgic_jax.train import trainer as train_lib
+from tgic_jax.checkpoints import inference
+from tgic_jax.train import sharding, trainer
 
 _LAUNCHER_VARS = ("TGIC_COORDINATOR", "TGIC_NUM_PROCESSES", "TGIC_PROCESS_ID",
                   "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_NTASKS",
@@ -74,9 +73,11 @@ def test_scheduled_process_count_reads_slurm_open_mpi_and_tpu_pods(no_launcher, 
 # ----------------------------------------------------------------------------- workdirs
 def test_workdir_paths_keep_a_bucket_url_and_make_local_ones_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert str(ckpt_lib.as_path("gs://bucket/run") / "checkpoints") == "gs://bucket/run/checkpoints"
-    assert str(ckpt_lib.as_path(f"file://{tmp_path}/run")) == f"{tmp_path}/run"
-    assert str(ckpt_lib.as_path("run")) == os.path.join(str(tmp_path), "run")
+    assert (
+        str(inference.as_path("gs://bucket/run") / "checkpoints") == "gs://bucket/run/checkpoints"
+    )
+    assert str(inference.as_path(f"file://{tmp_path}/run")) == f"{tmp_path}/run"
+    assert str(inference.as_path("run")) == os.path.join(str(tmp_path), "run")
 
 
 def test_a_gs_workdir_config_is_written_to_the_bucket_not_to_a_local_gs_folder(
@@ -95,7 +96,7 @@ def test_a_gs_workdir_config_is_written_to_the_bucket_not_to_a_local_gs_folder(
     monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)  # epath: fsspec for gs://
     monkeypatch.chdir(tmp_path)
     config = ml_collections.ConfigDict({"seed": 3, "optim": {"learning_rate": 1e-4}})
-    train_lib.write_workdir_config(config, "gs://bucket/run")
+    trainer.write_workdir_config(config, "gs://bucket/run")
     assert list(FakeBucket.store) == ["gs://bucket/run/config.json"]
-    assert train_lib.load_workdir_config("gs://bucket/run").to_dict() == config.to_dict()
+    assert trainer.load_workdir_config("gs://bucket/run").to_dict() == config.to_dict()
     assert not list(tmp_path.iterdir())  # the old Path(workdir).absolute() made ./gs:/bucket

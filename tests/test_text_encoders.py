@@ -1,4 +1,4 @@
-"""Tests for tgic_jax.text_encoders: tiny offline CLIP / BERT towers and the real MiniLM."""
+"""Tests for tgic_jax.model.text_encoders: tiny offline CLIP / BERT towers and the real MiniLM."""
 
 import json
 

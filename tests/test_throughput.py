@@ -164,7 +164,7 @@ def test_tiny_training_run_logs_throughput_to_tensorboard_and_traces_the_asked_s
     tmp_path, kodak_dir
 ):
     from configs.small import get_config
-    from tgic_jax.train import trainer as train_lib
+    from tgic_jax.train import trainer
 
     config = get_config("tiny")
     config.input.folder = str(kodak_dir)
@@ -173,7 +173,7 @@ def test_tiny_training_run_logs_throughput_to_tensorboard_and_traces_the_asked_s
     config.total_steps = 4
     config.log_every_steps = 2
     config.profile_steps = "1:3"
-    train_lib.train_and_evaluate(config, tmp_path / "run")
+    trainer.train_and_evaluate(config, tmp_path / "run")
 
     scalars = _scalars(tmp_path / "run" / "tensorboard")
     for tag in ("images_per_second_per_device", "step_time_s", "input_wait_s",

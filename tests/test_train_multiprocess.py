@@ -26,13 +26,13 @@ _CHILD = textwrap.dedent(
                                process_id=pid)
     assert jax.process_count() == 2 and jax.device_count() == 4
     from configs.small import get_config
-    from tgic_jax.train import trainer as train_lib
+    from tgic_jax.train import trainer
 
     config = get_config("tiny")
     config.total_steps = 3
     config.log_every_steps = 1
     config.ckpt.every_steps = 3
-    state = train_lib.train_and_evaluate(config, workdir)
+    state = trainer.train_and_evaluate(config, workdir)
     flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
     np.savez(out, **{jax.tree_util.keystr(k): v for k, v in flat})
     print(json.dumps({"step": int(state.step)}))
@@ -89,14 +89,14 @@ _PREEMPTED_CHILD = textwrap.dedent(
     assert sharding.maybe_initialize_distributed(f"localhost:{port}", 2, int(pid))
     import jax, numpy as np
     from configs.small import get_config
-    from tgic_jax.train import trainer as train_lib
+    from tgic_jax.train import trainer
 
     config = get_config("tiny")
     config.total_steps = int(total)
     config.log_every_steps = 1
     config.ckpt.every_steps = 10_000  # the only checkpoints: preemption's, the budget's
     config.train_time_limit_minutes = float(budget_minutes)
-    state = train_lib.train_and_evaluate(config, workdir)
+    state = trainer.train_and_evaluate(config, workdir)
     leaves = jax.tree_util.tree_leaves(jax.device_get(state.params))
     print(json.dumps({"step": int(state.step),
                       "checksum": float(sum(np.abs(x).sum() for x in leaves))}), flush=True)

@@ -29,9 +29,9 @@ def run_ours(args) -> int:
     """Exports CKPT in the authors' format and writes our outputs on a test image."""
     import jax
 
+    from tgic_jax.cli.export import export_authors, load_model_and_params
     from tgic_jax.coding import codec
     from tgic_jax.coding.tables import build_tables
-    from tgic_jax.model.convert import export_authors, load_model_and_params
 
     print(f"wrote {export_authors(args.checkpoint, args.export)}")
     model, params = load_model_and_params(args.checkpoint)

@@ -222,7 +222,7 @@ class _Texts:
         text_config = config.get("text") or {}
         if not text_config.get("encoder"):
             raise ValueError("the checkpoint names no text encoder: pass --text-embeddings")
-        from tgic_jax.text_encoders import build_text_encoder
+        from tgic_jax.model.text_encoders import build_text_encoder
 
         self.encoder = build_text_encoder(text_config)
         self.default = args.caption
@@ -309,11 +309,11 @@ def _finish(command: str, failures: int, total: int, clock: _Clock, args) -> int
 
 def _load_coder(args: argparse.Namespace, clock: _Clock):
     """(codec.Coder of --checkpoint, the checkpoint's config), timing imports and loading."""
+    from tgic_jax.checkpoints import inference
     from tgic_jax.coding import codec
-    from tgic_jax.train import checkpoint
 
     clock.lap("imports")
-    model, variables, config = checkpoint.load_inference(args.checkpoint)
+    model, variables, config = inference.load_inference(args.checkpoint)
     coder = codec.Coder(model, variables, getattr(args, "program_dir", None))
     clock.lap("checkpoint")
     return coder, config

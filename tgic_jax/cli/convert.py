@@ -1,7 +1,7 @@
 """`tgic convert`: the authors' PyTorch checkpoint -> a tgic_jax inference checkpoint.
 
-The conversion is `tgic_jax.model.convert` (state_dict -> config + variables) and
-`checkpoint.save_inference`; this module reads the arguments and reports what it did.
+The conversion is `tgic_jax.checkpoints.authors` (state_dict -> config + variables) and
+`inference.save_inference`; this module reads the arguments and reports what it did.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """`tgic convert` handler: the authors' checkpoint -> our inference checkpoint."""
-    from tgic_jax.model.convert import (
+    from tgic_jax.checkpoints.authors import (
         from_official_state_dict,
         infer_model_config,
         load_state_dict_file,
     )
-    from tgic_jax.train.checkpoint import save_inference
+    from tgic_jax.checkpoints.inference import save_inference
 
     if not os.path.isfile(args.input):
         print(f"tgic convert: {args.input}: no such file", file=sys.stderr)

@@ -26,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-
 # What `make demo` reported on Kodak 13-24 (README), with the stack and schedule that made it.
 # Training is deterministic (seeded data order, crops and noise; XLA's CPU results do not
 # depend on the machine's load), so the same stack on the same kind of CPU repeats these.
@@ -48,9 +46,11 @@ def _train(out: Path, minutes: float | None, retrain: bool, learning_rate: float
 
     import jax
 
-    from tgic_jax.train import trainer as train_lib
+    from tgic_jax.cli.repository import repository_path
+    from tgic_jax.train import trainer
 
-    spec = importlib.util.spec_from_file_location("small_config", REPO / "configs" / "small.py")
+    config_file = repository_path("configs/small.py", "run `make demo` there")
+    spec = importlib.util.spec_from_file_location("small_config", config_file)
     small = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(small)
 
@@ -72,14 +72,12 @@ def _train(out: Path, minutes: float | None, retrain: bool, learning_rate: float
         _log(f"training configs/small.py for at most {minutes:g} min on Kodak 1-{images} -> "
              f"{workdir} (a time budget: how far it gets depends on this machine)")  # fmt: skip
     else:
-        steps = train_lib.total_steps(
-            config, train_lib.global_batch_size(config, jax.device_count())
-        )
+        steps = trainer.total_steps(config, trainer.global_batch_size(config, jax.device_count()))
         _log(f"training configs/small.py on Kodak 1-{images}: its whole schedule, {steps} steps "
              f"(the same on every machine; progress and time left every "
              f"{config.log_every_steps} steps) -> {workdir}")  # fmt: skip
-    train_lib.train_and_evaluate(config, workdir)
-    train_lib.export_inference(workdir, ckpt)
+    trainer.train_and_evaluate(config, workdir)
+    trainer.export_inference(workdir, ckpt)
     _log(f"exported {ckpt}")
     return ckpt
 
@@ -367,7 +365,7 @@ def _report(out: Path, ckpt: Path, summary: dict, rows: list[dict], f: dict, fig
 def _figure(out: Path, held_out, rows: list[dict], jpeg_x_hat: dict) -> str:
     """The image with the median LPIPS gain over JPEG (not the best one), as a markdown figure."""
     from tgic_jax import image_io
-    from tgic_jax.evaluation import driver as evaluation
+    from tgic_jax.evaluation import driver
 
     correct = sorted(
         (r for r in rows if r["variant"] == "correct"), key=lambda r: r["jpeg_lpips"] - r["lpips"]
@@ -376,7 +374,7 @@ def _figure(out: Path, held_out, rows: list[dict], jpeg_x_hat: dict) -> str:
         return "(no reconstruction was written)"
     r = correct[len(correct) // 2]
     item = next(i for i in held_out.items if i.name == r["image"])
-    x, _ = evaluation.load_item_image(item)
+    x, _ = driver.load_item_image(item)
     x_hat = image_io.load_image(out / "eval" / r["recon"])[0]
     path = _side_by_side(
         out / "side_by_side.png",
@@ -396,8 +394,7 @@ def _figure(out: Path, held_out, rows: list[dict], jpeg_x_hat: dict) -> str:
 
 def run(out: Path, minutes: float | None, retrain: bool, learning_rate: float | None = None) -> int:
     """The whole demo; returns an exit code."""
-    from tgic_jax.evaluation import driver as evaluation
-    from tgic_jax.evaluation import sets as datasets
+    from tgic_jax.evaluation import driver, sets
     from tgic_jax.minilm_fetch import ensure_minilm
 
     t0 = time.time()
@@ -412,19 +409,19 @@ def run(out: Path, minutes: float | None, retrain: bool, learning_rate: float | 
     first = facts["train_images"] + 1  # training read the first max_images of Kodak
 
     _log(f"step 3/4: compress / decompress Kodak {first}-24 (real files), caption ablation, JPEG")
-    full = datasets.kodak_set(datasets.KODAK_DIR)
-    held_out = datasets.EvalSet(
+    full = sets.kodak_set(trained["input"]["folder"])  # the config's Kodak
+    held_out = sets.EvalSet(
         name=f"Kodak {first}-24 (held out)",
         items=full.items[facts["train_images"] :],
         caption_mode=full.caption_mode,
         caption_source=full.caption_source,
     )
-    lpips_fn = evaluation.make_lpips_fn()
+    lpips_fn = driver.make_lpips_fn()
     # LPIPS of every JPEG point is the costliest part on a CPU; the matched-rate JPEG below
     # gets its LPIPS, the JPEG curve in the plots shows PSNR and MS-SSIM.
-    options = evaluation.EvalOptions(variants=evaluation.VARIANTS, jpeg_lpips=False)
-    codec = evaluation.load_codec(str(ckpt), label="taco_small")
-    summary = evaluation.evaluate([codec], held_out, out / "eval", options, lpips_fn=lpips_fn)
+    options = driver.EvalOptions(variants=driver.VARIANTS, jpeg_lpips=False)
+    codec = driver.load_codec(str(ckpt), label="taco_small")
+    summary = driver.evaluate([codec], held_out, out / "eval", options, lpips_fn=lpips_fn)
     rows = json.loads((out / "eval" / "per_image.json").read_text())["rows"]
     failures = json.loads((out / "eval" / "per_image.json").read_text())["failures"]
 
@@ -433,7 +430,7 @@ def run(out: Path, minutes: float | None, retrain: bool, learning_rate: float | 
     for r in rows:
         if r["variant"] == "correct":
             item = next(i for i in held_out.items if i.name == r["image"])
-            x, _ = evaluation.load_item_image(item)
+            x, _ = driver.load_item_image(item)
             jpeg_x_hat[r["image"]], jpeg = _matched_jpeg(x, r["bpp"], lpips_fn)
             r.update(jpeg)
     figure = _figure(out, held_out, rows, jpeg_x_hat)
@@ -455,7 +452,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", default=str(REPO / "demo_output"), help="output folder")
+    p.add_argument("--out", default="demo_output", help="output folder")
     p.add_argument(
         "--minutes",
         type=float,
@@ -466,7 +463,13 @@ def main(argv=None) -> int:
     p.add_argument("--retrain", action="store_true", help="train again even if a checkpoint exists")
     p.add_argument("--learning-rate", type=float, default=None, help="override the config's")
     args = p.parse_args(argv)
-    return run(Path(args.out), args.minutes, args.retrain, args.learning_rate)
+    from tgic_jax.cli.repository import NotInRepository
+
+    try:
+        return run(Path(args.out), args.minutes, args.retrain, args.learning_rate)
+    except NotInRepository as err:
+        print(f"demo: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

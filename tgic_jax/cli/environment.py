@@ -73,10 +73,10 @@ def mesh_for(config) -> dict[str, Any]:
     import jax
 
     from tgic_jax.train import sharding as shd
-    from tgic_jax.train import trainer as train_lib
+    from tgic_jax.train import trainer
 
     mesh = shd.make_mesh(config.get("mesh"))
-    global_batch = train_lib.global_batch_size(config, mesh.size)
+    global_batch = trainer.global_batch_size(config, mesh.size)
     return {
         "axes": {name: int(size) for name, size in mesh.shape.items()},
         "batch_per_device": int(config.input.batch_size_per_device),

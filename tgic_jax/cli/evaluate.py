@@ -12,9 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tgic_jax.evaluation import baselines, plots
-from tgic_jax.evaluation import driver as evaluation
-from tgic_jax.evaluation import sets as datasets
+from tgic_jax.cli import repository
+from tgic_jax.evaluation import baselines, driver, plots, sets
 
 
 def add_cli_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,7 +48,7 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=0, help="0: all")
     p.add_argument(
         "--caption-mode",
-        choices=datasets.CAPTION_MODES,
+        choices=sets.CAPTION_MODES,
         default="first",
         help="first caption (default) or best_lpips (oracle, labelled)",
     )
@@ -61,7 +60,7 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        choices=evaluation.VARIANTS,
+        choices=driver.VARIANTS,
         default=None,
         help="caption variants to run (default: correct; --ablation: all)",
     )
@@ -90,31 +89,31 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def build_eval_set(args) -> datasets.EvalSet:
+def build_eval_set(args) -> sets.EvalSet:
     """The EvalSet named by the CLI arguments."""
     dataset = args.dataset or ("folder" if args.images else "kodak")
     limit = args.max_images or None
     if dataset == "folder":
         if not args.images:
             raise ValueError("--dataset folder needs --images DIR")
-        return datasets.folder_set(
+        return sets.folder_set(
             args.images,
             args.captions or None,
             limit,
             caption_index=getattr(args, "caption_index", 0),
         )
     if dataset == "kodak":
-        return datasets.kodak_set(args.images or None, limit)
-    return datasets.tfds_set(dataset, args.split, args.data_dir, limit, args.caption_mode)
+        return sets.kodak_set(args.images or repository.kodak_dir(), limit)
+    return sets.tfds_set(dataset, args.split, args.data_dir, limit, args.caption_mode)
 
 
-def options_from_args(args: argparse.Namespace) -> evaluation.EvalOptions:
+def options_from_args(args: argparse.Namespace) -> driver.EvalOptions:
     """The EvalOptions the CLI arguments ask for."""
     anchors = None
     if args.anchors is not None:
         anchors = [plots.load_anchor(a) for a in args.anchors]
-    variants = tuple(args.variants or (evaluation.VARIANTS if args.ablation else ("correct",)))
-    return evaluation.EvalOptions(
+    variants = tuple(args.variants or (driver.VARIANTS if args.ablation else ("correct",)))
+    return driver.EvalOptions(
         variants=variants,
         jpeg_qualities=tuple(args.jpeg_qualities or ()),
         lpips=not args.no_lpips,
@@ -129,13 +128,13 @@ def options_from_args(args: argparse.Namespace) -> evaluation.EvalOptions:
 
 def run_from_args(
     args: argparse.Namespace,
-    codec_loader: Callable[[str], evaluation.Codec] = evaluation.load_codec,
+    codec_loader: Callable[[str], driver.Codec] = driver.load_codec,
 ) -> int:
     """`tgic evaluate`: 0 when everything ran, 1 with failures listed, 2 if nothing could."""
     try:
         eval_set = build_eval_set(args)
         eval_set.caption_mode = args.caption_mode
-        summary = evaluation.evaluate_checkpoints(
+        summary = driver.evaluate_checkpoints(
             args.checkpoint, eval_set, args.out, options_from_args(args), codec_loader
         )
     except (ValueError, OSError) as err:

@@ -27,7 +27,7 @@ def _overlap(out: Path, other: Path) -> bool:
 
 
 def _is_inference_checkpoint(folder: Path) -> bool:
-    from tgic_jax.train.checkpoint import read_inference_config
+    from tgic_jax.checkpoints.inference import read_inference_config
 
     try:
         read_inference_config(folder)

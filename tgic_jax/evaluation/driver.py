@@ -42,14 +42,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from tgic_jax import image_io
-from tgic_jax.evaluation import baselines, metrics, plots
-from tgic_jax.evaluation import sets as datasets
-from tgic_jax.evaluation.summary import jsonable, write_summary
-
-# Re-exported: tgic_jax.evaluation.driver.summarize etc. keep working for users and docs.
-from tgic_jax.evaluation.summary import rate_saving_at_equal_quality as rate_saving_at_equal_quality
-from tgic_jax.evaluation.summary import summarize as summarize
-from tgic_jax.evaluation.summary import summary_markdown as summary_markdown
+from tgic_jax.evaluation import baselines, metrics, plots, sets
+from tgic_jax.evaluation.summary import jsonable, summarize, write_summary
 
 VARIANTS = ("correct", "empty", "mismatched")
 ROW_FIELDS = (
@@ -79,11 +73,11 @@ class TacoCodec:
     """A TACO `codec.Coder` + its text encoder, behind the `Codec` interface."""
 
     def __init__(self, checkpoint: str | os.PathLike, text_encoder=None, label: str = ""):
-        from tgic_jax.train import checkpoint as ckpt_lib
+        from tgic_jax.checkpoints import inference
 
-        model, variables, self.config = ckpt_lib.load_inference(checkpoint)
+        model, variables, self.config = inference.load_inference(checkpoint)
         if text_encoder is None:
-            from tgic_jax.text_encoders import build_text_encoder
+            from tgic_jax.model.text_encoders import build_text_encoder
 
             text_encoder = build_text_encoder(self.config.text)
         self._setup(model, variables, text_encoder, label or Path(checkpoint).name)
@@ -160,7 +154,7 @@ def make_lpips_fn() -> LpipsFn:
 
 # ----------------------------------------------------------------------------- images
 def load_item_image(
-    item: datasets.EvalItem, max_pixels: int | None = None
+    item: sets.EvalItem, max_pixels: int | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """(float32 [H, W, 3] in [0, 1], conversion notes); image_io.ImageError if unreadable."""
     if item.array is not None:  # TFDS: uint8 arrays, maybe grayscale
@@ -305,7 +299,7 @@ class _Run:
             self.fail(item.name, "load", err)
             return
         self.warnings += [f"{item.name}: {note}" for note in notes]
-        if not item.captions and item.caption_note == datasets.NOTE_MISSING:
+        if not item.captions and item.caption_note == sets.NOTE_MISSING:
             self.fail(item.name, "caption", "no caption for this image in the captions JSON; "
                       "coded with the empty caption")  # fmt: skip
         elif not item.captions:
@@ -348,7 +342,7 @@ def _write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
 
 def evaluate(
     codecs: Sequence[Codec],
-    eval_set: datasets.EvalSet,
+    eval_set: sets.EvalSet,
     out_dir: str | os.PathLike,
     options: EvalOptions | None = None,
     lpips_fn: LpipsFn | None = None,
@@ -392,7 +386,7 @@ def evaluate(
 
 def evaluate_checkpoints(
     checkpoints: Sequence[str | os.PathLike],
-    eval_set: datasets.EvalSet,
+    eval_set: sets.EvalSet,
     out_dir: str | os.PathLike,
     options: EvalOptions | None = None,
     codec_loader: Callable[[str], Codec] = load_codec,
@@ -425,7 +419,7 @@ def evaluate_checkpoints(
 
 
 def evaluate_means(
-    codec: Codec, eval_set: datasets.EvalSet, lpips_fn: LpipsFn | None = None,
+    codec: Codec, eval_set: sets.EvalSet, lpips_fn: LpipsFn | None = None,
     keep_images: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Mean real and estimated bpp, PSNR, MS-SSIM, LPIPS of one codec, in memory (no files).

@@ -33,9 +33,6 @@ from tgic_jax import captions as captions_lib
 from tgic_jax import image_io
 from tgic_jax.captions import CaptionsError
 
-# data/kodak/ of the source checkout: Kodak's 24 images + the authors' OFA captions. The
-# one place that knows it (configs, the demo and `kodak_set` read it from here).
-KODAK_DIR = Path(__file__).resolve().parents[2] / "data" / "kodak"
 CAPTION_MODES = ("first", "best_lpips")
 
 NOTE_FROM_JSON = "from captions JSON"
@@ -141,9 +138,9 @@ def folder_set(
     )
 
 
-def kodak_set(root: str | os.PathLike | None = None, max_images: int | None = None) -> EvalSet:
-    """Kodak's 24 images with the OFA captions the TACO authors used (data/kodak/)."""
-    root = Path(root) if root else KODAK_DIR
+def kodak_set(root: str | os.PathLike, max_images: int | None = None) -> EvalSet:
+    """Kodak's 24 images with the OFA captions the TACO authors used (a clone's data/kodak)."""
+    root = Path(root)
     if not (root / "captions.json").is_file():
         raise FileNotFoundError(
             f"Kodak not found at {root} (expected kodim01.png ... and captions.json); pass "

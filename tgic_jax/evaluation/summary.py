@@ -1,6 +1,6 @@
 """The summary of an evaluation: mean tables, BD-rates, the caption ablation, markdown.
 
-`evaluation.evaluate` (the driver) codes the images and produces per-image rows; this
+`driver.evaluate` codes the images and produces per-image rows; this
 module turns them into summary.json / summary.md: means over images per checkpoint and
 caption variant (CompressAI's convention), BD-rates against the JPEG baseline and the
 published anchor curves (a single rate point gets the rate saving at equal quality
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tgic_jax.evaluation import baselines, bdrate, plots
-from tgic_jax.evaluation import sets as datasets
+from tgic_jax.evaluation import baselines, bdrate, plots, sets
 
 MEAN_KEYS = (
     "bpp", "bpp_estimated", "psnr", "psnr_float", "ms_ssim", "ms_ssim_db", "lpips",
@@ -70,7 +69,7 @@ def _bd_block(test: Sequence[dict], anchor: Sequence[dict], keys: Sequence[str])
 
 
 def summarize(
-    eval_set: datasets.EvalSet,
+    eval_set: sets.EvalSet,
     rows: Sequence[dict],
     jpeg_rows: Sequence[dict],
     labels: Sequence[str],

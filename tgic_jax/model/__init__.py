@@ -1,7 +1,3 @@
-"""The model: layers, transforms, the text adapter, entropy models, TACO, and the conversion
-from the authors' checkpoints.
+"""The model: layers, transforms, the text adapter, entropy models, TACO, and the text
+encoders (CLIP, MiniLM) that condition it.
 """
-
-from tgic_jax.model.taco import TACO, ModelConfig, checkerboard_masks, init_variables
-
-__all__ = ["TACO", "ModelConfig", "checkerboard_masks", "init_variables"]

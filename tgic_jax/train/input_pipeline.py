@@ -82,7 +82,7 @@ def list_folder(
     """Sorted (image path, captions) pairs of the captioned images present in `folder`.
 
     Images without a caption are left out: every training example needs one (evaluation's
-    `datasets.folder_set` lists the same images but codes those with the empty caption).
+    `sets.folder_set` lists the same images but codes those with the empty caption).
     `report`: one line counts the images without a caption and the captions without an
     image (training says so at start rather than dropping them silently).
     """
@@ -391,7 +391,7 @@ def _tfds_batches(input_config, batch_size, seed, process_index, process_count, 
 # ----------------------------------------------------------------------------- text
 def build_text_encoder(text_config, width: int | None = None):
     """config.text -> text encoder; `width` (config.model.text_dim) serves the 'random' one."""
-    from tgic_jax.text_encoders import build_text_encoder as build
+    from tgic_jax.model.text_encoders import build_text_encoder as build
 
     if text_config.encoder == "random" and not text_config.get("width"):
         text_config = ml_collections.ConfigDict({**dict(text_config), "width": int(width or 0)})

@@ -35,7 +35,8 @@ import numpy as np
 import optax
 from etils import epath
 
-from tgic_jax.evaluation import sets as datasets
+from tgic_jax.checkpoints import inference
+from tgic_jax.evaluation import sets
 from tgic_jax.model.layers import Params
 from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 from tgic_jax.train import checkpoint as ckpt_lib
@@ -265,28 +266,28 @@ def jit_train_step(train_step, mesh, state_shardings):
 
 
 # ----------------------------------------------------------------------------- eval
-def eval_set_of(eval_config) -> datasets.EvalSet:
+def eval_set_of(eval_config) -> sets.EvalSet:
     """The captioned images of config.eval's folder (listed as the training input is)."""
     items = input_pipeline.list_folder(
         eval_config.folder, eval_config.get("captions") or None,
         int(eval_config.get("max_images", 0)),
     )  # fmt: skip
-    note = datasets.NOTE_FROM_JSON
-    eval_items = [datasets.EvalItem(p.name, str(p), captions=tuple(c), caption_note=note)
+    note = sets.NOTE_FROM_JSON
+    eval_items = [sets.EvalItem(p.name, str(p), captions=tuple(c), caption_note=note)
                   for p, c in items]  # fmt: skip
-    return datasets.EvalSet(Path(str(eval_config.folder)).name, eval_items)
+    return sets.EvalSet(Path(str(eval_config.folder)).name, eval_items)
 
 
 def evaluate_params(
-    model: TACO, params: Params, text_encoder, eval_set: datasets.EvalSet, lpips_fn=None,
+    model: TACO, params: Params, text_encoder, eval_set: sets.EvalSet, lpips_fn=None,
     keep_images: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
-    """`evaluation.evaluate_means` of the current parameters (a host copy; process 0)."""
-    from tgic_jax.evaluation import driver as evaluation  # TF (the range coder) only here
+    """`driver.evaluate_means` of the current parameters (a host copy; process 0)."""
+    from tgic_jax.evaluation import driver  # the codec and LPIPS load only when evaluating
 
     variables = {"params": jax.device_get(params)}
-    codec = evaluation.TacoCodec.from_variables(model, variables, text_encoder, "train")
-    return evaluation.evaluate_means(codec, eval_set, lpips_fn, keep_images)
+    codec = driver.TacoCodec.from_variables(model, variables, text_encoder, "train")
+    return driver.evaluate_means(codec, eval_set, lpips_fn, keep_images)
 
 
 # ----------------------------------------------------------------------------- best
@@ -307,7 +308,7 @@ def read_best(workdir: str | os.PathLike) -> dict[str, dict]:
     """{name: its metrics.json} of the best checkpoints kept in workdir/best/."""
     out = {}
     for name in BEST_BY:
-        path = ckpt_lib.as_path(workdir) / BEST_DIR / name / "metrics.json"
+        path = inference.as_path(workdir) / BEST_DIR / name / "metrics.json"
         if path.is_file():
             out[name] = json.loads(path.read_text())
     return out
@@ -332,7 +333,7 @@ def load_best_params(workdir: str | os.PathLike, name: str) -> tuple[Params, dic
     """(params, metrics) of the best checkpoint `name` (e.g. 'best_psnr') of a workdir."""
     if name not in BEST_BY:
         raise ValueError(f"unknown selection {name!r}: one of {sorted(BEST_BY)}")
-    folder = ckpt_lib.as_path(workdir) / BEST_DIR / name
+    folder = inference.as_path(workdir) / BEST_DIR / name
     if not (folder / "params.npz").is_file():
         raise FileNotFoundError(f"no {name} checkpoint in {folder.parent} (no evaluation yet?)")
     with np.load(io.BytesIO((folder / "params.npz").read_bytes())) as f:
@@ -344,7 +345,7 @@ def record_evaluation(
     workdir: str | os.PathLike, step: int, epoch: int, scalars: dict, params
 ) -> list:
     """Appends a row to workdir/eval.csv and keeps params that beat a best; returns those."""
-    workdir = ckpt_lib.as_path(workdir)
+    workdir = inference.as_path(workdir)
     csv_path = workdir / EVAL_CSV
     rows = io.StringIO()
     writer = csv.DictWriter(rows, fieldnames=EVAL_COLUMNS, extrasaction="ignore")
@@ -472,7 +473,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     a reason to stop that the user can act on raises a one-line `RunError`.
     """
     begun = time.perf_counter()  # train_time_limit_minutes counts from here (compile included)
-    workdir = ckpt_lib.as_path(workdir)
+    workdir = inference.as_path(workdir)
     # The config checks come before anything is written (the workdir included).
     mesh = shd.make_mesh(config.get("mesh"))
     config_checks.validate(config, global_batch_size(config, mesh.size))
@@ -761,12 +762,12 @@ def _throughput_instruments(config, step_fn, global_batch: int, mesh, workdir):
 # ----------------------------------------------------------------------------- export
 def write_workdir_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
     """Writes the run's config.json (read back by `load_workdir_config`)."""
-    (ckpt_lib.as_path(workdir) / "config.json").write_text(config.to_json(indent=1))
+    (inference.as_path(workdir) / "config.json").write_text(config.to_json(indent=1))
 
 
 def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The config a training workdir was started with (its config.json)."""
-    text = (ckpt_lib.as_path(workdir) / "config.json").read_text()
+    text = (inference.as_path(workdir) / "config.json").read_text()
     return ml_collections.ConfigDict(json.loads(text))
 
 
@@ -796,7 +797,7 @@ def export_inference(
     if bad:  # coding tables of NaN pmfs fail deep in the range coder otherwise
         raise ValueError(f"step {step} has non-finite parameters ({'/'.join(bad[0])}, "
                          f"{len(bad)} arrays): export an earlier --step")  # fmt: skip
-    return ckpt_lib.save_inference(
+    return inference.save_inference(
         out, ModelConfig.from_config(config.model), params,
         text_config={"width": int(config.model.text_dim), **config.text.to_dict()},
         extra={"train_step": step},

@@ -146,7 +146,7 @@ def load_minilm(path: str = "", max_length: int = MAX_LENGTH) -> TextEncoder:
 class RandomTextEncoder:
     """Test-only text encoder: deterministic pseudo-random states from a caption hash.
 
-    Same interface as `tgic_jax.text_encoders.TextEncoder` (`tokenize`, pure `apply`,
+    Same interface as `tgic_jax.model.text_encoders.TextEncoder` (`tokenize`, pure `apply`,
     `encode`, `params`, `width`, `max_length`); its one "token" is a 31-bit hash of the
     caption, so it needs no weights and tests and offline smoke runs work anywhere.
     """

@@ -16,7 +16,6 @@ CompressAI 1.2.8 `update(force=True)` would write (`compressai_buffers`), so the
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -26,7 +25,7 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from tgic_jax.model import compressai_buffers
+from tgic_jax.checkpoints import compressai_buffers
 from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
 # CompressAI's coder state, recomputed here from the parameters.
@@ -307,36 +306,3 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | os.Pa
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def load_model_and_params(source: str | os.PathLike, step: int | None = None):
-    """(model, params) from an inference checkpoint or a training workdir (latest or `step`)."""
-    from tgic_jax.train import checkpoint as ckpt_lib  # orbax only when needed
-
-    source = Path(source)
-    if not (source / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{source}: neither an inference checkpoint nor a training workdir (no config.json)"
-        )
-    if (source / ckpt_lib.TRAIN_CHECKPOINTS).is_dir():
-        cfg = json.loads((source / "config.json").read_text())
-        params, _ = ckpt_lib.restore_train_params(source, step)
-        return TACO.from_config(ModelConfig.from_config(cfg["model"])), params
-    if step is not None:
-        raise ValueError(f"{source}: --step applies to a training workdir, not a checkpoint")
-    model, variables, _ = ckpt_lib.load_inference(source)
-    return model, variables["params"]
-
-
-def export_authors(
-    source: str | os.PathLike, out: str | os.PathLike, step: int | None = None
-) -> Path:
-    """Writes the authors' checkpoint (see `save_state_dict_file`) of a model trained here."""
-    model, params = load_model_and_params(source, step)
-    if model.heads != AUTHORS_HEADS:
-        # The tensors would load (head count is no shape), and silently compute otherwise.
-        raise ConversionError(
-            f"{source}: the model has {model.heads} attention heads; the authors' code "
-            f"hard-codes {AUTHORS_HEADS} (num_attn_head), so their model would compute differently"
-        )
-    return save_state_dict_file(to_official_state_dict(model, {"params": params}), out)
