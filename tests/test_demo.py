@@ -62,13 +62,14 @@ def test_the_report_facts_come_from_the_config_that_trained():
 def test_the_report_says_plainly_when_a_run_differs_from_the_readme_and_why():
     e = demo.EXPECTED
     same = {"bpp": e["bpp"] + 0.001, "psnr": e["psnr"] - 0.04, "lpips": e["lpips"] + 0.004}
-    facts = {"steps": e["steps"], "budget_minutes": 0.0}
+    facts = {"steps": e["steps"], "batch": e["batch"], "crop": e["crop"], "budget_minutes": 0.0}
     text = demo.against_expected(same, facts, e["jax"])
     assert "repeats them within round-off" in text and "differs" not in text
     moved = {**same, "psnr": e["psnr"] - 0.3}
     text = demo.against_expected(moved, facts, e["jax"])
     assert "**This run differs by more than round-off** (PSNR " in text
     assert "another CPU" in text and "budget" not in text
-    text = demo.against_expected(moved, {"steps": 700, "budget_minutes": 9.0}, "0.11.2")
-    assert "9-minute budget (--minutes)" in text and "700 steps, not" in text
+    text = demo.against_expected(moved, {**facts, "steps": 700, "budget_minutes": 9.0}, "0.11.2")
+    assert "9-minute budget (--minutes)" in text
+    assert f"700 steps of batch {e['batch']} at {e['crop']} x {e['crop']}, not" in text
     assert "another stack (jax 0.11.2)" in text and "another CPU" not in text

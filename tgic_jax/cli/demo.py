@@ -247,8 +247,9 @@ def against_expected(means: dict, f: dict, jax_version: str) -> str:
     if f["budget_minutes"]:
         why.append(f"it trained for a {f['budget_minutes']:g}-minute budget (--minutes), so how "
                    "far it got depended on this machine's speed and load")  # fmt: skip
-    if f["steps"] != e["steps"]:
-        why.append(f"it trained {f['steps']} steps, not {e['steps']}")
+    schedule = lambda d: f"{d['steps']} steps of batch {d['batch']} at {d['crop']} x {d['crop']}"
+    if schedule(f) != schedule(e):
+        why.append(f"it trained {schedule(f)}, not {schedule(e)}")
     if jax_version != e["jax"]:
         why.append(f"another stack (jax {jax_version})")
     if not why:
@@ -417,9 +418,9 @@ def run(out: Path, minutes: float | None, retrain: bool, learning_rate: float | 
         caption_source=full.caption_source,
     )
     lpips_fn = driver.make_lpips_fn()
-    # LPIPS of every JPEG point is the costliest part on a CPU; the matched-rate JPEG below
-    # gets its LPIPS, the JPEG curve in the plots shows PSNR and MS-SSIM.
-    options = driver.EvalOptions(variants=driver.VARIANTS, jpeg_lpips=False)
+    # LPIPS is the costliest metric on a CPU: the matched-rate JPEG below gets it, the JPEG
+    # curve in the plots shows PSNR and MS-SSIM, and the report reads the [-1, 1] LPIPS only.
+    options = driver.EvalOptions(variants=driver.VARIANTS, jpeg_lpips=False, lpips_zero_one=False)
     codec = driver.load_codec(str(ckpt), label="taco_small")
     summary = driver.evaluate([codec], held_out, out / "eval", options, lpips_fn=lpips_fn)
     rows = json.loads((out / "eval" / "per_image.json").read_text())["rows"]

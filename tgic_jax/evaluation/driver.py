@@ -178,6 +178,7 @@ class EvalOptions:
     jpeg_qualities: tuple[int, ...] = baselines.DEFAULT_QUALITIES
     lpips: bool = True
     jpeg_lpips: bool = True  # LPIPS of every JPEG point (the costliest part on a CPU)
+    lpips_zero_one: bool = True  # also LPIPS fed [0, 1] images, as the authors' code calls it
     warmup: bool = True  # code each new image shape once untimed (excludes JIT compile)
     save_recon: bool = True
     anchors: list[plots.Curve] | None = None  # None: the shipped ones for this data set
@@ -242,7 +243,10 @@ class _Run:
     def lpips_pair(self, x: np.ndarray, x_hat: np.ndarray) -> tuple[float, float]:
         if self.lpips_fn is None:
             return float("nan"), float("nan")
-        return self.lpips_fn(x, x_hat, "minus_one_one"), self.lpips_fn(x, x_hat, "zero_one")
+        zero_one = float("nan")
+        if self.opt.lpips_zero_one:
+            zero_one = self.lpips_fn(x, x_hat, "zero_one")
+        return self.lpips_fn(x, x_hat, "minus_one_one"), zero_one
 
     def code_once(self, codec, label, variant, item, x, caption) -> dict:
         """Encode to a file, decode from it, measure; returns the row."""

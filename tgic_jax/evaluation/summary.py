@@ -33,7 +33,7 @@ def _mean_rows(rows: Sequence[dict]) -> dict:
     for k in MEAN_KEYS:
         vals = [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])]
         out[k] = float(np.mean(vals)) if vals else float("nan")
-        if len(vals) != len(rows) and any(k in r for r in rows):
+        if 0 < len(vals) < len(rows):  # none at all: not computed (an option), shown as n/a
             out["n_by_metric"][k] = len(vals)
     out["n_empty_caption"] = sum(1 for r in rows if r["caption"] == "")
     return out
