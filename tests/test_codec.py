@@ -15,7 +15,7 @@ import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from tgic_jax import image_io
-from tgic_jax.coding import codec, container
+from tgic_jax.coding import codec, container, programs
 from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
 TINY = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=8)
@@ -97,14 +97,14 @@ _DECODE_SCRIPT = textwrap.dedent(
     import os, sys
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import numpy as np
-    from tgic_jax.coding import codec
+    from tgic_jax.coding import codec, programs
     from tgic_jax.train.checkpoint import load_inference
     model, variables, _ = load_inference(sys.argv[1])
     program_dir = os.environ.get("PROGRAM_DIR") or None
     if program_dir:  # every program must come from the folder: tracing is an error here
         def no_export(*args, **kwargs):
             raise AssertionError("a program was exported again instead of read")
-        codec.export.export = no_export
+        programs.export.export = no_export
     coder = codec.Coder(model, variables, program_dir)
     out = {}
     for i, name in enumerate(sys.argv[3:]):
@@ -245,8 +245,8 @@ def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path,
     from tgic_jax.train.checkpoint import load_inference
 
     model, variables, _ = load_inference(tiny_ckpt)
-    programs = tmp_path / "programs"
-    coder = codec.Coder(model, variables, programs)
+    folder = tmp_path / "programs"
+    coder = codec.Coder(model, variables, folder)
     images = [synthetic_image(97, 131), synthetic_image(64, 64, 5)]
     results = coder.encode(images, [_text(0), _text(1)], with_reconstruction=True)
     files = []
@@ -255,8 +255,8 @@ def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path,
         files[-1].write_bytes(r.data)
     # The decoder's programs: z's hyper, anchor and non-anchor per slice, 1 to 5 combine
     # shapes, synthesis; each padded size has its own (64 x 64 vs 128 x 192 here).
-    decoded_once = _decode_in_subprocess(tiny_ckpt, files, tmp_path / "a.npz", programs)
-    kept = sorted(p.name for p in programs.iterdir())
+    decoded_once = _decode_in_subprocess(tiny_ckpt, files, tmp_path / "a.npz", folder)
+    kept = sorted(p.name for p in folder.iterdir())
     assert sum(n.startswith("anchor") for n in kept) == 2 * len(TINY.slices)
     for k, r in enumerate(results):
         np.testing.assert_array_equal(decoded_once[f"x{k}"], r.x_hat)  # bitwise, unclamped
@@ -264,40 +264,40 @@ def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path,
     traced = _decode_in_subprocess(tiny_ckpt, files, tmp_path / "b.npz")
     for k in range(len(results)):
         np.testing.assert_array_equal(traced[f"x{k}"], decoded_once[f"x{k}"])
-    assert sorted(p.name for p in programs.iterdir()) == kept  # nothing new was written
+    assert sorted(p.name for p in folder.iterdir()) == kept  # nothing new was written
 
 
 def test_a_damaged_kept_program_is_exported_again(tmp_path, tiny):
     model, v = tiny
-    programs = tmp_path / "programs"
+    folder = tmp_path / "programs"
     image, text = synthetic_image(40, 56, 3), _text(2)
-    data = codec.Coder(model, v, programs).compress(image, text)
-    damaged = sorted(programs.glob("nonanchor1-*"))
+    data = codec.Coder(model, v, folder).compress(image, text)
+    damaged = sorted(folder.glob("nonanchor1-*"))
     assert len(damaged) == 1
     damaged[0].write_bytes(b"not a program")
-    fresh = codec.Programs(model, programs)  # as a new process would start
+    fresh = programs.Programs(model, folder)  # as a new process would start
     coder = codec.Coder(model, v)
     coder.programs = fresh
     np.testing.assert_array_equal(coder.decompress(data), codec.decompress(model, v, data))
     assert damaged[0].read_bytes() != b"not a program"  # rewritten with a real one
-    assert len(list(programs.glob("nonanchor1-*"))) == 1
+    assert len(list(folder.glob("nonanchor1-*"))) == 1
 
 
 def test_kept_programs_are_keyed_by_the_build_so_a_change_never_reads_a_stale_one(
     tmp_path, tiny, monkeypatch
 ):
     model, v = tiny
-    programs = tmp_path / "programs"
+    folder = tmp_path / "programs"
     image, text = synthetic_image(40, 56, 3), _text(2)
-    data = codec.Coder(model, v, programs).compress(image, text)
-    before = {p.name for p in programs.iterdir()}
+    data = codec.Coder(model, v, folder).compress(image, text)
+    before = {p.name for p in folder.iterdir()}
     # Another JAX version, backend or edit of the model's source: new files, old ones unread.
-    key = codec._build_key()
-    monkeypatch.setattr(codec, "_build_key", lambda: (*key[:-1], "edited source"))
+    key = programs._build_key()
+    monkeypatch.setattr(programs, "_build_key", lambda: (*key[:-1], "edited source"))
     coder = codec.Coder(model, v)
-    coder.programs = codec.Programs(model, programs)
+    coder.programs = programs.Programs(model, folder)
     assert coder.compress(image, text) == data
-    after = {p.name for p in programs.iterdir()}
+    after = {p.name for p in folder.iterdir()}
     assert before < after and len(after) == 2 * len(before)
 
 
