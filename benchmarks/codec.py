@@ -137,7 +137,8 @@ def compare_with_authors(args, image: np.ndarray) -> None:
         try:
             model, variables = from_official_state_dict(load_state_dict_file(theirs.state_dict))
             variables = dict(variables, tables=build_tables(variables["params"]))
-            text = np.random.default_rng(1).normal(size=(38, model.text_dim)).astype(np.float32)
+            text = np.random.default_rng(1).normal(size=(38, model.config.text_dim))
+            text = text.astype(np.float32)
             h, w = image.shape[:2]
             print(f"paper-size model, the authors' random init (torch {theirs.info['torch']}, "
                   f"{theirs.info['threads']} threads) converted to ours; image {w} x {h}; "
@@ -186,12 +187,13 @@ def compare_bytes(args) -> None:
         theirs = AuthorsCodec(args.authors_repo, args.authors_python, tmp,
                               state_dict_in=args.authors_state_dict)  # fmt: skip
         try:
-            print(f"model N={model.N} M={model.M} slices={list(model.slices)} "
-                  f"text {model.text_dim}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+            cfg = model.config
+            print(f"model N={cfg.N} M={cfg.M} slices={list(cfg.slices)} "
+                  f"text {cfg.text_dim}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
             total_ours = total_theirs = 0
             for path in args.images:
                 image = image_io.load_image(path)[0]
-                text = rng.normal(size=(38, model.text_dim)).astype(np.float32)
+                text = rng.normal(size=(38, model.config.text_dim)).astype(np.float32)
                 r = coder.encode([image], [text])[0]
                 x_ours = np.clip(coder.decode(r.data)[0], 0, 1).astype(np.float64)
                 out = theirs.run(image, text)
@@ -236,7 +238,7 @@ def main() -> None:
         if args.small
         else ModelConfig()
     )
-    model = TACO.from_config(cfg)
+    model = TACO(cfg)
     variables = random_variables(model)
     image, _ = image_io.load_image(args.image)
     text = np.random.default_rng(1).normal(size=(38, cfg.text_dim)).astype(np.float32)

@@ -131,7 +131,7 @@ def test_files_of_another_model_are_refused(files):
             codec.decompress(model, other, r.data)
     from tgic_jax.model.taco import TACO, ModelConfig
 
-    bigger = TACO.from_config(ModelConfig(N=24, M=24, slices=(2, 2, 4, 4, 12), text_dim=16))
+    bigger = TACO(ModelConfig(N=24, M=24, slices=(2, 2, 4, 4, 12), text_dim=16))
     from tgic_jax.coding.tables import build_tables
 
     eb = {"entropy_bottleneck": {k: np.concatenate([a, a[:8]]) for k, a in

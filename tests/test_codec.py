@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -59,7 +60,7 @@ def tiny_model(seed: int = 0):
     """(model, variables with tables) of the tiny test size."""
     from tgic_jax.coding.tables import build_tables
 
-    model = TACO.from_config(TINY)
+    model = TACO(TINY)
     v = random_variables(model, seed)
     v["tables"] = build_tables(v["params"])
     return model, v
@@ -236,6 +237,49 @@ def test_bad_inputs_to_the_encoder_raise_value_errors(tiny):
         codec.compress(model, v, synthetic_image(8, 8), np.zeros((7, 5), np.float32))
     with pytest.raises(ValueError, match="non-finite"):
         codec.compress(model, v, np.full((8, 8, 3), np.nan, np.float32), _text())
+
+
+# ------------------------------------------------------------------------- one model config
+
+
+def _bfloat16_twin(tiny):
+    """The tiny model in bfloat16 compute with the same variables: same sizes, same tables."""
+    model, v = tiny
+    return TACO(dataclasses.replace(model.config, compute_dtype="bfloat16")), v
+
+
+def test_a_float32_model_keeps_the_fingerprint_its_existing_files_carry(tiny):
+    # The value files of the tiny float32 model carried before the compute dtype was keyed
+    # (the fingerprinted dict always held compute_dtype="float32"): they still decode.
+    assert codec.Coder(*tiny).fingerprint.hex() == "8001cccb"
+
+
+def test_files_of_a_bfloat16_and_a_float32_model_of_one_size_are_refused_by_each_other(tiny):
+    model16, v = _bfloat16_twin(tiny)
+    coders = {"float32": codec.Coder(*tiny), "bfloat16": codec.Coder(model16, v)}
+    image = synthetic_image(1, 1)
+    files = {k: c.encode([image], [_text()])[0].data for k, c in coders.items()}
+    for maker, reader in (("bfloat16", "float32"), ("float32", "bfloat16")):
+        made, read = coders[maker].fingerprint.hex(), coders[reader].fingerprint.hex()
+        assert made != read
+        message = f"another model \\(fingerprint {made}, this model {read}\\)"
+        with pytest.raises(codec.BitstreamError, match=message):
+            coders[reader].decode(files[maker])
+        assert coders[maker].decode(files[maker])[0].shape == (1, 1, 3)  # its own still decodes
+
+
+def test_a_bfloat16_and_a_float32_model_of_one_size_never_share_an_exported_program(tmp_path, tiny):
+    model16, v = _bfloat16_twin(tiny)
+    model32 = tiny[0]
+    assert programs.shared_programs(model16) is not programs.shared_programs(model32)
+    # Kept on disk, neither reads the other's files: the second writes as many new ones.
+    folder = tmp_path / "programs"
+    image, text = synthetic_image(1, 1), _text()
+    codec.Coder(model32, v, folder).encode([image], [text])
+    float32_files = {p.name for p in folder.iterdir()}
+    codec.Coder(model16, v, folder).encode([image], [text])
+    both = {p.name for p in folder.iterdir()}
+    assert float32_files < both and len(both) == 2 * len(float32_files)
 
 
 # ------------------------------------------------------------------------- kept programs

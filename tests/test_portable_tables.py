@@ -68,7 +68,7 @@ def test_a_file_of_a_model_built_in_process_decodes_under_another_instruction_se
     np.savez(tmp_path / "params.npz",
              **{"/".join(k): v for k, v in flatten_dict(params).items()})  # fmt: skip
     image = synthetic_image(64, 64, 4)
-    text = np.random.default_rng(5).normal(size=(9, model.text_dim)).astype(np.float32)
+    text = np.random.default_rng(5).normal(size=(9, model.config.text_dim)).astype(np.float32)
     r = codec.encode(model, {"params": params}, [image], [text], with_reconstruction=True)[0]
     (tmp_path / "im.tgic").write_bytes(r.data)
     tables = coding_tables.build_tables(params)
@@ -90,7 +90,7 @@ def test_a_file_of_a_model_built_in_process_decodes_under_another_instruction_se
         # What the tables no longer depend on: XLA's float32 likelihoods under SSE4.2.
         eb = params["entropy_bottleneck"]
         samples = np.linspace(-20, 20, 4001, dtype=np.float32)[None, None, :]
-        ours = np.asarray(em.bottleneck_likelihood_cl(eb, samples.repeat(model.N, 0)))
+        ours = np.asarray(em.bottleneck_likelihood_cl(eb, samples.repeat(model.config.N, 0)))
         differ = int(np.sum(ours != child["xla_likelihood"]))
         print(f"XLA float32 likelihoods that differ under SSE4.2: {differ} of {ours.size}")
     assert x.shape == (64, 64, 3)

@@ -290,7 +290,7 @@ def test_export_writes_an_inference_checkpoint_without_optimizer_state(tmp_path)
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(config.to_json())
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     optimizer = train_lib.make_optimizer(config.optim, 2)
     state = train_lib.create_train_state(model, optimizer, seed=0).replace(step=jnp.int32(7))
     manager = ckpt_lib.train_checkpoint_manager(workdir, 1, 1, use_async=False)
@@ -313,7 +313,7 @@ def test_evaluation_reports_estimated_and_real_bitstream_rates(tmp_path, kodak_d
     Image.open(kodak_dir / "kodim01.png").crop((0, 0, 96, 64)).save(tmp_path / "a.png")
     (tmp_path / "captions.json").write_text(json.dumps({"a.png": "a brick building"}))
     config = get_config("tiny")
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     optimizer = train_lib.make_optimizer(config.optim, 2)
     state = jax.jit(lambda: train_lib.create_train_state(model, optimizer, 0))()
     encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
@@ -347,7 +347,7 @@ _EVERY_TERM = textwrap.dedent(
     ids[:, -1] = 99
     host_batch = {"image": rng.random((8, 64, 64, 3), np.float32), "input_ids": ids,
                   "attention_mask": np.ones((8, 16), np.int32)}
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     tower = RandomTextEncoder(config.model.text_dim, 16)
     clip_model = losses.build_clip(config.loss.clip_path)
     clip_text_fn = functools.partial(losses.clip_text_embeddings, clip_model)
@@ -494,7 +494,7 @@ def test_a_failing_evaluation_is_reported_on_stderr_and_writes_no_csv_row(tmp_pa
     (folder / "k.png").write_bytes(b"not a png")  # captioned but unreadable
     (folder / "captions.json").write_text(json.dumps({"k.png": "two parrots"}))
     config = get_config("tiny")
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     params = init_variables(model, jax.random.key(0))["params"]
     eval_config = ml_collections.ConfigDict(dict(folder=str(folder), captions="", max_images=0))
     writer = train_lib.MetricWriter(tmp_path / "tb", enabled=False)
@@ -521,7 +521,7 @@ def _tiny_workdir_with_checkpoints(workdir, steps, nan_steps=()):
     config = small.get_config("tiny")
     workdir.mkdir(parents=True)
     config_checks.record_config(config, ckpt_lib.as_path(workdir), {})
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     optimizer = train_lib.make_optimizer(config.optim, 2)
     state = train_lib.create_train_state(model, optimizer, seed=0)
     manager = ckpt_lib.train_checkpoint_manager(workdir, 1, 10, use_async=False)

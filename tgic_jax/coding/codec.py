@@ -21,7 +21,7 @@ so the decoder rebuilds the encoder's y_hat bit for bit:
     decoder:  the same calls, with s_a and s_n read from the streams.
 
 The module-level `compress` / `decompress` / `encode` / `decode` build a Coder per call
-(programs, in `coding/programs.py`, are shared per architecture). On GPU, run both sides
+(programs, in `coding/programs.py`, are shared per model config). On GPU, run both sides
 with `--xla_gpu_deterministic_ops=true` on the same kind of device.
 """
 
@@ -42,7 +42,7 @@ from tgic_jax.coding import tables as coding_tables
 from tgic_jax.coding.container import FINGERPRINT_BYTES, BitstreamError, Container, pack, unpack
 from tgic_jax.coding.programs import param_scopes, shared_programs
 from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder, Tables, fits
-from tgic_jax.model.taco import TACO, ModelConfig, checkerboard_masks
+from tgic_jax.model.taco import TACO, checkerboard_masks
 
 __all__ = [
     "BitstreamError",
@@ -123,14 +123,16 @@ class Coder:
             tables = coding_tables.build_tables(params)
         tables = {k: np.asarray(tables[k]) for k in coding_tables.TABLE_KEYS if k in tables}
         coding_tables.check_tables(tables)
-        if len(tables["z_offset"]) != model.N:
+        if len(tables["z_offset"]) != model.config.N:
             raise ValueError(
-                f"coding tables are for N={len(tables['z_offset'])}, model has {model.N}"
+                f"coding tables are for N={len(tables['z_offset'])}, model has {model.config.N}"
             )
-        config = ModelConfig(model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
         self.model = model
         self.tables = tables
-        self.fingerprint = coding_tables.fingerprint(config.to_dict(), tables)[:FINGERPRINT_BYTES]
+        # Every field of the config, compute_dtype included: a bfloat16 model computes other
+        # scales from the same tables, so its files must fail a float32 model's check.
+        fingerprint = coding_tables.fingerprint(model.config.to_dict(), tables)
+        self.fingerprint = fingerprint[:FINGERPRINT_BYTES]
         self.programs = shared_programs(model, program_dir)
         self.params = jax.device_put(params)
         self._scoped_params: dict[tuple, dict] = {}
@@ -162,7 +164,7 @@ class Coder:
         h, w = hyper.shape[1], hyper.shape[2]
         anchor_hw = checkerboard_masks(h, w)[0][..., 0] > 0
         y_hat_slices, start = [], 0
-        for i, c in enumerate(self.model.slices):
+        for i, c in enumerate(self.model.config.slices):
             channels, start = slice(start, start + c), start + c
             with clock("networks"):
                 idx_a, means_a, ctx = self._run(
@@ -193,7 +195,8 @@ class Coder:
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
         checked = [
-            _check_image(im, t, self.model.text_dim) for im, t in zip(images, texts, strict=True)
+            _check_image(im, t, self.model.config.text_dim)
+            for im, t in zip(images, texts, strict=True)
         ]
         results: list[EncodeResult | None] = [None] * len(checked)
         groups: dict[tuple, list[int]] = {}
@@ -278,7 +281,7 @@ class Coder:
         z_bytes, y_bytes = c.sections
         try:
             with clock("entropy_coding"):
-                n = self.model.N
+                n = self.model.config.N
                 z_idx = np.broadcast_to(
                     np.arange(n, dtype=np.int32), (1, c.latent_height, c.latent_width, n)
                 )
@@ -334,7 +337,7 @@ class Coder:
         zh, zw = c.latent_height, c.latent_width
         need = {
             "z": zh * zw * float(self.z_costs.minimum.sum()),
-            "y": 16 * zh * zw * sum(self.model.slices) * float(self.y_costs.minimum.min()),
+            "y": 16 * zh * zw * self.model.config.M * float(self.y_costs.minimum.min()),
         }
         for (name, bits), section in zip(need.items(), c.sections, strict=True):
             if not fits(bits, len(section)):
@@ -346,7 +349,7 @@ class Coder:
     # -------------------------------------------------------------------- estimate
     def estimate(self, image: np.ndarray, text: np.ndarray) -> dict:
         """Eval-mode model output: x_hat_float [H, W, 3] (unclamped), bpp_estimated."""
-        image, text = _check_image(image, text, self.model.text_dim)
+        image, text = _check_image(image, text, self.model.config.text_dim)
         x_hat, lik = self.programs.forward(self.params, _pad(image)[None], text[None])
         bits_y, bits_z = _bits(lik["y"]), _bits(lik["z"])
         h, w = image.shape[:2]

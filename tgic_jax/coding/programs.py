@@ -105,9 +105,10 @@ class Programs:
     computation. With a `folder`, the serialized programs are kept there: a new process
     reads them instead of tracing the model again (tracing was ~1.9 s of a 4.7 s warm
     paper-size `tgic compress`, docs/BENCHMARKS.md), and JAX's compilation cache then skips
-    XLA's compile. A file is keyed by the program, its input shapes, the model sizes, the
-    JAX / jaxlib / Flax versions, the backend and a digest of this package's source, so a
-    changed model or upgrade never reads a stale program; an unreadable file is re-exported.
+    XLA's compile. A file is keyed by the program, its input shapes, the model's config
+    (every field: a bfloat16 model's programs are not a float32 model's), the JAX / jaxlib /
+    Flax versions, the backend and a digest of this package's source, so a changed model
+    or upgrade never reads a stale program; an unreadable file is re-exported.
     """
 
     def __init__(self, model: TACO, folder: str | os.PathLike | None = None):
@@ -133,7 +134,7 @@ class Programs:
         name, i = key[:2]
         path = None
         if self.folder is not None:
-            digest = hashlib.sha256(repr((key, _model_key(self.model), _build_key())).encode())
+            digest = hashlib.sha256(repr((key, self.model.config, _build_key())).encode())
             path = self.folder / f"{name}{'' if i is None else i}-{digest.hexdigest()[:32]}.jaxexp"
             try:
                 return export.deserialize(bytearray(path.read_bytes()))
@@ -154,10 +155,6 @@ class Programs:
 
 def _forward_outputs(out: dict):
     return out["x_hat"], out["likelihoods"]
-
-
-def _model_key(model: TACO) -> tuple:
-    return (model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
 
 
 @functools.cache
@@ -185,8 +182,8 @@ _SHARED_PROGRAMS: dict[tuple, Programs] = {}
 
 
 def shared_programs(model: TACO, folder: str | os.PathLike | None = None) -> Programs:
-    """The process's programs for one architecture (a value key), shared by all its Coders."""
-    key = (_model_key(model), None if folder is None else str(folder))
+    """The process's programs for one model config (a value key), shared by all its Coders."""
+    key = (model.config, None if folder is None else str(folder))
     if key not in _SHARED_PROGRAMS:
         _SHARED_PROGRAMS[key] = Programs(model, folder)
     return _SHARED_PROGRAMS[key]
