@@ -143,9 +143,10 @@ def compare_with_authors(args, image: np.ndarray) -> None:
             print(f"paper-size model, the authors' random init (torch {theirs.info['torch']}, "
                   f"{theirs.info['threads']} threads) converted to ours; image {w} x {h}; "
                   f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+            coder = codec.Coder(model, variables)
             t0 = time.perf_counter()
-            r = codec.encode(model, variables, [image], [text])[0]
-            codec.decode(model, variables, r.data)
+            r = coder.encode([image], [text])[0]
+            coder.decode(r.data)
             theirs.run(image, text)
             print(f"warm-up (our compile, their first run): {time.perf_counter() - t0:.1f} s")
             times = {k: [] for k in ("ours_enc", "ours_dec", "theirs_enc", "theirs_dec")}
@@ -153,10 +154,10 @@ def compare_with_authors(args, image: np.ndarray) -> None:
                 for side in ("ours", "theirs") if run % 2 == 0 else ("theirs", "ours"):
                     if side == "ours":
                         t0 = time.perf_counter()
-                        r = codec.encode(model, variables, [image], [text])[0]
+                        r = coder.encode([image], [text])[0]
                         times["ours_enc"].append(time.perf_counter() - t0)
                         t0 = time.perf_counter()
-                        x_ours, _ = codec.decode(model, variables, r.data)
+                        x_ours, _ = coder.decode(r.data)
                         times["ours_dec"].append(time.perf_counter() - t0)
                     else:
                         out = theirs.run(image, text)
@@ -246,18 +247,19 @@ def main() -> None:
     print(f"model N={cfg.N} M={cfg.M} slices={list(cfg.slices)}; image {w} x {h}; "
           f"device {jax.devices()[0].platform}, {os.cpu_count()} CPUs")  # fmt: skip
 
+    coder = codec.Coder(model, variables)
     t0 = time.perf_counter()
-    r = codec.encode(model, variables, [image], [text])[0]
-    codec.decode(model, variables, r.data)
+    r = coder.encode([image], [text])[0]
+    coder.decode(r.data)
     print(f"warm-up (compile) encode + decode: {time.perf_counter() - t0:.1f} s")
 
     enc, dec = [], []
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        r = codec.encode(model, variables, [image], [text])[0]
+        r = coder.encode([image], [text])[0]
         enc.append((time.perf_counter() - t0, r.timings))
         t0 = time.perf_counter()
-        _, timings = codec.decode(model, variables, r.data)
+        _, timings = coder.decode(r.data)
         dec.append((time.perf_counter() - t0, timings))
 
     symbols = (h + (-h % 64)) * (w + (-w % 64)) // 256 * cfg.M

@@ -140,7 +140,7 @@ def _roundtrip_in_other_process(tmp_path, tiny, ckpt, images):
 
     model, variables, _ = load_inference(ckpt)  # what the other process will hold
     texts = [_text(k) for k in range(len(images))]
-    results = codec.encode(model, variables, images, texts, with_reconstruction=True)
+    results = codec.Coder(model, variables).encode(images, texts, with_reconstruction=True)
     files = []
     for k, r in enumerate(results):
         files.append(tmp_path / f"im{k}.tgic")
@@ -173,10 +173,10 @@ def test_all_24_kodak_images_decode_bitwise_in_another_process(
 
 
 def test_decoder_matches_the_eval_mode_model_and_reports_the_estimate(tiny):
-    model, v = tiny
+    coder = codec.Coder(*tiny)
     im, text = synthetic_image(100, 130, 1), _text(1)
-    r = codec.encode(model, v, [im], [text], with_reconstruction=True)[0]
-    rec = codec.reconstruct(model, v, im, text)
+    r = coder.encode([im], [text], with_reconstruction=True)[0]
+    rec = coder.estimate(im, text)
     # Same latents up to float re-association in XLA: the outputs agree to round-off.
     np.testing.assert_allclose(r.x_hat, rec["x_hat_float"], atol=1e-4)
     payload_bits = 8 * sum(r.payload_bytes.values())
@@ -186,43 +186,41 @@ def test_decoder_matches_the_eval_mode_model_and_reports_the_estimate(tiny):
     # 1e-9 likelihood floor (30 bits) and the coder's escape spends fewer: real <= estimate
     # here (a trained model's gap is checked on the parity fixture).
     assert payload_bits < est_bits + 8 * 16
-    np.testing.assert_array_equal(codec.decompress(model, v, r.data), np.clip(r.x_hat, 0, 1))
+    np.testing.assert_array_equal(coder.decode(r.data)[0], r.x_hat)
 
 
 def test_caption_changes_the_file_but_not_what_the_decoder_needs(tiny):
-    model, v = tiny
+    coder = codec.Coder(*tiny)
     im = synthetic_image(64, 64, 2)
-    a = codec.compress(model, v, im, _text(1))
-    b = codec.compress(model, v, im, _text(2))
+    a, b = (coder.encode([im], [_text(k)])[0].data for k in (1, 2))
     assert a != b
     for data in (a, b):  # the decoder takes no text
-        assert codec.decompress(model, v, data).shape == (64, 64, 3)
+        assert coder.decode(data)[0].shape == (64, 64, 3)
 
 
 def test_batch_encoding_gives_files_that_decode_like_single_ones(tiny):
-    model, v = tiny
+    coder = codec.Coder(*tiny)
     ims = [synthetic_image(64, 64, s) for s in range(3)] + [synthetic_image(1, 1)]
     texts = [_text(s) for s in range(4)]
-    files = codec.compress_batch(model, v, ims, texts)
+    files = [r.data for r in coder.encode(ims, texts)]
     assert len(files) == 4
     for im, t, data in zip(ims, texts, files, strict=True):
-        single = codec.compress(model, v, im, t)
+        single = coder.encode([im], [t])[0].data
         # g_a ran batched: a latent at an exact .5 could round the other way, rarely.
         assert abs(len(single) - len(data)) <= 2
-        assert codec.decompress(model, v, data).shape == im.shape
+        assert coder.decode(data)[0].shape == im.shape
 
 
 def test_tables_are_built_when_variables_hold_only_params(tiny):
     model, v = tiny
     im, text = synthetic_image(64, 64, 3), _text(3)
-    with_tables = codec.compress(model, v, im, text)
-    params_only = codec.compress(model, {"params": v["params"]}, im, text)
+    with_tables = codec.Coder(model, v).encode([im], [text])[0].data
+    params_only = codec.Coder(model, {"params": v["params"]}).encode([im], [text])[0].data
     assert with_tables == params_only  # same tables, same fingerprint, same bytes
 
 
 def test_header_fields_and_size(tiny):
-    model, v = tiny
-    data = codec.compress(model, v, synthetic_image(97, 131), _text())
+    data = codec.Coder(*tiny).encode([synthetic_image(97, 131)], [_text()])[0].data
     c = codec.read_header(data)
     assert (c.height, c.width, c.latent_height, c.latent_width) == (97, 131, 2, 3)
     assert data[:4] == container.MAGIC and data[4] == container.VERSION
@@ -230,13 +228,15 @@ def test_header_fields_and_size(tiny):
 
 
 def test_bad_inputs_to_the_encoder_raise_value_errors(tiny):
-    model, v = tiny
+    coder = codec.Coder(*tiny)
     with pytest.raises(ValueError, match="image must be"):
-        codec.compress(model, v, np.zeros((0, 5, 3), np.float32), _text())
+        coder.encode([np.zeros((0, 5, 3), np.float32)], [_text()])
     with pytest.raises(ValueError, match="text must be"):
-        codec.compress(model, v, synthetic_image(8, 8), np.zeros((7, 5), np.float32))
+        coder.encode([synthetic_image(8, 8)], [np.zeros((7, 5), np.float32)])
     with pytest.raises(ValueError, match="non-finite"):
-        codec.compress(model, v, np.full((8, 8, 3), np.nan, np.float32), _text())
+        coder.encode([np.full((8, 8, 3), np.nan, np.float32)], [_text()])
+    with pytest.raises(ValueError, match="2 images but 1 texts"):
+        coder.encode([synthetic_image(8, 8)] * 2, [_text()])
 
 
 # ------------------------------------------------------------------------- one model config
@@ -315,14 +315,14 @@ def test_a_damaged_kept_program_is_exported_again(tmp_path, tiny):
     model, v = tiny
     folder = tmp_path / "programs"
     image, text = synthetic_image(40, 56, 3), _text(2)
-    data = codec.Coder(model, v, folder).compress(image, text)
+    data = codec.Coder(model, v, folder).encode([image], [text])[0].data
     damaged = sorted(folder.glob("nonanchor1-*"))
     assert len(damaged) == 1
     damaged[0].write_bytes(b"not a program")
     fresh = programs.Programs(model, folder)  # as a new process would start
     coder = codec.Coder(model, v)
     coder.programs = fresh
-    np.testing.assert_array_equal(coder.decompress(data), codec.decompress(model, v, data))
+    np.testing.assert_array_equal(coder.decode(data)[0], codec.Coder(model, v).decode(data)[0])
     assert damaged[0].read_bytes() != b"not a program"  # rewritten with a real one
     assert len(list(folder.glob("nonanchor1-*"))) == 1
 
@@ -333,14 +333,14 @@ def test_kept_programs_are_keyed_by_the_build_so_a_change_never_reads_a_stale_on
     model, v = tiny
     folder = tmp_path / "programs"
     image, text = synthetic_image(40, 56, 3), _text(2)
-    data = codec.Coder(model, v, folder).compress(image, text)
+    data = codec.Coder(model, v, folder).encode([image], [text])[0].data
     before = {p.name for p in folder.iterdir()}
     # Another JAX version, backend or edit of the model's source: new files, old ones unread.
     key = programs._build_key()
     monkeypatch.setattr(programs, "_build_key", lambda: (*key[:-1], "edited source"))
     coder = codec.Coder(model, v)
     coder.programs = programs.Programs(model, folder)
-    assert coder.compress(image, text) == data
+    assert coder.encode([image], [text])[0].data == data
     after = {p.name for p in folder.iterdir()}
     assert before < after and len(after) == 2 * len(before)
 
@@ -363,13 +363,14 @@ def parity(parity_dir):
 def test_parity_payload_and_reconstruction_match_the_authors_coder(parity):
     model, v, io = parity
     x, text = io["x"].transpose(0, 2, 3, 1), io["text"]
-    results = codec.encode(model, v, list(x), list(text), with_reconstruction=True)
+    coder = codec.Coder(model, v)
+    results = coder.encode(list(x), list(text), with_reconstruction=True)
     for b, r in enumerate(results):
         ours, theirs = sum(r.payload_bytes.values()), int(io["compressai_bytes"][b].sum())
         print(f"image {b}: payload {r.payload_bytes} = {ours} B vs authors {theirs} B "
               f"({ours / theirs:.3f}x), header {r.header_bytes} B")  # fmt: skip
         assert 0.90 * theirs <= ours <= 1.05 * theirs
-        decoded = codec.decompress(model, v, r.data)
+        decoded = np.clip(coder.decode(r.data)[0], 0, 1)
         ref = np.clip(io["compressai_x_hat"][b].transpose(1, 2, 0), 0, 1)
         psnr = -10 * np.log10(np.mean((decoded.astype(np.float64) - ref) ** 2))
         assert psnr >= 50.0, psnr
@@ -377,10 +378,11 @@ def test_parity_payload_and_reconstruction_match_the_authors_coder(parity):
 
 def test_parity_real_bits_are_close_to_the_likelihood_estimate(parity):
     model, v, io = parity
+    coder = codec.Coder(model, v)
     x, text = io["x"].transpose(0, 2, 3, 1), io["text"]
     for b in range(len(x)):
-        r = codec.encode(model, v, [x[b]], [text[b]])[0]
-        est = codec.reconstruct(model, v, x[b], text[b])["bpp_estimated"]
+        r = coder.encode([x[b]], [text[b]])[0]
+        est = coder.estimate(x[b], text[b])["bpp_estimated"]
         payload_bpp = 8 * sum(r.payload_bytes.values()) / (x.shape[1] * x.shape[2])
         print(f"image {b}: payload {payload_bpp:.4f} bpp, estimate {est:.4f} bpp, "
               f"gap {payload_bpp / est - 1:+.2%}")  # fmt: skip

@@ -267,13 +267,14 @@ def test_trained_model_codes_unseen_kodak_within_one_percent_of_its_estimate(
     model, v, config = load_inference(train_lib.export_inference(trained_tiny[0], tmp_path / "x"))
     encoder = build_text_encoder(config.text)
     captions = json.loads((kodak_dir / "captions.json").read_text())
+    coder = codec.Coder(model, v)
     real = est = 0.0
     for name in ["kodim13.png", "kodim16.png", "kodim19.png", "kodim22.png"]:  # not trained on
         im = np.asarray(Image.open(kodak_dir / name).convert("RGB"), np.float32) / 255
         text = encoder.encode([captions[name]])[0][0]
-        r = codec.encode(model, v, [im], [text])[0]
+        r = coder.encode([im], [text])[0]
         real += 8 * sum(r.payload_bytes.values())  # header excluded
-        est += sum(codec.reconstruct(model, v, im, text)["bits_estimated"].values())
+        est += sum(coder.estimate(im, text)["bits_estimated"].values())
     print(f"real {real:.0f} bits, estimate {est:.0f} bits, gap {real / est - 1:+.3%}")
     assert est > 4 * 20_000  # a real stream, not all-zero symbols
     assert abs(real / est - 1) < 0.01, (real, est)

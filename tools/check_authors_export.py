@@ -45,7 +45,7 @@ def run_ours(args) -> int:
     with jax.default_matmul_precision("float32"):
         out = jax.jit(model.apply)(variables, x[None], text[None])
     nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)
-    data = codec.compress(model, variables, x, text)
+    data = codec.Coder(model, variables).encode([x], [text])[0].data
     np.savez(
         args.io,
         x=nchw(x[None]),

@@ -20,9 +20,9 @@ so the decoder rebuilds the encoder's y_hat bit for bit:
                 y_hat_i = combine(y_hat_a, s_n, mu_n)                  (shared)
     decoder:  the same calls, with s_a and s_n read from the streams.
 
-The module-level `compress` / `decompress` / `encode` / `decode` build a Coder per call
-(programs, in `coding/programs.py`, are shared per model config). On GPU, run both sides
-with `--xla_gpu_deterministic_ops=true` on the same kind of device.
+The exported programs live in `coding/programs.py`; every Coder of one model config in a
+process shares them. On GPU, run both sides with `--xla_gpu_deterministic_ops=true` on the
+same kind of device.
 """
 
 from __future__ import annotations
@@ -44,18 +44,7 @@ from tgic_jax.coding.programs import param_scopes, shared_programs
 from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder, Tables, fits
 from tgic_jax.model.taco import TACO, checkerboard_masks
 
-__all__ = [
-    "BitstreamError",
-    "Coder",
-    "EncodeResult",
-    "compress",
-    "compress_batch",
-    "decode",
-    "decompress",
-    "encode",
-    "reconstruct",
-    "read_header",
-]
+__all__ = ["BitstreamError", "Coder", "EncodeResult", "read_header"]
 
 PAD = 64  # g_a downsamples by 16, h_a by 4 more
 # Decoding memory, measured with the paper-size model on CPU (benchmarks/decode_memory.py,
@@ -108,7 +97,7 @@ class _Clock:
 
 
 class Coder:
-    """One model + its variables, ready to code: `Coder(model, variables).compress(x, t)`.
+    """One model + its variables, ready to code: `encode`, `decode` and `estimate`.
 
     Built once per checkpoint: it checks the coding tables (building them from the
     parameters if `variables` has none), computes the model fingerprint written into
@@ -256,13 +245,12 @@ class Coder:
     def _synthesis(self, y_hat_slices) -> np.ndarray:
         return np.asarray(self._run("synthesis", tuple(y_hat_slices)))[0]
 
-    def compress(self, image: np.ndarray, text: np.ndarray) -> bytes:
-        """One image float32 [H, W, 3] in [0, 1] + its text states [T, D] -> .tgic bytes."""
-        return self.encode([image], [text])[0].data
-
     # -------------------------------------------------------------------- decoder
     def decode(self, data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, dict]:
-        """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s)."""
+        """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s).
+
+        Any bad input (damaged, truncated, another model's, too large) raises BitstreamError.
+        """
         c = read_header(data)
         if c.height * c.width > max_pixels:
             need = DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * c.height * c.width
@@ -321,10 +309,6 @@ class Coder:
         if not np.isfinite(x_hat).all():
             raise BitstreamError("decoded image is not finite: damaged stream or wrong model")
         return x_hat, clock.seconds
-
-    def decompress(self, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-        """.tgic bytes -> image float32 [H, W, 3] in [0, 1]; BitstreamError on any bad input."""
-        return np.clip(self.decode(data, max_pixels)[0], 0.0, 1.0)
 
     def _check_payload_bound(self, c: Container) -> None:
         """Refuses sections too short for the symbols the header implies, before any network.
@@ -427,46 +411,3 @@ def read_header(data: bytes) -> Container:
             f"{c.height} x {c.width}"
         )
     return c
-
-
-# ----------------------------------------------------------------------------------------
-# One-call functions (a Coder per call; the programs are shared per architecture)
-
-
-def encode(
-    model: TACO,
-    variables,
-    images: Sequence[np.ndarray],
-    texts: Sequence[np.ndarray],
-    with_reconstruction: bool = False,
-) -> list[EncodeResult]:
-    """Compresses several images (g_a runs batched per padded size); one result each."""
-    return Coder(model, variables).encode(images, texts, with_reconstruction)
-
-
-def compress(model: TACO, variables, image: np.ndarray, text: np.ndarray) -> bytes:
-    """One image float32 [H, W, 3] in [0, 1] + its text states [T, D] -> .tgic bytes."""
-    return Coder(model, variables).compress(image, text)
-
-
-def compress_batch(model: TACO, variables, images, texts) -> list[bytes]:
-    """Several images (any sizes) -> one .tgic file each."""
-    return [r.data for r in encode(model, variables, images, texts)]
-
-
-def decode(
-    model: TACO, variables, data: bytes, max_pixels: int = MAX_PIXELS
-) -> tuple[np.ndarray, dict]:
-    """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s)."""
-    read_header(data)  # a damaged file is refused before the tables are checked
-    return Coder(model, variables).decode(data, max_pixels)
-
-
-def decompress(model: TACO, variables, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """.tgic bytes -> image float32 [H, W, 3] in [0, 1]; BitstreamError on any bad input."""
-    return np.clip(decode(model, variables, data, max_pixels)[0], 0.0, 1.0)
-
-
-def reconstruct(model: TACO, variables, image: np.ndarray, text: np.ndarray) -> dict:
-    """Eval-mode model output: x_hat_float [H, W, 3] (unclamped), bpp_estimated."""
-    return Coder(model, variables).estimate(image, text)
