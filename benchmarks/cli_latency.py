@@ -52,7 +52,7 @@ def make_checkpoint(size: str, folder: Path) -> Path:
     from tgic_jax.model.taco import TACO, ModelConfig
 
     cfg = ModelConfig(**SIZES[size])
-    v = random_variables(TACO.from_config(cfg))
+    v = random_variables(TACO(cfg))
     save_inference(path, cfg, v["params"], tables=v["tables"], extra={"source": "random"})
     text = np.random.default_rng(1).normal(size=(38, cfg.text_dim)).astype(np.float32)
     np.save(folder / f"text_{size}.npy", text)

@@ -137,14 +137,16 @@ def compare_with_authors(args, image: np.ndarray) -> None:
         try:
             model, variables = from_official_state_dict(load_state_dict_file(theirs.state_dict))
             variables = dict(variables, tables=build_tables(variables["params"]))
-            text = np.random.default_rng(1).normal(size=(38, model.text_dim)).astype(np.float32)
+            text = np.random.default_rng(1).normal(size=(38, model.config.text_dim))
+            text = text.astype(np.float32)
             h, w = image.shape[:2]
             print(f"paper-size model, the authors' random init (torch {theirs.info['torch']}, "
                   f"{theirs.info['threads']} threads) converted to ours; image {w} x {h}; "
                   f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+            coder = codec.Coder(model, variables)
             t0 = time.perf_counter()
-            r = codec.encode(model, variables, [image], [text])[0]
-            codec.decode(model, variables, r.data)
+            r = coder.encode([image], [text])[0]
+            coder.decode(r.data)
             theirs.run(image, text)
             print(f"warm-up (our compile, their first run): {time.perf_counter() - t0:.1f} s")
             times = {k: [] for k in ("ours_enc", "ours_dec", "theirs_enc", "theirs_dec")}
@@ -152,10 +154,10 @@ def compare_with_authors(args, image: np.ndarray) -> None:
                 for side in ("ours", "theirs") if run % 2 == 0 else ("theirs", "ours"):
                     if side == "ours":
                         t0 = time.perf_counter()
-                        r = codec.encode(model, variables, [image], [text])[0]
+                        r = coder.encode([image], [text])[0]
                         times["ours_enc"].append(time.perf_counter() - t0)
                         t0 = time.perf_counter()
-                        x_ours, _ = codec.decode(model, variables, r.data)
+                        x_ours, _ = coder.decode(r.data)
                         times["ours_dec"].append(time.perf_counter() - t0)
                     else:
                         out = theirs.run(image, text)
@@ -186,12 +188,13 @@ def compare_bytes(args) -> None:
         theirs = AuthorsCodec(args.authors_repo, args.authors_python, tmp,
                               state_dict_in=args.authors_state_dict)  # fmt: skip
         try:
-            print(f"model N={model.N} M={model.M} slices={list(model.slices)} "
-                  f"text {model.text_dim}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+            cfg = model.config
+            print(f"model N={cfg.N} M={cfg.M} slices={list(cfg.slices)} "
+                  f"text {cfg.text_dim}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
             total_ours = total_theirs = 0
             for path in args.images:
                 image = image_io.load_image(path)[0]
-                text = rng.normal(size=(38, model.text_dim)).astype(np.float32)
+                text = rng.normal(size=(38, model.config.text_dim)).astype(np.float32)
                 r = coder.encode([image], [text])[0]
                 x_ours = np.clip(coder.decode(r.data)[0], 0, 1).astype(np.float64)
                 out = theirs.run(image, text)
@@ -236,7 +239,7 @@ def main() -> None:
         if args.small
         else ModelConfig()
     )
-    model = TACO.from_config(cfg)
+    model = TACO(cfg)
     variables = random_variables(model)
     image, _ = image_io.load_image(args.image)
     text = np.random.default_rng(1).normal(size=(38, cfg.text_dim)).astype(np.float32)
@@ -244,18 +247,19 @@ def main() -> None:
     print(f"model N={cfg.N} M={cfg.M} slices={list(cfg.slices)}; image {w} x {h}; "
           f"device {jax.devices()[0].platform}, {os.cpu_count()} CPUs")  # fmt: skip
 
+    coder = codec.Coder(model, variables)
     t0 = time.perf_counter()
-    r = codec.encode(model, variables, [image], [text])[0]
-    codec.decode(model, variables, r.data)
+    r = coder.encode([image], [text])[0]
+    coder.decode(r.data)
     print(f"warm-up (compile) encode + decode: {time.perf_counter() - t0:.1f} s")
 
     enc, dec = [], []
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        r = codec.encode(model, variables, [image], [text])[0]
+        r = coder.encode([image], [text])[0]
         enc.append((time.perf_counter() - t0, r.timings))
         t0 = time.perf_counter()
-        _, timings = codec.decode(model, variables, r.data)
+        _, timings = coder.decode(r.data)
         dec.append((time.perf_counter() - t0, timings))
 
     symbols = (h + (-h % 64)) * (w + (-w % 64)) // 256 * cfg.M

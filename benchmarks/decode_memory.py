@@ -37,11 +37,12 @@ if mode == "encode":
     image = np.clip(0.5 + 0.3 * np.sin(9 * xx)[..., None] * np.cos(7 * yy)[..., None]
                     + 0.05 * rng.normal(size=(size, size, 3)), 0, 1).astype(np.float32)
     text = rng.normal(size=(38, 512)).astype(np.float32)
-    open(path, "wb").write(codec.compress(model, variables, image, text))
+    open(path, "wb").write(codec.Coder(model, variables).encode([image], [text])[0].data)
 else:
     data = open(path, "rb").read()
+    coder = codec.Coder(model, variables)
     t0 = time.perf_counter()
-    codec.decode(model, variables, data, max_pixels=size * size)
+    coder.decode(data, max_pixels=size * size)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({{"size": size, "peak_bytes": peak, "seconds": seconds}}))

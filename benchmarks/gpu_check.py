@@ -178,7 +178,7 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
             if clip_model is None:
                 config.loss.k_j = 0.0
             config.loss.joint_group_size = min(int(config.loss.joint_group_size), batch)
-            model = TACO.from_config(ModelConfig.from_config(config.model))
+            model = TACO(ModelConfig.from_config(config.model))
             loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
             optimizer = trainer.make_optimizer(config.optim, batch)
             if not cases:  # the same state tree for every case (parameters stay float32)

@@ -55,7 +55,7 @@ def run_batch(batch: int, clip_path: str, compute_dtype: str) -> dict:
     config.model.compute_dtype = compute_dtype
     config.input.batch_size_per_device = batch
     mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=1)))
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     clip_model, clip_note = _clip(clip_path)
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
     optimizer = trainer.make_optimizer(config.optim, batch)

@@ -64,8 +64,9 @@ class _Recording(codec.RangeEncoder):
 def measure(model, variables, image, text) -> dict:
     """Estimated, ideal (under the coder's tables) and real bits of one image, and its escapes."""
     _Recording.log.clear()
-    result = codec.encode(model, variables, [image], [text])[0]
-    estimate = sum(codec.reconstruct(model, variables, image, text)["bits_estimated"].values())
+    coder = codec.Coder(model, variables)
+    result = coder.encode([image], [text])[0]
+    estimate = sum(coder.estimate(image, text)["bits_estimated"].values())
     return {
         "estimate": estimate,
         "ideal": sum(r.ideal_bits for r in _Recording.log),

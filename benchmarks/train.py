@@ -78,7 +78,7 @@ def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float3
         # jax >= 0.7's jax.make_mesh gives Explicit axes; the step's ConvTranspose reshape
         # then fails to trace (ShardingTypeError). Same one-device step on an Auto mesh.
         mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names)
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
     frozen = shd.put_replicated(frozen, mesh)
     optimizer = trainer.make_optimizer(config.optim, batch)

@@ -361,7 +361,7 @@ def test_minilm_captions_are_quiet_and_a_long_one_is_noted_as_truncated(tmp_path
     from tgic_jax.coding.tables import build_tables
     from tgic_jax.model.taco import TACO
 
-    v = random_variables(TACO.from_config(cfg))
+    v = random_variables(TACO(cfg))
     save_inference(tmp_path / "ck", cfg, v["params"], tables=build_tables(v["params"]),
                    text_config={"encoder": "minilm", "path": "", "max_length": 38})  # fmt: skip
     image_io.save_png(tmp_path / "a.png", synthetic_image(16, 16))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from tgic_jax import image_io
-from tgic_jax.coding import codec, container
+from tgic_jax.coding import codec, container, programs
 from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
 TINY = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=8)
@@ -59,7 +60,7 @@ def tiny_model(seed: int = 0):
     """(model, variables with tables) of the tiny test size."""
     from tgic_jax.coding.tables import build_tables
 
-    model = TACO.from_config(TINY)
+    model = TACO(TINY)
     v = random_variables(model, seed)
     v["tables"] = build_tables(v["params"])
     return model, v
@@ -97,14 +98,14 @@ _DECODE_SCRIPT = textwrap.dedent(
     import os, sys
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import numpy as np
-    from tgic_jax.coding import codec
     from tgic_jax.checkpoints.inference import load_inference
+    from tgic_jax.coding import codec, programs
     model, variables, _ = load_inference(sys.argv[1])
     program_dir = os.environ.get("PROGRAM_DIR") or None
     if program_dir:  # every program must come from the folder: tracing is an error here
         def no_export(*args, **kwargs):
             raise AssertionError("a program was exported again instead of read")
-        codec.export.export = no_export
+        programs.export.export = no_export
     coder = codec.Coder(model, variables, program_dir)
     out = {}
     for i, name in enumerate(sys.argv[3:]):
@@ -139,7 +140,7 @@ def _roundtrip_in_other_process(tmp_path, tiny, ckpt, images):
 
     model, variables, _ = load_inference(ckpt)  # what the other process will hold
     texts = [_text(k) for k in range(len(images))]
-    results = codec.encode(model, variables, images, texts, with_reconstruction=True)
+    results = codec.Coder(model, variables).encode(images, texts, with_reconstruction=True)
     files = []
     for k, r in enumerate(results):
         files.append(tmp_path / f"im{k}.tgic")
@@ -172,10 +173,10 @@ def test_all_24_kodak_images_decode_bitwise_in_another_process(
 
 
 def test_decoder_matches_the_eval_mode_model_and_reports_the_estimate(tiny):
-    model, v = tiny
+    coder = codec.Coder(*tiny)
     im, text = synthetic_image(100, 130, 1), _text(1)
-    r = codec.encode(model, v, [im], [text], with_reconstruction=True)[0]
-    rec = codec.reconstruct(model, v, im, text)
+    r = coder.encode([im], [text], with_reconstruction=True)[0]
+    rec = coder.estimate(im, text)
     # Same latents up to float re-association in XLA: the outputs agree to round-off.
     np.testing.assert_allclose(r.x_hat, rec["x_hat_float"], atol=1e-4)
     payload_bits = 8 * sum(r.payload_bytes.values())
@@ -185,43 +186,41 @@ def test_decoder_matches_the_eval_mode_model_and_reports_the_estimate(tiny):
     # 1e-9 likelihood floor (30 bits) and the coder's escape spends fewer: real <= estimate
     # here (a trained model's gap is checked on the parity fixture).
     assert payload_bits < est_bits + 8 * 16
-    np.testing.assert_array_equal(codec.decompress(model, v, r.data), np.clip(r.x_hat, 0, 1))
+    np.testing.assert_array_equal(coder.decode(r.data)[0], r.x_hat)
 
 
 def test_caption_changes_the_file_but_not_what_the_decoder_needs(tiny):
-    model, v = tiny
+    coder = codec.Coder(*tiny)
     im = synthetic_image(64, 64, 2)
-    a = codec.compress(model, v, im, _text(1))
-    b = codec.compress(model, v, im, _text(2))
+    a, b = (coder.encode([im], [_text(k)])[0].data for k in (1, 2))
     assert a != b
     for data in (a, b):  # the decoder takes no text
-        assert codec.decompress(model, v, data).shape == (64, 64, 3)
+        assert coder.decode(data)[0].shape == (64, 64, 3)
 
 
 def test_batch_encoding_gives_files_that_decode_like_single_ones(tiny):
-    model, v = tiny
+    coder = codec.Coder(*tiny)
     ims = [synthetic_image(64, 64, s) for s in range(3)] + [synthetic_image(1, 1)]
     texts = [_text(s) for s in range(4)]
-    files = codec.compress_batch(model, v, ims, texts)
+    files = [r.data for r in coder.encode(ims, texts)]
     assert len(files) == 4
     for im, t, data in zip(ims, texts, files, strict=True):
-        single = codec.compress(model, v, im, t)
+        single = coder.encode([im], [t])[0].data
         # g_a ran batched: a latent at an exact .5 could round the other way, rarely.
         assert abs(len(single) - len(data)) <= 2
-        assert codec.decompress(model, v, data).shape == im.shape
+        assert coder.decode(data)[0].shape == im.shape
 
 
 def test_tables_are_built_when_variables_hold_only_params(tiny):
     model, v = tiny
     im, text = synthetic_image(64, 64, 3), _text(3)
-    with_tables = codec.compress(model, v, im, text)
-    params_only = codec.compress(model, {"params": v["params"]}, im, text)
+    with_tables = codec.Coder(model, v).encode([im], [text])[0].data
+    params_only = codec.Coder(model, {"params": v["params"]}).encode([im], [text])[0].data
     assert with_tables == params_only  # same tables, same fingerprint, same bytes
 
 
 def test_header_fields_and_size(tiny):
-    model, v = tiny
-    data = codec.compress(model, v, synthetic_image(97, 131), _text())
+    data = codec.Coder(*tiny).encode([synthetic_image(97, 131)], [_text()])[0].data
     c = codec.read_header(data)
     assert (c.height, c.width, c.latent_height, c.latent_width) == (97, 131, 2, 3)
     assert data[:4] == container.MAGIC and data[4] == container.VERSION
@@ -229,13 +228,58 @@ def test_header_fields_and_size(tiny):
 
 
 def test_bad_inputs_to_the_encoder_raise_value_errors(tiny):
-    model, v = tiny
+    coder = codec.Coder(*tiny)
     with pytest.raises(ValueError, match="image must be"):
-        codec.compress(model, v, np.zeros((0, 5, 3), np.float32), _text())
+        coder.encode([np.zeros((0, 5, 3), np.float32)], [_text()])
     with pytest.raises(ValueError, match="text must be"):
-        codec.compress(model, v, synthetic_image(8, 8), np.zeros((7, 5), np.float32))
+        coder.encode([synthetic_image(8, 8)], [np.zeros((7, 5), np.float32)])
     with pytest.raises(ValueError, match="non-finite"):
-        codec.compress(model, v, np.full((8, 8, 3), np.nan, np.float32), _text())
+        coder.encode([np.full((8, 8, 3), np.nan, np.float32)], [_text()])
+    with pytest.raises(ValueError, match="2 images but 1 texts"):
+        coder.encode([synthetic_image(8, 8)] * 2, [_text()])
+
+
+# ------------------------------------------------------------------------- one model config
+
+
+def _bfloat16_twin(tiny):
+    """The tiny model in bfloat16 compute with the same variables: same sizes, same tables."""
+    model, v = tiny
+    return TACO(dataclasses.replace(model.config, compute_dtype="bfloat16")), v
+
+
+def test_a_float32_model_keeps_the_fingerprint_its_existing_files_carry(tiny):
+    # The value files of the tiny float32 model carried before the compute dtype was keyed
+    # (the fingerprinted dict always held compute_dtype="float32"): they still decode.
+    assert codec.Coder(*tiny).fingerprint.hex() == "8001cccb"
+
+
+def test_files_of_a_bfloat16_and_a_float32_model_of_one_size_are_refused_by_each_other(tiny):
+    model16, v = _bfloat16_twin(tiny)
+    coders = {"float32": codec.Coder(*tiny), "bfloat16": codec.Coder(model16, v)}
+    image = synthetic_image(1, 1)
+    files = {k: c.encode([image], [_text()])[0].data for k, c in coders.items()}
+    for maker, reader in (("bfloat16", "float32"), ("float32", "bfloat16")):
+        made, read = coders[maker].fingerprint.hex(), coders[reader].fingerprint.hex()
+        assert made != read
+        message = f"another model \\(fingerprint {made}, this model {read}\\)"
+        with pytest.raises(codec.BitstreamError, match=message):
+            coders[reader].decode(files[maker])
+        assert coders[maker].decode(files[maker])[0].shape == (1, 1, 3)  # its own still decodes
+
+
+def test_a_bfloat16_and_a_float32_model_of_one_size_never_share_an_exported_program(tmp_path, tiny):
+    model16, v = _bfloat16_twin(tiny)
+    model32 = tiny[0]
+    assert programs.shared_programs(model16) is not programs.shared_programs(model32)
+    # Kept on disk, neither reads the other's files: the second writes as many new ones.
+    folder = tmp_path / "programs"
+    image, text = synthetic_image(1, 1), _text()
+    codec.Coder(model32, v, folder).encode([image], [text])
+    float32_files = {p.name for p in folder.iterdir()}
+    codec.Coder(model16, v, folder).encode([image], [text])
+    both = {p.name for p in folder.iterdir()}
+    assert float32_files < both and len(both) == 2 * len(float32_files)
 
 
 # ------------------------------------------------------------------------- kept programs
@@ -245,8 +289,8 @@ def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path,
     from tgic_jax.checkpoints.inference import load_inference
 
     model, variables, _ = load_inference(tiny_ckpt)
-    programs = tmp_path / "programs"
-    coder = codec.Coder(model, variables, programs)
+    folder = tmp_path / "programs"
+    coder = codec.Coder(model, variables, folder)
     images = [synthetic_image(97, 131), synthetic_image(64, 64, 5)]
     results = coder.encode(images, [_text(0), _text(1)], with_reconstruction=True)
     files = []
@@ -255,8 +299,8 @@ def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path,
         files[-1].write_bytes(r.data)
     # The decoder's programs: z's hyper, anchor and non-anchor per slice, 1 to 5 combine
     # shapes, synthesis; each padded size has its own (64 x 64 vs 128 x 192 here).
-    decoded_once = _decode_in_subprocess(tiny_ckpt, files, tmp_path / "a.npz", programs)
-    kept = sorted(p.name for p in programs.iterdir())
+    decoded_once = _decode_in_subprocess(tiny_ckpt, files, tmp_path / "a.npz", folder)
+    kept = sorted(p.name for p in folder.iterdir())
     assert sum(n.startswith("anchor") for n in kept) == 2 * len(TINY.slices)
     for k, r in enumerate(results):
         np.testing.assert_array_equal(decoded_once[f"x{k}"], r.x_hat)  # bitwise, unclamped
@@ -264,40 +308,40 @@ def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path,
     traced = _decode_in_subprocess(tiny_ckpt, files, tmp_path / "b.npz")
     for k in range(len(results)):
         np.testing.assert_array_equal(traced[f"x{k}"], decoded_once[f"x{k}"])
-    assert sorted(p.name for p in programs.iterdir()) == kept  # nothing new was written
+    assert sorted(p.name for p in folder.iterdir()) == kept  # nothing new was written
 
 
 def test_a_damaged_kept_program_is_exported_again(tmp_path, tiny):
     model, v = tiny
-    programs = tmp_path / "programs"
+    folder = tmp_path / "programs"
     image, text = synthetic_image(40, 56, 3), _text(2)
-    data = codec.Coder(model, v, programs).compress(image, text)
-    damaged = sorted(programs.glob("nonanchor1-*"))
+    data = codec.Coder(model, v, folder).encode([image], [text])[0].data
+    damaged = sorted(folder.glob("nonanchor1-*"))
     assert len(damaged) == 1
     damaged[0].write_bytes(b"not a program")
-    fresh = codec.Programs(model, programs)  # as a new process would start
+    fresh = programs.Programs(model, folder)  # as a new process would start
     coder = codec.Coder(model, v)
     coder.programs = fresh
-    np.testing.assert_array_equal(coder.decompress(data), codec.decompress(model, v, data))
+    np.testing.assert_array_equal(coder.decode(data)[0], codec.Coder(model, v).decode(data)[0])
     assert damaged[0].read_bytes() != b"not a program"  # rewritten with a real one
-    assert len(list(programs.glob("nonanchor1-*"))) == 1
+    assert len(list(folder.glob("nonanchor1-*"))) == 1
 
 
 def test_kept_programs_are_keyed_by_the_build_so_a_change_never_reads_a_stale_one(
     tmp_path, tiny, monkeypatch
 ):
     model, v = tiny
-    programs = tmp_path / "programs"
+    folder = tmp_path / "programs"
     image, text = synthetic_image(40, 56, 3), _text(2)
-    data = codec.Coder(model, v, programs).compress(image, text)
-    before = {p.name for p in programs.iterdir()}
+    data = codec.Coder(model, v, folder).encode([image], [text])[0].data
+    before = {p.name for p in folder.iterdir()}
     # Another JAX version, backend or edit of the model's source: new files, old ones unread.
-    key = codec._build_key()
-    monkeypatch.setattr(codec, "_build_key", lambda: (*key[:-1], "edited source"))
+    key = programs._build_key()
+    monkeypatch.setattr(programs, "_build_key", lambda: (*key[:-1], "edited source"))
     coder = codec.Coder(model, v)
-    coder.programs = codec.Programs(model, programs)
-    assert coder.compress(image, text) == data
-    after = {p.name for p in programs.iterdir()}
+    coder.programs = programs.Programs(model, folder)
+    assert coder.encode([image], [text])[0].data == data
+    after = {p.name for p in folder.iterdir()}
     assert before < after and len(after) == 2 * len(before)
 
 
@@ -319,13 +363,14 @@ def parity(parity_dir):
 def test_parity_payload_and_reconstruction_match_the_authors_coder(parity):
     model, v, io = parity
     x, text = io["x"].transpose(0, 2, 3, 1), io["text"]
-    results = codec.encode(model, v, list(x), list(text), with_reconstruction=True)
+    coder = codec.Coder(model, v)
+    results = coder.encode(list(x), list(text), with_reconstruction=True)
     for b, r in enumerate(results):
         ours, theirs = sum(r.payload_bytes.values()), int(io["compressai_bytes"][b].sum())
         print(f"image {b}: payload {r.payload_bytes} = {ours} B vs authors {theirs} B "
               f"({ours / theirs:.3f}x), header {r.header_bytes} B")  # fmt: skip
         assert 0.90 * theirs <= ours <= 1.05 * theirs
-        decoded = codec.decompress(model, v, r.data)
+        decoded = np.clip(coder.decode(r.data)[0], 0, 1)
         ref = np.clip(io["compressai_x_hat"][b].transpose(1, 2, 0), 0, 1)
         psnr = -10 * np.log10(np.mean((decoded.astype(np.float64) - ref) ** 2))
         assert psnr >= 50.0, psnr
@@ -333,10 +378,11 @@ def test_parity_payload_and_reconstruction_match_the_authors_coder(parity):
 
 def test_parity_real_bits_are_close_to_the_likelihood_estimate(parity):
     model, v, io = parity
+    coder = codec.Coder(model, v)
     x, text = io["x"].transpose(0, 2, 3, 1), io["text"]
     for b in range(len(x)):
-        r = codec.encode(model, v, [x[b]], [text[b]])[0]
-        est = codec.reconstruct(model, v, x[b], text[b])["bpp_estimated"]
+        r = coder.encode([x[b]], [text[b]])[0]
+        est = coder.estimate(x[b], text[b])["bpp_estimated"]
         payload_bpp = 8 * sum(r.payload_bytes.values()) / (x.shape[1] * x.shape[2])
         print(f"image {b}: payload {payload_bpp:.4f} bpp, estimate {est:.4f} bpp, "
               f"gap {payload_bpp / est - 1:+.2%}")  # fmt: skip

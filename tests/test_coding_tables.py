@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 
 from tgic_jax.coding import tables as ct
-from tgic_jax.coding.codec import _indexes
+from tgic_jax.coding.programs import _indexes
 from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder
 
 

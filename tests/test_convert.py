@@ -41,10 +41,7 @@ def test_zero_state_dict_with_official_shapes_converts_to_the_paper_model(repo_r
         for k, (shape, d, _) in layout.items()
     }
     model, variables = from_official_state_dict(sd)
-    assert (
-        ModelConfig(N=model.N, M=model.M, slices=model.slices, text_dim=model.text_dim)
-        == ModelConfig()
-    )
+    assert model.config == ModelConfig()
     params = flatten_dict(variables["params"])
     trainable = {k for k, (_, _, kind) in layout.items() if kind == "param"}
     assert {k for k in layout if k in BUFFERS} == {k for k, v in layout.items() if v[2] == "buffer"}
@@ -53,9 +50,7 @@ def test_zero_state_dict_with_official_shapes_converts_to_the_paper_model(repo_r
     # the model built from configs/taco.py has exactly that tree
     cfg = ModelConfig.from_config(taco_config.get_config().model)
     shapes = flatten_dict(
-        jax.eval_shape(lambda: init_variables(TACO.from_config(cfg), jax.random.PRNGKey(0)))[
-            "params"
-        ]
+        jax.eval_shape(lambda: init_variables(TACO(cfg), jax.random.PRNGKey(0)))["params"]
     )
     assert set(shapes) == set(params)
     assert sum(int(np.prod(s.shape)) for s in shapes.values()) == 38_579_275
@@ -109,7 +104,8 @@ def _nchw(a):
 
 def test_converted_model_reproduces_the_authors_latents_and_reconstruction(parity):
     model, _, io, meta, out = parity
-    assert (model.N, model.M, tuple(model.slices), model.text_dim) == (
+    cfg = model.config
+    assert (cfg.N, cfg.M, cfg.slices, cfg.text_dim) == (
         meta["N"],
         meta["M"],
         tuple(meta["slice_ch"]),
@@ -273,7 +269,7 @@ def _perturbed_tiny_model(seed: int = 3):
     """The codec tests' tiny model, bottleneck density moved away from its init."""
     from test_codec import TINY, random_variables
 
-    model = TACO.from_config(TINY)
+    model = TACO(TINY)
     variables = random_variables(model, seed)
     rng = np.random.default_rng(seed)
     eb = variables["params"]["entropy_bottleneck"]
@@ -305,8 +301,7 @@ def test_export_authors_then_convert_gives_identical_parameters_and_tgic_files(t
     from tgic_jax.train import checkpoint as ckpt_lib
 
     model, variables = _perturbed_tiny_model()
-    cfg = ModelConfig(N=model.N, M=model.M, slices=model.slices, text_dim=model.text_dim)
-    inference.save_inference(tmp_path / "ours", cfg, variables["params"])
+    inference.save_inference(tmp_path / "ours", model.config, variables["params"])
     _tgic(["export", "--format", "authors", "--workdir", tmp_path / "ours",
            "--out", tmp_path / "theirs.npz"])  # fmt: skip
     _tgic(["convert", tmp_path / "theirs.npz", tmp_path / "back"])
@@ -317,7 +312,8 @@ def test_export_authors_then_convert_gives_identical_parameters_and_tgic_files(t
     for k in flat1:
         np.testing.assert_array_equal(flat1[k], flat2[k], err_msg=str(k))
     image, text = synthetic_image(40, 56), _text()
-    assert codec.compress(model, v1, image, text) == codec.compress(model, v2, image, text)
+    ours, back = (codec.Coder(model, v).encode([image], [text])[0].data for v in (v1, v2))
+    assert ours == back
 
     sd = load_state_dict_file(tmp_path / "theirs.npz")
     _assert_valid_cdfs(
@@ -326,7 +322,7 @@ def test_export_authors_then_convert_gives_identical_parameters_and_tgic_files(t
     # From a training workdir (orbax train state + config.json), as .safetensors.
     work = tmp_path / "work"
     work.mkdir()
-    (work / "config.json").write_text(json.dumps({"model": cfg.to_dict()}))
+    (work / "config.json").write_text(json.dumps({"model": model.config.to_dict()}))
     manager = ckpt_lib.train_checkpoint_manager(work, use_async=False)
     ckpt_lib.save_train_state(manager, 7, {"params": variables["params"], "step": 7}, force=True)
     manager.close()
@@ -367,7 +363,7 @@ def test_variables_of_another_model_are_refused_naming_the_first_differences():
     from tgic_jax.checkpoints.authors import to_official_state_dict
 
     model, variables = _perturbed_tiny_model()
-    bigger = TACO.from_config(ModelConfig(N=16, M=24, slices=(4, 4, 4, 12), text_dim=16))
+    bigger = TACO(ModelConfig(N=16, M=24, slices=(4, 4, 4, 12), text_dim=16))
     with pytest.raises(ConversionError, match=r"unexpected 20: channel_context_4/") as e:
         to_official_state_dict(bigger, variables)
     assert "mis-shaped 49: channel_context_1/fushion_0/kernel (5, 5, 2, 224)" in str(e.value)
@@ -380,7 +376,7 @@ def test_export_refuses_a_head_count_the_authors_code_cannot_run(tmp_path):
     model, variables = _perturbed_tiny_model()
     work = tmp_path / "work"
     work.mkdir()
-    cfg = ModelConfig(N=16, M=24, slices=model.slices, text_dim=16, heads=4)
+    cfg = ModelConfig(N=16, M=24, slices=model.config.slices, text_dim=16, heads=4)
     (work / "config.json").write_text(json.dumps({"model": cfg.to_dict()}))
     manager = ckpt_lib.train_checkpoint_manager(work, use_async=False)
     ckpt_lib.save_train_state(manager, 1, {"params": variables["params"]}, force=True)

@@ -52,7 +52,7 @@ def test_the_report_facts_come_from_the_config_that_trained():
     assert (facts["crop"], facts["batch"]) == (config.input.crop_size,
                                                config.input.batch_size_per_device)  # fmt: skip
     assert facts["loss"] == "bpp + lambda*255^2*MSE" and not facts["clip_term"]  # k_p = k_j = 0
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     params = init_variables(model, jax.random.key(0))["params"]
     assert facts["parameters"] == sum(a.size for a in jax.tree_util.tree_leaves(params))
     assert facts["paper_parameters"] == demo.parameter_count(ModelConfig().to_dict())

@@ -287,7 +287,7 @@ def test_kodak_with_a_real_checkpoint_writes_everything_and_bpp_is_the_file_size
     from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
     cfg = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4)
-    model = TACO.from_config(cfg)
+    model = TACO(cfg)
     params = init_variables(model, jax.random.PRNGKey(0))["params"]
     ckpt = inference.save_inference(tmp_path / "tiny_ckpt", cfg, params,
                                      text_config={"encoder": "test-hash"})  # fmt: skip

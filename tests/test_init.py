@@ -21,9 +21,7 @@ _TRANSPOSED = re.compile(r"^(synthesis_transform_(1|5|10|14)|increase_\d+)$")
 
 @pytest.fixture(scope="module")
 def params():
-    model = TACO.from_config(
-        ModelConfig(N=64, M=96, slices=(8, 8, 16, 16, 48), text_dim=128, heads=8)
-    )
+    model = TACO(ModelConfig(N=64, M=96, slices=(8, 8, 16, 16, 48), text_dim=128, heads=8))
     variables = init_variables(model, jax.random.key(0, impl="unsafe_rbg"))
     flat = flax.traverse_util.flatten_dict(jax.device_get(variables["params"]))
     return {"/".join(k): np.asarray(v, np.float64) for k, v in flat.items()}

@@ -283,7 +283,7 @@ def test_zero_one_lpips_option_changes_the_loss(lpips_params):
 def test_whole_loss_on_the_paper_size_model_is_finite_with_every_term_logged(tiny_clip):
     from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
-    model = TACO.from_config(ModelConfig())  # N=192, M=320, text width 512
+    model = TACO(ModelConfig())  # N=192, M=320, text width 512
     variables = init_variables(model, jax.random.PRNGKey(0))
     rng = np.random.default_rng(1)
     x = rng.uniform(size=(2, 256, 256, 3)).astype(np.float32)

@@ -12,7 +12,7 @@ TINY = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=8)
 
 
 def _tiny(seed=0, gamma=None):
-    model = TACO.from_config(TINY)
+    model = TACO(TINY)
     v = init_variables(model, jax.random.PRNGKey(seed))
     if gamma is not None:  # give the text path weight, as a trained model has
         for name in ("analysis_transform_8", "analysis_transform_15"):
@@ -105,7 +105,7 @@ def test_bfloat16_transforms_compute_in_bfloat16_but_params_likelihoods_and_grad
     import dataclasses
 
     model32, v = _tiny(gamma=0.5)
-    model16 = TACO.from_config(dataclasses.replace(TINY, compute_dtype="bfloat16"))
+    model16 = TACO(dataclasses.replace(TINY, compute_dtype="bfloat16"))
     x = jax.random.uniform(jax.random.PRNGKey(3), (2, 64, 64, 3))
     text = jax.random.normal(jax.random.PRNGKey(4), (2, 5, 16))
     # The convolutions of the transforms run in bfloat16 (none does in float32 mode).

@@ -267,13 +267,14 @@ def test_trained_model_codes_unseen_kodak_within_one_percent_of_its_estimate(
     model, v, config = load_inference(trainer.export_inference(trained_tiny[0], tmp_path / "x"))
     encoder = build_text_encoder(config.text)
     captions = json.loads((kodak_dir / "captions.json").read_text())
+    coder = codec.Coder(model, v)
     real = est = 0.0
     for name in ["kodim13.png", "kodim16.png", "kodim19.png", "kodim22.png"]:  # not trained on
         im = np.asarray(Image.open(kodak_dir / name).convert("RGB"), np.float32) / 255
         text = encoder.encode([captions[name]])[0][0]
-        r = codec.encode(model, v, [im], [text])[0]
+        r = coder.encode([im], [text])[0]
         real += 8 * sum(r.payload_bytes.values())  # header excluded
-        est += sum(codec.reconstruct(model, v, im, text)["bits_estimated"].values())
+        est += sum(coder.estimate(im, text)["bits_estimated"].values())
     print(f"real {real:.0f} bits, estimate {est:.0f} bits, gap {real / est - 1:+.3%}")
     assert est > 4 * 20_000  # a real stream, not all-zero symbols
     assert abs(real / est - 1) < 0.01, (real, est)
@@ -291,7 +292,7 @@ def test_export_writes_an_inference_checkpoint_without_optimizer_state(tmp_path)
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(config.to_json())
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     optimizer = trainer.make_optimizer(config.optim, 2)
     state = trainer.create_train_state(model, optimizer, seed=0).replace(step=jnp.int32(7))
     manager = ckpt_lib.train_checkpoint_manager(workdir, 1, 1, use_async=False)
@@ -314,7 +315,7 @@ def test_evaluation_reports_estimated_and_real_bitstream_rates(tmp_path, kodak_d
     Image.open(kodak_dir / "kodim01.png").crop((0, 0, 96, 64)).save(tmp_path / "a.png")
     (tmp_path / "captions.json").write_text(json.dumps({"a.png": "a brick building"}))
     config = get_config("tiny")
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     optimizer = trainer.make_optimizer(config.optim, 2)
     state = jax.jit(lambda: trainer.create_train_state(model, optimizer, 0))()
     encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
@@ -348,7 +349,7 @@ _EVERY_TERM = textwrap.dedent(
     ids[:, -1] = 99
     host_batch = {"image": rng.random((8, 64, 64, 3), np.float32), "input_ids": ids,
                   "attention_mask": np.ones((8, 16), np.int32)}
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     tower = RandomTextEncoder(config.model.text_dim, 16)
     clip_model = losses.build_clip(config.loss.clip_path)
     clip_text_fn = functools.partial(losses.clip_text_embeddings, clip_model)
@@ -495,7 +496,7 @@ def test_a_failing_evaluation_is_reported_on_stderr_and_writes_no_csv_row(tmp_pa
     (folder / "k.png").write_bytes(b"not a png")  # captioned but unreadable
     (folder / "captions.json").write_text(json.dumps({"k.png": "two parrots"}))
     config = get_config("tiny")
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     params = init_variables(model, jax.random.key(0))["params"]
     eval_config = ml_collections.ConfigDict(dict(folder=str(folder), captions="", max_images=0))
     writer = trainer.MetricWriter(tmp_path / "tb", enabled=False)
@@ -523,7 +524,7 @@ def _tiny_workdir_with_checkpoints(workdir, steps, nan_steps=()):
     config = small.get_config("tiny")
     workdir.mkdir(parents=True)
     config_checks.record_config(config, inference.as_path(workdir), {})
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     optimizer = trainer.make_optimizer(config.optim, 2)
     state = trainer.create_train_state(model, optimizer, seed=0)
     manager = ckpt_lib.train_checkpoint_manager(workdir, 1, 10, use_async=False)

@@ -41,11 +41,11 @@ def run_ours(args) -> int:
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     x = np.stack([np.sin(6 * xx + c) * np.cos(4 * yy - c) for c in range(3)], -1)
     x = np.clip(0.5 + 0.35 * x + 0.1 * rng.normal(size=(h, w, 3)), 0, 1).astype(np.float32)
-    text = rng.normal(size=(38, model.text_dim)).astype(np.float32)
+    text = rng.normal(size=(38, model.config.text_dim)).astype(np.float32)
     with jax.default_matmul_precision("float32"):
         out = jax.jit(model.apply)(variables, x[None], text[None])
     nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)
-    data = codec.compress(model, variables, x, text)
+    data = codec.Coder(model, variables).encode([x], [text])[0].data
     np.savez(
         args.io,
         x=nchw(x[None]),

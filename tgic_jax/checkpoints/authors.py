@@ -109,7 +109,7 @@ def from_official_state_dict(
     """The authors' state_dict (key -> numpy array) -> (model, {"params": ...})."""
     state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
     cfg = infer_model_config(state_dict, heads)
-    model = TACO.from_config(cfg)
+    model = TACO(cfg)
     expected = flatten_dict(
         jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))["params"]
     )

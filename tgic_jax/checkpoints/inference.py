@@ -110,4 +110,4 @@ def load_inference(path: str | os.PathLike):
             "extra": {k: v for k, v in meta.items() if k not in ("model", "text")},
         }
     )
-    return TACO.from_config(model_config), state, config
+    return TACO(model_config), state, config

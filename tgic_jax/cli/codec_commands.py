@@ -369,6 +369,8 @@ def run_decompress(args: argparse.Namespace) -> int:
     clock = _Clock(args)
     try:
         paths, outs, folder = _prepare(args, "decompress", {".tgic"}, ".png")
+        import numpy as np
+
         from tgic_jax import image_io
         from tgic_jax.coding import codec
 
@@ -384,7 +386,7 @@ def run_decompress(args: argparse.Namespace) -> int:
         try:
             data = path.read_bytes()
             t0 = time.perf_counter()
-            image = coder.decompress(data, max_pixels=max_pixels)
+            image = np.clip(coder.decode(data, max_pixels)[0], 0.0, 1.0)
             ms = 1e3 * (time.perf_counter() - t0)
             clock.lap("codec")
             _write(image_io.save_png, out, image, overwrite=args.force)

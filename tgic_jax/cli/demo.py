@@ -182,7 +182,7 @@ def parameter_count(model_config) -> int:
 
     from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
-    model = TACO.from_config(ModelConfig.from_config(model_config))
+    model = TACO(ModelConfig.from_config(model_config))
     shapes = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
     return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes["params"]))
 

@@ -69,7 +69,7 @@ def load_model_and_params(source: str | os.PathLike, step: int | None = None):
     if (source / train_checkpoint.TRAIN_CHECKPOINTS).is_dir():
         cfg = json.loads((source / "config.json").read_text())
         params, _ = train_checkpoint.restore_train_params(source, step)
-        return TACO.from_config(ModelConfig.from_config(cfg["model"])), params
+        return TACO(ModelConfig.from_config(cfg["model"])), params
     if step is not None:
         raise ValueError(f"{source}: --step applies to a training workdir, not a checkpoint")
     model, variables, _ = inference.load_inference(source)
@@ -81,10 +81,10 @@ def export_authors(
 ) -> Path:
     """Writes the authors' checkpoint (see `save_state_dict_file`) of a model trained here."""
     model, params = load_model_and_params(source, step)
-    if model.heads != AUTHORS_HEADS:
+    if model.config.heads != AUTHORS_HEADS:
         # The tensors would load (head count is no shape), and silently compute otherwise.
         raise ConversionError(
-            f"{source}: the model has {model.heads} attention heads; the authors' code "
+            f"{source}: the model has {model.config.heads} attention heads; the authors' code "
             f"hard-codes {AUTHORS_HEADS} (num_attn_head), so their model would compute differently"
         )
     return save_state_dict_file(to_official_state_dict(model, {"params": params}), out)

@@ -67,7 +67,7 @@ def compilation_cache_dir() -> Path | None:
 def enable_compilation_cache(folder: Path | None) -> Path | None:
     """Turns JAX's persistent compilation cache on in `folder` (every program, however small).
 
-    Returns where the codec keeps its exported programs (`codec.Programs`): the
+    Returns where the codec keeps its exported programs (`programs.Programs`): the
     `programs` subfolder (JAX's cache reads only its own `*-cache` files), or None when
     there is no usable cache folder.
     """

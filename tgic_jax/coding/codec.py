@@ -20,47 +20,31 @@ so the decoder rebuilds the encoder's y_hat bit for bit:
                 y_hat_i = combine(y_hat_a, s_n, mu_n)                  (shared)
     decoder:  the same calls, with s_a and s_n read from the streams.
 
-The module-level `compress` / `decompress` / `encode` / `decode` build a Coder per call
-(programs are shared per architecture). On GPU, run both sides with
-`--xla_gpu_deterministic_ops=true` on the same kind of device.
+The exported programs live in `coding/programs.py`; every Coder of one model config in a
+process shares them. On GPU, run both sides with `--xla_gpu_deterministic_ops=true` on the
+same kind of device.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import hashlib
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import export
 
 from tgic_jax.coding import tables as coding_tables
 from tgic_jax.coding.container import FINGERPRINT_BYTES, BitstreamError, Container, pack, unpack
+from tgic_jax.coding.programs import param_scopes, shared_programs
 from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder, Tables, fits
-from tgic_jax.image_io import write_atomic
-from tgic_jax.model.taco import TACO, ModelConfig, checkerboard_masks
+from tgic_jax.model.taco import TACO, checkerboard_masks
 
-__all__ = [
-    "BitstreamError",
-    "Coder",
-    "EncodeResult",
-    "compress",
-    "compress_batch",
-    "decode",
-    "decompress",
-    "encode",
-    "reconstruct",
-    "read_header",
-]
+__all__ = ["BitstreamError", "Coder", "EncodeResult", "read_header"]
 
 PAD = 64  # g_a downsamples by 16, h_a by 4 more
 # Decoding memory, measured with the paper-size model on CPU (benchmarks/decode_memory.py,
@@ -93,174 +77,6 @@ class EncodeResult:
         return 8.0 * len(self.data) / (self.height * self.width)
 
 
-# ----------------------------------------------------------------------------------------
-# The networks as programs of (params, arrays)
-
-
-def _network_functions(model: TACO) -> dict:
-    """The model's pieces as pure functions of (params, arrays); the slice index is static."""
-    apply = model.apply
-
-    def analysis(params, x, text):
-        return apply({"params": params}, x, text, method="analysis")
-
-    def hyper(params, z_sym, medians):
-        z_hat = z_sym.astype(jnp.float32) + medians
-        return apply({"params": params}, z_hat, method="hyper_synthesis")
-
-    def anchor(i, params, hyper, y_hat_previous, thresholds):
-        scales, means, ctx = apply(
-            {"params": params}, i, hyper, list(y_hat_previous), method="anchor_params"
-        )
-        mask = _masks(hyper.shape)[0]
-        return _indexes(scales, thresholds) * mask.astype(jnp.int32), means * mask, ctx
-
-    def nonanchor(i, params, hyper, ctx, sym_a, means_a, thresholds):
-        anchor_mask, non_anchor_mask = _masks(hyper.shape)
-        y_hat_a = (sym_a.astype(jnp.float32) + means_a) * anchor_mask
-        scales, means = apply({"params": params}, i, hyper, ctx, y_hat_a, method="nonanchor_params")
-        idx = _indexes(scales, thresholds) * non_anchor_mask.astype(jnp.int32)
-        return y_hat_a, idx, means * non_anchor_mask
-
-    def combine(y_hat_a, sym_n, means_n):
-        non_anchor_mask = _masks(y_hat_a.shape)[1]
-        return y_hat_a + (sym_n.astype(jnp.float32) + means_n) * non_anchor_mask
-
-    def synthesis(params, y_hat_slices):
-        y_hat = jnp.concatenate(list(y_hat_slices), -1)
-        return apply({"params": params}, y_hat, method="synthesis")
-
-    return {
-        "analysis": analysis,
-        "hyper": hyper,
-        "anchor": anchor,
-        "nonanchor": nonanchor,
-        "combine": combine,
-        "synthesis": synthesis,
-    }
-
-
-def _masks(shape) -> tuple[jax.Array, jax.Array]:
-    anchor, non_anchor = checkerboard_masks(shape[1], shape[2])
-    return jnp.asarray(anchor), jnp.asarray(non_anchor)
-
-
-def _indexes(scales: jax.Array, thresholds: jax.Array) -> jax.Array:
-    """Table index = the nearest scale-table entry in log scale (`scale_thresholds`)."""
-    return jnp.searchsorted(thresholds, scales, side="left").astype(jnp.int32)
-
-
-def _param_scopes(name: str, i: int | None) -> tuple[str, ...]:
-    """The top-level parameter collections program `name` reads (see TACO's methods).
-
-    Each program gets only these: an exported program's inputs are deserialized one by
-    one, and the full tree (276 arrays for the paper-size model) for each of the 16
-    programs took 1.0 s of a warm encode. A missing collection fails at export (Flax
-    raises on a parameter it cannot find), never silently.
-    """
-    return {
-        "analysis": ("g_a", "h_a"),
-        "hyper": ("h_s",),
-        "anchor": (f"entropy_parameters_anchor_{i}",) + ((f"channel_context_{i}",) if i else ()),
-        "nonanchor": (f"local_context_{i}", f"entropy_parameters_nonanchor_{i}"),
-        "synthesis": ("g_s",),
-    }[name]
-
-
-class Programs:
-    """The model's pieces compiled per input shape, each exported (`jax.export`) once.
-
-    Both sides of the codec call the same exported programs, so they run the same XLA
-    computation. With a `folder`, the serialized programs are kept there: a new process
-    reads them instead of tracing the model again (tracing was ~1.9 s of a 4.7 s warm
-    paper-size `tgic compress`, docs/BENCHMARKS.md), and JAX's compilation cache then skips
-    XLA's compile. A file is keyed by the program, its input shapes, the model sizes, the
-    JAX / jaxlib / Flax versions, the backend and a digest of this package's source, so a
-    changed model or upgrade never reads a stale program; an unreadable file is re-exported.
-    """
-
-    def __init__(self, model: TACO, folder: str | os.PathLike | None = None):
-        self.model = model
-        self.folder = Path(folder) if folder is not None else None
-        self._functions = _network_functions(model)
-        self._compiled: dict[tuple, Callable] = {}
-        # Evaluation's estimate is not part of any bitstream: a plain jit is enough.
-        self.forward = jax.jit(
-            lambda params, x, text: _forward_outputs(model.apply({"params": params}, x, text))
-        )
-
-    def __call__(self, name: str, *args, i: int | None = None):
-        """Runs program `name` (slice `i` for anchor / nonanchor) on `args`."""
-        leaves, tree = jax.tree_util.tree_flatten(args)
-        key = (name, i, tree, tuple((np.shape(a), np.asarray(a).dtype.str) for a in leaves))
-        program = self._compiled.get(key)
-        if program is None:
-            program = self._compiled[key] = jax.jit(self._exported(key, args).call)
-        return program(*args)
-
-    def _exported(self, key: tuple, args) -> export.Exported:
-        name, i = key[:2]
-        path = None
-        if self.folder is not None:
-            digest = hashlib.sha256(repr((key, _model_key(self.model), _build_key())).encode())
-            path = self.folder / f"{name}{'' if i is None else i}-{digest.hexdigest()[:32]}.jaxexp"
-            try:
-                return export.deserialize(bytearray(path.read_bytes()))
-            except FileNotFoundError:
-                pass
-            except Exception:  # noqa: BLE001 - a damaged or foreign file: export anew
-                pass
-        fn = self._functions[name] if i is None else partial(self._functions[name], i)
-        exported = export.export(jax.jit(fn))(*args)
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(path, bytes(exported.serialize()))
-            except OSError:  # a read-only cache folder: run, just without keeping it
-                pass
-        return exported
-
-
-def _forward_outputs(out: dict):
-    return out["x_hat"], out["likelihoods"]
-
-
-def _model_key(model: TACO) -> tuple:
-    return (model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
-
-
-@functools.cache
-def _build_key() -> tuple:
-    """What else a traced program depends on: library versions, backend, our source."""
-    import flax
-    import jaxlib
-
-    source = hashlib.sha256()
-    package = Path(__file__).resolve().parents[1]
-    for f in sorted(package.rglob("*.py")):
-        source.update(f.relative_to(package).as_posix().encode() + f.read_bytes())
-    return (
-        jax.__version__,
-        jaxlib.__version__,
-        flax.__version__,
-        jax.default_backend(),
-        jax.devices()[0].device_kind,
-        bool(jax.config.jax_enable_x64),
-        source.hexdigest(),
-    )
-
-
-_SHARED_PROGRAMS: dict[tuple, Programs] = {}
-
-
-def shared_programs(model: TACO, folder: str | os.PathLike | None = None) -> Programs:
-    """The process's programs for one architecture (a value key), shared by all its Coders."""
-    key = (_model_key(model), None if folder is None else str(folder))
-    if key not in _SHARED_PROGRAMS:
-        _SHARED_PROGRAMS[key] = Programs(model, folder)
-    return _SHARED_PROGRAMS[key]
-
-
 class _Clock:
     """Accumulates seconds per phase: `with clock("networks"): ...`."""
 
@@ -281,12 +97,12 @@ class _Clock:
 
 
 class Coder:
-    """One model + its variables, ready to code: `Coder(model, variables).compress(x, t)`.
+    """One model + its variables, ready to code: `encode`, `decode` and `estimate`.
 
     Built once per checkpoint: it checks the coding tables (building them from the
     parameters if `variables` has none), computes the model fingerprint written into
     every file, and puts the parameters on the device. `program_dir` keeps the exported
-    programs between processes (see `Programs`; the CLI passes its cache folder).
+    programs between processes (see `programs.Programs`; the CLI passes its cache folder).
     """
 
     def __init__(self, model: TACO, variables, program_dir: str | os.PathLike | None = None):
@@ -296,14 +112,16 @@ class Coder:
             tables = coding_tables.build_tables(params)
         tables = {k: np.asarray(tables[k]) for k in coding_tables.TABLE_KEYS if k in tables}
         coding_tables.check_tables(tables)
-        if len(tables["z_offset"]) != model.N:
+        if len(tables["z_offset"]) != model.config.N:
             raise ValueError(
-                f"coding tables are for N={len(tables['z_offset'])}, model has {model.N}"
+                f"coding tables are for N={len(tables['z_offset'])}, model has {model.config.N}"
             )
-        config = ModelConfig(model.N, model.M, tuple(model.slices), model.text_dim, model.heads)
         self.model = model
         self.tables = tables
-        self.fingerprint = coding_tables.fingerprint(config.to_dict(), tables)[:FINGERPRINT_BYTES]
+        # Every field of the config, compute_dtype included: a bfloat16 model computes other
+        # scales from the same tables, so its files must fail a float32 model's check.
+        fingerprint = coding_tables.fingerprint(model.config.to_dict(), tables)
+        self.fingerprint = fingerprint[:FINGERPRINT_BYTES]
         self.programs = shared_programs(model, program_dir)
         self.params = jax.device_put(params)
         self._scoped_params: dict[tuple, dict] = {}
@@ -320,7 +138,7 @@ class Coder:
         """Program `name` on (its part of the parameters, *args)."""
         params = self._scoped_params.get((name, i))
         if params is None:
-            params = {k: self.params[k] for k in _param_scopes(name, i)}
+            params = {k: self.params[k] for k in param_scopes(name, i)}
             self._scoped_params[(name, i)] = params
         return self.programs(name, params, *args, i=i)
 
@@ -335,7 +153,7 @@ class Coder:
         h, w = hyper.shape[1], hyper.shape[2]
         anchor_hw = checkerboard_masks(h, w)[0][..., 0] > 0
         y_hat_slices, start = [], 0
-        for i, c in enumerate(self.model.slices):
+        for i, c in enumerate(self.model.config.slices):
             channels, start = slice(start, start + c), start + c
             with clock("networks"):
                 idx_a, means_a, ctx = self._run(
@@ -366,7 +184,8 @@ class Coder:
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
         checked = [
-            _check_image(im, t, self.model.text_dim) for im, t in zip(images, texts, strict=True)
+            _check_image(im, t, self.model.config.text_dim)
+            for im, t in zip(images, texts, strict=True)
         ]
         results: list[EncodeResult | None] = [None] * len(checked)
         groups: dict[tuple, list[int]] = {}
@@ -426,13 +245,12 @@ class Coder:
     def _synthesis(self, y_hat_slices) -> np.ndarray:
         return np.asarray(self._run("synthesis", tuple(y_hat_slices)))[0]
 
-    def compress(self, image: np.ndarray, text: np.ndarray) -> bytes:
-        """One image float32 [H, W, 3] in [0, 1] + its text states [T, D] -> .tgic bytes."""
-        return self.encode([image], [text])[0].data
-
     # -------------------------------------------------------------------- decoder
     def decode(self, data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, dict]:
-        """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s)."""
+        """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s).
+
+        Any bad input (damaged, truncated, another model's, too large) raises BitstreamError.
+        """
         c = read_header(data)
         if c.height * c.width > max_pixels:
             need = DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * c.height * c.width
@@ -451,7 +269,7 @@ class Coder:
         z_bytes, y_bytes = c.sections
         try:
             with clock("entropy_coding"):
-                n = self.model.N
+                n = self.model.config.N
                 z_idx = np.broadcast_to(
                     np.arange(n, dtype=np.int32), (1, c.latent_height, c.latent_width, n)
                 )
@@ -492,10 +310,6 @@ class Coder:
             raise BitstreamError("decoded image is not finite: damaged stream or wrong model")
         return x_hat, clock.seconds
 
-    def decompress(self, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-        """.tgic bytes -> image float32 [H, W, 3] in [0, 1]; BitstreamError on any bad input."""
-        return np.clip(self.decode(data, max_pixels)[0], 0.0, 1.0)
-
     def _check_payload_bound(self, c: Container) -> None:
         """Refuses sections too short for the symbols the header implies, before any network.
 
@@ -507,7 +321,7 @@ class Coder:
         zh, zw = c.latent_height, c.latent_width
         need = {
             "z": zh * zw * float(self.z_costs.minimum.sum()),
-            "y": 16 * zh * zw * sum(self.model.slices) * float(self.y_costs.minimum.min()),
+            "y": 16 * zh * zw * self.model.config.M * float(self.y_costs.minimum.min()),
         }
         for (name, bits), section in zip(need.items(), c.sections, strict=True):
             if not fits(bits, len(section)):
@@ -519,7 +333,7 @@ class Coder:
     # -------------------------------------------------------------------- estimate
     def estimate(self, image: np.ndarray, text: np.ndarray) -> dict:
         """Eval-mode model output: x_hat_float [H, W, 3] (unclamped), bpp_estimated."""
-        image, text = _check_image(image, text, self.model.text_dim)
+        image, text = _check_image(image, text, self.model.config.text_dim)
         x_hat, lik = self.programs.forward(self.params, _pad(image)[None], text[None])
         bits_y, bits_z = _bits(lik["y"]), _bits(lik["z"])
         h, w = image.shape[:2]
@@ -597,46 +411,3 @@ def read_header(data: bytes) -> Container:
             f"{c.height} x {c.width}"
         )
     return c
-
-
-# ----------------------------------------------------------------------------------------
-# One-call functions (a Coder per call; the programs are shared per architecture)
-
-
-def encode(
-    model: TACO,
-    variables,
-    images: Sequence[np.ndarray],
-    texts: Sequence[np.ndarray],
-    with_reconstruction: bool = False,
-) -> list[EncodeResult]:
-    """Compresses several images (g_a runs batched per padded size); one result each."""
-    return Coder(model, variables).encode(images, texts, with_reconstruction)
-
-
-def compress(model: TACO, variables, image: np.ndarray, text: np.ndarray) -> bytes:
-    """One image float32 [H, W, 3] in [0, 1] + its text states [T, D] -> .tgic bytes."""
-    return Coder(model, variables).compress(image, text)
-
-
-def compress_batch(model: TACO, variables, images, texts) -> list[bytes]:
-    """Several images (any sizes) -> one .tgic file each."""
-    return [r.data for r in encode(model, variables, images, texts)]
-
-
-def decode(
-    model: TACO, variables, data: bytes, max_pixels: int = MAX_PIXELS
-) -> tuple[np.ndarray, dict]:
-    """.tgic bytes -> (x_hat float32 [H, W, 3] unclamped, {"networks", "entropy_coding"} s)."""
-    read_header(data)  # a damaged file is refused before the tables are checked
-    return Coder(model, variables).decode(data, max_pixels)
-
-
-def decompress(model: TACO, variables, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """.tgic bytes -> image float32 [H, W, 3] in [0, 1]; BitstreamError on any bad input."""
-    return np.clip(decode(model, variables, data, max_pixels)[0], 0.0, 1.0)
-
-
-def reconstruct(model: TACO, variables, image: np.ndarray, text: np.ndarray) -> dict:
-    """Eval-mode model output: x_hat_float [H, W, 3] (unclamped), bpp_estimated."""
-    return Coder(model, variables).estimate(image, text)

@@ -111,11 +111,11 @@ class TacoCodec:
 
     def encode(self, image: np.ndarray, caption: str) -> bytes:
         """Bitstream of `image` encoded with `caption`."""
-        return self.coder.compress(image, self.text(caption))
+        return self.coder.encode([image], [self.text(caption)])[0].data
 
     def decode(self, data: bytes) -> np.ndarray:
         """Image float32 [H, W, 3] in [0, 1] from a bitstream (no caption needed)."""
-        return np.asarray(self.coder.decompress(data), np.float32)
+        return np.clip(self.coder.decode(data)[0], 0.0, 1.0).astype(np.float32)
 
     def estimate(self, image: np.ndarray, caption: str) -> dict:
         """{'x_hat_float': unclamped float output, 'bpp_estimated'} from the forward pass."""

@@ -124,43 +124,34 @@ def split_params(p: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 class TACO(nn.Module):
-    """The text-guided codec. Sizes as in `ModelConfig`."""
+    """The text-guided codec of `config`'s sizes and compute dtype.
 
-    N: int = 192
-    M: int = 320
-    slices: Sequence[int] = (16, 16, 32, 64, 192)
-    text_dim: int = 512
-    heads: int = 8
-    compute_dtype: str = "float32"  # of the four transforms; see ModelConfig
+    `config` is the one description of the model: the codec keys its exported programs and
+    the file fingerprint by it, so two models that differ in any field never share either.
+    """
 
-    @classmethod
-    def from_config(cls, cfg: ModelConfig) -> TACO:
-        """Builds the module from a `ModelConfig`."""
-        return cls(
-            N=cfg.N, M=cfg.M, slices=tuple(cfg.slices), text_dim=cfg.text_dim, heads=cfg.heads,
-            compute_dtype=cfg.compute_dtype,
-        )  # fmt: skip
+    config: ModelConfig = ModelConfig()
 
     def setup(self):
         """Declares the transforms, the bottleneck and one context/parameter net per slice."""
-        dtype = self.compute_dtype
-        self.g_a = AnalysisTransform(self.N, self.M, self.heads, dtype=dtype)
-        self.g_s = SynthesisTransform(self.N, self.M, dtype=dtype)
-        self.h_a = HyperAnalysis(self.N, dtype=dtype)
-        self.h_s = HyperSynthesis(self.M, dtype=dtype)
-        self.entropy_bottleneck = em.EntropyBottleneck(self.N)
-        self.local_context = [Conv(2 * c, 5, 1) for c in self.slices]
+        cfg, dtype = self.config, self.config.compute_dtype
+        self.g_a = AnalysisTransform(cfg.N, cfg.M, cfg.heads, dtype=dtype)
+        self.g_s = SynthesisTransform(cfg.N, cfg.M, dtype=dtype)
+        self.h_a = HyperAnalysis(cfg.N, dtype=dtype)
+        self.h_s = HyperSynthesis(cfg.M, dtype=dtype)
+        self.entropy_bottleneck = em.EntropyBottleneck(cfg.N)
+        self.local_context = [Conv(2 * c, 5, 1) for c in cfg.slices]
         # channel_context has no entry for slice 0 (nothing precedes it).
         self.channel_context = {
-            str(i): ChannelContext(2 * c) for i, c in enumerate(self.slices) if i
+            str(i): ChannelContext(2 * c) for i, c in enumerate(cfg.slices) if i
         }
-        self.entropy_parameters_anchor = [EntropyParameters(2 * c) for c in self.slices]
-        self.entropy_parameters_nonanchor = [EntropyParameters(2 * c) for c in self.slices]
+        self.entropy_parameters_anchor = [EntropyParameters(2 * c) for c in cfg.slices]
+        self.entropy_parameters_nonanchor = [EntropyParameters(2 * c) for c in cfg.slices]
 
     # -- pieces the codec calls one by one ---------------------------------------------
     def analysis(self, x: jax.Array, text: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(y, z) = (g_a(x, text), h_a(y))."""
-        _check_inputs(x, text, self.text_dim)
+        _check_inputs(x, text, self.config.text_dim)
         y = self.g_a(x, text)
         return y, self.h_a(y)
 
@@ -214,7 +205,7 @@ class TACO(nn.Module):
         y_rate_input = em.add_noise(y, self.make_rng("noise")) if train else None
         y_hat_slices, likelihoods = [], []
         start = 0
-        for i, c in enumerate(self.slices):
+        for i, c in enumerate(self.config.slices):
             y_i = y[..., start : start + c]
             scales_a, means_a, ctx = self.anchor_params(i, hyper, y_hat_slices)
             scales_a, means_a = scales_a * anchor, means_a * anchor
@@ -249,5 +240,5 @@ def _check_inputs(x: jax.Array, text: jax.Array, text_dim: int) -> None:
 def init_variables(model: TACO, rng: jax.Array, image_size: int = 64, tokens: int = 38) -> dict:
     """Initial variables for `model` (traced on a tiny input; shapes do not depend on it)."""
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    text = jnp.zeros((1, tokens, model.text_dim), jnp.float32)
+    text = jnp.zeros((1, tokens, model.config.text_dim), jnp.float32)
     return model.init({"params": rng}, x, text)

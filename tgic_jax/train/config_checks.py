@@ -37,6 +37,8 @@ CHANGEABLE = ("model.compute_dtype",)
 
 CONFIG_JSON = "config.json"
 CONFIG_HISTORY = "config_history.jsonl"
+# config.json's record of what the run ran on, beside the config (not a config key).
+RUN_KEY = "run"
 
 
 def _check(ok: bool, message: str) -> None:
@@ -103,11 +105,14 @@ def _shown(changes: dict[str, tuple]) -> str:
     return ", ".join(f"{k} {json.dumps(o)} -> {json.dumps(n)}" for k, (o, n) in changes.items())
 
 
-def compare_with_workdir(config: ml_collections.ConfigDict, workdir) -> dict[str, tuple]:
+def compare_with_workdir(
+    config: ml_collections.ConfigDict, workdir, devices: int | None = None
+) -> dict[str, tuple]:
     """The allowed changes of a rerun against workdir/config.json ({} for a new run).
 
     Raises ConfigError naming the keys that would change the model, the optimizer state or
-    the data order. Reads only: nothing is written here.
+    the data order, or a device count other than the run's (it sets the global batch).
+    Reads only: nothing is written here.
     """
     path = workdir / CONFIG_JSON
     if not path.exists():
@@ -125,11 +130,26 @@ def compare_with_workdir(config: ml_collections.ConfigDict, workdir) -> dict[str
             f"{workdir} was trained with another config: {_shown(refused)} would not fit its "
             "checkpoints or data order (use a new --workdir, or the run's values)"
         )
+    run = old.get(RUN_KEY) or {}
+    if devices is not None and run.get("devices") not in (None, devices):
+        per_device = int(config.input.batch_size_per_device)
+        raise ConfigError(
+            f"{workdir} was trained on {run['devices']} devices (global batch "
+            f"{run['devices'] * per_device}); this run has {devices} (global batch "
+            f"{devices * per_device}), which would change the data order and the steps per "
+            f"epoch (resume it on {run['devices']} devices, or use a new --workdir)"
+        )
     return changes
 
 
-def record_config(config: ml_collections.ConfigDict, workdir, changes: dict[str, tuple]) -> None:
-    """Writes workdir/config.json; a rerun's allowed changes are appended to the history."""
+def record_config(
+    config: ml_collections.ConfigDict,
+    workdir,
+    changes: dict[str, tuple],
+    devices: int | None = None,
+) -> None:
+    """Writes workdir/config.json (with the run's device count under "run" when given); a
+    rerun's allowed changes are appended to the history."""
     if changes:
         entry = {"changes": {k: [o, n] for k, (o, n) in changes.items()}}
         history = workdir / CONFIG_HISTORY
@@ -138,5 +158,8 @@ def record_config(config: ml_collections.ConfigDict, workdir, changes: dict[str,
         print(f"config: changed since the last run ({_shown(changes)}); "
               f"recorded in {CONFIG_HISTORY}", flush=True)  # fmt: skip
     tmp = workdir / f".{CONFIG_JSON}.tmp-{os.getpid()}"
-    tmp.write_text(config.to_json(indent=1))
+    record = json.loads(config.to_json())
+    if devices is not None:
+        record[RUN_KEY] = {"devices": int(devices)}
+    tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(workdir / CONFIG_JSON)  # atomic: never a half config.json

@@ -522,7 +522,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh) -> TrainState:
     # Model, loss, optimizer.
     from tgic_jax.train import losses  # heavy (LPIPS, transformers)
 
-    model = TACO.from_config(ModelConfig.from_config(config.model))
+    model = TACO(ModelConfig.from_config(config.model))
     text_encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
     clip_model, clip_text_fn = None, None
     if float(config.loss.k_j) > 0:  # validate: text.encoder is "clip"
