@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from configs import small
@@ -67,6 +68,34 @@ def test_a_rerun_may_change_how_it_trains_but_not_what_its_checkpoints_hold(tmp_
     history = [json.loads(line) for line in (tmp_path / "config_history.jsonl").open()]
     assert history == [{"changes": {"optim.learning_rate": [1e-3, 1e-4]}}]
     assert json.loads((tmp_path / "config.json").read_text())["optim"]["learning_rate"] == 1e-4
+
+
+def test_a_rerun_on_another_device_count_is_refused_naming_both_counts(tmp_path):
+    from tgic_jax.checkpoints.inference import as_path
+
+    workdir = as_path(tmp_path)
+    config_checks.record_config(_tiny(), workdir, {}, devices=8)
+    assert json.loads((tmp_path / "config.json").read_text())["run"] == {"devices": 8}
+    assert config_checks.compare_with_workdir(_tiny(), workdir, devices=8) == {}
+    with pytest.raises(ConfigError) as err:
+        config_checks.compare_with_workdir(_tiny(), workdir, devices=4)
+    assert str(err.value) == (
+        f"{workdir} was trained on 8 devices (global batch 16); this run has 4 (global batch "
+        "8), which would change the data order and the steps per epoch (resume it on 8 "
+        "devices, or use a new --workdir)"
+    )
+    # A workdir of an earlier version has no record: nothing to compare.
+    config_checks.record_config(_tiny(), workdir, {})
+    assert config_checks.compare_with_workdir(_tiny(), workdir, devices=4) == {}
+
+
+def test_train_refuses_a_rerun_on_another_device_count_before_writing_anything(tmp_path):
+    config_checks.record_config(_tiny(), tmp_path, {}, devices=jax.device_count() + 1)
+    original = (tmp_path / "config.json").read_text()
+    with pytest.raises(ConfigError, match=f"this run has {jax.device_count()} "):
+        trainer.train_and_evaluate(_tiny(), tmp_path)
+    assert (tmp_path / "config.json").read_text() == original
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == ["config.json"]
 
 
 def test_train_refuses_an_incompatible_rerun_before_writing_anything(tmp_path):

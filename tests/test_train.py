@@ -621,6 +621,32 @@ def test_ctrl_c_saves_the_current_step_and_a_second_run_on_the_workdir_is_refuse
     assert waited < 30
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_start_up_ends_the_run_at_once_in_one_line(tmp_path, sig):
+    # Measured before: two hosts went on compiling for 150 s with nothing printed.
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(workdir, "--config.total_steps=50"), cwd=REPO,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        for line in proc.stdout:
+            if line.startswith("compiling the train step"):
+                break
+        proc.send_signal(sig)
+        t0 = time.perf_counter()
+        _, err = proc.communicate(timeout=120)
+        waited = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, err[-3000:]
+    assert (
+        err == f"{sig.name} during start-up: stopping before the first step (nothing "
+        "trained to save)\n"
+    )
+    assert waited < 10 and _finished_steps(workdir) == []
+
+
 class _FailingSaves:
     """A CheckpointManager whose async save of a step fails in the background."""
 

@@ -81,6 +81,10 @@ class StartupSignals:
         os.close(self._read_fd)
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Leaves the start-up (once; later calls do nothing)."""
         if not self._active:
             return
         self._active = False

@@ -20,9 +20,7 @@ import itertools
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ from tgic_jax.train import config_checks, input_pipeline, throughput
 from tgic_jax.train import sharding as shd
 from tgic_jax.train.errors import Interrupted, RunError
 from tgic_jax.train.finite_watch import NonFiniteError, NonFiniteWatch
+from tgic_jax.train.startup_signals import StartupSignals
 from tgic_jax.train.stopping import StopAgreement
 from tgic_jax.train.workdir_lock import WorkdirLock
 
@@ -481,26 +480,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     lock = WorkdirLock(workdir)
     if jax.process_index() == 0:
         lock.acquire()
-    # Until the loop, Ctrl-C ends the process at once (the kernel's default action, as
-    # SIGTERM's): nothing is trained yet, and Python's KeyboardInterrupt would only be
-    # raised after the minute-long compilation. The loop installs `_StopSignals`.
-    in_main = threading.current_thread() is threading.main_thread()
-    previous_sigint = signal.signal(signal.SIGINT, signal.SIG_DFL) if in_main else None
+    # Until the loop, SIGTERM and Ctrl-C end the process at once with one line: nothing is
+    # trained yet, and the loop's handlers would only run after the minute-long compilation.
+    startup = StartupSignals("stopping before the first step (nothing trained to save)")
     try:
-        return _train(config, workdir, begun, mesh)
+        with startup:
+            return _train(config, workdir, begun, mesh, startup)
     finally:
-        if previous_sigint is not None:
-            signal.signal(signal.SIGINT, previous_sigint)
         lock.release()
 
 
-def _train(config, workdir: epath.Path, begun: float, mesh) -> TrainState:
+def _train(config, workdir: epath.Path, begun: float, mesh, startup) -> TrainState:
     is_main = jax.process_index() == 0
     global_batch = global_batch_size(config, mesh.size)
     host_batch = shd.local_batch_size(global_batch, mesh)
-    changes = config_checks.compare_with_workdir(config, workdir)
+    changes = config_checks.compare_with_workdir(config, workdir, devices=mesh.size)
     if is_main:
-        config_checks.record_config(config, workdir, changes)
+        config_checks.record_config(config, workdir, changes, devices=mesh.size)
 
     precision = config.get("jax_default_matmul_precision")
     if precision:  # before anything is traced; see docs/RECIPE.md (numerics)
@@ -585,6 +581,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh) -> TrainState:
     meter, profiler = _throughput_instruments(config, step_fn, global_batch, mesh, workdir)
 
     writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
+    startup.close()
     stop = StopAgreement(manager, budget_s, begun)  # from here SIGINT / SIGTERM save, then stop
     log_every = max(1, int(config.get("log_every_steps", 100)))
     checkpoint_every = max(1, int(config.ckpt.every_steps))
