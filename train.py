@@ -48,6 +48,21 @@ def _quiet_libraries() -> None:
     logging.set_verbosity(logging.ERROR)
     for name in ("orbax", "tensorflow", "transformers", "jax"):
         std_logging.getLogger(name).setLevel(std_logging.ERROR)
+    # A checkpoint write that fails (a full disk) is reported by the run in one line; orbax
+    # logs each failed array write with its traceback (~900 lines on a file-size limit,
+    # measured), asyncio each task nobody awaited, and its aborted writes end on a closed
+    # event loop through sys.unraisablehook.
+    ours = lambda record: "/tgic_jax/" in record.pathname or record.pathname == __file__
+    logging.get_absl_handler().addFilter(ours)
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+    default_hook = sys.unraisablehook
+
+    def unraisable(event):
+        if not (isinstance(event.exc_value, RuntimeError)
+                and str(event.exc_value) == "Event loop is closed"):  # fmt: skip
+            default_hook(event)
+
+    sys.unraisablehook = unraisable
 
 
 def parse_flags(argv):
@@ -75,6 +90,8 @@ def main(argv):
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except RunError as err:
         print(f"train.py: error: {err}", file=sys.stderr, flush=True)
+        if not FLAGS.verbose:  # said in one line; orbax's writes cut short print at shutdown
+            sys.unraisablehook = lambda unraisable: None
         sys.exit(err.exit_code)
     except KeyboardInterrupt:  # before training started: nothing to save
         print("train.py: interrupted before training started; nothing to save",

@@ -648,21 +648,24 @@ def test_a_signal_during_start_up_ends_the_run_at_once_in_one_line(tmp_path, sig
 
 
 class _FailingSaves:
-    """A CheckpointManager whose async save of a step fails in the background."""
+    """A CheckpointManager whose asynchronous saves fail in the background once `failed`."""
 
     def __init__(self, directory):
         self.directory = directory
         self.in_progress = True
+        self.failed = False
 
     def is_saving_in_progress(self):
         return self.in_progress
 
     def check_for_errors(self):
-        if not self.in_progress:
+        if self.failed:
             raise OSError(28, "No space left on device")
 
-    def save(self, *args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def save(self, step, args=None, force=False):
+        if self.failed:
+            raise OSError(28, "No space left on device")
+        return True
 
 
 def test_a_background_save_that_fails_stops_training_at_the_step_it_ends(tmp_path):
@@ -672,9 +675,9 @@ def test_a_background_save_that_fails_stops_training_at_the_step_it_ends(tmp_pat
 
     manager = _FailingSaves(tmp_path)
     watch = ckpt_lib.SaveWatch(manager)
-    watch.saved(20)
+    assert watch.save(20, state={})
     watch.check(21)  # still writing: no verdict yet, no wait
-    manager.in_progress = False
+    manager.in_progress, manager.failed = False, True
     with pytest.raises(ckpt_lib.CheckpointError) as err:
         watch.check(22)
     assert str(err.value) == ("the checkpoint of step 20 failed to write (found at step 22): "
@@ -683,17 +686,31 @@ def test_a_background_save_that_fails_stops_training_at_the_step_it_ends(tmp_pat
         ckpt_lib.save_train_state(manager, 30, state={})
 
 
+def test_a_failed_save_found_by_the_next_save_is_named_after_its_own_step(tmp_path):
+    # Measured with a file-size limit: orbax reports step 10's failed write when step 20
+    # is saved, and the run said "saving the checkpoint of step 20 failed".
+    from tgic_jax.train import checkpoint as ckpt_lib
+
+    manager = _FailingSaves(tmp_path)
+    watch = ckpt_lib.SaveWatch(manager)
+    assert watch.save(10, state={})
+    manager.failed = True  # still "in progress" at every check until the next save
+    watch.check(15)
+    with pytest.raises(ckpt_lib.CheckpointError) as err:
+        watch.save(20, state={})
+    assert str(err.value).startswith("the checkpoint of step 10 failed to write (found at step 20)")
+
+
 def test_a_background_save_whose_step_never_appears_is_a_failure_too(tmp_path):
     from tgic_jax.train import checkpoint as ckpt_lib
 
     manager = _FailingSaves(tmp_path)
-    manager.check_for_errors = lambda: None  # orbax logged the error in its thread
-    manager.in_progress = False
+    manager.in_progress = False  # orbax logged the error in its thread, check_for_errors is quiet
     watch = ckpt_lib.SaveWatch(manager)
-    watch.saved(10)
+    watch.save(10, state={})
     (tmp_path / "10").mkdir()
     watch.check(11)  # on disk: fine
-    watch.saved(20)
+    watch.save(20, state={})
     with pytest.raises(ckpt_lib.CheckpointError, match="step 20 failed to write"):
         watch.check(21)
 

@@ -30,7 +30,7 @@ import numpy as np
 # Training is deterministic (seeded data order, crops and noise; XLA's CPU results do not
 # depend on the machine's load), so the same stack on the same kind of CPU repeats these.
 EXPECTED = dict(bpp=0.2042, psnr=23.60, lpips=0.4079, jpeg_bpp=0.2075, jpeg_psnr=23.09,
-                jpeg_lpips=0.5142, steps=1200, jax="0.12.0.1",
+                jpeg_lpips=0.5142, steps=1200, batch=4, crop=128, jax="0.12.0.1",
                 cpu="2-core AMD EPYC (AVX-512)")  # fmt: skip
 # Differences below these are round-off: the bound for two runs of one schedule.
 ROUND_OFF = dict(bpp=0.002, psnr=0.05, lpips=0.005)

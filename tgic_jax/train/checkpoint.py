@@ -56,7 +56,6 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, state, force: bo
     CheckpointError: a run must not train on past a checkpoint it believes it has.
     """
     try:
-        manager.check_for_errors()
         return manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
     except Exception as err:  # orbax raises many kinds; all mean the same thing here
         raise CheckpointError(f"saving the checkpoint of step {step} failed: {_reason(err)}; "
@@ -75,20 +74,29 @@ class SaveWatch:
         self._manager = manager
         self._pending: int | None = None
 
-    def saved(self, step: int) -> None:
-        """A save of `step` was started."""
-        self._pending = int(step)
+    def save(self, step: int, state, force: bool = False) -> bool:
+        """`save_train_state`, after making sure the previous save did not fail (an error of
+        the previous save is named after its own step, not this one)."""
+        self._raise_if_failed(step)
+        started = save_train_state(self._manager, step, state, force)
+        if started:
+            self._pending = int(step)
+        return started
+
+    def _raise_if_failed(self, at_step: int) -> None:
+        try:
+            self._manager.check_for_errors()
+        except Exception as err:  # see save_train_state
+            step = self._pending if self._pending is not None else "an earlier step"
+            raise CheckpointError(f"the checkpoint of step {step} failed to write (found at "
+                                  f"step {at_step}): {_reason(err)}") from err  # fmt: skip
 
     def check(self, at_step: int) -> None:
         """Raises CheckpointError when the last save has ended without its step on disk."""
         if self._pending is None or self._manager.is_saving_in_progress():
             return
+        self._raise_if_failed(at_step)
         step, self._pending = self._pending, None
-        try:
-            self._manager.check_for_errors()
-        except Exception as err:  # see save_train_state
-            raise CheckpointError(f"the checkpoint of step {step} failed to write (found at "
-                                  f"step {at_step}): {_reason(err)}") from err  # fmt: skip
         # Orbax logs a failed finalize in its thread and carries on: look for the step.
         if jax.process_count() == 1 and not (self._manager.directory / str(step)).exists():
             raise CheckpointError(f"the checkpoint of step {step} failed to write (found at "

@@ -621,8 +621,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup) -> TrainSta
                              progress=eta.progress(step, plan.num_steps))  # fmt: skip
             if step % checkpoint_every == 0:  # orbax alone would also save the first step of a run
                 finite.check()
-                if ckpt_lib.save_train_state(manager, step, state):
-                    saves.saved(step)
+                saves.save(step, state)
             due = (eval_every and step % eval_every == 0) or (
                 eval_epochs and step % (eval_epochs * spe) == 0
             )
@@ -646,8 +645,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup) -> TrainSta
         # run never trained (a signal during start-up: nothing new to save).
         finite.check()
         if step != start_step and manager.latest_step() != step:
-            ckpt_lib.save_train_state(manager, step, state, force=True)
-            saves.saved(step)
+            saves.save(step, state, force=True)
         manager.wait_until_finished()
         saves.check(step)
     except NonFiniteError as err:
