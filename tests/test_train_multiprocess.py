@@ -207,7 +207,7 @@ _BEST_CHILD = textwrap.dedent(
         model = TACO.from_config(ModelConfig.from_config(config.model))
         params = init_variables(model, jax.random.key(0))["params"]
         best = selection.record_evaluation(workdir, config, 2, 1, {"psnr_real": 20.0}, params)
-    distributed.sync_hosts("test/best_kept", timeout_s=240)
+    distributed.sync_hosts("test/best_kept", timeout_s=120)
     print(json.dumps({"best": best}), flush=True)
     """
 )
@@ -225,6 +225,7 @@ def test_process_0_keeps_a_best_checkpoint_while_the_other_host_waits_at_a_barri
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
                XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
     logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    (tmp_path / "run").mkdir()  # as the loop leaves it
     procs = _start_pair(script, str(tmp_path / "run"), 0, tmp_path / "unused", REPO, env, logs)
     _, results, _ = _finish_pair(procs, logs, timeout=300)
     assert results == [{"best": ["best_psnr"]}, {"best": []}]
