@@ -24,7 +24,7 @@ if not VERBOSE:  # before TensorFlow is imported: its C++ lines (cuFFT, cuDNN, T
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from tgic_jax.train import sharding, trainer  # noqa: E402
+from tgic_jax.train import distributed, trainer  # noqa: E402
 from tgic_jax.train.errors import RunError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -83,7 +83,7 @@ def main(argv):
     if not FLAGS.verbose:
         _quiet_libraries()
     try:
-        sharding.maybe_initialize_distributed(
+        distributed.maybe_initialize_distributed(
             FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id
         )
         logging.info("config:\n%s", FLAGS.config)

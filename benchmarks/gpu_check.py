@@ -147,8 +147,7 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
 
     sys.path.insert(0, str(REPO))
     from tgic_jax.model.taco import TACO, ModelConfig
-    from tgic_jax.train import losses, throughput, trainer
-    from tgic_jax.train import sharding as shd
+    from tgic_jax.train import losses, optim, sharding, throughput, train_state, train_step
 
     try:  # the benchmarks' tiny CLIP (real ViT-B/32 weights are not carried)
         from benchmarks.train import _tiny_clip
@@ -156,7 +155,7 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
         clip_model, clip_note = _tiny_clip(), "tiny random CLIP"
     except Exception as err:  # noqa: BLE001 - no Flax CLIP here: run without the joint term
         clip_model, clip_note = None, f"no CLIP ({type(err).__name__}: {err}); k_j=0"
-    mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=1)))
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1)))
     rng = np.random.default_rng(0)
     begun = time.perf_counter()
     cases = {}
@@ -180,11 +179,11 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
             config.loss.joint_group_size = min(int(config.loss.joint_group_size), batch)
             model = TACO(ModelConfig.from_config(config.model))
             loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
-            optimizer = trainer.make_optimizer(config.optim, batch)
+            optimizer = optim.make_optimizer(config.optim, batch)
             if not cases:  # the same state tree for every case (parameters stay float32)
-                shardings, abstract = trainer.abstract_train_state(model, optimizer, 0, mesh)
-            step = trainer.jit_train_step(
-                trainer.make_train_step(model, loss_fn, optimizer), mesh, shardings
+                shardings, abstract = train_state.abstract_train_state(model, optimizer, 0, mesh)
+            step = train_step.jit_train_step(
+                train_step.make_train_step(model, loss_fn, optimizer), mesh, shardings
             )
             td = int(config.model.text_dim)
             host = {"image": rng.random((batch, crop, crop, 3), np.float32),
@@ -195,12 +194,13 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
             print(f"set up {dtype} batch {batch} ({time.perf_counter() - begun:.0f} s)",
                   flush=True)  # fmt: skip
             cases[(dtype, batch)] = dict(
-                abstract=abstract, frozen=shd.put_replicated(frozen, mesh), step=step,
-                data=shd.make_global_batch(mesh, host), lr=np.float32(config.optim.learning_rate),
+                abstract=abstract, frozen=sharding.put_replicated(frozen, mesh), step=step,
+                data=sharding.make_global_batch(mesh, host),
+                lr=np.float32(config.optim.learning_rate),
                 crop=crop, terms="rate+MSE+LPIPS" + ("+CLIP" if config.loss.k_j > 0 else ""),
             )  # fmt: skip
             futures[(dtype, batch)] = pool.submit(_catching(compile_case), (dtype, batch))
-    first_state = trainer.init_sharded_state(model, optimizer, 0, mesh)[0]
+    first_state = train_state.init_sharded_state(model, optimizer, 0, mesh)[0]
     errors = {key: f.result() for key, f in futures.items()}
     pool.shutdown()
     print(f"compiled {len(cases)} steps and the state in {time.perf_counter() - begun:.0f} s "

@@ -48,21 +48,20 @@ def run_batch(batch: int, clip_path: str, compute_dtype: str) -> dict:
     sys.path.insert(0, str(REPO))
     from configs.taco import get_config
     from tgic_jax.model.taco import TACO, ModelConfig
-    from tgic_jax.train import losses, throughput, trainer
-    from tgic_jax.train import sharding as shd
+    from tgic_jax.train import losses, optim, sharding, throughput, train_state, train_step
 
     config = get_config("lmbda=0.0004")
     config.model.compute_dtype = compute_dtype
     config.input.batch_size_per_device = batch
-    mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=1)))
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1)))
     model = TACO(ModelConfig.from_config(config.model))
     clip_model, clip_note = _clip(clip_path)
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
-    optimizer = trainer.make_optimizer(config.optim, batch)
-    shapes = jax.eval_shape(functools.partial(trainer.create_train_state, model, optimizer, 0))
-    step = trainer.jit_train_step(
-        trainer.make_train_step(model, loss_fn, optimizer),
-        mesh, shd.state_sharding(mesh, shapes),
+    optimizer = optim.make_optimizer(config.optim, batch)
+    shapes = jax.eval_shape(functools.partial(train_state.create_train_state, model, optimizer, 0))
+    step = train_step.jit_train_step(
+        train_step.make_train_step(model, loss_fn, optimizer),
+        mesh, sharding.state_sharding(mesh, shapes),
     )  # fmt: skip
 
     def spec(shape):

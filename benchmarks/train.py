@@ -56,8 +56,7 @@ def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float3
     sys.path.insert(0, str(REPO))
     from configs.taco import get_config
     from tgic_jax.model.taco import TACO, ModelConfig
-    from tgic_jax.train import losses, throughput, trainer
-    from tgic_jax.train import sharding as shd
+    from tgic_jax.train import losses, optim, sharding, throughput, train_state, train_step
 
     config = get_config("lmbda=0.0004")
     config.model.compute_dtype = compute_dtype
@@ -73,18 +72,18 @@ def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float3
             clip_note = f"tiny random CLIP (real weights unavailable: {type(err).__name__})"
     config.input.batch_size_per_device = batch
     config.loss.joint_group_size = min(8, batch)  # the joint term's groups tile the batch
-    mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=1)))
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1)))
     if not auto_mesh_ok(mesh):
         # jax >= 0.7's jax.make_mesh gives Explicit axes; the step's ConvTranspose reshape
         # then fails to trace (ShardingTypeError). Same one-device step on an Auto mesh.
         mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names)
     model = TACO(ModelConfig.from_config(config.model))
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
-    frozen = shd.put_replicated(frozen, mesh)
-    optimizer = trainer.make_optimizer(config.optim, batch)
-    state, shardings, _ = trainer.init_sharded_state(model, optimizer, 0, mesh)
-    step = trainer.jit_train_step(
-        trainer.make_train_step(model, loss_fn, optimizer), mesh, shardings
+    frozen = sharding.put_replicated(frozen, mesh)
+    optimizer = optim.make_optimizer(config.optim, batch)
+    state, shardings, _ = train_state.init_sharded_state(model, optimizer, 0, mesh)
+    step = train_step.jit_train_step(
+        train_step.make_train_step(model, loss_fn, optimizer), mesh, shardings
     )
     lr = np.float32(config.optim.learning_rate)
     rng = np.random.default_rng(0)
@@ -95,7 +94,7 @@ def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float3
     if config.loss.k_j > 0:
         emb = rng.standard_normal((batch, 512)).astype(np.float32)
         host["clip_text"] = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
-    data = shd.make_global_batch(mesh, host)
+    data = sharding.make_global_batch(mesh, host)
     t0 = time.perf_counter()
     compiled = step.lower(state, frozen, data, lr).compile()
     compile_s = time.perf_counter() - t0

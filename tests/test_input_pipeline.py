@@ -154,7 +154,7 @@ def _write_pairs_folder(folder, sizes_and_captions):
 
 
 def test_epoch_is_one_pass_over_the_pairs_of_images_at_least_256_on_the_short_side(tmp_path):
-    from tgic_jax.train import trainer
+    from tgic_jax.train import optim
 
     folder = _write_pairs_folder(tmp_path / "pairs", [
         ((260, 300), ["one", "two"]),         # 2 pairs
@@ -170,15 +170,15 @@ def test_epoch_is_one_pass_over_the_pairs_of_images_at_least_256_on_the_short_si
         total_steps=-1, input=cfg,
         optim=dict(learning_rate=1e-4, epochs=50, decay_epochs=(45, 48), decay_factor=0.1,
                    train_images=82_783)))  # fmt: skip
-    config = trainer.with_epoch_size(config, len(pairs))
+    config = optim.with_epoch_size(config, len(pairs))
     # 6 pairs, global batch 2: 3 steps an epoch, 150 steps, decays at steps 135 and 144.
-    assert trainer.steps_per_epoch(config.optim, 2) == 3
-    assert trainer.total_steps(config, 2) == 150
-    lr = trainer.learning_rate_schedule(config.optim, 2)
+    assert optim.steps_per_epoch(config.optim, 2) == 3
+    assert optim.total_steps(config, 2) == 150
+    lr = optim.learning_rate_schedule(config.optim, 2)
     np.testing.assert_allclose([float(lr(s)) for s in (134, 135, 143, 144)],
                                [1e-4, 1e-5, 1e-5, 1e-6], rtol=1e-6)  # fmt: skip
     # Global batch 4: 1 step an epoch (2 pairs dropped per epoch, as drop_last does).
-    assert trainer.steps_per_epoch(config.optim, 4) == 1
+    assert optim.steps_per_epoch(config.optim, 4) == 1
 
 
 def test_pair_order_covers_each_epoch_once_depends_on_the_seed_and_resumes_exactly():

@@ -7,7 +7,7 @@ import ml_collections
 import pytest
 
 from tgic_jax.checkpoints import inference
-from tgic_jax.train import sharding, trainer
+from tgic_jax.train import distributed, trainer
 
 _LAUNCHER_VARS = ("TGIC_COORDINATOR", "TGIC_NUM_PROCESSES", "TGIC_PROCESS_ID",
                   "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_NTASKS",
@@ -29,10 +29,10 @@ def no_launcher(monkeypatch):
 def test_one_plain_host_and_a_one_task_slurm_job_do_not_start_jax_distributed(
     no_launcher, monkeypatch
 ):
-    assert sharding.maybe_initialize_distributed() is False
+    assert distributed.maybe_initialize_distributed() is False
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_NTASKS", "1")
-    assert sharding.maybe_initialize_distributed() is False
+    assert distributed.maybe_initialize_distributed() is False
     assert no_launcher == []
 
 
@@ -44,7 +44,7 @@ def test_a_slurm_job_of_two_tasks_starts_jax_distributed_and_checks_the_process_
     # JAX's SLURM detection fills in address, count and id; here (the recorder instead of
     # JAX) the process stays alone, which must fail loudly, not train alone.
     with pytest.raises(RuntimeError, match=r"JAX sees 1 process\(es\) but the launcher started 2"):
-        sharding.maybe_initialize_distributed()
+        distributed.maybe_initialize_distributed()
     assert no_launcher == [dict(coordinator_address=None, num_processes=None, process_id=None)]
 
 
@@ -52,22 +52,22 @@ def test_explicit_settings_are_passed_on_and_a_count_without_coordinator_is_refu
     no_launcher, monkeypatch
 ):
     with pytest.raises(RuntimeError, match="launcher started 2"):
-        sharding.maybe_initialize_distributed("host0:1234", 2, 1)
+        distributed.maybe_initialize_distributed("host0:1234", 2, 1)
     assert no_launcher == [dict(coordinator_address="host0:1234", num_processes=2, process_id=1)]
     monkeypatch.setenv("TGIC_NUM_PROCESSES", "4")  # four hosts meant, none to meet at
     with pytest.raises(RuntimeError, match="--coordinator/--num_processes/--process_id"):
-        sharding.maybe_initialize_distributed()
+        distributed.maybe_initialize_distributed()
     assert len(no_launcher) == 1
 
 
 def test_scheduled_process_count_reads_slurm_open_mpi_and_tpu_pods(no_launcher, monkeypatch):
-    assert sharding.scheduled_process_count() is None
+    assert distributed.scheduled_process_count() is None
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t0,t1,t2,t3")
-    assert sharding.scheduled_process_count() == 4
+    assert distributed.scheduled_process_count() == 4
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "8")
-    assert sharding.scheduled_process_count() == 8
+    assert distributed.scheduled_process_count() == 8
     monkeypatch.setenv("SLURM_NTASKS", "16")
-    assert sharding.scheduled_process_count() == 16
+    assert distributed.scheduled_process_count() == 16
 
 
 # ----------------------------------------------------------------------------- workdirs

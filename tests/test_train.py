@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tgic_jax.train import trainer
+from tgic_jax.train import metrics_writer, optim, selection, train_state, train_step, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,17 +53,17 @@ def _optim(**kw):
 
 def test_main_gradients_never_move_quantiles_and_aux_gradients_move_only_quantiles():
     params = _fake_params()
-    opt = trainer.make_optimizer(_optim(), global_batch=10)
+    opt = optim.make_optimizer(_optim(), global_batch=10)
     state = opt.init(params)
     ones = jax.tree_util.tree_map(jnp.ones_like, params)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     # Main-loss gradients everywhere (quantiles included), aux gradient zero.
-    grads = trainer._with_quantile_grads(ones, zeros)
+    grads = train_step._with_quantile_grads(ones, zeros)
     updates, _ = opt.update(grads, state, params)
     assert float(jnp.abs(updates["entropy_bottleneck"]["quantiles"]).max()) == 0.0
     assert float(jnp.abs(updates["g_a"]["kernel"]).min()) > 0.0
     # Aux gradient only: only the quantiles move, at the aux learning rate (Adam step 1).
-    grads = trainer._with_quantile_grads(zeros, ones)
+    grads = train_step._with_quantile_grads(zeros, ones)
     updates, _ = opt.update(grads, state, params)
     np.testing.assert_allclose(updates["entropy_bottleneck"]["quantiles"], -1e-3, rtol=1e-4)
     assert float(jnp.abs(updates["g_a"]["kernel"]).max()) == 0.0
@@ -72,7 +72,7 @@ def test_main_gradients_never_move_quantiles_and_aux_gradients_move_only_quantil
 
 def test_main_gradients_are_clipped_to_global_norm_one_before_adam():
     params = {"entropy_bottleneck": {"quantiles": jnp.zeros((1, 1, 3))}, "w": jnp.zeros((2,))}
-    opt = trainer.make_optimizer(_optim(), global_batch=10)
+    opt = optim.make_optimizer(_optim(), global_batch=10)
     state = opt.init(params)
 
     def step(state, scale):  # the same direction, at norm 500 * scale
@@ -90,18 +90,18 @@ def test_main_gradients_are_clipped_to_global_norm_one_before_adam():
 
 
 def test_learning_rate_drops_tenfold_at_epochs_45_and_48():
-    schedule = trainer.learning_rate_schedule(_optim(), global_batch=10)  # 10 steps/epoch
+    schedule = optim.learning_rate_schedule(_optim(), global_batch=10)  # 10 steps/epoch
     lrs = [float(schedule(s)) for s in (0, 449, 450, 479, 480, 499)]
     np.testing.assert_allclose(lrs, [1e-4, 1e-4, 1e-5, 1e-5, 1e-6, 1e-6], rtol=1e-6)
     config = ml_collections.ConfigDict(dict(total_steps=-1, optim=_optim()))
-    assert trainer.total_steps(config, 10) == 500
+    assert optim.total_steps(config, 10) == 500
 
 
 def test_a_budget_shortened_run_puts_its_decays_at_the_same_fractions():
     # 500 planned steps (decays at 450, 480); fitted to 100 steps they fall at 90 and 96.
-    assert trainer.decay_steps(_optim(), 10) == [450, 480]
-    assert trainer.decay_steps(_optim(), 10, num_steps=100) == [90, 96]
-    schedule = trainer.learning_rate_schedule(_optim(), 10, num_steps=100)
+    assert optim.decay_steps(_optim(), 10) == [450, 480]
+    assert optim.decay_steps(_optim(), 10, num_steps=100) == [90, 96]
+    schedule = optim.learning_rate_schedule(_optim(), 10, num_steps=100)
     lrs = [float(schedule(s)) for s in (0, 89, 90, 95, 96, 99)]
     np.testing.assert_allclose(lrs, [1e-4, 1e-4, 1e-5, 1e-5, 1e-6, 1e-6], rtol=1e-6)
 
@@ -109,7 +109,7 @@ def test_a_budget_shortened_run_puts_its_decays_at_the_same_fractions():
 def test_budget_plan_fits_the_steps_and_both_decays_into_the_time_left():
     # Simulated clock: 30 s of compile, then 0.5 s a step, a 2-minute budget, 500 planned
     # steps: at most (120 - 30 - 5 s reserve) / 0.5 s = 170 steps fit.
-    plan = trainer.BudgetPlan(_optim(), 10, 500, budget_s=120.0, begun=0.0)
+    plan = optim.BudgetPlan(_optim(), 10, 500, budget_s=120.0, begun=0.0)
     now, step, lrs = 30.0, 0, []
     while step < plan.num_steps:
         lrs.append(plan.learning_rate(step))
@@ -125,11 +125,11 @@ def test_budget_plan_fits_the_steps_and_both_decays_into_the_time_left():
 
 
 def test_budget_plan_keeps_the_configured_run_when_it_fits():
-    plan = trainer.BudgetPlan(_optim(), 10, 500, budget_s=3600.0, begun=0.0)
+    plan = optim.BudgetPlan(_optim(), 10, 500, budget_s=3600.0, begun=0.0)
     for step in range(1, 30):
         plan.observe(step, 10.0 + 0.5 * step)
     assert plan.num_steps == 500 and not plan.fitted
-    assert trainer.BudgetPlan(_optim(), 10, 500, budget_s=0.0, begun=0.0).measuring(1) is False
+    assert optim.BudgetPlan(_optim(), 10, 500, budget_s=0.0, begun=0.0).measuring(1) is False
 
 
 # ----------------------------------------------------------------------------- devices
@@ -293,8 +293,8 @@ def test_export_writes_an_inference_checkpoint_without_optimizer_state(tmp_path)
     workdir.mkdir()
     (workdir / "config.json").write_text(config.to_json())
     model = TACO(ModelConfig.from_config(config.model))
-    optimizer = trainer.make_optimizer(config.optim, 2)
-    state = trainer.create_train_state(model, optimizer, seed=0).replace(step=jnp.int32(7))
+    optimizer = optim.make_optimizer(config.optim, 2)
+    state = train_state.create_train_state(model, optimizer, seed=0).replace(step=jnp.int32(7))
     manager = ckpt_lib.train_checkpoint_manager(workdir, 1, 1, use_async=False)
     ckpt_lib.save_train_state(manager, 7, state, force=True)
     manager.close()
@@ -316,12 +316,12 @@ def test_evaluation_reports_estimated_and_real_bitstream_rates(tmp_path, kodak_d
     (tmp_path / "captions.json").write_text(json.dumps({"a.png": "a brick building"}))
     config = get_config("tiny")
     model = TACO(ModelConfig.from_config(config.model))
-    optimizer = trainer.make_optimizer(config.optim, 2)
-    state = jax.jit(lambda: trainer.create_train_state(model, optimizer, 0))()
+    optimizer = optim.make_optimizer(config.optim, 2)
+    state = jax.jit(lambda: train_state.create_train_state(model, optimizer, 0))()
     encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
     eval_config = ml_collections.ConfigDict(dict(folder=str(tmp_path), captions="", max_images=1))
-    eval_set = trainer.eval_set_of(eval_config)
-    out = trainer.evaluate_params(model, state.params, encoder, eval_set)
+    eval_set = selection.eval_set_of(eval_config)
+    out = selection.evaluate_params(model, state.params, encoder, eval_set)
     assert set(out) == {"bpp_estimate", "bpp_real", "psnr", "psnr_real", "ms_ssim"}
     assert 0 < out["ms_ssim"] <= 1
     assert out["bpp_real"] > 0.1 and out["bpp_estimate"] > 0.1  # 96x64: header bytes count
@@ -334,8 +334,7 @@ _EVERY_TERM = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from configs.small import get_config
     from tgic_jax.train import losses
-    from tgic_jax.train import sharding as shd
-    from tgic_jax.train import trainer
+    from tgic_jax.train import optim, sharding, train_state, train_step
     from tgic_jax.model.taco import TACO, ModelConfig
     from tgic_jax.model.text_encoders import RandomTextEncoder
 
@@ -364,18 +363,18 @@ _EVERY_TERM = textwrap.dedent(
                  for s in (slice(0, 4), slice(4, 8))]
         return jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *parts)
 
-    optimizer = trainer.make_optimizer(config.optim, 8)
+    optimizer = optim.make_optimizer(config.optim, 8)
     initial, results = None, {}
     for name, n, fn in (("1", 1, loss_fn), ("8", 8, loss_fn), ("hand", 1, by_hand)):
-        step = trainer.make_train_step(model, fn, optimizer, tower.apply, clip_text_fn)
-        mesh = shd.make_mesh({"data": n})
-        state, shardings, _ = trainer.init_sharded_state(model, optimizer, 0, mesh)
+        step = train_step.make_train_step(model, fn, optimizer, tower.apply, clip_text_fn)
+        mesh = sharding.make_mesh({"data": n})
+        state, shardings, _ = train_state.init_sharded_state(model, optimizer, 0, mesh)
         if initial is None:
             initial = jax.device_get(state)
         state = jax.device_put(initial, shardings)  # identical starting point
-        jitted = trainer.jit_train_step(step, mesh, shardings)
-        state, metrics = jitted(state, shd.put_replicated(frozen, mesh),
-                                shd.make_global_batch(mesh, host_batch), np.float32(1e-3))
+        jitted = train_step.jit_train_step(step, mesh, shardings)
+        state, metrics = jitted(state, sharding.put_replicated(frozen, mesh),
+                                sharding.make_global_batch(mesh, host_batch), np.float32(1e-3))
         assert len(jax.tree_util.tree_leaves(state.params)[0].sharding.device_set) == n
         results[name] = jax.device_get((state.params, metrics))
     tree = lambda f, *ps: jax.tree_util.tree_leaves(jax.tree_util.tree_map(f, *ps))
@@ -428,7 +427,16 @@ def test_one_step_with_every_loss_term_is_the_same_on_1_and_8_devices_and_by_han
 
 # ----------------------------------------------------------------------------- selection
 def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_path):
-    params = {"w": np.zeros((2,), np.float32)}
+    import flax
+
+    from configs.small import get_config
+    from tgic_jax.checkpoints import inference
+    from tgic_jax.model.taco import TACO, ModelConfig, init_variables
+
+    config = get_config("tiny")
+    model = TACO(ModelConfig.from_config(config.model))
+    flat = flax.traverse_util.flatten_dict(init_variables(model, jax.random.key(0))["params"])
+    marker = next(k for k in sorted(flat) if k[0] == "g_s")  # no effect on the coding tables
     evals = [  # step, psnr_real, ms_ssim, bpp_real, lpips
         (10, 20.0, 0.90, 0.50, 0.30),
         (20, 21.0, 0.89, 0.60, 0.25),
@@ -437,17 +445,22 @@ def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_pa
     for step, psnr, ssim, bpp, lp in evals:
         scalars = dict(psnr_real=psnr, ms_ssim=ssim, bpp_real=bpp, lpips=lp, lpips_zero_one=0.1,
                        psnr=psnr + 0.1, bpp_estimate=bpp - 0.01)  # fmt: skip
-        trainer.record_evaluation(tmp_path, step, step // 10, scalars, {"w": params["w"] + step})
+        params = {**flat, marker: np.full_like(flat[marker], step)}
+        params = flax.traverse_util.unflatten_dict(params)
+        selection.record_evaluation(tmp_path, config, step, step // 10, scalars, params)
     rows = (tmp_path / "eval.csv").read_text().splitlines()
-    assert rows[0].split(",") == list(trainer.EVAL_COLUMNS) and len(rows) == 4
-    best = trainer.read_best(tmp_path)
+    assert rows[0].split(",") == list(selection.EVAL_COLUMNS) and len(rows) == 4
+    best = selection.read_best(tmp_path)
     assert {k: v["step"] for k, v in best.items()} == {
         "best_psnr": 20, "best_lpips": 20, "best_ms_ssim": 30, "best_bpp": 30}  # fmt: skip
-    kept, info = trainer.load_best_params(tmp_path, "best_psnr")
-    np.testing.assert_array_equal(kept["w"], [20.0, 20.0])
+    kept, info = selection.load_best_params(tmp_path, "best_psnr")
+    assert (flax.traverse_util.flatten_dict(kept)[marker] == 20.0).all()
     assert info["psnr_real"] == 21.0
+    # Each best is an inference checkpoint: the codec loads it as it is.
+    _, variables, loaded = inference.load_inference(tmp_path / selection.BEST_DIR / "best_bpp")
+    assert loaded.extra.train_step == 30 and "tables" in variables
     with pytest.raises(ValueError, match="unknown selection"):
-        trainer.load_best_params(tmp_path, "best_loss")
+        selection.load_best_params(tmp_path, "best_loss")
 
 
 @pytest.mark.slow
@@ -473,15 +486,15 @@ def test_per_epoch_evaluation_writes_its_csv_keeps_best_checkpoints_and_export_s
     trainer.train_and_evaluate(config, workdir)
     rows = (workdir / "eval.csv").read_text().splitlines()
     assert [r.split(",")[:2] for r in rows[1:]] == [["2", "1"], ["4", "2"]]
-    best = trainer.read_best(workdir)
-    assert set(best) == set(trainer.BEST_BY)
+    best = selection.read_best(workdir)
+    assert set(best) == set(selection.BEST_BY)
     assert all(np.isfinite(v["lpips"]) and np.isfinite(v["lpips_zero_one"]) for v in best.values())
     assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
     out = tmp_path / "exported"
     assert cli.main(["export", "--workdir", str(workdir), "--out", str(out),
                      "--select", "best_psnr"]) == 0  # fmt: skip
     _, variables, loaded = inference.load_inference(out)
-    kept, info = trainer.load_best_params(workdir, "best_psnr")
+    kept, info = selection.load_best_params(workdir, "best_psnr")
     assert loaded.extra.train_step == info["step"]
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"], kept)
 
@@ -498,15 +511,15 @@ def test_a_failing_evaluation_is_reported_on_stderr_and_writes_no_csv_row(tmp_pa
     config = get_config("tiny")
     model = TACO(ModelConfig.from_config(config.model))
     params = init_variables(model, jax.random.key(0))["params"]
-    eval_config = ml_collections.ConfigDict(dict(folder=str(folder), captions="", max_images=0))
-    writer = trainer.MetricWriter(tmp_path / "tb", enabled=False)
+    config.eval.update(folder=str(folder), captions="", max_images=0)
+    writer = metrics_writer.MetricWriter(tmp_path / "tb", enabled=False)
     with caplog.at_level("ERROR"):
-        trainer.evaluate_and_record(model, params, RandomTextEncoder(16), eval_config, None,
+        selection.evaluate_and_record(model, params, RandomTextEncoder(16), config, None,
                                       writer, tmp_path, step=6, epoch=3)  # fmt: skip
     err = capsys.readouterr().err
     assert "[eval] step 6 FAILED, no eval.csv row: ImageError" in err and "k.png" in err
     assert any("evaluation at step 6 failed" in r.getMessage() for r in caplog.records)
-    assert not (tmp_path / trainer.EVAL_CSV).exists() and trainer.read_best(tmp_path) == {}
+    assert not (tmp_path / selection.EVAL_CSV).exists() and selection.read_best(tmp_path) == {}
 
 
 # ----------------------------------------------------------------------------- nothing lost
@@ -525,8 +538,8 @@ def _tiny_workdir_with_checkpoints(workdir, steps, nan_steps=()):
     workdir.mkdir(parents=True)
     config_checks.record_config(config, inference.as_path(workdir), {})
     model = TACO(ModelConfig.from_config(config.model))
-    optimizer = trainer.make_optimizer(config.optim, 2)
-    state = trainer.create_train_state(model, optimizer, seed=0)
+    optimizer = optim.make_optimizer(config.optim, 2)
+    state = train_state.create_train_state(model, optimizer, seed=0)
     manager = ckpt_lib.train_checkpoint_manager(workdir, 1, 10, use_async=False)
     for step in steps:
         saved = state.replace(step=jnp.int32(step))
@@ -684,6 +697,36 @@ def test_a_background_save_that_fails_stops_training_at_the_step_it_ends(tmp_pat
                               "OSError: [Errno 28] No space left on device")  # fmt: skip
     with pytest.raises(ckpt_lib.CheckpointError, match="saving the checkpoint of step 30 failed"):
         ckpt_lib.save_train_state(manager, 30, state={})
+
+
+@pytest.mark.slow  # two tiny runs, the second compiling without the cache (~2 min)
+def test_a_checkpoint_write_that_really_fails_stops_the_run_in_one_line_keeping_the_good_ones(
+    tmp_path,
+):
+    # A file-size limit makes the kernel refuse the array file of a checkpoint (EFBIG), as a
+    # full disk would (ENOSPC); measured before: ~900 lines of orbax and asyncio tracebacks
+    # and the failure named after the next step's save.
+    import resource
+
+    workdir = tmp_path / "run"
+    first = subprocess.run(_train_cmd(workdir, "--config.total_steps=10"), cwd=REPO,
+                           env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    limit = 300_000  # above every file of the run but the checkpoints' array data (~2 MB)
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = dict(_env(), JAX_ENABLE_COMPILATION_CACHE="false")  # its entries are larger
+    second = subprocess.run(_train_cmd(workdir, "--config.total_steps=40"), cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600,
+                            preexec_fn=limit_file_size)  # fmt: skip
+    assert second.returncode == 1
+    assert re.fullmatch(r"train\.py: error: the checkpoint of step 20 failed to write \(found at "
+                        r"step 2\d\)[^\n]*\n", second.stderr), second.stderr[-3000:]  # fmt: skip
+    assert "[train] step 30/40" not in second.stdout
+    assert _restorable_steps(workdir) == [10]
 
 
 def test_a_failed_save_found_by_the_next_save_is_named_after_its_own_step(tmp_path):

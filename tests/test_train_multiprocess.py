@@ -85,8 +85,8 @@ _PREEMPTED_CHILD = textwrap.dedent(
     """
     import json, pathlib, sys, time
     port, pid, workdir, total, released, budget_minutes = sys.argv[1:7]
-    from tgic_jax.train import sharding
-    assert sharding.maybe_initialize_distributed(f"localhost:{port}", 2, int(pid))
+    from tgic_jax.train import distributed
+    assert distributed.maybe_initialize_distributed(f"localhost:{port}", 2, int(pid))
     import jax, numpy as np
     from configs.small import get_config
     from tgic_jax.train import trainer
@@ -188,3 +188,46 @@ def test_sigterm_seconds_apart_stops_both_hosts_at_one_step_and_so_does_one_host
     assert f"train_time_limit_minutes: stopping at step {stop}" in outs[0], report
     saved = sorted(int(p.name) for p in (run / "checkpoints").iterdir())
     assert saved == sorted({step, stop}), report
+
+
+_BEST_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    port, pid, workdir = sys.argv[1:4]
+    from tgic_jax.train import distributed
+    assert distributed.maybe_initialize_distributed(f"localhost:{port}", 2, int(pid))
+    import jax
+    from configs.small import get_config
+    from tgic_jax.model.taco import TACO, ModelConfig, init_variables
+    from tgic_jax.train import selection
+
+    best = []
+    if jax.process_index() == 0:  # as in the loop: process 0 evaluates, the other waits
+        config = get_config("tiny")
+        model = TACO(ModelConfig.from_config(config.model))
+        params = init_variables(model, jax.random.key(0))["params"]
+        best = selection.record_evaluation(workdir, config, 2, 1, {"psnr_real": 20.0}, params)
+    distributed.sync_hosts("test/best_kept", timeout_s=120)
+    print(json.dumps({"best": best}), flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_process_0_keeps_a_best_checkpoint_while_the_other_host_waits_at_a_barrier(tmp_path):
+    # orbax's default save meets every host at a device collective: process 0 alone would
+    # wait there forever while process 1 waits at the coordination barrier.
+    from tgic_jax.checkpoints import inference
+    from tgic_jax.train import selection
+
+    script = tmp_path / "child.py"
+    script.write_text(_BEST_CHILD)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    (tmp_path / "run").mkdir()  # as the loop leaves it
+    procs = _start_pair(script, str(tmp_path / "run"), 0, tmp_path / "unused", REPO, env, logs)
+    _, results, _ = _finish_pair(procs, logs, timeout=300)
+    assert results == [{"best": ["best_psnr"]}, {"best": []}]
+    _, _, loaded = inference.load_inference(tmp_path / "run" / selection.BEST_DIR / "best_psnr")
+    assert loaded.extra.train_step == 2

@@ -47,6 +47,21 @@ def to_numpy(tree):
     return jax.tree_util.tree_map(lambda a: np.asarray(a), tree)
 
 
+def _one_process_checkpointer() -> ocp.Checkpointer:
+    """An orbax checkpointer that this process uses alone, with no barrier across hosts.
+
+    Inference checkpoints hold host arrays written by one process: the export, or process 0
+    keeping a best checkpoint while the other hosts wait at a coordination barrier. orbax's
+    default barrier is a device collective that those hosts never join, so it would hang.
+    """
+    me = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(multiprocessing_options=options),
+        multiprocessing_options=options,
+    )
+
+
 def save_inference(
     path: str | os.PathLike,
     model_config: ModelConfig,
@@ -70,8 +85,9 @@ def save_inference(
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        ckptr = ocp.PyTreeCheckpointer()
-        ckptr.save(tmp / "state", {"params": params, "tables": to_numpy(tables)})
+        _one_process_checkpointer().save(
+            tmp / "state", {"params": params, "tables": to_numpy(tables)}
+        )
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         if path.exists():
             old = path.parent / f".{path.name}.old"
@@ -101,7 +117,7 @@ def load_inference(path: str | os.PathLike):
     """-> (model, variables {"params", "tables"}, config ConfigDict with .model and .text)."""
     meta = read_inference_config(path)
     model_config = ModelConfig(**meta["model"])
-    state = ocp.PyTreeCheckpointer().restore(as_path(path) / "state")
+    state = _one_process_checkpointer().restore(as_path(path) / "state")
     state = jax.tree_util.tree_map(np.asarray, state)
     config = ml_collections.ConfigDict(
         {

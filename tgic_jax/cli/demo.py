@@ -47,7 +47,7 @@ def _train(out: Path, minutes: float | None, retrain: bool, learning_rate: float
     import jax
 
     from tgic_jax.cli.repository import repository_path
-    from tgic_jax.train import trainer
+    from tgic_jax.train import optim, trainer
 
     config_file = repository_path("configs/small.py", "run `make demo` there")
     spec = importlib.util.spec_from_file_location("small_config", config_file)
@@ -72,7 +72,7 @@ def _train(out: Path, minutes: float | None, retrain: bool, learning_rate: float
         _log(f"training configs/small.py for at most {minutes:g} min on Kodak 1-{images} -> "
              f"{workdir} (a time budget: how far it gets depends on this machine)")  # fmt: skip
     else:
-        steps = trainer.total_steps(config, trainer.global_batch_size(config, jax.device_count()))
+        steps = optim.total_steps(config, optim.global_batch_size(config, jax.device_count()))
         _log(f"training configs/small.py on Kodak 1-{images}: its whole schedule, {steps} steps "
              f"(the same on every machine; progress and time left every "
              f"{config.log_every_steps} steps) -> {workdir}")  # fmt: skip

@@ -72,16 +72,15 @@ def mesh_for(config) -> dict[str, Any]:
     """The mesh and batch sizes `train_and_evaluate` would build for `config` here."""
     import jax
 
-    from tgic_jax.train import sharding as shd
-    from tgic_jax.train import trainer
+    from tgic_jax.train import optim, sharding
 
-    mesh = shd.make_mesh(config.get("mesh"))
-    global_batch = trainer.global_batch_size(config, mesh.size)
+    mesh = sharding.make_mesh(config.get("mesh"))
+    global_batch = optim.global_batch_size(config, mesh.size)
     return {
         "axes": {name: int(size) for name, size in mesh.shape.items()},
         "batch_per_device": int(config.input.batch_size_per_device),
         "global_batch": global_batch,
-        "batch_per_process": shd.local_batch_size(global_batch, mesh),
+        "batch_per_process": sharding.local_batch_size(global_batch, mesh),
         "processes": jax.process_count(),
     }
 
@@ -171,9 +170,9 @@ def add_env_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_env(args: argparse.Namespace) -> int:
     """`tgic env` handler: 0, or 1 when TensorFlow could take GPU memory."""
-    from tgic_jax.train import sharding
+    from tgic_jax.train import distributed
 
-    sharding.maybe_initialize_distributed()  # on a pod: the same environment as train.py
+    distributed.maybe_initialize_distributed()  # on a pod: the same environment as train.py
     config = load_config(args.config) if args.config else None
     info = describe(config)
     print(json.dumps(info, indent=1) if args.json else format_report(info))

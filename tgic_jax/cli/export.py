@@ -22,7 +22,7 @@ from tgic_jax.checkpoints.authors import (
 from tgic_jax.cli.outputs import OutputRefused, check_output
 from tgic_jax.model.taco import TACO, ModelConfig
 from tgic_jax.train import checkpoint as train_checkpoint
-from tgic_jax.train import trainer
+from tgic_jax.train import selection, trainer
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="training workdir (with checkpoints/)")
     p.add_argument("--out", required=True, help="inference checkpoint directory to write")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--select", choices=sorted(trainer.BEST_BY), default=None,
+    p.add_argument("--select", choices=sorted(selection.BEST_BY), default=None,
                    help="export a best-by-evaluation checkpoint instead of a step")  # fmt: skip
     p.add_argument("-f", "--force", action="store_true",
                    help="replace an existing output (inference checkpoint or file)")  # fmt: skip

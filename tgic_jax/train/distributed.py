@@ -1,0 +1,226 @@
+"""Several hosts as one run: starting them, meeting at barriers, stopping at the same step.
+
+Host start (`maybe_initialize_distributed`, the launcher's process count), coordination
+barriers and agreements (`sync_hosts`, `any_host`, `agree_on_int`), and when a run stops:
+SIGTERM, SIGINT (Ctrl-C) or its time budget, the same step on every host (`StopAgreement`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
+
+
+def _on_tpu_vm() -> bool:
+    """A Cloud TPU VM (GCE or GKE): its pod env variables, or JAX's own finding of TPU chips."""
+    if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return True
+    from jax._src import cloud_tpu_init  # set when `import jax` found libtpu + chips
+
+    return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+
+
+def scheduled_process_count() -> int | None:
+    """How many processes the launcher started, from its environment (None: not known).
+
+    TGIC_NUM_PROCESSES, then SLURM (SLURM_STEP_NUM_TASKS / SLURM_NTASKS), Open MPI
+    (OMPI_COMM_WORLD_SIZE), then a TPU pod's TPU_WORKER_HOSTNAMES (one process per host).
+    """
+    for name in ("TGIC_NUM_PROCESSES", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS",
+                 "OMPI_COMM_WORLD_SIZE"):  # fmt: skip
+        if (n := _env_int(name)) is not None:
+            return n
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "").strip()
+    return len(hosts.split(",")) if hosts else None
+
+
+def maybe_initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Calls `jax.distributed.initialize` whenever a cluster is detected; True if it did.
+
+    Explicit arguments win, then TGIC_COORDINATOR / TGIC_NUM_PROCESSES / TGIC_PROCESS_ID,
+    then JAX_COORDINATOR_ADDRESS (JAX reads it); for what is not given, JAX's own
+    detection runs on a SLURM job step of several tasks (SLURM_JOB_ID, SLURM_NTASKS), an
+    Open MPI job (OMPI_MCA_orte_hnp_uri, OMPI_COMM_WORLD_SIZE) and a Cloud TPU VM
+    (single-host ones included: the coordination service also carries JAX's preemption
+    notice). One plain host: nothing.
+    Afterwards `jax.process_count()` must equal what the launcher says
+    (`scheduled_process_count`, or `num_processes`), else a clear error: a task training
+    alone on a shared workdir would overwrite the others' checkpoints.
+    """
+    coordinator_address = coordinator_address or os.environ.get("TGIC_COORDINATOR") or None
+    if num_processes is None:
+        num_processes = _env_int("TGIC_NUM_PROCESSES")
+    if process_id is None:
+        process_id = _env_int("TGIC_PROCESS_ID")
+    expected = num_processes if num_processes is not None else scheduled_process_count()
+    explicit = coordinator_address is not None or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    launcher = "SLURM_JOB_ID" in os.environ or "OMPI_MCA_orte_hnp_uri" in os.environ
+    if not (
+        (explicit and expected != 1)
+        or _on_tpu_vm()
+        or (launcher and expected is not None and expected > 1)
+    ):
+        if expected is not None:  # e.g. TGIC_NUM_PROCESSES=4 but no coordinator: say so
+            check_process_count(expected)
+        return False
+    # CPU all-reduces across processes need a collectives implementation; it only affects
+    # the CPU client. (Asking for the backend here would initialize it too early.)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    check_process_count(expected)
+    return True
+
+
+def check_process_count(expected: int | None = None) -> None:
+    """Raises when JAX sees another number of processes than the launcher started."""
+    expected = scheduled_process_count() if expected is None else expected
+    if expected is not None and jax.process_count() != expected:
+        raise RuntimeError(
+            f"JAX sees {jax.process_count()} process(es) but the launcher started {expected}: "
+            "pass --coordinator/--num_processes/--process_id (or TGIC_COORDINATOR/"
+            "TGIC_NUM_PROCESSES/TGIC_PROCESS_ID) on every host"
+        )
+
+
+def any_host(flag: bool) -> bool:
+    """True on every process when `flag` is True on any one (a tiny all-gather).
+
+    Every process must call it at the same point of the loop (it is a collective).
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils  # multi-host only
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
+def sync_hosts(name: str, timeout_s: float = 3600.0) -> None:
+    """Blocks until every process has reached the barrier `name`; nothing on one process.
+
+    A barrier of the coordination service (`jax.distributed`), not a collective: CPU (gloo)
+    collectives give a communicator only 30 s to form (measured: the first all-reduce fails
+    with DEADLINE_EXCEEDED when one host arrives 30 s after the other), so hosts that
+    finish compiling minutes apart must meet here before their first collective step.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost  # multi-host only
+
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
+
+
+def agree_on_int(value: int) -> int:
+    """Process 0's `value` on every host (a collective: every host must call it)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+# Every host must leave the loop after the same step: one that stops early enters orbax's
+# save (whose first barrier is a device collective) while the others wait in the next
+# step's all-reduce, and both hang (measured: 2 processes, SIGTERM 2 s apart, no checkpoint
+# after 100 s). Hence a SIGTERM is never acted on where it lands, but through JAX's
+# preemption sync point, and the time budget through an all-gather.
+BUDGET_CHECK_EVERY_STEPS = 10  # several hosts: one tiny all-gather per 10 steps
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT (Ctrl-C) set a flag read between steps: save, then stop.
+
+    Ctrl-C acts as a SIGTERM: the step ends, is saved, and the run stops; a second Ctrl-C
+    quits at once. A KeyboardInterrupt raised wherever it lands would lose everything since
+    the last checkpoint (up to 5,000 steps of configs/taco.py).
+    With `jax.distributed` JAX owns SIGTERM (its preemption notice reaches every host), so
+    SIGINT is passed on to it as a SIGTERM of this process and no SIGTERM handler is set.
+    """
+
+    def __init__(self, distributed: bool):
+        self.received = ""
+        self._distributed = distributed
+        self._previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        sigs = (signal.SIGINT,) if distributed else (signal.SIGINT, signal.SIGTERM)
+        for sig in sigs:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        del frame
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # a second Ctrl-C is the usual KeyboardInterrupt
+            signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
+        print(f"{name}: saving the current step, then stopping"
+              + (" (Ctrl-C again: quit without saving)" if signum == signal.SIGINT else ""),
+              file=sys.stderr, flush=True)  # fmt: skip
+        self.received = self.received or name
+        if self._distributed:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def restore(self) -> None:
+        """Puts the previous handlers back."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+
+class StopAgreement:
+    """Whether to stop after a step, the same answer on every host: preemption or budget.
+
+    With `jax.distributed` initialized, JAX's preemption sync manager owns SIGTERM (its
+    notice reaches every host through the coordination service) and
+    `manager.reached_preemption(step)` is True on all hosts at the same step, so no Python
+    handler is installed (it would replace JAX's). Without it (one process) SIGTERM sets a
+    local flag. The wall-clock budget (seconds from `begun`, 0: none) is decided by
+    `any_host` every BUDGET_CHECK_EVERY_STEPS steps on several hosts, every
+    step on one. `should_stop(step)` must be called at every step on every host.
+    """
+
+    def __init__(self, manager, budget_s: float = 0.0, begun: float | None = None):
+        self._manager = manager
+        self._budget_s = float(budget_s or 0.0)
+        self._begun = time.perf_counter() if begun is None else begun
+        self._signals = _StopSignals(jax.distributed.is_initialized())
+        self._local = None if jax.distributed.is_initialized() else self._signals
+        self._check_every = BUDGET_CHECK_EVERY_STEPS if jax.process_count() > 1 else 1
+        self.reason = ""
+
+    def should_stop(self, step: int) -> bool:
+        """True (on every host alike) when the run must checkpoint `step` and return."""
+        if self._local is not None:
+            preempted = self._local.received
+        else:
+            preempted = self._manager.reached_preemption(step)
+        if preempted:
+            self.reason = "SIGINT" if self._signals.received == "SIGINT" else "preemption"
+            return True
+        if self._budget_s and step % self._check_every == 0:
+            over = time.perf_counter() - self._begun > self._budget_s
+            if any_host(over):
+                self.reason = "train_time_limit_minutes"
+                return True
+        return False
+
+    def close(self) -> None:
+        """Puts the previous signal handlers back."""
+        self._signals.restore()

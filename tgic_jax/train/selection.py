@@ -1,0 +1,171 @@
+"""Per-epoch selection: evaluate the current params, keep the best by each metric.
+
+Each evaluation adds a row to workdir/eval.csv; params that beat a best are kept as an
+inference checkpoint (`checkpoints.inference`, the format `tgic export` writes) in
+workdir/best/<name>/, with the evaluation's metrics.json beside its config.json.
+`tgic export --select <name>` exports one of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+
+from tgic_jax.checkpoints import inference
+from tgic_jax.coding.tables import build_tables
+from tgic_jax.evaluation import sets
+from tgic_jax.model.layers import Params
+from tgic_jax.model.taco import TACO, ModelConfig
+from tgic_jax.train import input_pipeline
+from tgic_jax.train.metrics_writer import announce
+
+BEST_DIR = "best"
+# name -> (metric in the evaluation, True when higher is better); the authors' four.
+BEST_BY = {
+    "best_psnr": ("psnr_real", True),
+    "best_ms_ssim": ("ms_ssim", True),
+    "best_bpp": ("bpp_real", False),
+    "best_lpips": ("lpips", False),
+}
+EVAL_CSV = "eval.csv"
+EVAL_COLUMNS = ("step", "epoch", "bpp_real", "bpp_estimate", "psnr_real", "psnr", "ms_ssim",
+                "lpips", "lpips_zero_one")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- evaluation
+def eval_set_of(eval_config) -> sets.EvalSet:
+    """The captioned images of config.eval's folder (listed as the training input is)."""
+    items = input_pipeline.list_folder(
+        eval_config.folder, eval_config.get("captions") or None,
+        int(eval_config.get("max_images", 0)),
+    )  # fmt: skip
+    note = sets.NOTE_FROM_JSON
+    eval_items = [sets.EvalItem(p.name, str(p), captions=tuple(c), caption_note=note)
+                  for p, c in items]  # fmt: skip
+    return sets.EvalSet(Path(str(eval_config.folder)).name, eval_items)
+
+
+def evaluate_params(
+    model: TACO, params: Params, text_encoder, eval_set: sets.EvalSet, lpips_fn=None,
+    keep_images: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """`driver.evaluate_means` of the current parameters (a host copy; process 0)."""
+    from tgic_jax.evaluation import driver  # the codec and LPIPS load only when evaluating
+
+    variables = {"params": jax.device_get(params)}
+    codec = driver.TacoCodec.from_variables(model, variables, text_encoder, "train")
+    return driver.evaluate_means(codec, eval_set, lpips_fn, keep_images)
+
+
+def evaluate_and_record(
+    model, params, text_encoder, config, lpips_fn, writer, workdir, step: int, epoch: int
+) -> None:
+    """One evaluation of the loop: TensorBoard, eval.csv and the best checkpoints.
+
+    A failing evaluation does not stop training: the run's checkpoints are intact and
+    eval.py can evaluate them afterwards, while a days-long run lost to, say, one
+    unreadable evaluation image is not. It is reported loudly instead (an ERROR log with
+    the traceback and a line on stderr) and writes no eval.csv row: never a mean over the
+    images that happened to work.
+    """
+    eval_config = config.eval
+    try:
+        ev = evaluate_params(model, params, text_encoder, eval_set_of(eval_config), lpips_fn,
+                             int(eval_config.get("images_to_log", 0)))  # fmt: skip
+    except Exception as err:  # reported below; training goes on (see above)
+        logging.exception("evaluation at step %d failed", step)
+        print(f"[eval] step {step} FAILED, no eval.csv row: {type(err).__name__}: {err}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return
+    writer.write_images(step, ev.pop("images", []))
+    writer.write(step, ev, "eval")
+    best = record_evaluation(workdir, config, step, epoch, ev, params)
+    if best:
+        announce(f"[eval] step {step} new {', '.join(best)}")
+
+
+# ----------------------------------------------------------------------------- best
+def read_best(workdir: str | os.PathLike) -> dict[str, dict]:
+    """{name: its metrics.json} of the best checkpoints kept in workdir/best/."""
+    out = {}
+    for name in BEST_BY:
+        path = inference.as_path(workdir) / BEST_DIR / name / "metrics.json"
+        if path.is_file():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+def save_params(
+    path: str | os.PathLike, config: ml_collections.ConfigDict, params: Params, step: int,
+    tables: dict | None = None,
+) -> epath.Path:  # fmt: skip
+    """An inference checkpoint of a run's `params` at `step` (its model and text config)."""
+    return inference.save_inference(
+        path, ModelConfig.from_config(config.model), params,
+        text_config={"width": int(config.model.text_dim), **config.text.to_dict()},
+        tables=tables, extra={"train_step": int(step)},
+    )  # fmt: skip
+
+
+def _save_best(folder: epath.Path, config, params: Params, info: dict, tables: dict) -> None:
+    """The checkpoint and its metrics.json, written beside and renamed: never a half folder."""
+    tmp = folder.parent / (folder.name + ".tmp")
+    if tmp.exists():
+        tmp.rmtree()
+    save_params(tmp, config, params, info["step"], tables)
+    (tmp / "metrics.json").write_text(json.dumps(info, indent=1))
+    if folder.exists():
+        folder.rmtree()
+    tmp.rename(folder)
+
+
+def load_best_params(workdir: str | os.PathLike, name: str) -> tuple[Params, dict]:
+    """(params, metrics) of the best checkpoint `name` (e.g. 'best_psnr') of a workdir."""
+    if name not in BEST_BY:
+        raise ValueError(f"unknown selection {name!r}: one of {sorted(BEST_BY)}")
+    folder = inference.as_path(workdir) / BEST_DIR / name
+    if not (folder / "metrics.json").is_file():
+        raise FileNotFoundError(f"no {name} checkpoint in {folder.parent} (no evaluation yet?)")
+    _, variables, _ = inference.load_inference(folder)
+    return variables["params"], json.loads((folder / "metrics.json").read_text())
+
+
+def record_evaluation(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, step: int, epoch: int,
+    scalars: dict, params: Params,
+) -> list:  # fmt: skip
+    """Appends a row to workdir/eval.csv and keeps params that beat a best; returns those."""
+    workdir = inference.as_path(workdir)
+    csv_path = workdir / EVAL_CSV
+    rows = io.StringIO()
+    writer = csv.DictWriter(rows, fieldnames=EVAL_COLUMNS, extrasaction="ignore")
+    if not csv_path.is_file():
+        writer.writeheader()
+    writer.writerow({"step": step, "epoch": epoch, **scalars})
+    # Rewritten whole: object stores (gs://) have no append.
+    old = csv_path.read_text() if csv_path.is_file() else ""
+    csv_path.write_text(old + rows.getvalue())
+    best = read_best(workdir)
+    improved = []
+    params, tables = inference.to_numpy(params), None  # one host copy for every best set
+    for name, (key, higher) in BEST_BY.items():
+        if key not in scalars:
+            continue
+        old = best.get(name, {}).get(key)
+        if old is None or (scalars[key] > old if higher else scalars[key] < old):
+            if tables is None:  # once per evaluation, shared by the bests it sets
+                tables = build_tables(params)
+            _save_best(workdir / BEST_DIR / name, config, params,
+                       {"step": step, "epoch": epoch, **scalars}, tables)  # fmt: skip
+            improved.append(name)
+    return improved
