@@ -27,6 +27,14 @@ def test_the_caption_ablation_states_its_largest_difference():
     assert "at most 0.0010 bpp" in text and "LPIPS by 0.0100" in text and "nearly inert" in text
 
 
+def test_the_ablation_table_compares_the_variants_on_the_images_all_of_them_ran_on():
+    rows = [dict(_row(v, 0.2, 23, 0.4), image=name)
+            for v, names in [("correct", "abc"), ("empty", "ab"), ("mismatched", "ab")]
+            for name in names]  # fmt: skip
+    assert sorted({r["image"] for r in demo.ablation_rows(rows)}) == ["a", "b"]
+    assert len(demo.ablation_rows(rows)) == 6
+
+
 def test_side_by_side_puts_the_centre_crops_next_to_each_other(tmp_path):
     rng = np.random.default_rng(0)
     images = [rng.random((300, 400, 3), np.float32) for _ in range(3)]

@@ -390,3 +390,32 @@ def test_a_mean_over_fewer_images_than_n_says_over_how_many():
     np.testing.assert_allclose(t["lpips"], 0.3)
     md = summary_lib.summary_markdown(s)
     assert "0.3000 (n=2)" in md and "lpips over 2 of 3 images" in md
+
+
+def test_a_metric_computed_for_no_image_is_not_averaged_over_zero():
+    from tgic_jax.evaluation import summary as summary_lib
+
+    rows = [{"checkpoint": "a", "variant": "correct", "caption": "c", "image": name,
+             **dict.fromkeys(summary_lib.MEAN_KEYS, 1.0), "lpips_zero_one": float("nan")}
+            for name in "xy"]  # fmt: skip
+    s = summary_lib.summarize(sets.EvalSet("set", []), rows, [], ["a"], ["correct"], [])
+    assert s["table"][0]["n_by_metric"] == {}
+    assert "over 0 of" not in summary_lib.summary_markdown(s)
+
+
+def test_the_caption_ablation_compares_each_variant_on_its_own_images():
+    # The ablation may run on fewer images (EvalOptions.ablation_images): the correct
+    # caption's mean over all of them would compare two different sets.
+    from tgic_jax.evaluation import summary as summary_lib
+
+    def row(variant, name, bpp, psnr):
+        values = dict.fromkeys(summary_lib.MEAN_KEYS, 0.5)
+        return {"checkpoint": "a", "variant": variant, "caption": "c", "image": name,
+                **values, "bpp": bpp, "psnr": psnr}  # fmt: skip
+
+    rows = [row("correct", "x", 0.2, 30.0), row("correct", "y", 0.6, 20.0),
+            row("empty", "x", 0.22, 29.0)]  # fmt: skip
+    s = summary_lib.summarize(sets.EvalSet("set", []), rows, [], ["a"], ["correct", "empty"], [])
+    (a,) = s["ablation"]
+    assert a["n"] == 1
+    np.testing.assert_allclose([a["bpp_change_percent"], a["psnr_change_db"]], [10.0, -1.0])

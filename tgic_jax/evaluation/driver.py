@@ -179,6 +179,7 @@ class EvalOptions:
     lpips: bool = True
     jpeg_lpips: bool = True  # LPIPS of every JPEG point (the costliest part on a CPU)
     lpips_zero_one: bool = True  # also LPIPS fed [0, 1] images, as the authors' code calls it
+    ablation_images: int | None = None  # variants other than "correct" on the first K only
     warmup: bool = True  # code each new image shape once untimed (excludes JIT compile)
     save_recon: bool = True
     anchors: list[plots.Curve] | None = None  # None: the shipped ones for this data set
@@ -310,6 +311,9 @@ class _Run:
             self.warnings.append(f"{item.name}: no caption ({item.caption_note})")
         for codec, label in zip(self.codecs, self.labels, strict=True):
             for variant in self.opt.variants:
+                limit = self.opt.ablation_images
+                if variant != "correct" and limit is not None and index >= limit:
+                    continue
                 candidates, note = _captions_for(variant, self.set.items, index,
                                                  self.set.caption_mode)  # fmt: skip
                 best = None

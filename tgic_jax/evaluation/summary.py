@@ -111,11 +111,16 @@ def summarize(
         for t in table:
             if t["variant"] == "correct":
                 continue
-            ref = next((c for c in table if c["checkpoint"] == t["checkpoint"]
-                        and c["variant"] == "correct"), None)  # fmt: skip
-            if ref:
+            # Against the correct caption on the same images (a variant may have run on
+            # fewer: EvalOptions.ablation_images, or a failure).
+            mine = (t["checkpoint"], t["variant"])
+            images = {r["image"] for r in rows if (r["checkpoint"], r["variant"]) == mine}
+            same = [r for r in rows if r["checkpoint"] == t["checkpoint"]
+                    and r["variant"] == "correct" and r["image"] in images]  # fmt: skip
+            if same:
+                ref = _mean_rows(same)
                 ablation.append({
-                    "checkpoint": t["checkpoint"], "variant": t["variant"],
+                    "checkpoint": t["checkpoint"], "variant": t["variant"], "n": t["n"],
                     "bpp_change_percent": (t["bpp"] / ref["bpp"] - 1.0) * 100.0,
                     "psnr_change_db": t["psnr"] - ref["psnr"],
                     "lpips_change": t["lpips"] - ref["lpips"],
@@ -212,14 +217,14 @@ def summary_markdown(summary: dict) -> str:
     if summary["ablation"]:
         lines += [
             "",
-            "## Caption ablation (change against the correct caption)",
+            "## Caption ablation (change against the correct caption, on the same images)",
             "",
-            "| checkpoint | caption | bpp change % | PSNR change dB | LPIPS change |",
-            "|---|---|---|---|---|",
+            "| checkpoint | caption | images | bpp change % | PSNR change dB | LPIPS change |",
+            "|---|---|---|---|---|---|",
         ]
         for a in summary["ablation"]:
             lines.append(
-                f"| {a['checkpoint']} | {a['variant']} | "
+                f"| {a['checkpoint']} | {a['variant']} | {a.get('n', '')} | "
                 f"{_fmt(a['bpp_change_percent'], 2)} | {_fmt(a['psnr_change_db'], 3)} | "
                 f"{_fmt(a['lpips_change'], 4)} |"
             )
