@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
 import struct
 import zlib
 
@@ -79,35 +77,6 @@ def test_a_load_error_names_the_file_once(tmp_path):
     with pytest.raises(image_io.ImageError) as err:
         image_io.load_image(tmp_path / "bad.png")
     assert str(err.value).count("bad.png") == 1
-
-
-def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
-    target = tmp_path / "f.bin"
-    target.write_bytes(b"old")
-
-    def half_then_fail(f):
-        f.write(b"new, half written")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        image_io.write_atomic(target, half_then_fail)
-    assert target.read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
-
-
-def test_write_atomic_refuses_to_replace_unless_told_and_uses_the_usual_mode(tmp_path):
-    target = tmp_path / "f.bin"
-    target.write_bytes(b"old")
-    with pytest.raises(FileExistsError, match="--force"):
-        image_io.write_atomic(target, b"new", overwrite=False)
-    assert target.read_bytes() == b"old"
-    image_io.write_atomic(target, b"new", overwrite=True)
-    assert target.read_bytes() == b"new"
-    image_io.write_atomic(tmp_path / "g.bin", b"x", overwrite=False)
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE((tmp_path / "g.bin").stat().st_mode) == 0o666 & ~umask
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin", "g.bin"]
 
 
 def test_save_png_writes_atomically_and_keeps_an_existing_png_without_overwrite(tmp_path):

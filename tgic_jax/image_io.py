@@ -7,22 +7,20 @@ grayscale is replicated, palette images are expanded, the alpha channel is dropp
 Unreadable files and images larger than `max_pixels` raise `ImageError` (a ValueError)
 with one clear line that names the file once.
 
-Writes are atomic (`write_atomic`, `save_png`): the bytes go to a temporary file in the
-destination's folder, which is renamed over the final name only when complete, so a full
-disk, a file-size limit or a kill never leaves a truncated file under the final name, and
-an existing file is replaced only when `overwrite` says so.
+`save_png` writes atomically (`files.write_atomic`): a full disk, a file-size limit or a
+kill never leaves a truncated PNG under the final name, and an existing file is replaced
+only when `overwrite` says so.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from tgic_jax.files import write_atomic
 
 # What Pillow can read; listing a folder of inputs keeps these (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -162,57 +160,6 @@ def to_uint8(image) -> np.ndarray:
     """
     a = np.nan_to_num(np.asarray(image, np.float64), nan=0.0)
     return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def write_atomic(
-    path: str | os.PathLike, write: bytes | Callable[[object], None], overwrite: bool = True
-) -> None:
-    """Writes `path` all or nothing: `write` (bytes, or a function of a binary file object)
-    goes to a temporary file in the same folder, renamed into place when complete.
-
-    With `overwrite=False` an existing `path` is kept and FileExistsError raised (also when
-    another process creates it meanwhile). On any failure the temporary file is removed and
-    `path` is as it was.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(write, (bytes, bytearray, memoryview)):
-                f.write(write)
-            else:
-                write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not land before the data
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _link_no_clobber(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _link_no_clobber(tmp: str, path: Path) -> None:
-    """Moves `tmp` to `path` unless `path` exists (a hard link is atomic about that)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} exists (use --force to overwrite)") from None
-    except OSError:  # no hard links on this file system: check, then rename
-        if path.exists():
-            raise FileExistsError(f"{path} exists (use --force to overwrite)") from None
-        os.replace(tmp, path)
-        return
-    os.unlink(tmp)
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray, overwrite: bool = True) -> None:

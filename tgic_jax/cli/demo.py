@@ -33,7 +33,7 @@ EXPECTED = dict(bpp=0.2042, psnr=23.60, lpips=0.4079, jpeg_bpp=0.2075, jpeg_psnr
                 jpeg_lpips=0.5142, steps=1200, batch=4, crop=128, jax="0.12.0.1",
                 cpu="2-core AMD EPYC (AVX-512)")  # fmt: skip
 # The caption ablation codes this many held-out images twice more (empty, mismatched): on
-# all 12 it was 24 of the evaluation's 36 encode/decode/LPIPS rows.
+# all 12 it would be two thirds of the evaluation's encode / decode / LPIPS work.
 ABLATION_IMAGES = 4
 # Differences below these are round-off: the bound for two runs of one schedule.
 ROUND_OFF = dict(bpp=0.002, psnr=0.05, lpips=0.005)

@@ -1,10 +1,8 @@
 """What `tgic export` and `tgic convert` may write to: nothing a user made is lost.
 
-Measured: `tgic export --workdir RUN --out RUN` deleted the training run (checkpoints,
-TensorBoard) and `--out .` the current folder, exit 0. An output that exists is refused
-unless --force, and --force replaces only what these commands write (an inference
-checkpoint folder, or a file); a folder that holds or is held by the workdir or the input
-is refused always.
+An output that exists is refused unless --force, and --force replaces only what these
+commands write (an inference checkpoint folder, or a file); a folder that holds or is held
+by the workdir or the input is refused always.
 """
 
 from __future__ import annotations

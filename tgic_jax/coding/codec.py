@@ -47,12 +47,11 @@ from tgic_jax.model.taco import TACO, checkerboard_masks
 __all__ = ["BitstreamError", "Coder", "EncodeResult", "read_header"]
 
 PAD = 64  # g_a downsamples by 16, h_a by 4 more
-# Decoding memory, measured with the paper-size model on CPU (benchmarks/decode_memory.py,
-# docs/BENCHMARKS.md): peak RSS 1.16 / 1.67 / 3.53 GiB at 512^2 / 1024^2 / 2048^2 pixels,
-# a straight line of 1.02 GiB + 645 bytes per pixel. The default limit, 2^24 pixels
-# (4096 x 4096), then needs about 11 GiB: it fits a 24 GiB machine with room for the OS
-# and another process (2^25 would need 21 GiB). Larger images are refused up front (pass
-# a larger max_pixels where memory allows) instead of being killed midway.
+# Decoding memory of the paper-size model grows by ~645 bytes a pixel over ~1 GiB
+# (benchmarks/decode_memory.py, docs/BENCHMARKS.md). The default limit, 2^24 pixels
+# (4096 x 4096), needs about 11 GiB and so fits a 24 GiB machine with room for the OS and
+# another process. Larger images are refused up front (pass a larger max_pixels where
+# memory allows) instead of being killed midway.
 DECODE_BYTES_PER_PIXEL = 645
 DECODE_BASE_BYTES = int(1.02 * 2**30)
 MAX_PIXELS = 1 << 24

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export
 
-from tgic_jax.image_io import write_atomic
+from tgic_jax.files import write_atomic
 from tgic_jax.model.taco import TACO, checkerboard_masks
 
 __all__ = ["Programs", "param_scopes", "shared_programs"]
@@ -103,8 +103,8 @@ class Programs:
 
     Both sides of the codec call the same exported programs, so they run the same XLA
     computation. With a `folder`, the serialized programs are kept there: a new process
-    reads them instead of tracing the model again (tracing was ~1.9 s of a 4.7 s warm
-    paper-size `tgic compress`, docs/BENCHMARKS.md), and JAX's compilation cache then skips
+    reads them instead of tracing the model again (tracing is most of a warm paper-size
+    `tgic compress`'s fixed cost, docs/BENCHMARKS.md), and JAX's compilation cache then skips
     XLA's compile. A file is keyed by the program, its input shapes, the model's config
     (every field: a bfloat16 model's programs are not a float32 model's), the JAX / jaxlib /
     Flax versions, the backend and a digest of this package's source, so a changed model

@@ -25,10 +25,8 @@ MEAN_KEYS = (
 
 
 def _mean_rows(rows: Sequence[dict]) -> dict:
-    """Means over the images whose value is finite; `n_by_metric` counts them where fewer.
-
-    Measured: the model's LPIPS was averaged over fewer images than the `n` shown beside it.
-    """
+    """Means over the images whose value is finite; `n_by_metric` counts them where fewer
+    (so no mean is shown beside an `n` it was not taken over)."""
     out = {"n": len(rows), "n_by_metric": {}}
     for k in MEAN_KEYS:
         vals = [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])]

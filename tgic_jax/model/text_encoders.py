@@ -16,25 +16,15 @@ Both towers are this package's Flax modules reading the standard checkpoint fold
 Both use ``max_length`` = 38 tokens, padded and truncated. No padding mask is applied by
 TACO's attention; the mask is returned for callers that want it.
 
-Where the text states are computed (measured, not assumed). Jitted forward, batch 8 x 38
-tokens, median after warm-up, on this project's 2-core CPU, measured twice (idle / shared
-with ~5 other jobs, load average 5):
-
-    MiniLM-L6 (D=384)                         :   48 ms /  212 ms
-    CLIP ViT-B/32 text tower (D=512)          :  175 ms /  571 ms  (random weights, same graph)
-    loss part alone of a paper-size train step:    - / 8040 ms
-      (LPIPS-Alex + CLIP ViT-B/32 image tower on x_hat and x, forward + backward, B=8,
-      256x256; the TACO model's forward/backward comes on top)
-
-The tower is frozen: no gradient, no optimizer state. Its forward is at most ~7% of the
-loss part alone, a few ms on an accelerator. Where it runs: the input pipeline tokenizes
-each caption once (38 tokens) and the batch carries token ids and masks; the tower runs
-inside the jitted train step (``TextEncoder.apply``, its weights a frozen argument
-replicated on every device), so on an accelerator no float text states travel
-host -> device -> host -> device per step. The same tokens feed the CLIP text features of
-the joint loss (``losses.clip_text_embeddings``), as in the authors' code. Evaluation and
-coding encode a caption on the host (``TextEncoder.encode``). Re-measure the towers with
-``python benchmarks/text_encoders.py``.
+Where the text states are computed: the tower is frozen (no gradient, no optimizer state)
+and its forward is a few percent of the loss's (docs/BENCHMARKS.md, "Text encoders"). The
+input pipeline tokenizes each caption once (38 tokens) and the batch carries token ids and
+masks; the tower runs inside the jitted train step (``TextEncoder.apply``, its weights a
+frozen argument replicated on every device), so on an accelerator no float text states
+travel host -> device -> host -> device per step. The same tokens feed the CLIP text
+features of the joint loss (``losses.clip_text_embeddings``), as in the authors' code.
+Evaluation and coding encode a caption on the host (``TextEncoder.encode``). Re-measure the
+towers with ``python benchmarks/text_encoders.py``.
 """
 
 from __future__ import annotations

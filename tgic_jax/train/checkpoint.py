@@ -65,9 +65,9 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, state, force: bo
 class SaveWatch:
     """Finds an asynchronous save that failed in the background, at the step it ends.
 
-    Measured on a full disk: the step-20 save failed in orbax's thread while training went
-    on to step 30, and only then ~315 lines of tracebacks. `check` is called every step; it
-    costs a flag read while a save runs and one existence test when it has ended.
+    Orbax writes in its own threads, so a full disk surfaces there, steps later, unless
+    someone asks. `check` is called every step; it costs a flag read while a save runs and
+    one existence test when it has ended.
     """
 
     def __init__(self, manager: ocp.CheckpointManager):
@@ -106,9 +106,9 @@ class SaveWatch:
 def restore_newest(manager: ocp.CheckpointManager, abstract_state=None, step: int | None = None):
     """(restored tree, its step, [(skipped step, why)]): the newest checkpoint that restores.
 
-    With `step`, that checkpoint only. Measured: one truncated array file in the newest step
-    gave ~9,900 tracebacks and no fallback; here a step that fails is skipped (never
-    deleted) and the next older one is tried. Raises CheckpointError when none restores.
+    With `step`, that checkpoint only. A step that fails (a truncated array file) is
+    skipped, never deleted, and the next older one is tried, so one damaged step does not
+    block the run. Raises CheckpointError when none restores.
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if step is not None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import ml_collections
 
+from tgic_jax.files import write_text_atomic
 from tgic_jax.train.errors import ConfigError
 
 # The model downsamples x by 64 before the hyperprior (z is [H/64, W/64]).
@@ -24,8 +24,8 @@ MODEL_STRIDE = 64
 
 # Keys (dotted; a trailing "." means the whole section) a rerun may not change: they decide
 # the parameters' shapes (so the optimizer state's too), the text the model was trained
-# with, or the order of the batches (seed, the data, the batch). Measured: N=32 on an N=16
-# run overwrote config.json, then failed in orbax with 13 tracebacks.
+# with, or the order of the batches (seed, the data, the batch). Checked before anything is
+# written, so a refused rerun leaves the run's config.json as it was.
 FROZEN = (
     "model.", "text.", "seed", "mesh.",
     "input.source", "input.tfds_name", "input.tfds_split", "input.folder", "input.captions",
@@ -157,9 +157,7 @@ def record_config(
         history.write_text(old + json.dumps(entry) + "\n")  # rewritten whole: gs:// has no append
         print(f"config: changed since the last run ({_shown(changes)}); "
               f"recorded in {CONFIG_HISTORY}", flush=True)  # fmt: skip
-    tmp = workdir / f".{CONFIG_JSON}.tmp-{os.getpid()}"
     record = json.loads(config.to_json())
     if devices is not None:
         record[RUN_KEY] = {"devices": int(devices)}
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(workdir / CONFIG_JSON)  # atomic: never a half config.json
+    write_text_atomic(workdir / CONFIG_JSON, json.dumps(record, indent=1))

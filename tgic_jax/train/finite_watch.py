@@ -1,8 +1,8 @@
 """A non-finite loss or gradient stops the run before anything non-finite is saved.
 
-Measured: at learning_rate=1e6 the loss was NaN from step 5, the run trained on to the end
-and saved NaN checkpoints that rotated the good ones out (`ckpt.keep`). Once a step's
-loss, gradient norm or aux loss is not finite its update is not either, and it stays so.
+Once a step's loss, gradient norm or aux loss is not finite its update is not either, and
+it stays so: training on would save non-finite checkpoints that rotate the good ones out
+(`ckpt.keep`).
 
 Reading each step's metrics at once would wait for the device every step; instead the
 watch keeps each step's scalars (device arrays, no transfer) and reads them all where the

@@ -24,6 +24,7 @@ from etils import epath
 from tgic_jax.checkpoints import inference
 from tgic_jax.coding.tables import build_tables
 from tgic_jax.evaluation import sets
+from tgic_jax.files import replace_dir
 from tgic_jax.model.layers import Params
 from tgic_jax.model.taco import TACO, ModelConfig
 from tgic_jax.train import input_pipeline
@@ -124,9 +125,7 @@ def _save_best(folder: epath.Path, config, params: Params, info: dict, tables: d
         tmp.rmtree()
     save_params(tmp, config, params, info["step"], tables)
     (tmp / "metrics.json").write_text(json.dumps(info, indent=1))
-    if folder.exists():
-        folder.rmtree()
-    tmp.rename(folder)
+    replace_dir(tmp, folder)
 
 
 def load_best_params(workdir: str | os.PathLike, name: str) -> tuple[Params, dict]:
