@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from test_codec import _text, synthetic_image, tiny_model
+from helpers import synthetic_image, text_states, tiny_model
 
 from tgic_jax.coding import codec, container
 from tgic_jax.coding.codec import BitstreamError
@@ -21,7 +21,7 @@ def files():
     model, v = tiny_model(0)
     images = [synthetic_image(1, 1), synthetic_image(40, 50, 1), synthetic_image(64, 64, 2)]
     coder = codec.Coder(model, v)
-    results = coder.encode(images, [_text(k) for k in range(3)], with_reconstruction=True)
+    results = coder.encode(images, [text_states(k) for k in range(3)], with_reconstruction=True)
     return coder, v, results
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_codec import TINY, _text, synthetic_image, tiny_model
+from helpers import TINY, synthetic_image, text_states, tiny_model
 
 from tgic_jax import captions, image_io
 from tgic_jax.cli import main as cli
@@ -277,7 +277,7 @@ def test_bad_text_embeddings_are_an_error_naming_the_file(tmp_path, ckpt, capsys
 def test_the_codec_commands_run_with_tensorflow_unimportable(tmp_path, ckpt):
     # TensorFlow is an optional extra (TFDS input): compress and decompress never need it.
     image_io.save_png(tmp_path / "a.png", synthetic_image(32, 32, 6))
-    np.save(tmp_path / "t.npy", _text())
+    np.save(tmp_path / "t.npy", text_states())
     code = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None;"
         "from tgic_jax.cli import main as cli;"
@@ -298,7 +298,7 @@ def test_the_codec_commands_run_with_tensorflow_unimportable(tmp_path, ckpt):
 @pytest.mark.slow  # subprocesses that compile the codec (~1 min on 2 cores)
 def test_commands_are_quiet_and_a_second_call_reuses_the_compilation_cache(tmp_path, ckpt):
     image_io.save_png(tmp_path / "a.png", synthetic_image(64, 64, 6))
-    np.save(tmp_path / "t.npy", _text())
+    np.save(tmp_path / "t.npy", text_states())
     cache = tmp_path / "jax_cache"
 
     def tgic(*argv):
@@ -356,7 +356,7 @@ def test_minilm_captions_are_quiet_and_a_long_one_is_noted_as_truncated(tmp_path
     from tgic_jax.model.taco import ModelConfig
 
     cfg = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=384, heads=8)
-    from test_codec import random_variables
+    from helpers import random_variables
 
     from tgic_jax.coding.tables import build_tables
     from tgic_jax.model.taco import TACO
@@ -407,7 +407,7 @@ def test_cli_compresses_a_folder_and_decodes_it_back(tmp_path, tiny_ckpt, capsys
     for k, (h, w) in enumerate([(64, 64), (1, 1), (40, 50)]):
         image_io.save_png(src / f"im{k}.png", synthetic_image(h, w, k))
     (src / "notes.txt").write_text("not an image")
-    np.save(tmp_path / "text.npy", _text())
+    np.save(tmp_path / "text.npy", text_states())
     rc = _cli(["compress", str(src), "--text-embeddings", str(tmp_path / "text.npy"),
                "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "bits")])  # fmt: skip
     assert rc == 0
@@ -432,7 +432,7 @@ def test_cli_compresses_a_folder_and_decodes_it_back(tmp_path, tiny_ckpt, capsys
 
 def test_cli_single_file_output_and_missing_caption_source(tmp_path, tiny_ckpt, capsys):
     image_io.save_png(tmp_path / "a.png", synthetic_image(8, 8))
-    np.save(tmp_path / "t.npy", _text())
+    np.save(tmp_path / "t.npy", text_states())
     rc = _cli(["compress", str(tmp_path / "a.png"), "--text-embeddings", str(tmp_path / "t.npy"),
                "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "a.tgic")])  # fmt: skip
     assert rc == 0 and (tmp_path / "a.tgic").is_file()

@@ -10,72 +10,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
-from flax.traverse_util import flatten_dict, unflatten_dict
+from helpers import TINY, synthetic_image, text_states, tiny_model
 
 from tgic_jax import image_io
 from tgic_jax.coding import codec, container, programs
-from tgic_jax.model.taco import TACO, ModelConfig, init_variables
+from tgic_jax.model.taco import TACO
 
-TINY = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=8)
 REPO = Path(__file__).resolve().parents[1]
-
-
-def random_variables(model: TACO, seed: int = 0) -> dict:
-    """Random but well-scaled variables, without running the (slow) Flax init."""
-    shapes = flatten_dict(
-        jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))["params"]
-    )
-    rng = np.random.default_rng(seed)
-    params = {}
-    for path, s in shapes.items():
-        leaf, shape = path[-1], s.shape
-        if leaf in ("kernel", "in_proj_weight"):
-            fan_in = int(np.prod(shape[:-1])) if leaf == "kernel" else shape[-1]
-            a = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-        elif leaf in ("bias", "in_proj_bias"):
-            a = rng.normal(0.0, 0.05, shape)
-        elif leaf == "scale":
-            a = np.ones(shape)
-        elif leaf == "gamma":
-            a = np.full(shape, 0.5)  # the text path matters
-        elif leaf.startswith("matrices_"):
-            a = np.full(shape, np.log(np.expm1(1.0 / 10.0**0.2 / shape[1])))
-        elif leaf.startswith("biases_"):
-            a = rng.uniform(-0.5, 0.5, shape)
-        elif leaf.startswith("factors_"):
-            a = np.zeros(shape)
-        elif leaf == "quantiles":
-            med = rng.uniform(-0.5, 0.5, (shape[0], 1, 1))  # non-integer medians
-            a = med + np.array([-10.0, 0.0, 10.0])
-        else:
-            raise AssertionError(f"unknown leaf {path}")
-        params[path] = np.asarray(a, np.float32)
-    return {"params": unflatten_dict(params)}
-
-
-def tiny_model(seed: int = 0):
-    """(model, variables with tables) of the tiny test size."""
-    from tgic_jax.coding.tables import build_tables
-
-    model = TACO(TINY)
-    v = random_variables(model, seed)
-    v["tables"] = build_tables(v["params"])
-    return model, v
-
-
-def synthetic_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A smooth image with texture, float32 [h, w, 3] in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w, 1)
-    base = np.stack([np.sin(6 * xx + c) * np.cos(4 * yy - c) for c in range(3)], -1)
-    return np.clip(0.5 + 0.35 * base + 0.1 * rng.normal(size=(h, w, 3)), 0, 1).astype(np.float32)
-
-
-def _text(seed: int = 0, tokens: int = 7, dim: int = TINY.text_dim) -> np.ndarray:
-    return np.random.default_rng(100 + seed).normal(size=(tokens, dim)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +82,7 @@ def _roundtrip_in_other_process(tmp_path, tiny, ckpt, images):
     from tgic_jax.checkpoints.inference import load_inference
 
     model, variables, _ = load_inference(ckpt)  # what the other process will hold
-    texts = [_text(k) for k in range(len(images))]
+    texts = [text_states(k) for k in range(len(images))]
     results = codec.Coder(model, variables).encode(images, texts, with_reconstruction=True)
     files = []
     for k, r in enumerate(results):
@@ -174,7 +117,7 @@ def test_all_24_kodak_images_decode_bitwise_in_another_process(
 
 def test_decoder_matches_the_eval_mode_model_and_reports_the_estimate(tiny):
     coder = codec.Coder(*tiny)
-    im, text = synthetic_image(100, 130, 1), _text(1)
+    im, text = synthetic_image(100, 130, 1), text_states(1)
     r = coder.encode([im], [text], with_reconstruction=True)[0]
     rec = coder.estimate(im, text)
     # Same latents up to float re-association in XLA: the outputs agree to round-off.
@@ -192,7 +135,7 @@ def test_decoder_matches_the_eval_mode_model_and_reports_the_estimate(tiny):
 def test_caption_changes_the_file_but_not_what_the_decoder_needs(tiny):
     coder = codec.Coder(*tiny)
     im = synthetic_image(64, 64, 2)
-    a, b = (coder.encode([im], [_text(k)])[0].data for k in (1, 2))
+    a, b = (coder.encode([im], [text_states(k)])[0].data for k in (1, 2))
     assert a != b
     for data in (a, b):  # the decoder takes no text
         assert coder.decode(data)[0].shape == (64, 64, 3)
@@ -201,7 +144,7 @@ def test_caption_changes_the_file_but_not_what_the_decoder_needs(tiny):
 def test_batch_encoding_gives_files_that_decode_like_single_ones(tiny):
     coder = codec.Coder(*tiny)
     ims = [synthetic_image(64, 64, s) for s in range(3)] + [synthetic_image(1, 1)]
-    texts = [_text(s) for s in range(4)]
+    texts = [text_states(s) for s in range(4)]
     files = [r.data for r in coder.encode(ims, texts)]
     assert len(files) == 4
     for im, t, data in zip(ims, texts, files, strict=True):
@@ -213,14 +156,14 @@ def test_batch_encoding_gives_files_that_decode_like_single_ones(tiny):
 
 def test_tables_are_built_when_variables_hold_only_params(tiny):
     model, v = tiny
-    im, text = synthetic_image(64, 64, 3), _text(3)
+    im, text = synthetic_image(64, 64, 3), text_states(3)
     with_tables = codec.Coder(model, v).encode([im], [text])[0].data
     params_only = codec.Coder(model, {"params": v["params"]}).encode([im], [text])[0].data
     assert with_tables == params_only  # same tables, same fingerprint, same bytes
 
 
 def test_header_fields_and_size(tiny):
-    data = codec.Coder(*tiny).encode([synthetic_image(97, 131)], [_text()])[0].data
+    data = codec.Coder(*tiny).encode([synthetic_image(97, 131)], [text_states()])[0].data
     c = codec.read_header(data)
     assert (c.height, c.width, c.latent_height, c.latent_width) == (97, 131, 2, 3)
     assert data[:4] == container.MAGIC and data[4] == container.VERSION
@@ -230,13 +173,13 @@ def test_header_fields_and_size(tiny):
 def test_bad_inputs_to_the_encoder_raise_value_errors(tiny):
     coder = codec.Coder(*tiny)
     with pytest.raises(ValueError, match="image must be"):
-        coder.encode([np.zeros((0, 5, 3), np.float32)], [_text()])
+        coder.encode([np.zeros((0, 5, 3), np.float32)], [text_states()])
     with pytest.raises(ValueError, match="text must be"):
         coder.encode([synthetic_image(8, 8)], [np.zeros((7, 5), np.float32)])
     with pytest.raises(ValueError, match="non-finite"):
-        coder.encode([np.full((8, 8, 3), np.nan, np.float32)], [_text()])
+        coder.encode([np.full((8, 8, 3), np.nan, np.float32)], [text_states()])
     with pytest.raises(ValueError, match="2 images but 1 texts"):
-        coder.encode([synthetic_image(8, 8)] * 2, [_text()])
+        coder.encode([synthetic_image(8, 8)] * 2, [text_states()])
 
 
 # ------------------------------------------------------------------------- one model config
@@ -258,7 +201,7 @@ def test_files_of_a_bfloat16_and_a_float32_model_of_one_size_are_refused_by_each
     model16, v = _bfloat16_twin(tiny)
     coders = {"float32": codec.Coder(*tiny), "bfloat16": codec.Coder(model16, v)}
     image = synthetic_image(1, 1)
-    files = {k: c.encode([image], [_text()])[0].data for k, c in coders.items()}
+    files = {k: c.encode([image], [text_states()])[0].data for k, c in coders.items()}
     for maker, reader in (("bfloat16", "float32"), ("float32", "bfloat16")):
         made, read = coders[maker].fingerprint.hex(), coders[reader].fingerprint.hex()
         assert made != read
@@ -274,7 +217,7 @@ def test_a_bfloat16_and_a_float32_model_of_one_size_never_share_an_exported_prog
     assert programs.shared_programs(model16) is not programs.shared_programs(model32)
     # Kept on disk, neither reads the other's files: the second writes as many new ones.
     folder = tmp_path / "programs"
-    image, text = synthetic_image(1, 1), _text()
+    image, text = synthetic_image(1, 1), text_states()
     codec.Coder(model32, v, folder).encode([image], [text])
     float32_files = {p.name for p in folder.iterdir()}
     codec.Coder(model16, v, folder).encode([image], [text])
@@ -292,7 +235,7 @@ def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path,
     folder = tmp_path / "programs"
     coder = codec.Coder(model, variables, folder)
     images = [synthetic_image(97, 131), synthetic_image(64, 64, 5)]
-    results = coder.encode(images, [_text(0), _text(1)], with_reconstruction=True)
+    results = coder.encode(images, [text_states(0), text_states(1)], with_reconstruction=True)
     files = []
     for k, r in enumerate(results):
         files.append(tmp_path / f"im{k}.tgic")
@@ -314,7 +257,7 @@ def test_kept_programs_decode_bitwise_in_a_new_process_without_tracing(tmp_path,
 def test_a_damaged_kept_program_is_exported_again(tmp_path, tiny):
     model, v = tiny
     folder = tmp_path / "programs"
-    image, text = synthetic_image(40, 56, 3), _text(2)
+    image, text = synthetic_image(40, 56, 3), text_states(2)
     data = codec.Coder(model, v, folder).encode([image], [text])[0].data
     damaged = sorted(folder.glob("nonanchor1-*"))
     assert len(damaged) == 1
@@ -332,7 +275,7 @@ def test_kept_programs_are_keyed_by_the_build_so_a_change_never_reads_a_stale_on
 ):
     model, v = tiny
     folder = tmp_path / "programs"
-    image, text = synthetic_image(40, 56, 3), _text(2)
+    image, text = synthetic_image(40, 56, 3), text_states(2)
     data = codec.Coder(model, v, folder).encode([image], [text])[0].data
     before = {p.name for p in folder.iterdir()}
     # Another JAX version, backend or edit of the model's source: new files, old ones unread.

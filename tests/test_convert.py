@@ -267,7 +267,7 @@ def test_bottleneck_buffers_follow_the_quantiles_not_the_initial_ones(round_trip
 
 def _perturbed_tiny_model(seed: int = 3):
     """The codec tests' tiny model, bottleneck density moved away from its init."""
-    from test_codec import TINY, random_variables
+    from helpers import TINY, random_variables
 
     model = TACO(TINY)
     variables = random_variables(model, seed)
@@ -292,7 +292,7 @@ def _tgic(args, timeout=600):
 
 @pytest.mark.slow
 def test_export_authors_then_convert_gives_identical_parameters_and_tgic_files(tmp_path):
-    from test_codec import _text, synthetic_image
+    from helpers import synthetic_image, text_states
 
     from tgic_jax.checkpoints import inference
     from tgic_jax.checkpoints.authors import to_official_state_dict
@@ -311,7 +311,7 @@ def test_export_authors_then_convert_gives_identical_parameters_and_tgic_files(t
     assert set(flat1) == set(flat2)
     for k in flat1:
         np.testing.assert_array_equal(flat1[k], flat2[k], err_msg=str(k))
-    image, text = synthetic_image(40, 56), _text()
+    image, text = synthetic_image(40, 56), text_states()
     ours, back = (codec.Coder(model, v).encode([image], [text])[0].data for v in (v1, v2))
     assert ours == back
 

@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
-from test_codec import synthetic_image
+from helpers import synthetic_image
 
 from tgic_jax import image_io
 

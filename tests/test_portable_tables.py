@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
-from test_codec import synthetic_image
+from helpers import synthetic_image
 
 from tgic_jax.coding import codec
 from tgic_jax.coding import tables as coding_tables

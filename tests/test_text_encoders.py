@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tgic_jax import minilm_fetch, text_encoders
-from tgic_jax.model import bert, clip, pretrained
+from tgic_jax import minilm_fetch
+from tgic_jax.model import bert, clip, pretrained, text_encoders
 
 CAPTIONS = [
     "a red car parked on the street",

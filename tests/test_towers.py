@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from tgic_jax import minilm_fetch, text_encoders
-from tgic_jax.model import bert, clip, pretrained
+from tgic_jax import minilm_fetch
+from tgic_jax.model import bert, clip, pretrained, text_encoders
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "towers"
 TOL = 1e-5  # max abs, float32
