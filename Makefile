@@ -32,7 +32,7 @@ demo: $(BASE)
 # One run in two workers, the slow tests first (tests/conftest.py); `-m "not slow"` for a
 # quick pass while working.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist load --durations=15 tests
 	$(MAKE) --no-print-directory test-transformers5
 
 # The lock picks transformers 4.57; the towers and tokenizers must work with 5.x too. A

@@ -230,41 +230,32 @@ def test_a_time_limited_run_applies_both_decays_before_its_budget_ends(tmp_path)
 
 
 # ----------------------------------------------------------------------------- learning
-@pytest.fixture(scope="module")
-def trained_tiny(tmp_path_factory, kodak_dir):
-    """The tiny config trained 200 steps on Kodak crops: (workdir, console output)."""
-    workdir = tmp_path_factory.mktemp("tiny200") / "run"
-    cmd = _train_cmd(workdir, "--config.total_steps=200", "--config.ckpt.every_steps=200",
-                     "--config.log_every_steps=10", f"--config.input.folder={kodak_dir}",
-                     f"--config.input.captions={kodak_dir / 'captions.json'}")  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return workdir, proc.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("trained_tiny")  # one 200-step run for both
-def test_tiny_config_loss_falls_over_200_steps_on_kodak_crops(trained_tiny):
-    _, stdout = trained_tiny
-    losses = [float(v) for v in re.findall(r"\[train\] step \d+/\d+ .*? loss=([0-9.e+-]+)", stdout)]
-    assert len(losses) == 20
-    first, last = np.mean(losses[:2]), np.mean(losses[-3:])
-    assert last < 0.6 * first, losses
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("trained_tiny")  # one 200-step run for both
-def test_trained_model_codes_unseen_kodak_within_one_percent_of_its_estimate(
-    trained_tiny, tmp_path, kodak_dir
+@pytest.mark.slow  # one 200-step run of the tiny config (~3 min on 2 cores)
+def test_tiny_run_learns_on_kodak_and_codes_unseen_images_within_1pct_of_its_estimate(
+    tmp_path, kodak_dir
 ):
+    # One test, not two sharing a module fixture: a shared run needs xdist's loadgroup, whose
+    # scheduler hangs once a crashed worker is replaced (pytest-xdist #1323, #1327).
     from PIL import Image
 
     from tgic_jax.checkpoints.inference import load_inference
     from tgic_jax.coding import codec
     from tgic_jax.model.text_encoders import build_text_encoder
 
-    model, v, config = load_inference(trainer.export_inference(trained_tiny[0], tmp_path / "x"))
+    workdir = tmp_path / "run"
+    cmd = _train_cmd(workdir, "--config.total_steps=200", "--config.ckpt.every_steps=200",
+                     "--config.log_every_steps=10", f"--config.input.folder={kodak_dir}",
+                     f"--config.input.captions={kodak_dir / 'captions.json'}")  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    pattern = r"\[train\] step \d+/\d+ .*? loss=([0-9.e+-]+)"
+    losses = [float(v) for v in re.findall(pattern, proc.stdout)]
+    assert len(losses) == 20
+    first, last = np.mean(losses[:2]), np.mean(losses[-3:])
+    assert last < 0.6 * first, losses
+
+    model, v, config = load_inference(trainer.export_inference(workdir, tmp_path / "x"))
     encoder = build_text_encoder(config.text)
     captions = json.loads((kodak_dir / "captions.json").read_text())
     coder = codec.Coder(model, v)
@@ -675,6 +666,9 @@ class _FailingSaves:
         if self.failed:
             raise OSError(28, "No space left on device")
 
+    def wait_until_finished(self):
+        self.in_progress = False
+
     def save(self, step, args=None, force=False):
         if self.failed:
             raise OSError(28, "No space left on device")
@@ -723,9 +717,13 @@ def test_a_checkpoint_write_that_really_fails_stops_the_run_in_one_line_keeping_
                             capture_output=True, text=True, timeout=600,
                             preexec_fn=limit_file_size)  # fmt: skip
     assert second.returncode == 1
-    assert re.fullmatch(r"train\.py: error: the checkpoint of step 20 failed to write \(found at "
-                        r"step 2\d\)[^\n]*\n", second.stderr), second.stderr[-3000:]  # fmt: skip
-    assert "[train] step 30/40" not in second.stdout
+    # Found at the first step after the write ends, or at the next save at the latest (it
+    # waits for the write, as orbax would): how many steps that takes depends on the machine.
+    found = re.fullmatch(r"train\.py: error: the checkpoint of step 20 failed to write \(found "
+                         r"at step (2\d|30)\)[^\n]*\n", second.stderr)  # fmt: skip
+    assert found, second.stderr[-3000:]
+    logged = [int(s) for s in re.findall(r"\[train\] step (\d+)/40", second.stdout)]
+    assert logged and max(logged) <= int(found[1])  # no step trained past it
     assert _restorable_steps(workdir) == [10]
 
 

@@ -77,14 +77,21 @@ class SaveWatch:
     def save(self, step: int, state, force: bool = False) -> bool:
         """`save_train_state`, after making sure the previous save did not fail (an error of
         the previous save is named after its own step, not this one)."""
-        self._raise_if_failed(step)
+        if self._pending is not None:
+            # Orbax's save would wait for it too, and would report its failure as its own.
+            self._raise_if_failed(step, wait=True)
+            self._verdict(step)
+        else:
+            self._raise_if_failed(step)
         started = save_train_state(self._manager, step, state, force)
         if started:
             self._pending = int(step)
         return started
 
-    def _raise_if_failed(self, at_step: int) -> None:
+    def _raise_if_failed(self, at_step: int, wait: bool = False) -> None:
         try:
+            if wait:
+                self._manager.wait_until_finished()
             self._manager.check_for_errors()
         except Exception as err:  # see save_train_state
             step = self._pending if self._pending is not None else "an earlier step"
@@ -95,6 +102,10 @@ class SaveWatch:
         """Raises CheckpointError when the last save has ended without its step on disk."""
         if self._pending is None or self._manager.is_saving_in_progress():
             return
+        self._verdict(at_step)
+
+    def _verdict(self, at_step: int) -> None:
+        """Raises CheckpointError if the ended save failed (an error or no step on disk)."""
         self._raise_if_failed(at_step)
         step, self._pending = self._pending, None
         # Orbax logs a failed finalize in its thread and carries on: look for the step.
