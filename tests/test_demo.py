@@ -81,3 +81,24 @@ def test_the_report_says_plainly_when_a_run_differs_from_the_readme_and_why():
     assert "9-minute budget (--minutes)" in text
     assert f"700 steps of batch {e['batch']} at {e['crop']} x {e['crop']}, not" in text
     assert "another stack (jax 0.11.2)" in text and "another CPU" not in text
+
+
+def test_the_readme_numbers_are_those_of_the_schedule_the_demo_trains(repo_root):
+    # A change of configs/small.py's schedule must come with new numbers in the README and
+    # in demo.EXPECTED (the report compares a run with them).
+    from configs.small import get_config
+    from tgic_jax.train import optim
+
+    config = get_config()
+    batch = optim.global_batch_size(config, 1)
+    e = demo.EXPECTED
+    assert (e["steps"], e["batch"], e["crop"]) == (
+        optim.total_steps(config, batch),
+        batch,
+        config.input.crop_size,
+    )
+    readme = (repo_root / "README.md").read_text()
+    assert f"**{e['bpp']:.4f} bpp, {e['psnr']:.2f} dB, LPIPS {e['lpips']:.4f}**" in readme
+    assert f"{e['jpeg_bpp']:.4f} bpp, {e['jpeg_psnr']:.2f} dB, LPIPS {e['jpeg_lpips']:.4f}" in (
+        readme.replace("\n", " ")
+    )
