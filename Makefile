@@ -29,10 +29,11 @@ install: $(STAMP)
 demo: $(BASE)
 	$(PY) -m tgic_jax.cli.demo
 
-# One run in two workers, the slow tests first (tests/conftest.py); `-m "not slow"` for a
-# quick pass while working.
+# One run in two workers, the slow tests first (tests/conftest.py), handed out one at a time
+# (xdist's default hands each worker a run of 40 at once: all the slow ones to one worker);
+# `-m "not slow"` for a quick pass while working.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist load --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist load --maxschedchunk 1 --durations=15 tests
 	$(MAKE) --no-print-directory test-transformers5
 
 # The lock picks transformers 4.57; the towers and tokenizers must work with 5.x too. A
