@@ -83,6 +83,7 @@ def test_compress_and_decompress_need_no_package_outside_the_declared_dependenci
     # Measured: a plain install lacked flatbuffers, which jax.export needs to keep the
     # exported programs (the default cache); the test venv had it through TensorFlow.
     from helpers import TINY, synthetic_image, text_states, tiny_model
+    from packaging.utils import canonicalize_name
 
     from tgic_jax import image_io
     from tgic_jax.checkpoints.inference import save_inference
@@ -111,8 +112,6 @@ print(json.dumps({"rc": rc, "used": {t: names[t] for t in sorted(top) if t in na
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["rc"] == [0, 0], proc.stderr[-3000:]
     assert any((tmp_path / "cache").rglob("*.jaxexp"))  # the programs were kept
-    from packaging.utils import canonicalize_name
-
     # A namespace (`google`) is shared by several distributions: one of them must be declared.
     used = {top: {canonicalize_name(d) for d in dists} for top, dists in result["used"].items()}
     assert {"jax", "constriction"} <= set(used)  # the check sees real imports

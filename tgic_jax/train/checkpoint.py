@@ -79,8 +79,7 @@ class SaveWatch:
         the previous save is named after its own step, not this one)."""
         if self._pending is not None:
             # Orbax's save would wait for it too, and would report its failure as its own.
-            self._raise_if_failed(step, wait=True)
-            self._verdict(step)
+            self._verdict(step, wait=True)
         else:
             self._raise_if_failed(step)
         started = save_train_state(self._manager, step, state, force)
@@ -104,9 +103,10 @@ class SaveWatch:
             return
         self._verdict(at_step)
 
-    def _verdict(self, at_step: int) -> None:
-        """Raises CheckpointError if the ended save failed (an error or no step on disk)."""
-        self._raise_if_failed(at_step)
+    def _verdict(self, at_step: int, wait: bool = False) -> None:
+        """Raises CheckpointError if the ended (or, with `wait`, awaited) save failed: an
+        error, or no step on disk."""
+        self._raise_if_failed(at_step, wait)
         step, self._pending = self._pending, None
         # Orbax logs a failed finalize in its thread and carries on: look for the step.
         if jax.process_count() == 1 and not (self._manager.directory / str(step)).exists():
