@@ -1,6 +1,7 @@
 """The demo report: its sentences come from its own numbers, its figure from real pixels."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tgic_jax.cli import demo
@@ -102,3 +103,16 @@ def test_the_readme_numbers_are_those_of_the_schedule_the_demo_trains(repo_root)
     assert f"{e['jpeg_bpp']:.4f} bpp, {e['jpeg_psnr']:.2f} dB, LPIPS {e['jpeg_lpips']:.4f}" in (
         readme.replace("\n", " ")
     )
+
+
+def test_the_held_out_means_are_those_of_the_given_captions_only():
+    rows = [
+        dict(variant="correct", bpp=0.2, psnr=23.0, lpips=0.4, jpeg_bpp=0.21, jpeg_psnr=23.5,
+             jpeg_lpips=0.5),
+        dict(variant="correct", bpp=0.4, psnr=25.0, lpips=0.2, jpeg_bpp=0.39, jpeg_psnr=24.5,
+             jpeg_lpips=0.3),
+        dict(variant="empty", bpp=9.0, psnr=0.0, lpips=9.0),
+    ]  # fmt: skip
+    m = demo.held_out_means(rows)
+    assert m == pytest.approx(dict(bpp=0.3, psnr=24.0, lpips=0.3, jpeg_bpp=0.3, jpeg_psnr=24.0,
+                                   jpeg_lpips=0.4))  # fmt: skip

@@ -377,6 +377,22 @@ def _report(out: Path, ckpt: Path, summary: dict, rows: list[dict], f: dict, fig
     return path
 
 
+def held_out_means(rows: list[dict]) -> dict:
+    """The report's means over the held-out images (caption as given): TACO and matched JPEG."""
+    correct = [r for r in rows if r["variant"] == "correct"]
+    keys = ("bpp", "psnr", "lpips", "jpeg_bpp", "jpeg_psnr", "jpeg_lpips")
+    return {k: float(np.mean([r[k] for r in correct])) for k in keys}
+
+
+def _write_means(path: Path, rows: list[dict], facts: dict) -> None:
+    """The means and the schedule that made them, for scripts (benchmarks/demo_spread.py)."""
+    import jax
+
+    record = {"means": held_out_means(rows), "images": sum(r["variant"] == "correct" for r in rows),
+              "schedule": facts, "jax": jax.__version__}  # fmt: skip
+    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+
+
 def _figure(out: Path, held_out, rows: list[dict], jpeg_x_hat: dict) -> str:
     """The image with the median LPIPS gain over JPEG (not the best one), as a markdown figure."""
     from tgic_jax import image_io
@@ -451,6 +467,7 @@ def run(out: Path, minutes: float | None, retrain: bool, learning_rate: float | 
             r.update(jpeg)
     figure = _figure(out, held_out, rows, jpeg_x_hat)
     report = _report(out, ckpt, summary, rows, facts, figure)
+    _write_means(out / "REPORT.json", rows, facts)
     _log(f"done in {(time.time() - t0) / 60:.1f} min")
     print(f"\nReport:           {report}")
     print(f"Plots:            {out / 'eval'}")
