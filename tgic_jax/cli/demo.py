@@ -37,6 +37,8 @@ EXPECTED = dict(bpp=0.1906, psnr=22.88, lpips=0.4727, jpeg_bpp=0.1999, jpeg_psnr
 ABLATION_IMAGES = 4
 # Differences below these are round-off: the issue's bound for two runs of one schedule.
 ROUND_OFF = dict(bpp=0.002, psnr=0.05, lpips=0.005)
+# Issue 25's bar against JPEG at the same rate: better LPIPS, PSNR at most this far below.
+JPEG_BAR_DB = 0.5
 
 
 def _log(msg: str) -> None:
@@ -141,7 +143,7 @@ def _versus_jpeg(rows: list[dict]) -> str:
     lpips = float(np.mean([r["lpips"] - r["jpeg_lpips"] for r in rows]))
     psnr_part = f"{abs(gap):.2f} dB {'above' if gap >= 0 else 'below'} JPEG in PSNR"
     lpips_part = f"LPIPS {abs(lpips):.3f} {'lower (better)' if lpips < 0 else 'higher (worse)'}"
-    if lpips < 0 and gap > -0.5:
+    if lpips < 0 and gap > -JPEG_BAR_DB:
         fidelity = "and in PSNR" if gap >= 0 else "at pixel fidelity within half a decibel"
         verdict = (
             f"the learned codec already beats JPEG perceptually {fidelity}: the paper's point, "
@@ -275,6 +277,7 @@ def _report(out: Path, ckpt: Path, summary: dict, rows: list[dict], f: dict, fig
     import jax
 
     correct = [r for r in rows if r["variant"] == "correct"]
+    means = held_out_means(rows)
     mean = lambda key, rs: float(np.mean([r[key] for r in rs]))
     variants = sorted({r["variant"] for r in rows}, key=["correct", "empty", "mismatched"].index)
     ablated = ablation_rows(rows)
@@ -309,11 +312,11 @@ def _report(out: Path, ckpt: Path, summary: dict, rows: list[dict], f: dict, fig
             ],
         ),
         "",
-        f"Mean: TACO {mean('bpp', correct):.4f} bpp, {mean('psnr', correct):.2f} dB, "
-        f"LPIPS {mean('lpips', correct):.4f}; JPEG at matched rate {mean('jpeg_bpp', correct):.4f} "
-        f"bpp, {mean('jpeg_psnr', correct):.2f} dB, LPIPS {mean('jpeg_lpips', correct):.4f}.",
+        f"Mean: TACO {means['bpp']:.4f} bpp, {means['psnr']:.2f} dB, "
+        f"LPIPS {means['lpips']:.4f}; JPEG at matched rate {means['jpeg_bpp']:.4f} "
+        f"bpp, {means['jpeg_psnr']:.2f} dB, LPIPS {means['jpeg_lpips']:.4f}.",
         "",
-        against_expected({k: mean(k, correct) for k in ROUND_OFF}, f, jax.__version__),
+        against_expected(means, f, jax.__version__),
         "",
         "## One image, side by side",
         "",
