@@ -71,7 +71,13 @@ def test_the_report_facts_come_from_the_config_that_trained():
 def test_the_report_says_plainly_when_a_run_differs_from_the_readme_and_why():
     e = demo.EXPECTED
     same = {"bpp": e["bpp"] + 0.001, "psnr": e["psnr"] - 0.04, "lpips": e["lpips"] + 0.004}
-    facts = {"steps": e["steps"], "batch": e["batch"], "crop": e["crop"], "budget_minutes": 0.0}
+    facts = {
+        "steps": e["steps"],
+        "batch": e["batch"],
+        "crop": e["crop"],
+        "learning_rate": e["learning_rate"],
+        "budget_minutes": 0.0,
+    }
     text = demo.against_expected(same, facts, e["jax"])
     assert "repeats them within round-off" in text and "differs" not in text
     moved = {**same, "psnr": e["psnr"] - 0.3}
@@ -80,8 +86,10 @@ def test_the_report_says_plainly_when_a_run_differs_from_the_readme_and_why():
     assert "another CPU" in text and "budget" not in text
     text = demo.against_expected(moved, {**facts, "steps": 700, "budget_minutes": 9.0}, "0.11.2")
     assert "9-minute budget (--minutes)" in text
-    assert f"700 steps of batch {e['batch']} at {e['crop']} x {e['crop']}, not" in text
+    assert f"700 steps of batch {e['batch']} at {e['crop']} x {e['crop']}, learning rate" in text
     assert "another stack (jax 0.11.2)" in text and "another CPU" not in text
+    text = demo.against_expected(moved, {**facts, "learning_rate": 3e-3}, e["jax"])
+    assert "learning rate 0.003, not" in text and "another CPU" not in text
 
 
 def test_the_readme_numbers_are_those_of_the_schedule_the_demo_trains(repo_root):
@@ -93,10 +101,11 @@ def test_the_readme_numbers_are_those_of_the_schedule_the_demo_trains(repo_root)
     config = get_config()
     batch = optim.global_batch_size(config, 1)
     e = demo.EXPECTED
-    assert (e["steps"], e["batch"], e["crop"]) == (
+    assert (e["steps"], e["batch"], e["crop"], e["learning_rate"]) == (
         optim.total_steps(config, batch),
         batch,
         config.input.crop_size,
+        config.optim.learning_rate,
     )
     readme = (repo_root / "README.md").read_text()
     assert f"**{e['bpp']:.4f} bpp, {e['psnr']:.2f} dB, LPIPS {e['lpips']:.4f}**" in readme
