@@ -820,3 +820,29 @@ def test_export_over_its_own_earlier_export_needs_force(tmp_path, capsys):
     assert "use --force to replace it" in capsys.readouterr().err
     assert cli.main([*argv, "--force"]) == 0
     assert (tmp_path / "x" / "config.json").read_text() == first
+
+
+def _snapshot(folder: Path) -> dict:
+    """{relative path: (size, mtime_ns)} of every entry under `folder` (folders included)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else -1,
+                                         p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}  # fmt: skip
+
+
+def test_export_reads_a_live_workdir_without_touching_the_runs_save_in_progress(tmp_path):
+    # Measured: `tgic export` beside a run removed the run's in-flight save (orbax cleans
+    # "temporary directories" when a writable manager opens), and the run died with
+    # "Save failed: 834/834 params are missing .zarray".
+    from tgic_jax.cli import main as cli
+    from tgic_jax.train import checkpoint as ckpt_lib
+
+    workdir = tmp_path / "run"
+    _tiny_workdir_with_checkpoints(workdir, [10])
+    in_flight = workdir / "checkpoints" / "12.orbax-checkpoint-tmp-1700000000"
+    in_flight.mkdir()
+    (in_flight / "_CHECKPOINT_METADATA").write_text("{}")
+    before = _snapshot(workdir)
+    _, step = ckpt_lib.restore_train_params(workdir)
+    assert step == 10
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "x")]) == 0
+    assert _snapshot(workdir) == before  # nothing cleaned, created, rotated or locked

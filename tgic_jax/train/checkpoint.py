@@ -2,7 +2,9 @@
 
 Orbax writes each step into a temporary directory and renames it when every host has
 finished (atomic finalize), so a run killed at any moment leaves only complete steps
-(plus temporaries that the next manager removes). Inference exports are
+(plus temporaries that the run's next manager removes). Readers (export, evaluation) open
+a workdir with `read_only_checkpoint_manager`: it never cleans, rotates, creates or locks
+anything, so a live run's save in progress is left alone. Inference exports are
 `tgic_jax.checkpoints.inference`.
 """
 
@@ -35,6 +37,32 @@ def train_checkpoint_manager(
         create=True,
     )
     return ocp.CheckpointManager(as_path(workdir) / TRAIN_CHECKPOINTS, options=options)
+
+
+def read_only_checkpoint_manager(workdir: str | os.PathLike) -> ocp.CheckpointManager:
+    """A manager that only lists and restores a workdir's finalized steps; it writes nothing.
+
+    The run's own manager removes "temporary directories" when it is created: opened by a
+    reader beside a live run, that was the run's save in progress (the run then failed with
+    "Save failed: 834/834 params are missing .zarray"). Read-only, orbax skips that, the
+    root metadata, rotation and every save.
+    """
+    options = ocp.CheckpointManagerOptions(
+        read_only=True,
+        create=False,
+        cleanup_tmp_directories=False,
+        enable_async_checkpointing=False,
+        save_interval_steps=0,
+    )
+    import logging
+
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns "Given directory is read only"
+    try:
+        return ocp.CheckpointManager(as_path(workdir) / TRAIN_CHECKPOINTS, options=options)
+    finally:
+        absl_logger.setLevel(level)
 
 
 class CheckpointError(RunError, OSError):
@@ -169,6 +197,15 @@ class _orbax_quiet:
             lg.setLevel(level)
 
 
+def _listing(workdir) -> list[int]:
+    """The finalized steps a fresh read-only manager sees now."""
+    manager = read_only_checkpoint_manager(workdir)
+    try:
+        return manager.all_steps()
+    finally:
+        manager.close()
+
+
 DAMAGED = "checkpoints_damaged"
 
 
@@ -194,14 +231,30 @@ def restore_train_state(manager: ocp.CheckpointManager, abstract_state, step: in
 def restore_train_params(workdir: str | os.PathLike, step: int | None = None, report=None):
     """(params as numpy, step) from a training workdir's newest restorable (or given) step.
 
+    Read-only (`read_only_checkpoint_manager`): safe beside the run that writes the workdir.
     `report(line)` is told of each newer step that did not restore (and was skipped).
     """
-    manager = train_checkpoint_manager(workdir, use_async=False)
-    try:
-        # Without a target orbax restores the saved tree as nested dicts; only params are read.
-        restored, step, skipped = restore_newest(manager, None, step)
-    finally:
-        manager.close()
+    if not (as_path(workdir) / TRAIN_CHECKPOINTS).is_dir():
+        raise CheckpointError(f"{workdir}: no training checkpoints (no {TRAIN_CHECKPOINTS}/ "
+                              "folder): not a training workdir, or no step saved yet")  # fmt: skip
+    for attempt in range(3):
+        manager = read_only_checkpoint_manager(workdir)
+        listed = sorted(manager.all_steps())
+        try:
+            # Without a target orbax restores the saved tree as nested dicts; only params
+            # are read.
+            restored, found, skipped = restore_newest(manager, None, step)
+            break
+        except CheckpointError:
+            # A live run deletes its old steps (it keeps ckpt.keep), maybe the one being
+            # read: list again, and give up only when nothing changed meanwhile.
+            if attempt == 2 or sorted(_listing(workdir)) == listed:
+                raise
+        finally:
+            manager.close()
+    # Steps the run deleted while they were read are not damaged: say nothing of them.
+    skipped = [(bad, why) for bad, why in skipped if (manager.directory / str(bad)).exists()]
+    step = found
     for bad, why in skipped:
         if report is not None:
             report(f"checkpoint step {bad} does not restore ({why}): skipped, using step {step}")
