@@ -494,3 +494,23 @@ def test_an_existing_inference_checkpoint_is_replaced_only_with_force(tmp_path, 
     from tgic_jax.cli.outputs import check_output
 
     check_output(str(old), force=True)  # accepted: this is what export writes
+
+
+def test_convert_force_keeps_the_users_files_in_the_checkpoint_folder(tmp_path, ckpt, capsys):
+    import shutil
+
+    from tgic_jax.checkpoints.inference import load_inference
+
+    theirs = tmp_path / "theirs.npz"
+    assert _tgic("export", "--format", "authors", "--workdir", ckpt, "--out", theirs) == 0
+    mine = tmp_path / "mine"
+    shutil.copytree(ckpt, mine)
+    (mine / "NOTES.md").write_text("my notes")
+    (mine / "my_results").mkdir()
+    (mine / "my_results" / "r.csv").write_text("r")
+    assert _tgic("convert", theirs, mine) == 2  # refused without --force, nothing touched
+    assert _tgic("convert", theirs, mine, "--force") == 0
+    assert "keeping NOTES.md, my_results/" in capsys.readouterr().out
+    assert (mine / "NOTES.md").read_text() == "my notes"
+    assert (mine / "my_results" / "r.csv").read_text() == "r"
+    assert load_inference(mine)[2].extra.source == "theirs.npz"

@@ -846,3 +846,30 @@ def test_export_reads_a_live_workdir_without_touching_the_runs_save_in_progress(
     assert step == 10
     assert cli.main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "x")]) == 0
     assert _snapshot(workdir) == before  # nothing cleaned, created, rotated or locked
+
+
+def test_export_force_replaces_only_the_checkpoints_own_files_and_says_so(tmp_path, capsys):
+    # Measured: `--force` deleted NOTES.md and my_results/r.csv put into the folder.
+    from tgic_jax.checkpoints import inference
+    from tgic_jax.cli import main as cli
+
+    workdir = tmp_path / "run"
+    _tiny_workdir_with_checkpoints(workdir, [10])
+    out = tmp_path / "x"
+    argv = ["export", "--workdir", str(workdir), "--out", str(out)]
+    assert cli.main(argv) == 0
+    (out / "NOTES.md").write_text("my notes")
+    (out / "my_results").mkdir()
+    (out / "my_results" / "r.csv").write_text("a,b\n1,2\n")
+    (out / "state" / "stale").write_text("ours: replaced with the state")
+    capsys.readouterr()
+    assert cli.main([*argv, "--force"]) == 0
+    said = capsys.readouterr().out
+    assert f"replacing the inference checkpoint in {out} (config.json, state/); keeping " \
+        "NOTES.md, my_results/" in said, said  # fmt: skip
+    assert (out / "NOTES.md").read_text() == "my notes"
+    assert (out / "my_results" / "r.csv").read_text() == "a,b\n1,2\n"
+    assert not (out / "state" / "stale").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["NOTES.md", "config.json", "my_results",
+                                                     "state"]  # fmt: skip
+    assert inference.load_inference(out)[2].extra.train_step == 10

@@ -4,7 +4,9 @@ An inference checkpoint is a directory:
     config.json   the model sizes and the text-encoder config (plain JSON)
     state/        orbax PyTree checkpoint of {"params": ..., "tables": ...}
 Both are written into a temporary sibling directory and renamed into place, so a reader
-never sees half a checkpoint.
+never sees half a checkpoint. `CHECKPOINT_ENTRIES` names what a checkpoint consists of: a
+folder's other files (a user's notes, results) are carried into the new checkpoint when
+one is replaced (`tgic export/convert --force`), never deleted.
 
 Every path here goes through `as_path` (etils.epath): `gs://bucket/run` stays a bucket URL
 (`pathlib.Path(...).absolute()` made it `<cwd>/gs:/bucket/run`, a local folder on each host).
@@ -27,6 +29,9 @@ from tgic_jax.files import replace_dir
 from tgic_jax.model.taco import TACO, ModelConfig
 
 FORMAT = "tgic_jax-inference-v1"
+# Every entry an inference checkpoint consists of (what `save_inference` writes and, when
+# it replaces a checkpoint, replaces): the one list `tgic export/convert --force` go by.
+CHECKPOINT_ENTRIES = ("config.json", "state")
 _FILE_URL = "file://"
 
 
@@ -63,6 +68,17 @@ def _one_process_checkpointer() -> ocp.Checkpointer:
     )
 
 
+def own_entries(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(entries of `CHECKPOINT_ENTRIES` present in the folder, its other entries), sorted."""
+    path = as_path(path)
+    if not path.is_dir():
+        return [], []
+    names = sorted(p.name for p in path.iterdir())
+    return [n for n in names if n in CHECKPOINT_ENTRIES], [
+        n for n in names if n not in CHECKPOINT_ENTRIES
+    ]
+
+
 def save_inference(
     path: str | os.PathLike,
     model_config: ModelConfig,
@@ -71,7 +87,11 @@ def save_inference(
     tables: dict | None = None,
     extra: dict | None = None,
 ) -> epath.Path:
-    """Writes an inference checkpoint atomically; tables default to `build_tables(params)`."""
+    """Writes an inference checkpoint atomically; tables default to `build_tables(params)`.
+
+    Replacing an existing folder replaces only `CHECKPOINT_ENTRIES`: its other entries are
+    moved into the new checkpoint before it takes the folder's name.
+    """
     path = as_path(path)
     params = to_numpy(params)
     if tables is None:
@@ -90,10 +110,26 @@ def save_inference(
             tmp / "state", {"params": params, "tables": to_numpy(tables)}
         )
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-        replace_dir(tmp, path)
+        _replace_keeping_others(tmp, path)
     finally:
         tmp.rmtree(missing_ok=True)
     return path
+
+
+def _replace_keeping_others(tmp: epath.Path, path: epath.Path) -> None:
+    """`replace_dir(tmp, path)`, the entries of `path` that are not ours moved along first."""
+    others = own_entries(path)[1]
+    moved = []
+    try:
+        for name in others:
+            (path / name).rename(tmp / name)
+            moved.append(name)
+        replace_dir(tmp, path)
+    except BaseException:
+        for name in moved:  # the old folder is still in place: give each entry back
+            if (tmp / name).exists() and path.is_dir():
+                (tmp / name).rename(path / name)
+        raise
 
 
 def read_inference_config(path: str | os.PathLike) -> dict:

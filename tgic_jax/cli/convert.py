@@ -50,10 +50,12 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"tgic convert: {args.input}: no such file", file=sys.stderr)
         return 2
     try:
-        check_output(args.output_dir, args.force, {"the input": args.input})
+        replacing = check_output(args.output_dir, args.force, {"the input": args.input})
     except OutputRefused as err:  # a usage error, as compress's (status 2)
         print(f"tgic convert: error: {err}", file=sys.stderr)
         return 2
+    if replacing:
+        print(replacing)
     t0 = time.time()
     state_dict = load_state_dict_file(args.input)
     cfg = infer_model_config(state_dict, args.heads)

@@ -44,10 +44,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     """`tgic export` handler."""
     try:
-        check_output(args.out, args.force, {"the workdir": args.workdir})
+        replacing = check_output(args.out, args.force, {"the workdir": args.workdir})
     except OutputRefused as err:  # a usage error, as compress's (status 2)
         print(f"tgic export: error: {err}", file=sys.stderr)
         return 2
+    if replacing:
+        print(replacing)
     if args.format == "authors":
         if args.select:
             print("tgic export: --select works with --format tgic only", file=sys.stderr)

@@ -1,8 +1,10 @@
-"""What `tgic export` and `tgic convert` may write to: nothing a user made is lost.
+"""What `tgic export`, `convert` and `evaluate` may write to: nothing a user made is lost.
 
 An output that exists is refused unless --force, and --force replaces only what these
-commands write (an inference checkpoint folder, or a file); a folder that holds or is held
-by the workdir or the input is refused always.
+commands write: a file, the entries an inference checkpoint consists of
+(`inference.CHECKPOINT_ENTRIES`; the folder's other files stay), the files an evaluation
+writes (`check_evaluation_output`). A folder that holds or is held by the workdir or the
+input is refused always. Each check returns a line saying what --force replaces.
 """
 
 from __future__ import annotations
@@ -34,24 +36,35 @@ def _is_inference_checkpoint(folder: Path) -> bool:
     return True
 
 
-def check_output(out: str, force: bool, keep: dict[str, str] | None = None) -> None:
-    """Raises OutputRefused when writing `out` could lose a file; `keep`: {what: path}.
-
-    `keep` names what must never be touched (e.g. {"the workdir": RUN}): `out` may be
-    neither it, inside it, nor around it.
-    """
-    target = _local(out)
-    if target is None:  # a URL: no local checks
-        return
+def _check_keep(out: str, target: Path, keep: dict[str, str] | None) -> None:
     for what, path in (keep or {}).items():
         other = _local(path)
         if other is not None and _overlap(target, other):
             raise OutputRefused(f"{out}: is, is inside or contains {what} ({path}); "
                                 "write the output somewhere else")  # fmt: skip
+
+
+def _listed(names: list[str], folder: Path) -> str:
+    return ", ".join(n + ("/" if (folder / n).is_dir() else "") for n in names)
+
+
+def check_output(out: str, force: bool, keep: dict[str, str] | None = None) -> str:
+    """Raises OutputRefused when writing `out` could lose a file; `keep`: {what: path}.
+
+    `keep` names what must never be touched (e.g. {"the workdir": RUN}): `out` may be
+    neither it, inside it, nor around it. Returns what --force will replace ("" for a new
+    output), in words.
+    """
+    from tgic_jax.checkpoints.inference import own_entries
+
+    target = _local(out)
+    if target is None:  # a URL: no local checks
+        return ""
+    _check_keep(out, target, keep)
     if target.is_file() or target.is_symlink():
         if not force:
             raise OutputRefused(f"{out}: exists (use --force to replace it)")
-        return
+        return f"replacing {out}"
     if target.is_dir() and any(target.iterdir()):
         if not _is_inference_checkpoint(target):
             raise OutputRefused(f"{out}: a folder that is not empty and is not an inference "
@@ -59,3 +72,7 @@ def check_output(out: str, force: bool, keep: dict[str, str] | None = None) -> N
         if not force:
             raise OutputRefused(f"{out}: an inference checkpoint exists there "
                                 "(use --force to replace it)")  # fmt: skip
+        ours, others = own_entries(target)
+        kept = f"; keeping {_listed(others, target)}" if others else ""
+        return f"replacing the inference checkpoint in {out} ({_listed(ours, target)}){kept}"
+    return ""
