@@ -6,6 +6,11 @@ writes the per-image CSV/JSON, summary, RD plots and reconstructions to DIR/eval
 `--checkpoint A B ...` evaluates existing inference checkpoints instead (one per rate
 point); `--ablation` adds the empty and mismatched captions. The same evaluation is
 `tgic evaluate --checkpoint CKPT --images DIR --captions JSON --out DIR`.
+
+The workdir is read only (safe beside the run that trains it). An existing DIR/inference
+or an earlier evaluation in the output is refused unless `--force`, which replaces only
+what eval.py writes (the user's other files there are kept). Anything that stops it is one
+line `eval.py: error: ...` and exit status 2.
 """
 
 import sys
@@ -23,34 +28,57 @@ flags.DEFINE_list("checkpoint", None, "Inference checkpoints to evaluate instead
 flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval).")
 flags.DEFINE_bool("ablation", False, "Also code with the empty and the mismatched caption.")
 flags.DEFINE_bool("lpips", True, "Compute LPIPS-Alex.")
+flags.DEFINE_bool("force", False, "Replace DIR/inference and an earlier evaluation's files.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(message) -> None:
+    print(f"eval.py: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def main(argv):
     """Evaluates the given checkpoints, or the run's exported last one, on the configured images."""
     del argv
+    from tgic_jax.cli import outputs
+
     config, workdir = FLAGS.config, Path(FLAGS.workdir)
     checkpoints = FLAGS.checkpoint
-    if not checkpoints:
-        from tgic_jax.train import trainer
-
-        checkpoints = [str(trainer.export_inference(workdir, workdir / "inference"))]
+    out = Path(FLAGS.out or workdir / "eval")
+    # Every refusal before any work (and before anything is written).
+    try:
+        if not checkpoints:
+            if not (workdir / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{workdir}: not a training workdir (no config.json); give --workdir of a "
+                    "run, or --checkpoint to evaluate inference checkpoints"
+                )
+            replacing = outputs.check_output(str(workdir / "inference"), FLAGS.force)
+            if replacing:
+                print(replacing)
+        replacing = outputs.check_evaluation_output(str(out), FLAGS.force)
+        if replacing:
+            print(replacing)
+    except (outputs.OutputRefused, OSError) as err:
+        _fail(err)
     eval_cfg = config.get("eval") or {}
     limit = int(eval_cfg.get("max_images", 0) or 0) or None
     options = driver.EvalOptions(
         variants=driver.VARIANTS if FLAGS.ablation else ("correct",), lpips=FLAGS.lpips
     )
-    out = Path(FLAGS.out or workdir / "eval")
     try:
         if eval_cfg.get("folder"):
             captions = eval_cfg.get("captions") or None
             eval_set = sets.folder_set(eval_cfg["folder"], captions, limit)
         else:
             eval_set = sets.kodak_set(Path(__file__).parent / "data" / "kodak", limit)
+        if not checkpoints:
+            from tgic_jax.train import trainer
+
+            checkpoints = [str(trainer.export_inference(workdir, workdir / "inference"))]
         summary = driver.evaluate_checkpoints(checkpoints, eval_set, out, options)
     except (ValueError, OSError) as err:  # nothing could run: one clear line, exit code 2
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(err)
     print((out / "summary.md").read_text())
     sys.exit(1 if summary["failures"] else 0)
 

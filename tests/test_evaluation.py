@@ -419,3 +419,69 @@ def test_the_caption_ablation_compares_each_variant_on_its_own_images():
     (a,) = s["ablation"]
     assert a["n"] == 1
     np.testing.assert_allclose([a["bpp_change_percent"], a["psnr_change_db"]], [10.0, -1.0])
+
+
+def test_evaluate_refuses_an_earlier_evaluation_without_force_and_never_mixes_with_it(
+    image_folder, tmp_path, capsys
+):
+    # Measured: `--out U` replaced the user's U/summary.md and left the earlier evaluation's
+    # files beside the new ones; `tgic evaluate` had no --force.
+    folder, captions, _ = image_folder
+    out = tmp_path / "out"
+    loader = lambda c: FakeCodec(c, 16)
+    argv = dict(out=out, images=folder, captions=captions, jpeg_qualities=50)
+    assert cli_evaluate.run_from_args(_args(**argv), codec_loader=loader) == 0
+    (out / "NOTES.md").write_text("my notes")
+    (out / "recon" / "earlier_model").mkdir(parents=True)  # an earlier evaluation's label
+    (out / "rd_earlier.png").write_bytes(b"an earlier plot")
+    summary = (out / "summary.md").read_text()
+    capsys.readouterr()
+    assert cli_evaluate.run_from_args(_args(**argv), codec_loader=loader) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tgic evaluate: error: {out}: holds an evaluation's files (") and (
+        "use --force" in err and err.count("\n") == 1
+    ), err
+    assert (out / "summary.md").read_text() == summary and (out / "rd_earlier.png").exists()
+    assert cli_evaluate.run_from_args(_args(**argv, force=True), codec_loader=loader) == 0
+    assert f"replacing the evaluation in {out} (" in capsys.readouterr().out
+    assert (out / "NOTES.md").read_text() == "my notes"  # the user's file is kept
+    assert not (out / "rd_earlier.png").exists() and not (out / "recon" / "earlier_model").exists()
+    assert sorted(p.name for p in (out / "recon").iterdir()) == ["ckptA"]
+
+
+def _eval_py(*argv):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, str(repo / "eval.py"), "--config", f"{repo}/configs/small.py:tiny",
+           *map(str, argv)]  # fmt: skip
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_eval_py_on_a_missing_workdir_or_over_an_earlier_export_is_one_line_and_writes_nothing(
+    tmp_path,
+):
+    # Measured: a missing workdir gave a 27-line traceback; DIR/inference/NOTES.md was deleted.
+    proc = _eval_py("--workdir", tmp_path / "nope")
+    assert (
+        proc.returncode == 2
+        and proc.stderr.startswith("eval.py: error: ")
+        and (proc.stderr.count("\n") == 1 and "not a training workdir" in proc.stderr)
+    ), proc.stderr
+    assert not (tmp_path / "nope").exists()
+    workdir = tmp_path / "run"
+    (workdir / "inference").mkdir(parents=True)
+    (workdir / "config.json").write_text("{}")
+    (workdir / "inference" / "config.json").write_text(
+        json.dumps({"format": "tgic_jax-inference-v1"})
+    )
+    (workdir / "inference" / "NOTES.md").write_text("my notes")
+    proc = _eval_py("--workdir", workdir)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "an inference checkpoint exists there (use --force" in proc.stderr
+    assert sorted(p.name for p in workdir.rglob("*")) == [
+        "NOTES.md", "config.json", "config.json", "inference"]  # fmt: skip

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tgic_jax.cli import repository
+from tgic_jax.cli import outputs, repository
 from tgic_jax.evaluation import baselines, driver, plots, sets
 
 
@@ -87,6 +87,10 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-recon", action="store_true", help="do not write reconstructions")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "-f", "--force", action="store_true",
+        help="replace an earlier evaluation's files in --out (the folder's others are kept)",
+    )  # fmt: skip
 
 
 def build_eval_set(args) -> sets.EvalSet:
@@ -132,7 +136,14 @@ def run_from_args(
 ) -> int:
     """`tgic evaluate`: 0 when everything ran, 1 with failures listed, 2 if nothing could."""
     try:
+        replacing = outputs.check_evaluation_output(args.out, getattr(args, "force", False))
+    except outputs.OutputRefused as err:  # a usage error, as compress's (status 2)
+        print(f"tgic evaluate: error: {err}", file=sys.stderr)
+        return 2
+    try:
         eval_set = build_eval_set(args)
+        if replacing:
+            print(replacing)
         eval_set.caption_mode = args.caption_mode
         summary = driver.evaluate_checkpoints(
             args.checkpoint, eval_set, args.out, options_from_args(args), codec_loader

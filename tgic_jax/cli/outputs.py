@@ -76,3 +76,26 @@ def check_output(out: str, force: bool, keep: dict[str, str] | None = None) -> s
         kept = f"; keeping {_listed(others, target)}" if others else ""
         return f"replacing the inference checkpoint in {out} ({_listed(ours, target)}){kept}"
     return ""
+
+
+def check_evaluation_output(out: str, force: bool) -> str:
+    """Raises OutputRefused when `out` holds an earlier evaluation's files and not `force`.
+
+    Returns what --force will replace ("" when nothing): `driver.evaluate` removes exactly
+    those entries (`driver.OUTPUT_ENTRIES`) before it writes, never the folder's others.
+    """
+    from tgic_jax.evaluation.driver import existing_outputs
+
+    target = _local(out)
+    if target is None:
+        return ""
+    if target.exists() and not target.is_dir():
+        raise OutputRefused(f"{out}: exists and is not a folder (name a folder for --out)")
+    found = existing_outputs(target)
+    if not found:
+        return ""
+    shown = _listed([p.name for p in found[:6]], target) + (", ..." if len(found) > 6 else "")
+    if not force:
+        raise OutputRefused(f"{out}: holds an evaluation's files ({shown}); use --force to "
+                            "replace them, or name another folder")  # fmt: skip
+    return f"replacing the evaluation in {out} ({shown}); other files there are kept"

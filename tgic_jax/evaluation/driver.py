@@ -341,6 +341,35 @@ class _Run:
                 self.fail(item.name, "jpeg", err)
 
 
+# Every entry `evaluate` writes into its output folder: by name, and the RD plots by pattern.
+# `tgic evaluate` and eval.py refuse an output holding any of them unless --force, and then
+# remove them all first, so an evaluation's files never mix with an earlier one's.
+OUTPUT_ENTRIES = ("summary.md", "summary.json", "per_image.csv", "per_image.json", "jpeg.csv",
+                  "bitstreams", "recon", "jpeg")  # fmt: skip
+OUTPUT_PATTERNS = ("rd_*.png", "rd_*.svg")
+
+
+def existing_outputs(out_dir: str | os.PathLike) -> list[Path]:
+    """The entries of out_dir that an evaluation writes (`OUTPUT_ENTRIES`), sorted."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = {out / name for name in OUTPUT_ENTRIES if (out / name).exists()}
+    found.update(p for pattern in OUTPUT_PATTERNS for p in out.glob(pattern))
+    return sorted(found)
+
+
+def clear_outputs(out_dir: str | os.PathLike) -> None:
+    """Removes an earlier evaluation's entries (`existing_outputs`) from out_dir, only those."""
+    import shutil
+
+    for path in existing_outputs(out_dir):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def _write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
@@ -368,6 +397,7 @@ def evaluate(
         lpips_fn = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clear_outputs(out)  # never a mix with an earlier evaluation's files
     run = _Run(codecs, eval_set, out, options, lpips_fn)
     with tqdm(total=len(eval_set), desc=f"evaluate {eval_set.name}", unit="img",
               disable=not options.progress) as progress:  # fmt: skip
