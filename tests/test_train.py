@@ -688,7 +688,7 @@ def test_a_background_save_that_fails_stops_training_at_the_step_it_ends(tmp_pat
     with pytest.raises(ckpt_lib.CheckpointError) as err:
         watch.check(22)
     assert str(err.value) == ("the checkpoint of step 20 failed to write (found at step 22): "
-                              "OSError: [Errno 28] No space left on device")  # fmt: skip
+                              "disk full: OSError: [Errno 28] No space left on device")  # fmt: skip
     with pytest.raises(ckpt_lib.CheckpointError, match="saving the checkpoint of step 30 failed"):
         ckpt_lib.save_train_state(manager, 30, state={})
 
@@ -873,3 +873,27 @@ def test_export_force_replaces_only_the_checkpoints_own_files_and_says_so(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["NOTES.md", "config.json", "my_results",
                                                      "state"]  # fmt: skip
     assert inference.load_inference(out)[2].extra.train_step == 10
+
+
+@pytest.mark.slow  # one tiny run (its compile is cached after the first test's)
+def test_a_final_save_that_fails_ends_in_one_line_saying_why(tmp_path):
+    # Measured on a full 55 MB tmpfs: 263 "ImportError: sys.meta_path is None" tracebacks,
+    # then a segmentation fault (exit 139): the last save's error escaped the run's report.
+    import resource
+
+    limit = 6 << 20  # above the compilation cache's entries (< 3 MB), below the
+    # checkpoint's array data files (9-14 MB): only the checkpoint's write fails (EFBIG)
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    workdir = tmp_path / "run"
+    cmd = _train_cmd(workdir, "--config.total_steps=2", "--config.ckpt.every_steps=1000")
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600, preexec_fn=limit_file_size)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert re.fullmatch(r"train\.py: error: the checkpoint of step 2 failed to write \(found at "
+                        r"step 2\): a file would exceed the file-size limit \(ulimit -f\): "
+                        r"[^\n]*\n", proc.stderr), proc.stderr[-3000:]  # fmt: skip
+    assert _finished_steps(workdir) == []

@@ -10,8 +10,10 @@ anything, so a live run's save in progress is left alone. Inference exports are
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
+import re
 import sys
 import uuid
 
@@ -69,12 +71,44 @@ class CheckpointError(RunError, OSError):
     """A training checkpoint that cannot be written, found or restored (one line)."""
 
 
+# What a failed write says in words, by errno (tensorstore puts it into its message as
+# os_error_code='28'); a file-size limit (ulimit -f) fails as EFBIG.
+_ERRNO_WORDS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "a file would exceed the file-size limit (ulimit -f)",
+}
+_ERRNO_TEXTS = {"No space left on device": errno.ENOSPC, "File too large": errno.EFBIG,
+                "Disk quota exceeded": errno.EDQUOT}  # fmt: skip
+
+
+def _errno_of(err: BaseException) -> int | None:
+    """The errno of a failed write anywhere in the exception's chain, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(getattr(err, "errno", None), int) and err.errno in _ERRNO_WORDS:
+            return err.errno
+        text = str(err)
+        found = re.search(r"os_error_code='?(\d+)", text)
+        if found and int(found[1]) in _ERRNO_WORDS:
+            return int(found[1])
+        for words, code in _ERRNO_TEXTS.items():
+            if words in text:
+                return code
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _reason(err: BaseException) -> str:
-    """The first line of an exception, shortened: orbax's messages run to pages."""
+    """The first line of an exception, shortened (orbax's messages run to pages), after
+    "disk full" (or the file-size limit) when that is why it failed."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if len(text) > 120:
         text = text[:120] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    shown = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    code = _errno_of(err)
+    return f"{_ERRNO_WORDS[code]}: {shown}" if code is not None else shown
 
 
 def save_train_state(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
@@ -124,6 +158,14 @@ class SaveWatch:
             step = self._pending if self._pending is not None else "an earlier step"
             raise CheckpointError(f"the checkpoint of step {step} failed to write (found at "
                                   f"step {at_step}): {_reason(err)}") from err  # fmt: skip
+
+    def finish(self, at_step: int) -> None:
+        """Waits for the saves in flight; raises CheckpointError if one failed (the run's
+        last save included: its error would otherwise end the process in a traceback)."""
+        if self._pending is not None:
+            self._verdict(at_step, wait=True)
+        else:
+            self._raise_if_failed(at_step, wait=True)
 
     def check(self, at_step: int) -> None:
         """Raises CheckpointError when the last save has ended without its step on disk."""

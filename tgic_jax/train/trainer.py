@@ -230,8 +230,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup) -> TrainSta
         finite.check()
         if step != start_step and manager.latest_step() != step:
             saves.save(step, state, force=True)
-        manager.wait_until_finished()
-        saves.check(step)
+        saves.finish(step)
     except NonFiniteError as err:
         manager.wait_until_finished()  # the good saves in flight complete
         good = manager.latest_step()
