@@ -55,14 +55,33 @@ def test_same_seed_gives_the_same_batches_and_another_seed_other_crops(kodak_dir
     assert not np.array_equal(a[0]["image"], c[0]["image"])
 
 
-def test_images_smaller_than_the_crop_are_skipped(tmp_path):
+def test_images_smaller_than_the_crop_are_skipped_and_named_at_start(tmp_path, capsys):
+    # Measured: 1 x 1 and 10000 x 10 images were dropped without a word.
     folder = _write_folder(
         tmp_path, [((32, 200), "too short"), ((80, 96), "big enough"), ((200, 40), "too narrow")]
     )
     ds = input_pipeline.make_dataset(_folder_config(folder, 64), batch_size=3, seed=1)
+    assert capsys.readouterr().out == (
+        "input: 2 of 3 images smaller than the 64 x 64 crop left out: im0.png (200 x 32); "
+        "im2.png (40 x 200)\n"
+    )
     batches = iter(ds)
     captions = [c for _ in range(3) for c in next(batches)["caption"]]
     assert set(captions) == {"big enough"}
+
+
+def test_a_folder_stream_resumed_at_any_step_gives_the_uninterrupted_batches(kodak_dir):
+    # Measured: a folder run resumed at step 7 drew other batches (seed + start step), and
+    # at step 10 its distortion was 42.05 against 45.85 uninterrupted.
+    cfg = _folder_config(kodak_dir, 64, max_images=3)  # 3 images: epochs of 1.5 batches
+    whole = iter(input_pipeline.make_dataset(cfg, 2, seed=4))
+    expected = [next(whole) for _ in range(7)]
+    for start in (1, 3, 5):
+        resumed = iter(input_pipeline.make_dataset(cfg, 2, seed=4, start_step=start))
+        for want in expected[start:]:
+            got = next(resumed)
+            np.testing.assert_array_equal(got["image"], want["image"])
+            assert list(got["caption"]) == list(want["caption"])
 
 
 def test_a_share_without_a_usable_image_fails_clearly_instead_of_looping(tmp_path):

@@ -79,6 +79,55 @@ def validate(config: ml_collections.ConfigDict, global_batch: int) -> None:
            "must be >= 1")  # fmt: skip
 
 
+def check_model_fits(config: ml_collections.ConfigDict, global_batch: int) -> None:
+    """Raises a one-line ConfigError when the model cannot be built, or when its train state
+    (parameters and optimizer state, replicated on every device) exceeds a device's memory.
+
+    Measured before: model.N=99999999 asked XLA for ~28 billion GiB after config.json was
+    written. Shapes only (`jax.eval_shape`, under a second): nothing is allocated.
+    """
+    import functools
+
+    import jax
+
+    from tgic_jax.model.taco import TACO, ModelConfig
+    from tgic_jax.train import optim, train_state
+
+    try:
+        model = TACO(ModelConfig.from_config(config.model))
+        optimizer = optim.make_optimizer(config.optim, global_batch)
+        shapes = jax.eval_shape(
+            functools.partial(train_state.create_train_state, model, optimizer, int(config.seed))
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model: {err}") from None
+    need = sum(int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
+    have = device_memory_bytes()
+    _check(have is None or need <= have,
+           f"model.N={config.model.N}, model.M={config.model.M}: the train state needs "
+           f"{need / 2**30:,.1f} GiB on every device, more than its "
+           f"{(have or 0) / 2**30:,.1f} GiB")  # fmt: skip
+
+
+def device_memory_bytes() -> int | None:
+    """A device's memory (an accelerator's limit, or a CPU host's RAM); None if unknown."""
+    import os
+
+    import jax
+
+    device = jax.local_devices()[0]
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _flat(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():

@@ -13,12 +13,13 @@ Sources (config.input.source):
 The folder and pair sources are plain Python: Pillow decodes in a small thread pool
 (its decoders release the GIL) a few batches ahead of the consumer, NumPy crops. Every
 crop and caption pick is keyed by (seed, position in the run), never by thread timing,
-so a run with the same seed sees the same batches and a resumed pair run the same crops.
+so a run with the same seed sees the same batches, and a run resumed at step k (folder or
+pairs) the batches an uninterrupted one saw from step k on.
 
-Per example: images smaller than the crop are dropped (not padded, not crashed on), one
-random crop_size x crop_size crop, one caption. An unreadable image is named once, skipped
-(the next readable file of the list stands in, so batches keep their size) and counted;
-it never stops a run. Batches are host-local dicts
+Per example: images smaller than the crop are left out (not padded, not crashed on) and
+named at start, one random crop_size x crop_size crop, one caption. An unreadable image is
+named once, skipped (the next readable file of the list stands in, so batches keep their
+size) and counted; it never stops a run. Batches are host-local dicts
 ``{"image": float32 [b, H, W, 3] in [0, 1], "caption": list[str]}``; `tokenize_batches`
 replaces the captions by token ids and masks (the text tower runs in the train step).
 """
@@ -112,27 +113,42 @@ def _examples(names: list[str], n: int = 3) -> str:
 # ----------------------------------------------------------------------------- images
 def _image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the file's header (ImageError when Pillow cannot read it)."""
+    return _header(path)[0]
+
+
+def _header(path: str | Path) -> tuple[tuple[int, int], int]:
+    """((width, height), frames) from the file's header (ImageError when unreadable)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:  # reads the header only
-            return im.size
+            return im.size, int(getattr(im, "n_frames", 1) or 1)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise image_io.ImageError(f"cannot read image ({_reason(e, path)})") from e
 
 
-def _readable_sizes(paths: list[Path]) -> list[tuple[int, int] | None]:
-    """Header sizes; None for a file Pillow cannot read, which is named (one summary line)."""
-    sizes, bad = [], []
+def _readable_sizes(paths: list[Path], report: bool = True) -> list[tuple[int, int] | None]:
+    """Header sizes; None for a file Pillow cannot read, which is named (one summary line).
+
+    An animation (GIF, APNG, WebP) trains on its first frame; `report` says so, once.
+    """
+    sizes, bad, animated = [], [], []
     for p in paths:
         try:
-            sizes.append(_image_size(p))
+            size, frames = _header(p)
         except image_io.ImageError as e:
             sizes.append(None)
             bad.append(f"{p.name} ({str(e).removeprefix('cannot read image (')[:-1]})")
-    if bad:
+            continue
+        sizes.append(size)
+        if frames > 1:
+            animated.append(f"{p.name} ({frames} frames)")
+    if bad and report:
         _say(f"{len(bad)} of {len(paths)} images unreadable, skipped: " + "; ".join(bad[:10])
              + ("; ..." if len(bad) > 10 else ""))  # fmt: skip
+    if animated and report:
+        _say(f"{len(animated)} animated images: the first frame of each is used: "
+             + "; ".join(animated[:10]) + ("; ..." if len(animated) > 10 else ""))  # fmt: skip
     return sizes
 
 
@@ -258,6 +274,38 @@ def _workers(input_config) -> int:
 
 
 # ----------------------------------------------------------------------------- folder
+def folder_items(
+    input_config, process_index: int = 0, process_count: int = 1
+) -> list[tuple[Path, list[str]]]:
+    """This host's (image, captions) of a folder source, checked: what `make_dataset` trains on.
+
+    Says at start (process 0) which images are left out: without a caption, unreadable,
+    smaller than the crop. Raises (one line) when this host's share has no usable image.
+    """
+    crop_size = int(input_config.crop_size)
+    report = process_index == 0
+    items = list_folder(
+        input_config.folder, input_config.get("captions") or None,
+        int(input_config.get("max_images", 0)), report=report,
+    )  # fmt: skip
+    if len(items) >= process_count:
+        items = items[process_index::process_count]  # disjoint shares when there are enough
+    sizes = _readable_sizes([p for p, _ in items], report=report)
+    small = [f"{p.name} ({s[0]} x {s[1]})" for (p, _), s in zip(items, sizes, strict=True)
+             if s and min(s) < crop_size]  # fmt: skip
+    if small and report:
+        _say(f"{len(small)} of {len(items)} images smaller than the {crop_size} x {crop_size} "
+             "crop left out: " + "; ".join(small[:10])
+             + ("; ..." if len(small) > 10 else ""))  # fmt: skip
+    items = [it for it, s in zip(items, sizes, strict=True) if s and min(s) >= crop_size]
+    if not items:
+        raise ValueError(
+            f"input: process {process_index} of {process_count} has no image of at least "
+            f"{crop_size}x{crop_size} pixels in its share of {input_config.folder}"
+        )
+    return items
+
+
 def make_dataset(
     input_config,
     batch_size: int,
@@ -265,41 +313,37 @@ def make_dataset(
     process_index: int = 0,
     process_count: int = 1,
     repeat: bool = True,
+    start_step: int = 0,
+    items: list | None = None,
 ) -> Iterator[dict]:
     """This host's batches of random crops of config.input's images (host-local numpy).
 
-    Checked before the first batch: a host whose share holds no usable image fails here
-    with one line, instead of looping forever.
+    The stream is a pure function of (seed, position): a run resumed at `start_step` sees
+    the batches an uninterrupted run saw from that step on. Checked before the first batch
+    (`folder_items`, or the given `items`): a host whose share holds no usable image fails
+    here with one line, instead of looping forever.
     """
     seed = int(seed) + 1000 * process_index  # different crops on every host
     crop_size = int(input_config.crop_size)
-    if input_config.source == "tfds":
-        return _tfds_batches(input_config, batch_size, seed, process_index, process_count, repeat)
+    if input_config.source == "tfds":  # tf.data's shuffle: seeded by the start step instead
+        return _tfds_batches(input_config, batch_size, seed + int(start_step), process_index,
+                             process_count, repeat)  # fmt: skip
     if input_config.source != "folder":
         raise ValueError(f"unknown input.source {input_config.source!r}: 'tfds' or 'folder'")
-    items = list_folder(
-        input_config.folder, input_config.get("captions") or None,
-        int(input_config.get("max_images", 0)), report=process_index == 0,
-    )  # fmt: skip
-    if len(items) >= process_count:
-        items = items[process_index::process_count]  # disjoint shares when there are enough
-    sizes = _readable_sizes([p for p, _ in items])
-    items = [it for it, s in zip(items, sizes, strict=True) if s and min(s) >= crop_size]
-    if not items:
-        raise ValueError(
-            f"input: process {process_index} of {process_count} has no image of at least "
-            f"{crop_size}x{crop_size} pixels in its share of {input_config.folder}"
-        )
+    if items is None:
+        items = folder_items(input_config, process_index, process_count)
     images = _Images([str(p) for p, _ in items], crop_size, bool(input_config.get("cache")))
+    first = int(start_step) * int(batch_size)
 
     def positions() -> Iterator[tuple[int, int]]:
         # Position n of the stream is entry n % N of the permutation of epoch n // N.
-        epoch = 0
+        epoch, k = divmod(first, len(items))
         while True:
             perm = np.random.default_rng([seed, epoch]).permutation(len(items))
-            for k, i in enumerate(perm):
+            for i in perm[k:]:
                 yield int(i), epoch * len(items) + k
-            epoch += 1
+                k += 1
+            epoch, k = epoch + 1, 0
             if not repeat:
                 return
 
@@ -447,11 +491,15 @@ def list_coco_files(
     unsized = [p for im, p in zip(images, paths, strict=True)
                if "width" not in im or "height" not in im]  # fmt: skip
     read = dict(zip(unsized, _readable_sizes(unsized), strict=True))
-    pairs = []
+    pairs, small = [], 0
     for im, path in zip(images, paths, strict=True):
         size = (int(im["width"]), int(im["height"])) if path not in read else read[path]
         if size is not None and min(size) >= min_short_side:
             pairs += [(str(path), c) for c in captions.get(int(im["id"]), [])]
+        small += size is not None and min(size) < min_short_side
+    if small:
+        _say(f"{small} of {len(images)} images with a short side below {min_short_side} "
+             "left out (input.min_short_side)")  # fmt: skip
     if not pairs:
         raise FileNotFoundError(
             f"no (image, caption) pairs with short side >= {min_short_side} in {root}"
@@ -467,9 +515,16 @@ def list_folder_pairs(
     items = list_folder(folder, captions_path, max_images, report=True)
     sizes = _readable_sizes([p for p, _ in items])
     pairs = []
+    small = [f"{path.name} ({size[0]} x {size[1]})"
+             for (path, _), size in zip(items, sizes, strict=True)
+             if size is not None and min(size) < min_short_side]  # fmt: skip
     for (path, caps), size in zip(items, sizes, strict=True):
         if size is not None and min(size) >= min_short_side:
             pairs += [(str(path), c) for c in caps]
+    if small:
+        _say(f"{len(small)} of {len(items)} images with a short side below {min_short_side} "
+             "left out (input.min_short_side): " + "; ".join(small[:10])
+             + ("; ..." if len(small) > 10 else ""))  # fmt: skip
     if not pairs:
         raise FileNotFoundError(
             f"no (image, caption) pairs with short side >= {min_short_side} in {folder}"

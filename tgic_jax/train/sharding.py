@@ -21,8 +21,12 @@ def make_mesh(mesh_config=None, devices=None) -> Mesh:
     n = -1 if mesh_config is None else int(mesh_config.get("data", -1))
     if n == -1:
         n = len(devices)
+    if n < 1:
+        raise ValueError(f"mesh.data={n}: must be a number of devices (1-{len(devices)}) or -1")
     if n > len(devices):
-        raise ValueError(f"mesh.data={n} but only {len(devices)} devices are visible")
+        raise ValueError(
+            f"mesh.data={n} but only {len(devices)} devices are visible (mesh.data=-1: all of them)"
+        )
     if n == len(jax.devices()):
         # Auto axes: jax >= 0.8 makes them Explicit by default, under which the model's
         # reshapes of batch-sharded activations fail to trace (ShardingTypeError).

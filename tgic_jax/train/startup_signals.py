@@ -54,8 +54,8 @@ class StartupSignals:
         self._active = False
 
     def __enter__(self) -> StartupSignals:
-        if threading.current_thread() is not threading.main_thread():
-            return self
+        if self._active or threading.current_thread() is not threading.main_thread():
+            return self  # entered already (train.py's guard, handed to the trainer)
         self._saved = {sig: (signal.getsignal(sig), read_sigaction(sig)) for sig in SIGNALS}
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)  # set_wakeup_fd requires it

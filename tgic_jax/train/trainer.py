@@ -39,7 +39,7 @@ from tgic_jax.train import (
     train_state,
     train_step,
 )
-from tgic_jax.train.errors import Interrupted, RunError
+from tgic_jax.train.errors import ConfigError, Interrupted, RunError
 from tgic_jax.train.finite_watch import NonFiniteError, NonFiniteWatch
 from tgic_jax.train.metrics_writer import MetricWriter, announce
 from tgic_jax.train.startup_signals import StartupSignals
@@ -53,34 +53,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     `workdir` may be a URL (gs://bucket/run): checkpoints, config.json and TensorBoard
     events are written there, not to a local folder. One run at a time per workdir (a lock);
-    a reason to stop that the user can act on raises a one-line `RunError`.
+    a reason to stop that the user can act on raises a one-line `RunError`. Nothing is
+    written to the workdir before the config, the mesh, the model's size and the inputs
+    pass their checks, and config.json only once the first step is compiled, so a start
+    that fails never blocks its corrected rerun.
     """
     begun = time.perf_counter()  # train_time_limit_minutes counts from here (compile included)
     workdir = inference.as_path(workdir)
-    # The config checks come before anything is written (the workdir included).
-    mesh = sharding.make_mesh(config.get("mesh"))
-    config_checks.validate(config, optim.global_batch_size(config, mesh.size))
-    workdir.mkdir(parents=True, exist_ok=True)
-    lock = WorkdirLock(workdir)
-    if jax.process_index() == 0:
-        lock.acquire()
     # Until the loop, SIGTERM and Ctrl-C end the process at once with one line: nothing is
     # trained yet, and the loop's handlers would only run after the minute-long compilation.
     startup = StartupSignals("stopping before the first step (nothing trained to save)")
+    with startup:
+        # The checks come before anything is written (the workdir included).
+        try:
+            mesh = sharding.make_mesh(config.get("mesh"))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        global_batch = optim.global_batch_size(config, mesh.size)
+        config_checks.validate(config, global_batch)
+        config_checks.check_model_fits(config, global_batch)
+        inputs = _checked_inputs(config)
+        workdir.mkdir(parents=True, exist_ok=True)
+        lock = WorkdirLock(workdir)
+        if jax.process_index() == 0:
+            lock.acquire()
+        try:
+            return _train(config, workdir, begun, mesh, startup, inputs)
+        finally:
+            lock.release()
+
+
+def _checked_inputs(config):
+    """(pairs or None, this host's folder items or None): the inputs listed and checked.
+
+    Raises ConfigError (one line) when the input cannot train: a missing folder, no
+    captioned image, no image as large as the crop. TFDS is checked when it is opened.
+    """
     try:
-        with startup:
-            return _train(config, workdir, begun, mesh, startup)
-    finally:
-        lock.release()
+        if input_pipeline.uses_pairs(config.input):
+            return input_pipeline.list_pairs(config.input), None
+        if config.input.source == "folder":
+            items = input_pipeline.folder_items(
+                config.input, jax.process_index(), jax.process_count()
+            )
+            return None, items
+    except (OSError, ValueError) as err:  # FileNotFoundError, ImageError, caption errors
+        raise ConfigError(f"input: {str(err).removeprefix('input: ')}") from None
+    return None, None
 
 
-def _train(config, workdir: epath.Path, begun: float, mesh, startup) -> TrainState:
+def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> TrainState:
     is_main = jax.process_index() == 0
     global_batch = optim.global_batch_size(config, mesh.size)
     host_batch = sharding.local_batch_size(global_batch, mesh)
     changes = config_checks.compare_with_workdir(config, workdir, devices=mesh.size)
-    if is_main:
-        config_checks.record_config(config, workdir, changes, devices=mesh.size)
+    given = config  # what config.json records (the pair sources' epoch size is derived)
 
     precision = config.get("jax_default_matmul_precision")
     if precision:  # before anything is traced; see docs/RECIPE.md (numerics)
@@ -90,9 +117,8 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup) -> TrainSta
                         config.loss.lmbda, config.loss.k_p, config.loss.k_j)  # fmt: skip
 
     # (image, caption) pair sources: the epoch is one pass over the pairs, counted here.
-    pairs = None
-    if input_pipeline.uses_pairs(config.input):
-        pairs = input_pipeline.list_pairs(config.input)
+    pairs, items = inputs
+    if pairs is not None:
         config = optim.with_epoch_size(config, len(pairs))
         announce(f"epoch: {len(pairs)} (image, caption) pairs, "
                  f"{optim.steps_per_epoch(config.optim, global_batch)} steps")  # fmt: skip
@@ -127,10 +153,10 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup) -> TrainSta
             config.input, pairs, global_batch, host_batch, int(config.seed), start_step,
             jax.process_index(),
         )  # fmt: skip
-    else:
+    else:  # order from (seed, step) too: resumes exactly at start_step
         ds = input_pipeline.make_dataset(
-            config.input, host_batch, seed=int(config.seed) + start_step,
-            process_index=jax.process_index(), process_count=jax.process_count(),
+            config.input, host_batch, seed=int(config.seed), process_index=jax.process_index(),
+            process_count=jax.process_count(), start_step=start_step, items=items,
         )  # fmt: skip
     batches = input_pipeline.tokenize_batches(ds, text_encoder)
 
@@ -163,6 +189,10 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup) -> TrainSta
     distributed.sync_hosts("tgic_jax/compiled")
     meter, profiler = _throughput_instruments(config, step_fn, global_batch, mesh, workdir)
 
+    # The run's config is recorded once it has compiled: a start that fails earlier leaves
+    # nothing that would refuse its corrected rerun.
+    if is_main:
+        config_checks.record_config(given, workdir, changes, devices=mesh.size)
     writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
     startup.close()
     # From here SIGINT / SIGTERM save the current step, then stop.
