@@ -514,3 +514,39 @@ def test_convert_force_keeps_the_users_files_in_the_checkpoint_folder(tmp_path, 
     assert (mine / "NOTES.md").read_text() == "my notes"
     assert (mine / "my_results" / "r.csv").read_text() == "r"
     assert load_inference(mine)[2].extra.source == "theirs.npz"
+
+
+def test_names_differing_in_case_are_two_outputs_where_the_file_system_keeps_them_apart(
+    tmp_path, ckpt, capsys
+):
+    # Measured: Photo.PNG beside photo.png was refused as a stem collision on Linux.
+    from tgic_jax.cli.codec_commands import case_sensitive
+
+    src = tmp_path / "in"
+    src.mkdir()
+    image_io.save_png(src / "photo.png", synthetic_image(16, 16, 1))
+    image_io.save_png(src / "Photo.PNG", synthetic_image(16, 16, 2))
+    if not case_sensitive(tmp_path):
+        pytest.skip("this file system ignores case: the two names are one file")
+    rc = _tgic("compress", src, "--caption", "c", "--checkpoint", ckpt, "-o", tmp_path / "o")
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["Photo.tgic", "photo.tgic"]
+    assert not list(tmp_path.rglob(".tgic-CaseProbe-*"))  # the probe is removed
+
+
+def test_an_animated_gif_in_a_folder_is_coded_from_its_first_frame_with_a_note(
+    tmp_path, ckpt, capsys
+):
+    # Measured: .gif files in a folder were ignored; given explicitly, coded with no note.
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    frames = [Image.fromarray(image_io.to_uint8(synthetic_image(16, 24, s))) for s in (1, 2)]
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    rc = _tgic("compress", src, "--caption", "c", "--checkpoint", ckpt, "-o", tmp_path / "o")
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "animation of 2 frames: the first frame is used" in err
+    assert (tmp_path / "o" / "anim.tgic").is_file()
+    assert [p.name for p in input_pipeline.image_io.list_images(src)] == ["anim.gif"]

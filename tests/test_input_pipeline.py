@@ -333,3 +333,15 @@ print("ok", len(pairs))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ok 3" in out.stdout
+
+
+def test_a_gif_in_the_training_folder_trains_on_its_first_frame_and_is_named(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (80, 72, 3), dtype=np.uint8)) for _ in "ab"]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    (tmp_path / "captions.json").write_text(json.dumps({"anim.gif": "two frames"}))
+    batch = next(iter(input_pipeline.make_dataset(_folder_config(tmp_path, 64), 2, seed=0)))
+    assert batch["image"].shape == (2, 64, 64, 3) and batch["caption"] == ["two frames"] * 2
+    assert capsys.readouterr().out == (
+        "input: 1 animated images: the first frame of each is used: anim.gif (2 frames)\n"
+    )

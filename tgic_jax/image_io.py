@@ -1,6 +1,7 @@
 """Reading images into float32 RGB in [0, 1], and writing 8-bit PNGs.
 
-`load_image` accepts what Pillow reads and converts it to RGB, saying so in `notes`:
+`load_image` accepts what Pillow reads and converts it to RGB, saying so in `notes` (an
+animation gives its first frame, noted):
 the EXIF orientation is applied (as viewers show the photo), 16-bit and 32-bit grayscale
 are scaled from their full range, 16-bit RGB is reduced to 8 bits (Pillow's reading),
 grayscale is replicated, palette images are expanded, the alpha channel is dropped.
@@ -22,8 +23,29 @@ import numpy as np
 
 from tgic_jax.files import write_atomic
 
-# What Pillow can read; listing a folder of inputs keeps these (case-insensitive).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# The common suffixes of what Pillow reads (kept for importers); listing a folder keeps
+# every suffix Pillow can open here (`readable_suffixes`), case-insensitive.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                  ".gif")  # fmt: skip
+# Registered by Pillow but not images it decodes by itself: stubs that need a handler
+# (BUFR, GRIB, HDF5, MPEG), Ghostscript (EPS) or Windows (EMF, WMF).
+_NOT_DECODED = {".bufr", ".grib", ".h5", ".hdf", ".mpeg", ".mpg", ".eps", ".ps", ".emf", ".wmf"}
+
+
+def readable_suffixes() -> frozenset[str]:
+    """Every file suffix (lower case, with the dot) whose format Pillow opens here."""
+    global _READABLE
+    if _READABLE is None:
+        from PIL import Image
+
+        Image.init()
+        found = {ext.lower() for ext, fmt in Image.registered_extensions().items()
+                 if fmt in Image.OPEN}  # fmt: skip
+        _READABLE = frozenset((found - _NOT_DECODED) | set(IMAGE_SUFFIXES))
+    return _READABLE
+
+
+_READABLE: frozenset[str] | None = None
 
 
 class ImageError(ValueError):
@@ -31,11 +53,12 @@ class ImageError(ValueError):
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files (by `IMAGE_SUFFIXES`) directly in `folder`, sorted by name."""
+    """The image files (by `readable_suffixes`: .gif too) directly in `folder`, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    suffixes = readable_suffixes()
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
 
 
 def load_image(
@@ -60,6 +83,9 @@ def load_image(
             if w < 1 or h < 1:
                 raise ImageError(f"{path}: empty image ({w} x {h})")
             bits16 = _is_16bit_colour(im)
+            frames = int(getattr(im, "n_frames", 1) or 1)
+            if frames > 1:  # Pillow opens an animation (GIF, APNG, WebP) at its first frame
+                notes.append(f"animation of {frames} frames: the first frame is used")
             im.load()
             im = _apply_orientation(im, notes)
             if bits16:

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,6 +90,26 @@ def expand_inputs(inputs: list[str], suffixes) -> tuple[list[Path], list[str]]:
     return paths, notes
 
 
+def case_sensitive(folder: Path) -> bool:
+    """Whether file names differing only in case are distinct files in `folder` (or, when
+    it does not exist yet, its nearest existing parent): a probe file, removed at once.
+
+    False when it cannot be told (no write permission): clashing names are then kept apart.
+    """
+    probe_dir = Path(os.path.abspath(folder))
+    while not probe_dir.is_dir() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tgic-CaseProbe-", dir=probe_dir)
+    except OSError:
+        return False
+    try:
+        os.close(fd)
+        return not os.path.exists(os.path.join(probe_dir, os.path.basename(probe).lower()))
+    finally:
+        os.unlink(probe)
+
+
 def plan_outputs(
     paths: list[Path], output: str, suffix: str
 ) -> tuple[list[Path], Path | None, list[str]]:
@@ -113,8 +134,11 @@ def plan_outputs(
     names = [p.stem for p in paths]
     notes = []
     groups: dict[str, list[int]] = {}
-    for k, name in enumerate(names):  # case-insensitive: a.png and A.png clash on macOS
-        groups.setdefault((name + suffix).lower(), []).append(k)
+    # a.png and A.png clash where the output's file system ignores case (macOS, Windows),
+    # and are two files where it does not (Linux).
+    key = (lambda n: n) if case_sensitive(out) else str.lower
+    for k, name in enumerate(names):
+        groups.setdefault(key(name + suffix), []).append(k)
     for members in groups.values():
         tails = [paths[k].suffix.lstrip(".").lower() for k in members]
         if len(members) > 1 and all(tails) and len(set(tails)) == len(tails):
@@ -127,13 +151,12 @@ def plan_outputs(
             )
     final: dict[str, int] = {}
     for k, name in enumerate(names):
-        key = (name + suffix).lower()
-        if key in final:
+        if key(name + suffix) in final:
             raise UsageError(
-                f"{paths[final[key]]} and {paths[k]} would both write {out / (name + suffix)}: "
-                "code them into different folders"
+                f"{paths[final[key(name + suffix)]]} and {paths[k]} would both write "
+                f"{out / (name + suffix)}: code them into different folders"
             )
-        final[key] = k
+        final[key(name + suffix)] = k
     return [out / (name + suffix) for name in names], out, notes
 
 
@@ -323,9 +346,9 @@ def run_compress(args: argparse.Namespace) -> int:
     """Compresses each input image to a .tgic file; 0 if all succeeded."""
     clock = _Clock(args)
     try:
-        from tgic_jax.image_io import IMAGE_SUFFIXES  # numpy only
+        from tgic_jax.image_io import readable_suffixes  # numpy, Pillow's registry
 
-        paths, outs, folder = _prepare(args, "compress", IMAGE_SUFFIXES, ".tgic")
+        paths, outs, folder = _prepare(args, "compress", readable_suffixes(), ".tgic")
         from tgic_jax import files, image_io
         from tgic_jax.coding import codec
 
