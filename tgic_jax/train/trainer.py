@@ -262,7 +262,8 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
             saves.save(step, state, force=True)
         saves.finish(step)
     except NonFiniteError as err:
-        manager.wait_until_finished()  # the good saves in flight complete
+        with contextlib.suppress(Exception):  # a save that failed meanwhile: not this error
+            manager.wait_until_finished()  # the good saves in flight complete
         good = manager.latest_step()
         kept = (f"last good checkpoint: step {good} ({manager.directory / str(good)})"
                 if good is not None else "no checkpoint was saved")  # fmt: skip
