@@ -982,3 +982,32 @@ def test_exports_beside_a_live_run_lose_nothing_and_a_resumed_run_sees_the_same_
     again = _step_lines(run.stdout)
     assert sorted(again) == [5, 6, 7, 8]
     assert {s: uninterrupted[s] for s in again} == again
+
+
+def test_a_failed_write_names_a_full_disk_or_the_file_size_limit_from_orbaxs_error():
+    # Orbax and tensorstore raise ValueError with the OS error in the text (measured on a full
+    # tmpfs and under `ulimit -f`); an OSError may also come wrapped as a cause.
+    from tgic_jax.train import checkpoint as ckpt_lib
+
+    manager = _FailingSaves(Path("."))
+    cases = {
+        "disk full": ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "opt_state/0" in OCDBT '
+            "database [OS error: No space left on device]"
+        ),  # fmt: skip
+        "a file would exceed the file-size limit (ulimit -f)": ValueError(
+            "OUT_OF_RANGE: Error writing local file: Failed to write 76896 bytes to file 5: "
+            "File too large [os_error_code='27']"
+        ),
+    }
+    for words, error in cases.items():
+        wrapped = RuntimeError("Save failed")
+        wrapped.__cause__ = error
+        for err in (error, wrapped):
+            manager.check_for_errors = lambda err=err: (_ for _ in ()).throw(err)
+            watch = ckpt_lib.SaveWatch(manager)
+            with pytest.raises(ckpt_lib.CheckpointError) as raised:
+                watch.finish(12)
+            assert str(raised.value).startswith(
+                f"a checkpoint of an earlier step failed to write (found at step 12): {words}: "
+            ), str(raised.value)

@@ -155,9 +155,10 @@ class SaveWatch:
                 self._manager.wait_until_finished()
             self._manager.check_for_errors()
         except Exception as err:  # see save_train_state
-            step = self._pending if self._pending is not None else "an earlier step"
-            raise CheckpointError(f"the checkpoint of step {step} failed to write (found at "
-                                  f"step {at_step}): {_reason(err)}") from err  # fmt: skip
+            which = (f"the checkpoint of step {self._pending}" if self._pending is not None
+                     else "a checkpoint of an earlier step")  # fmt: skip
+            raise CheckpointError(f"{which} failed to write (found at step {at_step}): "
+                                  f"{_reason(err)}") from err  # fmt: skip
 
     def finish(self, at_step: int) -> None:
         """Waits for the saves in flight; raises CheckpointError if one failed (the run's
