@@ -29,7 +29,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     """Evaluates the given checkpoints, or the run's exported last one, on the configured images."""
     del argv
-    config, workdir = FLAGS.config, Path(FLAGS.workdir)
+    from tgic_jax import storage
+    from tgic_jax.checkpoints.inference import as_path
+
+    try:  # a gs:// path without gcsfs: one line before any work
+        storage.check_urls([FLAGS.workdir, FLAGS.checkpoint, FLAGS.out])
+        if storage.scheme_of(FLAGS.workdir) and not FLAGS.out:
+            raise ValueError(f"--workdir {FLAGS.workdir} is a URL: give --out, a local folder")
+    except (ValueError, OSError) as err:
+        print(f"eval.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    config, workdir = FLAGS.config, as_path(FLAGS.workdir)  # gs:// stays a URL
     checkpoints = FLAGS.checkpoint
     if not checkpoints:
         from tgic_jax.train import trainer

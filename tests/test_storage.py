@@ -30,14 +30,15 @@ def _run(code):
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
-def test_train_py_on_a_gs_workdir_without_gcsfs_says_one_line_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_scripts_on_a_gs_workdir_without_gcsfs_say_one_line_and_write_nothing(script):
     proc = _run(
-        "import runpy; sys.argv = ['train.py', '--config', 'configs/small.py:tiny', "
-        "'--workdir', 'gs://bucket/run']; runpy.run_path('train.py', run_name='__main__')"
+        f"import runpy; sys.argv = [{script!r}, '--config', 'configs/small.py:tiny', "
+        f"'--workdir', 'gs://bucket/run']; runpy.run_path({script!r}, run_name='__main__')"
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip() == (
-        "train.py: error: gs://bucket/run: gs:// paths need the gcsfs package: "
+        f"{script}: error: gs://bucket/run: gs:// paths need the gcsfs package: "
         "pip install 'tgic_jax[gcs]'"
     )
     assert proc.stdout == ""
