@@ -8,7 +8,8 @@ SOURCES := tgic_jax tests configs benchmarks tools train.py eval.py
 
 .PHONY: demo test test-transformers5 install check lint format clean
 
-# The demo needs the package alone; the tests add pytest, ruff and TensorFlow (TFDS input).
+# The demo needs the package alone; the tests add pytest, ruff, TensorFlow (TFDS input) and
+# gcsfs with a GCS emulator (tests/test_gcs_emulator.py).
 $(BASE): pyproject.toml requirements.lock
 	@# A venv of an older Python (an earlier checkout's) is replaced, not patched.
 	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))'; then \
@@ -21,7 +22,7 @@ $(BASE): pyproject.toml requirements.lock
 	touch $(BASE)
 
 $(STAMP): $(BASE)
-	$(PY) -m pip install -q -c requirements.lock -e '.[test,tfds]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,tfds,gcs]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -40,9 +40,17 @@ def _fail(message) -> None:
 def main(argv):
     """Evaluates the given checkpoints, or the run's exported last one, on the configured images."""
     del argv
+    from tgic_jax import storage
+    from tgic_jax.checkpoints.inference import as_path
     from tgic_jax.cli import outputs
 
-    config, workdir = FLAGS.config, Path(FLAGS.workdir)
+    try:  # a gs:// path without gcsfs: one line before any work
+        storage.check_urls([FLAGS.workdir, FLAGS.checkpoint, FLAGS.out])
+        if storage.scheme_of(FLAGS.workdir) and not FLAGS.out:
+            raise ValueError(f"--workdir {FLAGS.workdir} is a URL: give --out, a local folder")
+    except (ValueError, OSError) as err:
+        _fail(err)
+    config, workdir = FLAGS.config, as_path(FLAGS.workdir)  # gs:// stays a URL
     checkpoints = FLAGS.checkpoint
     out = Path(FLAGS.out or workdir / "eval")
     # Every refusal before any work (and before anything is written).

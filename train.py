@@ -6,6 +6,10 @@ TPU pods, SLURM job steps and Open MPI are detected; elsewhere add
 --coordinator/--num_processes/--process_id (or the TGIC_COORDINATOR / TGIC_NUM_PROCESSES /
 TGIC_PROCESS_ID environment variables).
 
+Compiled programs are kept between runs (a rerun skips the train step's compilation):
+$JAX_COMPILATION_CACHE_DIR, else ~/.cache/tgic_jax/jax_cache; --nocompile_cache or
+TGIC_JAX_CACHE=off turns that off. A gs:// workdir needs the `gcs` extra.
+
 Prints our lines only (a compile notice, `[train] step N/TOTAL ... eta`, checkpoints,
 evaluations); `--verbose` adds the config and the libraries' logs (orbax, absl,
 TensorFlow). A run that cannot go on prints one line `train.py: error: ...` and exits
@@ -58,6 +62,11 @@ flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 flags.DEFINE_bool("verbose", False, "Also print the config and the libraries' log lines.")
+flags.DEFINE_bool(
+    "compile_cache", True,
+    "Keep compiled programs between runs: $JAX_COMPILATION_CACHE_DIR, else "
+    "~/.cache/tgic_jax/jax_cache (TGIC_JAX_CACHE=off or --nocompile_cache: none).",
+)  # fmt: skip
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -109,8 +118,18 @@ def parse_flags(argv):
 def main(argv):
     """Joins the multi-host run if asked, then trains the config into the workdir."""
     del argv
+    from tgic_jax import storage
+
+    try:  # a gs:// workdir without gcsfs: one line, before anything runs
+        storage.check_urls([FLAGS.workdir, FLAGS.config.to_dict()])
+    except storage.MissingStorageBackend as err:
+        print(f"train.py: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
     if not FLAGS.verbose:
         _quiet_libraries()
+    from tgic_jax.cli.main import enable_training_cache
+
+    enable_training_cache(FLAGS.compile_cache)
     # JAX's preemption notifier (jax.distributed) must find the process's own handlers: the
     # trainer's guard saves it and gives it back, where this guard would remove it.
     STARTUP.close()

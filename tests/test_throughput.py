@@ -24,6 +24,10 @@ def test_peak_flops_known_for_h100_a100_and_tpus_and_absent_on_cpu():
     assert throughput.peak_flops("TPU v5 lite") == 197e12  # v5e, not matched as v5p
     assert throughput.peak_flops("TPU v5") == 459e12
     assert throughput.peak_flops("TPU v5p") == 459e12
+    assert throughput.peak_flops("NVIDIA B200") == 2250e12
+    assert throughput.peak_flops("NVIDIA GB200") == 2500e12  # not matched as B200
+    assert throughput.peak_flops("TPU v6 lite") == 918e12  # v6e
+    assert throughput.peak_flops("TPU7x") == 2307e12  # Ironwood, bfloat16 (not FP8's 4,614)
     assert throughput.peak_flops("cpu") is None
     assert throughput.peak_flops(jax.devices()[0].device_kind) is None  # this CPU
 

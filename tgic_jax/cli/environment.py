@@ -3,8 +3,9 @@
 Reports the JAX platform and devices, this process's index among how many, the mesh and
 batch sizes a training config would build, whether TensorFlow (an optional extra, for TFDS
 input only) is installed and, if so, whether it can see a GPU after we hide them (it must
-not: JAX owns the accelerators), the compilation-cache folder and the versions of the
-packages that matter.
+not: JAX owns the accelerators), the compilation-cache folders (the CLI's and train.py's),
+the LPIPS precision the config gets on this backend, and the versions of the packages that
+matter.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def describe(config=None) -> dict[str, Any]:
     """Everything `tgic env` prints, as a JSON-able dict."""
     import jax
 
+    from tgic_jax.cli.main import training_cache_dir
     from tgic_jax.train import throughput
 
     devices = jax.devices()
@@ -107,6 +109,7 @@ def describe(config=None) -> dict[str, Any]:
             "peak_tflops_per_device": None if peak is None else peak / 1e12,
         },
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir or None,
+        "train_compilation_cache_dir": training_cache_dir(),
         "env": {
             k: os.environ[k]
             for k in ("JAX_PLATFORMS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS")
@@ -116,7 +119,10 @@ def describe(config=None) -> dict[str, Any]:
         "packages": package_versions(),
     }
     if config is not None:
+        from tgic_jax.train import precision
+
         info["mesh"] = mesh_for(config)
+        info["lpips_precision"] = precision.lpips_precision(config.loss)
     return info
 
 
@@ -147,10 +153,13 @@ def format_report(info: dict[str, Any]) -> str:
             f"TensorFlow:        {tf['version']} sees {tf['physical_gpus']} GPU(s), may use "
             f"{tf['usable_gpus']} ({verdict})"
         )
-    cache = info["compilation_cache_dir"]
+    if "lpips_precision" in info:
+        lines.append(f"LPIPS precision:   {info['lpips_precision']}")
+    cache, train_cache = info["compilation_cache_dir"], info.get("train_compilation_cache_dir")
+    lines.append("compilation cache: " + (cache or "off (tgic commands)"))
     lines.append(
-        "compilation cache: "
-        + (cache or "not set (export JAX_COMPILATION_CACHE_DIR=... to keep compiled steps)")
+        "train.py cache:    "
+        + (train_cache or "off (TGIC_JAX_CACHE=off; compiled train steps are not kept)")
     )
     for key, value in info["env"].items():
         lines.append(f"{key + ':':<19}{value}")

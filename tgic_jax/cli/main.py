@@ -87,6 +87,45 @@ def enable_compilation_cache(folder: Path | None) -> Path | None:
     return folder / "programs"
 
 
+def training_cache_dir() -> str | None:
+    """Where `train.py` keeps compiled programs; None when turned off.
+
+    $TGIC_JAX_CACHE "off" (or "0", "none", ""): none. Else $JAX_COMPILATION_CACHE_DIR when
+    set (JAX reads it itself; a gs:// URL too, shared by a pod's hosts), else the CLI's
+    folder (`compilation_cache_dir`).
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env is not None and env.strip().lower() in ("", "0", "off", "none", "false"):
+        return None
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    folder = compilation_cache_dir()
+    return None if folder is None else str(folder)
+
+
+def enable_training_cache(enabled: bool = True) -> str | None:
+    """Turns JAX's persistent compilation cache on for a training run (the folder) or off.
+
+    A rerun (a restarted pod job, a resumed run) then loads its train step instead of
+    compiling it again (docs/BENCHMARKS.md, "Compilation cache"). JAX's default threshold
+    stays: only programs that took >= 1 s to compile are kept (the train step, the
+    evaluation's codec), not the thousands of eager ops of a run.
+    """
+    import jax
+
+    folder = training_cache_dir() if enabled else None
+    if folder is not None and "://" not in folder:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home: run uncached rather than fail
+            folder = None
+    if folder is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)  # a URL: JAX writes via etils
+    return folder
+
+
 # name -> (help, module, function adding its arguments, function running it); a module is
 # imported only when its command is parsed (TensorFlow, orbax, optax load in seconds).
 _COMMANDS = {
@@ -151,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_third_party(verbose="-v" in argv or "--verbose" in argv)
     # No command named (`tgic --help`, a typo): the subcommand list needs no module.
     args = build_parser(_command_of(argv) or "").parse_args(argv)
+    try:  # a gs:// argument without gcsfs: one line before any work
+        from tgic_jax import storage
+
+        storage.check_urls(vars(args).values())
+    except OSError as e:
+        print(f"tgic {args.command}: error: {e}", file=sys.stderr)
+        return 1
     args.program_dir = None
     if not args.no_compile_cache:
         args.program_dir = enable_compilation_cache(compilation_cache_dir())

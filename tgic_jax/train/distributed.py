@@ -7,6 +7,7 @@ SIGTERM, SIGINT (Ctrl-C) or its time budget, the same step on every host (`StopA
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -22,13 +23,47 @@ def _env_int(name: str) -> int | None:
     return int(value) if value else None
 
 
-def _on_tpu_vm() -> bool:
-    """A Cloud TPU VM (GCE or GKE): its pod env variables, or JAX's own finding of TPU chips."""
+# PCI vendor id of Google's TPU chips: what JAX's own TPU VM detection looks for.
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+
+
+def _tpu_chips_present(sysfs: str = "/sys/bus/pci/devices") -> bool:
+    """True when a Google TPU chip sits on this host's PCI bus (public sysfs, no JAX import)."""
+    try:
+        entries = os.listdir(sysfs)
+    except OSError:
+        return False
+    for entry in entries:
+        try:
+            with open(os.path.join(sysfs, entry, "vendor")) as f:
+                if f.read().strip().lower() == _GOOGLE_PCI_VENDOR:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _on_tpu_vm(sysfs: str = "/sys/bus/pci/devices") -> bool:
+    """A Cloud TPU VM (GCE or GKE): its pod env variables, or libtpu and TPU chips present.
+
+    JAX's cluster detection (`jax.distributed.initialize()` with no arguments) then finds
+    the pod's coordinator, process count and id itself.
+    """
     if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
         return True
-    from jax._src import cloud_tpu_init  # set when `import jax` found libtpu + chips
+    return importlib.util.find_spec("libtpu") is not None and _tpu_chips_present(sysfs)
 
-    return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+
+def _on_kubernetes_job() -> bool:
+    """A pod of an indexed Kubernetes Job or a JobSet: JAX's `k8s` cluster detection
+    (the `jax[k8s]` extra) finds the coordinator and the pods through the Kubernetes API.
+
+    An indexed Job gives each pod JOB_COMPLETION_INDEX; a JobSet also sets JOBSET_NAME. A
+    plain pod (a Deployment, an interactive one) has neither and trains alone.
+    """
+    if "KUBERNETES_SERVICE_HOST" not in os.environ:
+        return False
+    return bool(os.environ.get("JOB_COMPLETION_INDEX") or os.environ.get("JOBSET_NAME"))
 
 
 def scheduled_process_count() -> int | None:
@@ -55,9 +90,10 @@ def maybe_initialize_distributed(
     Explicit arguments win, then TGIC_COORDINATOR / TGIC_NUM_PROCESSES / TGIC_PROCESS_ID,
     then JAX_COORDINATOR_ADDRESS (JAX reads it); for what is not given, JAX's own
     detection runs on a SLURM job step of several tasks (SLURM_JOB_ID, SLURM_NTASKS), an
-    Open MPI job (OMPI_MCA_orte_hnp_uri, OMPI_COMM_WORLD_SIZE) and a Cloud TPU VM
+    Open MPI job (OMPI_MCA_orte_hnp_uri, OMPI_COMM_WORLD_SIZE), a Cloud TPU VM
     (single-host ones included: the coordination service also carries JAX's preemption
-    notice). One plain host: nothing.
+    notice) and a pod of a Kubernetes indexed Job or JobSet (JAX's `k8s` detector, which
+    needs the `jax[k8s]` extra). One plain host: nothing.
     Afterwards `jax.process_count()` must equal what the launcher says
     (`scheduled_process_count`, or `num_processes`), else a clear error: a task training
     alone on a shared workdir would overwrite the others' checkpoints.
@@ -70,9 +106,18 @@ def maybe_initialize_distributed(
     expected = num_processes if num_processes is not None else scheduled_process_count()
     explicit = coordinator_address is not None or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
     launcher = "SLURM_JOB_ID" in os.environ or "OMPI_MCA_orte_hnp_uri" in os.environ
+    tpu_vm = _on_tpu_vm()  # on GKE too: JAX's TPU detection needs no Kubernetes API
+    kubernetes = not explicit and not tpu_vm and _on_kubernetes_job()
+    if kubernetes and importlib.util.find_spec("kubernetes") is None:
+        raise RuntimeError(
+            "a Kubernetes indexed Job / JobSet pod: JAX finds its peers through the "
+            "`kubernetes` package: pip install 'jax[k8s]' (or pass --coordinator/"
+            "--num_processes/--process_id)"
+        )
     if not (
         (explicit and expected != 1)
-        or _on_tpu_vm()
+        or tpu_vm
+        or kubernetes
         or (launcher and expected is not None and expected > 1)
     ):
         if expected is not None:  # e.g. TGIC_NUM_PROCESSES=4 but no coordinator: say so

@@ -15,6 +15,7 @@ Images are NHWC float32 in [0, 1].
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 
@@ -25,6 +26,7 @@ import optax
 from tgic_jax.evaluation.lpips import load_lpips_params, lpips_distance
 from tgic_jax.model.clip import PretrainedCLIP, load_clip
 from tgic_jax.model.layers import Params
+from tgic_jax.train import precision
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -182,7 +184,11 @@ def build_loss(loss_config, clip_model=None) -> tuple[LossFn, dict[str, Params]]
     k_p = float(loss_config.k_p)
     k_j = float(loss_config.k_j)
     input_range = loss_config.get("lpips_input_range", "minus_one_one")
-    lpips_float64 = bool(loss_config.get("lpips_float64", True))
+    lpips_float64 = precision.lpips_float64(loss_config)
+    if k_p > 0:
+        chosen = precision.lpips_precision(loss_config)
+        log = logging.warning if chosen.startswith("float32 (") else logging.info
+        log("LPIPS in %s", chosen)
     embed_weight = float(loss_config.get("clip_embed_weight", 40.0))
     logit_scale_log = float(loss_config.get("clip_logit_scale_log", 2.6592))
     group_size = int(loss_config.get("joint_group_size", 8))

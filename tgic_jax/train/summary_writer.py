@@ -10,9 +10,9 @@ installed (`tensorboard.compat.tf`).
 
 Scalars and images are tensor summaries laid out as `tf.summary.scalar` and
 `tf.summary.image` write them (what flax's writer wrote here before), so whatever read
-earlier runs reads these. Local folders are appended to; other locations (gs://), whose
-object stores have no append, get the whole file rewritten on each flush (event files of
-scalars and a few images stay small).
+earlier runs reads these. Local folders are appended to; on other locations (gs://), whose
+object stores have no append, records are staged in a local file and uploaded as closed
+segments, each once (`event_upload`).
 """
 
 from __future__ import annotations
@@ -71,31 +71,48 @@ def frame_record(payload: bytes) -> bytes:
 class SummaryWriter:
     """Scalars and images into `logdir/events.out.tfevents.<time>.<host>` (flax's API)."""
 
-    def __init__(self, logdir: str | os.PathLike):
+    def __init__(
+        self,
+        logdir: str | os.PathLike,
+        staged: bool | None = None,
+        segment_bytes: int | None = None,
+        segment_seconds: float | None = None,
+    ):
+        """staged: events go to `logdir` as closed segments (`event_upload`); None: so for a
+        URL (gs://), appended to one file for a local folder. segment_bytes /
+        segment_seconds: when a segment is closed (`event_upload.SEGMENT_BYTES` /
+        `SEGMENT_SECONDS` by default)."""
         from tensorboard.compat.proto import event_pb2
 
         self._event_pb2 = event_pb2
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+        self._pending: list[bytes] = []
         logdir_str = os.fspath(logdir)
-        self._remote = "://" in logdir_str
+        self._remote = "://" in logdir_str if staged is None else bool(staged)
         if self._remote:
-            from etils import epath
+            from tgic_jax.train import event_upload
 
-            self._path = epath.Path(logdir_str) / name
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._written = bytearray()  # the whole file, rewritten on flush
+            self._segments = event_upload.SegmentedEvents(
+                logdir_str, self._header,
+                segment_bytes or event_upload.SEGMENT_BYTES,
+                segment_seconds or event_upload.SEGMENT_SECONDS,
+            )  # fmt: skip
         else:
+            name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
             Path(logdir_str).mkdir(parents=True, exist_ok=True)
             self._path = Path(logdir_str) / name
             self._file = open(self._path, "ab")  # closed by close()
-        self._pending: list[bytes] = []
-        self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
-        self.flush()
+            self._file.write(self._header())
+            self._file.flush()
+
+    def _header(self) -> bytes:
+        """The record every event file starts with (TensorBoard's file version)."""
+        event = self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+        return frame_record(event.SerializeToString())
 
     @property
     def path(self) -> str:
-        """The event file's path."""
-        return str(self._path)
+        """The event file's path (remote: where the open segment goes)."""
+        return self._segments.path if self._remote else str(self._path)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         """One scalar at step."""
@@ -133,8 +150,7 @@ class SummaryWriter:
         data = b"".join(self._pending)
         self._pending = []
         if self._remote:
-            self._written += data
-            self._path.write_bytes(bytes(self._written))
+            self._segments.write(data)
         else:
             self._file.write(data)
             self._file.flush()
@@ -142,7 +158,9 @@ class SummaryWriter:
     def close(self) -> None:
         """Flushes and closes the event file."""
         self.flush()
-        if not self._remote and not self._file.closed:
+        if self._remote:
+            self._segments.close()
+        elif not self._file.closed:
             self._file.close()
 
     def _add_value(self, tag: str, tensor, metadata, step: int) -> None:

@@ -30,8 +30,14 @@ import jax
 # Dense (no sparsity) bfloat16 peak FLOP/s of one device, from the vendors' data sheets.
 # MFU is quoted against this peak whatever the compute dtype (the usual convention): a
 # float32 step runs as TF32 on GPUs (half this rate) and as bfloat16 passes on TPUs.
-# Matched in order against jax's `device_kind` (substrings), so "v5 lite" precedes "v5".
+# Matched in order against jax's `device_kind` (substrings), so "v5 lite" precedes "v5" and
+# "GB200" precedes "B200".
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    # NVIDIA Blackwell data sheets (dense BF16; the sheets' headline figures are 2:4 sparse,
+    # twice these): GB200 (NVL72, a B200 at 1,200 W) 2.5 PFLOP/s per GPU; HGX/DGX B200
+    # (1,000 W) 2.25 PFLOP/s.
+    ("GB200", 2500e12),
+    ("B200", 2250e12),
     ("H100 PCIe", 756e12),
     ("H100", 989e12),  # SXM / HBM3; the H200 has the same compute
     ("H200", 989e12),
@@ -41,6 +47,13 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("TPU v5e", 197e12),
     ("TPU v5p", 459e12),
     ("TPU v5", 459e12),  # v5p reports itself as "TPU v5"
+    # Google Cloud TPU docs (docs.cloud.google.com/tpu/docs/v6e, /tpu7x), peak BF16 per chip:
+    # v6e (Trillium, device_kind "TPU v6 lite") 918 TFLOP/s; TPU7x (Ironwood, device_kind
+    # "TPU7x") 2,307 TFLOP/s (its 4,614 is the FP8 figure).
+    ("TPU v6 lite", 918e12),
+    ("TPU v6e", 918e12),
+    ("TPU7x", 2307e12),
+    ("TPU v7", 2307e12),
 )
 
 
