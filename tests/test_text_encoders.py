@@ -202,6 +202,11 @@ def test_a_corrupted_cached_minilm_file_is_refused_in_one_line_naming_both_hashe
     message = str(err.value)
     assert "\n" not in message and str(copy / name) in message
     assert minilm_fetch.MINILM_FILES[name] in message and sha256_of(copy / name) in message
+    from tgic_jax.train import errors, input_pipeline
+
+    with pytest.raises(errors.RunError) as run_err:  # train.py prints it as its one line
+        input_pipeline.build_text_encoder(_text_config("minilm", ""))
+    assert str(run_err.value) == message
     (copy / name).unlink()
     (copy / name).symlink_to(real / name)
     assert minilm_fetch.ensure_minilm(copy) == copy  # the intact folder passes
