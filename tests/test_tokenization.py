@@ -150,3 +150,14 @@ def test_clip_tokenizer_reads_a_tokenizer_json_folder_alike(tmp_path, fixture):
     a = tokenization.clip_tokenizer(folder, 38)(texts[:300])
     b = tokenization.clip_tokenizer(only_json, 38)(texts[:300])
     np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+
+
+@pytest.mark.parametrize("tower", ["clip", "bert"])
+def test_count_gives_the_untruncated_length(fixture, folders, tower):
+    # The compress command notes a truncated caption from this count.
+    _, arrays, texts = fixture
+    tokenizer = _ours(folders, tower, 38)
+    counts = np.array([tokenizer.count(t) for t in texts])
+    full = arrays[f"{tower}/77/lengths"].astype(int)  # 4.57's slow tokenizer, cut at 77
+    np.testing.assert_array_equal(np.minimum(counts, 77), full)
+    assert (counts > 77).sum() > 20 and tokenizer(texts[:1])["input_ids"].shape == (1, 38)

@@ -56,6 +56,16 @@ class CaptionTokenizer:
         mask = np.asarray([e.attention_mask for e in encodings], np.int32)
         return {"input_ids": ids, "attention_mask": mask.reshape(ids.shape)}
 
+    def count(self, caption: str) -> int:
+        """The caption's token count before truncation (start and end tokens included)."""
+        whole = self.__dict__.get("_untruncated")
+        if whole is None:  # a copy: the shared one keeps its truncation (thread safety)
+            whole = Tokenizer.from_str(self.tokenizer.to_str())
+            whole.no_truncation()
+            whole.no_padding()
+            object.__setattr__(self, "_untruncated", whole)
+        return len(whole.encode(caption).ids)
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
