@@ -99,6 +99,18 @@ class CLIPConfig:
     projection_dim: int = PROJECTION_DIM
 
 
+def clip_config(
+    text: dict | None, vision: dict | None, projection_dim: int = PROJECTION_DIM
+) -> CLIPConfig:
+    """A CLIPConfig from tower fields over transformers' defaults ({} gives ViT-B/32's:
+    text 512 x 12 layers, vision 768 x 12, patch 32); None leaves that tower out."""
+    return CLIPConfig(
+        TowerConfig.from_dict(text, TEXT_DEFAULTS) if text is not None else None,
+        TowerConfig.from_dict(vision, VISION_DEFAULTS) if vision is not None else None,
+        projection_dim,
+    )
+
+
 def read_clip_config(folder: str | os.PathLike, text: bool = True) -> CLIPConfig:
     """A CLIP folder's config: a full `CLIPModel` one (both towers), or one tower's (the text
     tower's if `text`); transformers' defaults fill absent fields, as its from_pretrained."""
