@@ -7,8 +7,8 @@ batches of --batch, with both towers' tokenizers: ours (`model/tokenization.py`)
 where transformers is installed, its slow (pure-Python) tokenizers, the ones the towers
 used before, and its fast ones. CLIP reads --clip (a CLIP folder with vocab.json +
 merges.txt; default: the 8,000-merge test folder), BERT the cached MiniLM folder. Prints the
-median over --repeats passes. `tokenizers` may use several threads within a batch
-(TOKENIZERS_PARALLELISM=false for one).
+median over --repeats passes. Ours encodes one caption at a time (one thread); transformers'
+fast tokenizers may use several threads within a batch.
 """
 
 from __future__ import annotations

@@ -51,7 +51,10 @@ class CaptionTokenizer:
 
     def __call__(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
         """Captions -> {'input_ids', 'attention_mask'} int32 [B, max_length]."""
-        encodings = self.tokenizer.encode_batch(list(captions))
+        # One caption at a time: encode_batch would start tokenizers' thread pool, which
+        # competes with XLA for the host's cores and warns in any child process forked
+        # later; a caption takes ~0.15 ms either way (docs/BENCHMARKS.md).
+        encodings = [self.tokenizer.encode(caption) for caption in captions]
         ids = np.asarray([e.ids for e in encodings], np.int32).reshape(-1, self.max_length)
         mask = np.asarray([e.attention_mask for e in encodings], np.int32)
         return {"input_ids": ids, "attention_mask": mask.reshape(ids.shape)}
