@@ -92,7 +92,7 @@ def _tokenizer_files(folder: Path, path) -> Path:
     snapshot folder with the tokenizer files fetched too."""
     if Path(str(path)).expanduser().is_dir() or not path:
         return folder
-    from huggingface_hub import hf_hub_download  # a dependency of tokenizers
+    from huggingface_hub import hf_hub_download  # declared (tokenizers needs it too)
 
     for name in ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json"):  # fmt: skip
