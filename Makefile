@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BASE := $(VENV)/.installed-base
 SOURCES := tgic_jax tests configs benchmarks tools train.py eval.py
 
-.PHONY: demo test test-transformers5 install check lint format clean
+.PHONY: demo test install check lint format clean
 
 # The demo needs the package alone; the tests add pytest, ruff, TensorFlow (TFDS input) and
 # gcsfs with a GCS emulator (tests/test_gcs_emulator.py).
@@ -35,24 +35,6 @@ demo: $(BASE)
 # `-m "not slow"` for a quick pass while working.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist load --maxschedchunk 1 --durations=15 tests
-	$(MAKE) --no-print-directory test-transformers5
-
-# The lock picks transformers 4.57; the towers and tokenizers must work with 5.x too. A
-# second venv holds transformers 5 and what it needs newer, and reads everything else from
-# .venv (a path line, after its own site-packages, so its own versions win).
-VENV5 := .venv-transformers5
-$(VENV5)/.installed: $(STAMP)
-	rm -rf $(VENV5)
-	$(shell sh tools/find_python.sh) -m venv $(VENV5)
-	$(PY) -c 'import site; print(site.getsitepackages()[0])' \
-		> $$($(VENV5)/bin/python -c 'import site; print(site.getsitepackages()[0])')/tgic-main-venv.pth
-	$(VENV5)/bin/python -m pip install -q 'transformers>=5,<6'
-	$(VENV5)/bin/python -c 'import sys, transformers; sys.exit(transformers.__version__[0] != "5")'
-	touch $@
-
-test-transformers5: $(VENV5)/.installed
-	$(VENV5)/bin/python -c 'import transformers; print("transformers", transformers.__version__)'
-	$(VENV5)/bin/python -m pytest -q -p no:cacheprovider tests/test_towers.py tests/test_text_encoders.py
 
 # What CI checks before the tests: the formatter would change nothing, the linter finds nothing,
 # and no module imports from a layer above its own (tools/check_layers.py).
@@ -68,4 +50,4 @@ format: $(STAMP)
 	$(PY) -m ruff format $(SOURCES)
 
 clean:
-	rm -rf $(VENV) $(VENV5) .pytest_cache .cache/jax-tests
+	rm -rf $(VENV) .venv-transformers5 .pytest_cache .cache/jax-tests

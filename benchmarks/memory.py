@@ -26,16 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _clip(clip_path: str):
-    from transformers import CLIPConfig
-
-    from tgic_jax.model.clip import random_clip
+    from tgic_jax.model.clip import clip_config, random_clip
     from tgic_jax.train import losses
 
     try:
         return losses.build_clip(clip_path), f"real weights ({clip_path})"
     except Exception as err:  # noqa: BLE001 - offline: same sizes, random weights
-        # CLIPConfig's defaults are ViT-B/32: text 512 x 12 layers, vision 768 x 12, patch 32.
-        model = random_clip(CLIPConfig(projection_dim=512), seed=0)
+        # The defaults are ViT-B/32's: text 512 x 12 layers, vision 768 x 12, patch 32.
+        model = random_clip(clip_config({}, {}, projection_dim=512), seed=0)
         return model, f"ViT-B/32 sizes, random weights ({type(err).__name__} loading real ones)"
 
 

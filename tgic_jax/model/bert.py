@@ -41,6 +41,20 @@ class BertConfig:
         """From a transformers BertConfig (any version)."""
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
+    @classmethod
+    def from_dict(cls, fields: dict) -> BertConfig:
+        """From a folder's config.json fields; absent ones take transformers' BertConfig
+        defaults (the same in 4.57 and 5.x), as its from_pretrained does."""
+        merged = {**BERT_DEFAULTS, **{k: v for k, v in fields.items() if v is not None}}
+        return cls(**{f.name: merged[f.name] for f in dataclasses.fields(cls)})
+
+
+BERT_DEFAULTS = dict(
+    vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+    intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
+    layer_norm_eps=1e-12, hidden_act="gelu",
+)  # fmt: skip
+
 
 def _layer_norm(config: BertConfig) -> nn.LayerNorm:
     # torch's variance, mean((x - mean)^2); the name is BERT's.
@@ -143,10 +157,8 @@ def init_shapes(module: Bert) -> Params:
 
 def load_bert(path: str | os.PathLike) -> tuple[Bert, Params]:
     """(module, params) from a BERT folder (MiniLM's, or any `BertModel`'s) or a hub id."""
-    from transformers import BertConfig as HFBertConfig
-
     folder = pretrained.resolve_folder(path)
-    module = Bert(BertConfig.from_transformers(HFBertConfig.from_pretrained(str(folder))))
+    module = Bert(BertConfig.from_dict(pretrained.read_config(folder)))
     state = pretrained.read_state_dict(folder)
     params = pretrained.state_dict_to_params(state, init_shapes(module), prefixes=("", "bert."))
     return module, jax.tree_util.tree_map(jnp.asarray, params)

@@ -63,9 +63,73 @@ class TowerConfig:
 
     @classmethod
     def from_transformers(cls, config) -> TowerConfig:
-        """From a transformers CLIPTextConfig or CLIPVisionConfig (any version)."""
+        """From a transformers CLIPTextConfig or CLIPVisionConfig (any version), or a
+        TowerConfig."""
         names = [f.name for f in dataclasses.fields(cls)]
         return cls(**{n: getattr(config, n) for n in names if getattr(config, n, None) is not None})
+
+    @classmethod
+    def from_dict(cls, fields: dict, defaults: dict) -> TowerConfig:
+        """From one tower's config.json fields, absent ones taken from `defaults`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        merged = {**defaults, **{k: v for k, v in fields.items() if v is not None}}
+        return cls(**{k: v for k, v in merged.items() if k in names})
+
+
+# transformers' CLIPTextConfig / CLIPVisionConfig defaults (the same in 4.57 and 5.x): a
+# config.json that transformers saved leaves out fields equal to them.
+TEXT_DEFAULTS = dict(
+    hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+    layer_norm_eps=1e-5, hidden_act="quick_gelu", max_position_embeddings=77, vocab_size=49408,
+    eos_token_id=49407,
+)  # fmt: skip
+VISION_DEFAULTS = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    layer_norm_eps=1e-5, hidden_act="quick_gelu", image_size=224, patch_size=32, num_channels=3,
+)  # fmt: skip
+PROJECTION_DIM = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+    """A CLIP folder's config.json as the towers read it (`clip_module` takes it)."""
+
+    text_config: TowerConfig | None
+    vision_config: TowerConfig | None
+    projection_dim: int = PROJECTION_DIM
+
+
+def clip_config(
+    text: dict | None, vision: dict | None, projection_dim: int = PROJECTION_DIM
+) -> CLIPConfig:
+    """A CLIPConfig from tower fields over transformers' defaults ({} gives ViT-B/32's:
+    text 512 x 12 layers, vision 768 x 12, patch 32); None leaves that tower out."""
+    return CLIPConfig(
+        TowerConfig.from_dict(text, TEXT_DEFAULTS) if text is not None else None,
+        TowerConfig.from_dict(vision, VISION_DEFAULTS) if vision is not None else None,
+        projection_dim,
+    )
+
+
+def read_clip_config(folder: str | os.PathLike, text: bool = True) -> CLIPConfig:
+    """A CLIP folder's config: a full `CLIPModel` one (both towers), or one tower's (the text
+    tower's if `text`); transformers' defaults fill absent fields, as its from_pretrained."""
+    raw = pretrained.read_config(folder)
+    if raw.get("model_type") == "clip":
+        # Old hub configs carry `*_config_dict` beside `*_config`; transformers lets it win.
+        text_fields = {**(raw.get("text_config") or {}), **(raw.get("text_config_dict") or {})}
+        vision_fields = {
+            **(raw.get("vision_config") or {}), **(raw.get("vision_config_dict") or {})
+        }  # fmt: skip
+        return CLIPConfig(
+            TowerConfig.from_dict(text_fields, TEXT_DEFAULTS),
+            TowerConfig.from_dict(vision_fields, VISION_DEFAULTS),
+            int(raw.get("projection_dim", PROJECTION_DIM)),
+        )
+    projection = int(raw.get("projection_dim", PROJECTION_DIM))
+    if text:
+        return CLIPConfig(TowerConfig.from_dict(raw, TEXT_DEFAULTS), None, projection)
+    return CLIPConfig(None, TowerConfig.from_dict(raw, VISION_DEFAULTS), projection)
 
 
 class _Attention(nn.Module):
@@ -240,7 +304,7 @@ class PretrainedCLIP:
 
     module: CLIP
     params: Params
-    config: object  # the transformers config it was read from
+    config: object  # the config it was read from (CLIPConfig, or a transformers one)
 
     def text_features(self, params: Params, input_ids, attention_mask) -> dict:
         """Pure text forward (jittable): see `CLIP.encode_text`."""
@@ -264,7 +328,8 @@ def init_shapes(module: CLIP) -> Params:
 
 
 def clip_module(config, projection: bool = True) -> CLIP:
-    """The module for a transformers CLIPConfig, CLIPTextConfig or CLIPVisionConfig."""
+    """The module for our CLIPConfig, or a transformers CLIPConfig, CLIPTextConfig or
+    CLIPVisionConfig."""
     text = getattr(config, "text_config", None)
     vision = getattr(config, "vision_config", None)
     if text is None and vision is None:  # one tower's config
@@ -285,27 +350,20 @@ def load_clip(
     A text-only or vision-only folder serves its own tower; `projection` needs the
     projections in the checkpoint (a `CLIPTextModel` folder has none: pass False).
     """
-    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-
     folder = pretrained.resolve_folder(path)
-    model_type = pretrained.read_config(folder).get("model_type")
-    if model_type == "clip":
-        config = CLIPConfig.from_pretrained(str(folder))
-        module = clip_module(config, projection)
+    config = read_clip_config(folder, text)
+    module = clip_module(config, projection)
+    if config.text_config is not None and config.vision_config is not None:
         module = module.clone(
             text=module.text if text else None, vision=module.vision if vision else None
         )
-    else:  # one tower's folder (CLIPTextModel[WithProjection], CLIPVisionModel...)
-        one = CLIPTextConfig if text else CLIPVisionConfig
-        config = one.from_pretrained(str(folder))
-        module = clip_module(config, projection)
     state = pretrained.read_state_dict(folder)
     params = pretrained.state_dict_to_params(state, init_shapes(module))
     return PretrainedCLIP(module, jax.tree_util.tree_map(jnp.asarray, params), config)
 
 
 def random_clip(config, seed: int = 0) -> PretrainedCLIP:
-    """A CLIP with random weights for a transformers config (tests, offline benchmarks)."""
+    """A CLIP with random weights for a config (ours or transformers'; tests, benchmarks)."""
     module = clip_module(config)
     shapes = init_shapes(module)
     leaves, tree = jax.tree_util.tree_flatten(shapes)

@@ -42,7 +42,7 @@ def resolve_folder(path: str | os.PathLike) -> Path:
     local = Path(path).expanduser()
     if local.is_dir():
         return local
-    from huggingface_hub import hf_hub_download  # a dependency of transformers
+    from huggingface_hub import hf_hub_download  # declared (tokenizers needs it too)
 
     repo, errors = str(path), []
     config = Path(hf_hub_download(repo, "config.json"))
@@ -220,7 +220,8 @@ def read_torch_zip(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def save_folder(folder: str | os.PathLike, config, params: Params) -> Path:
-    """Writes `config` (a transformers config) and `params` as a standard checkpoint folder."""
+    """Writes `config` (a transformers config: tests, fixtures) and `params` as a standard
+    checkpoint folder."""
     from safetensors.numpy import save_file
 
     folder = Path(folder)

@@ -11,7 +11,9 @@ TACO conditions its encoder g_a on the token states of a frozen text tower. Two 
   the paper's (D differs).
 
 Both towers are this package's Flax modules reading the standard checkpoint folders
-(``model/pretrained.py``, no torch); transformers provides the tokenizers and configs only.
+(``model/pretrained.py``, no torch); the tokenizers run on the Rust ``tokenizers`` package
+(``model/tokenization.py``, the ids of transformers' slow tokenizers) and the configs are
+read into our own dataclasses: nothing here imports transformers.
 
 Both use ``max_length`` = 38 tokens, padded and truncated. No padding mask is applied by
 TACO's attention; the mask is returned for callers that want it.
@@ -40,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tgic_jax.minilm_fetch import ensure_minilm
-from tgic_jax.model import bert, clip
+from tgic_jax.model import bert, clip, pretrained, tokenization
 from tgic_jax.model.layers import Params
 
 MAX_LENGTH = 38
@@ -54,18 +56,12 @@ class TextEncoder:
     width: int
     max_length: int
     params: Params
-    tokenizer: Any
+    tokenizer: Any  # captions -> {'input_ids', 'attention_mask'} [B, max_length]
     _forward: Callable[[Params, jax.Array, jax.Array], jax.Array]
 
     def tokenize(self, captions: Sequence[str]) -> dict[str, np.ndarray]:
         """Captions -> {'input_ids', 'attention_mask'} int32 [B, max_length]."""
-        tokens = self.tokenizer(
-            list(captions),
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            return_tensors="np",
-        )
+        tokens = self.tokenizer(list(captions))
         return {
             "input_ids": np.asarray(tokens["input_ids"], np.int32),
             "attention_mask": np.asarray(tokens["attention_mask"], np.int32),
@@ -91,12 +87,27 @@ class TextEncoder:
         return np.asarray(states, np.float32), tokens["attention_mask"]
 
 
+def _tokenizer_files(folder: Path, path) -> Path:
+    """The folder holding the tokenizer files: the model folder, or for a hub id the same
+    snapshot folder with the tokenizer files fetched too."""
+    if Path(str(path)).expanduser().is_dir() or not path:
+        return folder
+    from huggingface_hub import hf_hub_download  # declared (tokenizers needs it too)
+
+    for name in ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json"):  # fmt: skip
+        try:
+            hf_hub_download(str(path), name)
+        except Exception:  # noqa: BLE001 - a file the repo lacks; the loader names what it needs
+            pass
+    return folder
+
+
 def load_clip_text(path: str, max_length: int = MAX_LENGTH) -> TextEncoder:
     """CLIP text tower (`last_hidden_state`) from a hub id or a local folder."""
-    from transformers import CLIPTokenizer
-
-    model = clip.load_clip(path, vision=False, projection=False)
-    tokenizer = CLIPTokenizer.from_pretrained(str(path))
+    folder = pretrained.resolve_folder(path)
+    model = clip.load_clip(folder, vision=False, projection=False)
+    tokenizer = tokenization.clip_tokenizer(_tokenizer_files(folder, path), max_length)
 
     def forward(params, input_ids, attention_mask):
         return model.text_features(params, input_ids, attention_mask)["last_hidden_state"]
@@ -113,11 +124,9 @@ def load_clip_text(path: str, max_length: int = MAX_LENGTH) -> TextEncoder:
 
 def load_minilm(path: str = "", max_length: int = MAX_LENGTH) -> TextEncoder:
     """all-MiniLM-L6-v2 (BERT, `last_hidden_state`); path "" means the cached default."""
-    from transformers import BertTokenizer
-
-    folder = Path(path).expanduser() if path else ensure_minilm()
+    folder = pretrained.resolve_folder(path) if path else ensure_minilm()
     module, params = bert.load_bert(folder)
-    tokenizer = BertTokenizer.from_pretrained(str(folder))
+    tokenizer = tokenization.bert_tokenizer(_tokenizer_files(folder, path), max_length)
 
     def forward(params, input_ids, attention_mask):
         # token_type_ids are zeros, position_ids arange: one sentence per caption.

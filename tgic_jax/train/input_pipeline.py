@@ -434,12 +434,20 @@ def _tfds_batches(input_config, batch_size, seed, process_index, process_count, 
 
 # ----------------------------------------------------------------------------- text
 def build_text_encoder(text_config, width: int | None = None):
-    """config.text -> text encoder; `width` (config.model.text_dim) serves the 'random' one."""
+    """config.text -> text encoder; `width` (config.model.text_dim) serves the 'random' one.
+
+    A cached tower whose files fail their pinned sha256 stops the run in one line (RunError).
+    """
+    from tgic_jax.files import IntegrityError
     from tgic_jax.model.text_encoders import build_text_encoder as build
+    from tgic_jax.train.errors import RunError
 
     if text_config.encoder == "random" and not text_config.get("width"):
         text_config = ml_collections.ConfigDict({**dict(text_config), "width": int(width or 0)})
-    return build(text_config)
+    try:
+        return build(text_config)
+    except IntegrityError as err:
+        raise RunError(str(err)) from err
 
 
 def tokenize_batches(batches: Iterator[dict], text_encoder) -> Iterator[dict]:
