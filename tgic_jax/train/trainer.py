@@ -350,4 +350,4 @@ def export_inference(
     if bad:  # coding tables of NaN pmfs fail deep in the range coder otherwise
         raise ValueError(f"step {step} has non-finite parameters ({'/'.join(bad[0])}, "
                          f"{len(bad)} arrays): export an earlier --step")  # fmt: skip
-    return selection.save_params(out, config, params, step)
+    return selection.save_params(out, config, params, step, integer_entropy=True)
