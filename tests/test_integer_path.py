@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -150,11 +151,8 @@ def _dtypes(jaxpr) -> set:
         for v in (*eqn.invars, *eqn.outvars):
             if hasattr(v, "aval"):
                 out.add(np.dtype(v.aval.dtype))
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, tuple | list) else [value]:
-                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
-                if hasattr(sub, "eqns"):
-                    out |= _dtypes(sub)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            out |= _dtypes(sub)
     return out
 
 
@@ -214,7 +212,7 @@ def _perturbing(fn, eps: float):
         env = {}
 
         def read(v):
-            return v.val if isinstance(v, jax.core.Literal) else env[v]
+            return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
 
         for var, val in zip(jaxpr.constvars, consts, strict=True):
             env[var] = val

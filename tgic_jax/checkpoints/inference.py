@@ -115,12 +115,13 @@ def save_inference(
     text_config: dict | None = None,
     tables: dict | None = None,
     extra: dict | None = None,
-    integer_entropy: dict | bool | None = None,
+    integer_entropy: dict | bool = True,
 ) -> epath.Path:
     """Writes an inference checkpoint atomically; tables default to `build_tables(params)`.
 
-    integer_entropy: the integer entropy path to store (`True`: calibrate it here with
-    `integer_entropy_of`); None keeps the checkpoint float-only (its files: version 4).
+    integer_entropy: the integer entropy path to store; True (the default) calibrates it
+    here (`integer_entropy_of`, seconds), so that every checkpoint's files decode bit for
+    bit on any device; False keeps the checkpoint float-only (its files: version 4).
     """
     path = as_path(path)
     params = to_numpy(params)
@@ -129,7 +130,7 @@ def save_inference(
     if integer_entropy is True:
         integer_entropy = integer_entropy_of(TACO(model_config), params, tables)
     state = {"params": params, "tables": to_numpy(tables)}
-    if integer_entropy:
+    if integer_entropy is not False:
         state["integer_entropy"] = to_numpy(integer_entropy)
     meta = {
         "format": FORMAT,

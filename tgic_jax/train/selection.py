@@ -108,18 +108,16 @@ def read_best(workdir: str | os.PathLike) -> dict[str, dict]:
 
 def save_params(
     path: str | os.PathLike, config: ml_collections.ConfigDict, params: Params, step: int,
-    tables: dict | None = None, integer_entropy: bool = False,
+    tables: dict | None = None,
 ) -> epath.Path:  # fmt: skip
     """An inference checkpoint of a run's `params` at `step` (its model and text config).
 
-    integer_entropy: calibrate and store the integer entropy path (what `tgic export`
-    writes; the per-epoch best checkpoints stay float-only, quick to write).
+    Like every inference checkpoint it carries the integer entropy path (calibrated here).
     """
     return inference.save_inference(
         path, ModelConfig.from_config(config.model), params,
         text_config={"width": int(config.model.text_dim), **config.text.to_dict()},
         tables=tables, extra={"train_step": int(step)},
-        integer_entropy=True if integer_entropy else None,
     )  # fmt: skip
 
 

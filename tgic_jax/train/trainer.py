@@ -330,7 +330,9 @@ def export_inference(
     step: int | None = None,
     select: str | None = None,
 ) -> epath.Path:
-    """Writes an inference checkpoint (params, config, coding tables; no optimizer state).
+    """Writes an inference checkpoint (params, config, coding tables, integer entropy path).
+
+    No optimizer state.
 
     select: a kept best checkpoint ('best_psnr', 'best_ms_ssim', 'best_bpp', 'best_lpips')
     instead of the latest (or given) step.
@@ -350,4 +352,4 @@ def export_inference(
     if bad:  # coding tables of NaN pmfs fail deep in the range coder otherwise
         raise ValueError(f"step {step} has non-finite parameters ({'/'.join(bad[0])}, "
                          f"{len(bad)} arrays): export an earlier --step")  # fmt: skip
-    return selection.save_params(out, config, params, step, integer_entropy=True)
+    return selection.save_params(out, config, params, step)
