@@ -1,7 +1,11 @@
 r"""The integer entropy path against the float path: rate, quality and CPU time, one run.
 
-    python benchmarks/integer_path.py [--images 24] [--paper-size] [--repeats 3]
+    python benchmarks/integer_path.py [--images 24] [--paper-size] [--repeats 3] [--conv]
 
+(0) With --conv: one 5 x 5 convolution at the paper model's y resolution of a Kodak image
+    (48 x 32 positions, 128 -> 224 channels, the channel context's widest) in float32,
+    int8 x int8 -> int32, int16 and int32 operands, directly and as im2col + dot_general:
+    median milliseconds of 5 (what chose int8 digits for the integer path).
 (1) The parity fixture's trained small model (../shared/reference/parity: the authors' code,
     N=32, M=40, 2,500 steps), both paths from the same parameters, on the Kodak images:
     real bpp and PSNR per path and their relative difference, and the median encode and
@@ -43,7 +47,9 @@ def _coders(model, params):
     integer = integer_entropy_of(model, params, tables)
     calibration = time.perf_counter() - t0
     float_coder = codec.Coder(model, {"params": params, "tables": tables})
-    integer_coder = codec.Coder(model, {"params": params, "tables": tables, "integer_entropy": integer})
+    integer_coder = codec.Coder(
+        model, {"params": params, "tables": tables, "integer_entropy": integer}
+    )
     return {"float": float_coder, "integer": integer_coder}, calibration
 
 
@@ -69,7 +75,7 @@ def trained_model(count: int) -> None:
         for path, coder in coders.items():
             if n == 0:  # compile both paths' programs outside the timing
                 coder.decode(coder.encode([image], [text])[0].data)
-            r, t_enc = _timed(lambda c=coder: c.encode([image], [text])[0])
+            r, t_enc = _timed(lambda c=coder, x=image, t=text: c.encode([x], [t])[0])
             (x_hat, _), t_dec = _timed(lambda c=coder, d=r.data: c.decode(d))
             rows[path]["bpp"].append(r.bpp)
             rows[path]["psnr"].append(_psnr(x_hat, image))
@@ -83,8 +89,10 @@ def trained_model(count: int) -> None:
         )
     f, i = rows["float"], rows["integer"]
     rate = sum(i["bpp"]) / sum(f["bpp"]) - 1
-    print(f"\ntrained small model (parity fixture), {len(names)} Kodak images, "
-          f"calibration {calibration:.1f} s")  # fmt: skip
+    print(
+        f"\ntrained small model (parity fixture), {len(names)} Kodak images, "
+        f"calibration {calibration:.1f} s"
+    )
     print("| path | mean bpp | mean PSNR dB | encode s (median) | decode s (median) |")
     print("| --- | --- | --- | --- | --- |")
     for path, r in rows.items():
@@ -92,8 +100,9 @@ def trained_model(count: int) -> None:
             f"| {path} | {np.mean(r['bpp']):.4f} | {np.mean(r['psnr']):.3f} | "
             f"{statistics.median(r['encode']):.3f} | {statistics.median(r['decode']):.3f} |"
         )
+    d_psnr = np.mean(i["psnr"]) - np.mean(f["psnr"])
     print(
-        f"integer vs float: total rate {rate:+.3%}, PSNR {np.mean(i['psnr']) - np.mean(f['psnr']):+.4f}"
+        f"integer vs float: total rate {rate:+.3%}, PSNR {d_psnr:+.4f}"
         f" dB, encode x{statistics.median(i['encode']) / statistics.median(f['encode']):.2f}, "
         f"decode x{statistics.median(i['decode']) / statistics.median(f['decode']):.2f}"
     )
@@ -126,10 +135,61 @@ def paper_size(repeats: int) -> None:
             dec.append(t)
             net.append(seconds["networks"])
         medians[path] = (statistics.median(enc), statistics.median(dec))
-        print(f"| {path} | {medians[path][0]:.2f} | {medians[path][1]:.2f} | "
-              f"{statistics.median(net):.2f} |")  # fmt: skip
+        print(
+            f"| {path} | {medians[path][0]:.2f} | {medians[path][1]:.2f} | "
+            f"{statistics.median(net):.2f} |"
+        )
     (fe, fd), (ie, idd) = medians["float"], medians["integer"]
     print(f"integer vs float: encode x{ie / fe:.2f}, decode x{idd / fd:.2f}")
+
+
+def conv_formulations() -> None:
+    """Part (0): milliseconds of one convolution in each formulation."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    rng = np.random.default_rng(0)
+    x_np = rng.integers(-100, 100, (1, 32, 48, 128))
+    w_np = rng.integers(-100, 100, (5, 5, 128, 224))
+
+    def conv(x, w, acc):
+        return lax.conv_general_dilated(
+            x, w, (1, 1), ((2, 2), (2, 2)), dimension_numbers=dn, preferred_element_type=acc
+        )
+
+    def im2col(x, w, acc):
+        xp = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+        cols = jnp.concatenate(
+            [xp[:, i : i + 32, j : j + 48] for i in range(5) for j in range(5)], -1
+        )
+        return lax.dot_general(
+            cols, w.reshape(-1, w.shape[-1]), (((3,), (0,)), ((), ())), preferred_element_type=acc
+        )
+
+    print("\n| formulation | operands | ms (median of 5) |")
+    print("| --- | --- | --- |")
+    for form, fn in (("conv_general_dilated", conv), ("im2col + dot_general", im2col)):
+        for dtype, acc in (
+            (jnp.float32, jnp.float32),
+            (jnp.int8, jnp.int32),
+            (jnp.int16, jnp.int32),
+            (jnp.int32, jnp.int32),
+        ):
+            x, w = jnp.asarray(x_np, dtype), jnp.asarray(w_np, dtype)
+            f = jax.jit(lambda a, b, fn=fn, acc=acc: fn(a, b, acc))
+            f(x, w).block_until_ready()
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                f(x, w).block_until_ready()
+                times.append(time.perf_counter() - t0)
+            print(
+                f"| {form} | {np.dtype(dtype).name} -> {np.dtype(acc).name} | "
+                f"{1e3 * statistics.median(times):.1f} |",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -138,7 +198,10 @@ def main() -> None:
     p.add_argument("--images", type=int, default=24)
     p.add_argument("--paper-size", action="store_true")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--conv", action="store_true")
     args = p.parse_args()
+    if args.conv:
+        conv_formulations()
     if PARITY.is_file():
         trained_model(args.images)
     else:

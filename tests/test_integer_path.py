@@ -373,8 +373,12 @@ def test_files_decode_to_the_same_symbols_in_another_process_on_other_arithmetic
     out = tmp_path / "decoded.npz"
     proc = subprocess.run(
         [sys.executable, "-c", _DECODE_SCRIPT, str(ckpt), str(out), *map(str, files)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(out) as decoded:
         for k, r in enumerate(results):

@@ -236,10 +236,11 @@ class Coder:
         if not self.integer:
             return np.concatenate([np.asarray(s) for s in slices], -1)
         unit = 2.0**-integer_path.FRACTION_BITS
-        return np.concatenate(
-            [np.asarray(s, np.float64) + np.asarray(m, np.float64) * unit
-             for s, m in zip(*slices, strict=True)], -1
-        )  # fmt: skip
+        parts = [
+            np.asarray(s, np.float64) + np.asarray(m, np.float64) * unit
+            for s, m in zip(*slices, strict=True)
+        ]
+        return np.concatenate(parts, -1)
 
     # -------------------------------------------------------------------- encoder
     def encode(

@@ -162,9 +162,13 @@ def _requantize(acc: jax.Array, q: dict) -> jax.Array:
 
 def _int_conv(digits: jax.Array, kernel: jax.Array, pad: tuple[int, int]) -> jax.Array:
     return lax.conv_general_dilated(
-        digits, kernel, (1, 1), (pad, pad), dimension_numbers=_DN,
+        digits,
+        kernel,
+        (1, 1),
+        (pad, pad),
+        dimension_numbers=_DN,
         preferred_element_type=jnp.int32,
-    )  # fmt: skip
+    )
 
 
 def apply_layer(q: dict, x: jax.Array, geometry: tuple[int, int, int]) -> jax.Array:
@@ -257,9 +261,13 @@ def _float_chain(config, params, net, x, record: dict) -> jax.Array:
         kernel, bias = _correlation_kernel(kind, k, stride, p["kernel"], p["bias"])
         lo, hi, s = _geometry(kind, k, stride)
         y = lax.conv_general_dilated(
-            x, jnp.asarray(kernel), (1, 1), ((lo, hi), (lo, hi)), dimension_numbers=_DN,
+            x,
+            jnp.asarray(kernel),
+            (1, 1),
+            ((lo, hi), (lo, hi)),
+            dimension_numbers=_DN,
             precision=lax.Precision.HIGHEST,
-        )  # fmt: skip
+        )
         y = _shuffle(y + bias, s)
         if relu:
             y = jnp.maximum(y, 0.0)
