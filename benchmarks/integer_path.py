@@ -1,13 +1,15 @@
 r"""The integer entropy path against the float path: rate, quality and CPU time, one run.
 
     python benchmarks/integer_path.py [--images 24] [--paper-size] [--repeats 3] [--conv]
+                                      [--checkpoint DIR]
 
 (0) With --conv: one 5 x 5 convolution at the paper model's y resolution of a Kodak image
     (48 x 32 positions, 128 -> 224 channels, the channel context's widest) in float32,
     int8 x int8 -> int32, int16 and int32 operands, directly and as im2col + dot_general:
     median milliseconds of 5 (what chose int8 digits for the integer path).
 (1) The parity fixture's trained small model (../shared/reference/parity: the authors' code,
-    N=32, M=40, 2,500 steps), both paths from the same parameters, on the Kodak images:
+    N=32, M=40, 2,500 steps), or the inference checkpoint --checkpoint (e.g. the demo's
+    demo_output/checkpoint), both paths from the same parameters, on the Kodak images:
     real bpp and PSNR per path and their relative difference, and the median encode and
     decode seconds per image (after one warm-up image).
 (2) With --paper-size: the paper-size model (N=192, M=320; random well-scaled weights, as
@@ -59,12 +61,16 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def trained_model(count: int) -> None:
+def trained_model(count: int, checkpoint: str | None = None) -> None:
     """Part (1): bpp, PSNR and times of both paths on `count` Kodak images."""
     from tgic_jax import image_io
     from tgic_jax.checkpoints.authors import from_official_state_dict, load_state_dict_file
+    from tgic_jax.checkpoints.inference import load_inference
 
-    model, v = from_official_state_dict(load_state_dict_file(PARITY))
+    if checkpoint:
+        model, v, _ = load_inference(checkpoint)
+    else:
+        model, v = from_official_state_dict(load_state_dict_file(PARITY))
     coders, calibration = _coders(model, v["params"])
     names = sorted(json.loads((KODAK / "captions.json").read_text()))[:count]
     rng = np.random.default_rng(0)
@@ -199,11 +205,12 @@ def main() -> None:
     p.add_argument("--paper-size", action="store_true")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--conv", action="store_true")
+    p.add_argument("--checkpoint", default=None, help="an inference checkpoint to measure")
     args = p.parse_args()
     if args.conv:
         conv_formulations()
-    if PARITY.is_file():
-        trained_model(args.images)
+    if args.checkpoint or PARITY.is_file():
+        trained_model(args.images, args.checkpoint)
     else:
         print(f"{PARITY} is absent: the trained-model part is skipped")
     if args.paper_size:
