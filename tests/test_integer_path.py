@@ -78,7 +78,7 @@ def _reference_layer(q, x, geometry):
     a = np.clip(acc, -q["limit"].astype(np.int64), q["limit"])
     sh = q["shift"].astype(np.int64)
     out = (a * q["multiplier"] + (1 << (sh - 1))) >> sh  # floor(v + 1/2), exact
-    out = np.clip(out, q["low"], q["high"])
+    out = np.clip(out << q["up"].astype(np.int64), q["low"], q["high"])
     return np.asarray(integer_path._shuffle(jnp.asarray(out), s))
 
 
@@ -104,6 +104,25 @@ def test_largest_inputs_give_the_exact_integer_result(tiny_int, net):
                 jax.tree_util.tree_map(jnp.asarray, q), jnp.asarray(inputs, jnp.int32), geometry
             )
             np.testing.assert_array_equal(np.asarray(ours), _reference_layer(q, inputs, geometry))
+
+
+def test_an_output_finer_than_the_accumulator_is_rounded_then_shifted_up_exactly():
+    # A trained layer of large weights and inputs: one accumulator step is ~2^5 output units.
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(0, 1.0, (1, 1, 40, 6))
+    q = integer_path._quantize_layer(kernel, rng.normal(0, 1, 6), np.full(40, 0.01),
+                                     np.full(6, 2.0**-12), -(2**23 - 1), 2**23 - 1)  # fmt: skip
+    assert (q["up"] > 0).all()
+    x = rng.integers(-A, A + 1, (1, 3, 3, 40))
+    ours = integer_path.apply_layer(
+        jax.tree_util.tree_map(jnp.asarray, q), jnp.asarray(x, jnp.int32), (0, 0, 1)
+    )
+    np.testing.assert_array_equal(np.asarray(ours), _reference_layer(q, x, (0, 0, 1)))
+    # And close to the float layer (int8 weights: ~1 % of the output's range).
+    bias = q["bias"] * np.abs(kernel * 0.01).max(axis=(0, 1, 2)) / 127
+    real = np.einsum("bhwc,cd->bhwd", x * 0.01, kernel[0, 0]) + bias
+    assert np.abs(real).max() < 2**11  # within the output's range: no clamping
+    assert np.abs(np.asarray(ours) * 2.0**-12 - real).max() < 0.03 * np.abs(real).max()
 
 
 def test_a_layer_whose_weights_would_overflow_is_narrowed_until_the_bound_holds():

@@ -147,7 +147,10 @@ def _rshift_round(v: jax.Array, bits) -> jax.Array:
 def _requantize(acc: jax.Array, q: dict) -> jax.Array:
     """clamp(round(acc * m / 2^sh), lo, hi) per channel, in int32 without overflow.
 
-    acc is first clamped to +-limit, beyond which the output clamps anyway; then acc * m
+    Where one accumulator step is a unit of the output or more (s_w >= s_out / 2), the ratio
+    is m 2^up / 2^sh: the result is shifted up by `up` after rounding (the accumulator
+    holds no finer digits to round by). acc is first clamped to +-limit, beyond which the
+    output clamps anyway; then acc * m
     is split at 15 bits (acc = 2^15 a_h + a_l) so no partial product reaches 2^31:
     floor((2^15 a_h m + a_l m + 2^(sh-1)) / 2^sh) = (a_h m + (a_l m >> 15) + 2^(sh-16))
     >> (sh - 15), exactly, for sh >= 16.
@@ -157,7 +160,7 @@ def _requantize(acc: jax.Array, q: dict) -> jax.Array:
     x = jnp.right_shift(a, 15) * m
     y = jnp.right_shift(jnp.bitwise_and(a, 2**15 - 1) * m, 15)
     out = jnp.right_shift(x + y + jnp.left_shift(jnp.int32(1), sh - 16), sh - 15)
-    return jnp.clip(out, q["low"], q["high"])
+    return jnp.clip(jnp.left_shift(out, q["up"]), q["low"], q["high"])
 
 
 def _int_conv(digits: jax.Array, kernel: jax.Array, pad: tuple[int, int]) -> jax.Array:
@@ -340,7 +343,8 @@ def _exponent(largest: float) -> int:
 
 
 def _activation_scale(largest: float) -> float:
-    return max(_MARGIN * largest, 1e-6) / ACTIVATION_LIMIT
+    """The scale that maps 1.5x the largest value to the activation limit (1.0: no value)."""
+    return (_MARGIN * largest if largest > 0 else 1.0) / ACTIVATION_LIMIT
 
 
 def _quantize_layer(kernel, bias, s_in, s_out, low, high) -> dict:
@@ -361,11 +365,13 @@ def _quantize_layer(kernel, bias, s_in, s_out, low, high) -> dict:
         if (qmax < 1).any():
             raise ValueError("a layer's bias is too large for the integer accumulator")
     r = s_w / np.asarray(s_out, np.float64)
-    if (r >= 1).any():
-        raise ValueError("an integer layer's output is finer than its accumulator")
+    # An output finer than the accumulator (r >= 1/2): round at 2^up output units.
+    up = np.clip(np.floor(np.log2(r)) + 2, 0, 30).astype(np.int64)
+    r = r / 2.0**up
     shift = np.clip(13 - np.floor(np.log2(r)), 16, 45).astype(np.int64)
     multiplier = np.round(r * 2.0**shift).astype(np.int64)
-    limit = np.minimum(np.floor((max(abs(low), abs(high)) + 1) / r) + 1, 2**31 - 1)
+    top = max(abs(low), abs(high)) // 2**up
+    limit = np.minimum(np.floor((top + 1) / r) + 1, 2**31 - 1)
     shape = k.shape[-1]
     q = {
         "kernel": w_q.astype(np.int8),
@@ -373,6 +379,7 @@ def _quantize_layer(kernel, bias, s_in, s_out, low, high) -> dict:
         "multiplier": multiplier.astype(np.int32),
         "shift": shift.astype(np.int32),
         "limit": limit.astype(np.int64).astype(np.int32),
+        "up": up.astype(np.int32),
         "low": np.full(shape, low, np.int32),
         "high": np.full(shape, high, np.int32),
     }
@@ -416,7 +423,7 @@ def integerize(config: ModelConfig, params, z_medians, stats: dict) -> dict:
 
     Pure: the same parameters and statistics give the same integers on every machine
     (float64 NumPy, no XLA). Returns a tree of int arrays, what `variables
-    ["integer_entropy"]` holds: one {kernel int8, bias, multiplier, shift, limit, low,
+    ["integer_entropy"]` holds: one {kernel int8, bias, multiplier, shift, limit, up, low,
     high int32} per layer, and "io" (z_shift, z_medians, y_shift, thresholds).
     """
     from tgic_jax.coding.tables import scale_table, scale_thresholds
