@@ -11,7 +11,7 @@ input scale s_in (per input channel) and output scale s_out (per output channel)
     x        int32 in [-8191, 8191]           real input = x * s_in
     hi, lo   x >> 7 in [-64, 63], x & 127     two int8 digits: x = 128 hi + lo
     acc      128 conv(hi, w_q) + conv(lo, w_q) + b_q        int8 x int8 -> int32, exact
-    out      clamp(round(acc * m / 2^sh), lo_c, hi_c)      integer requantization
+    out      clamp(round(acc * m / 2^sh) << up, lo_c, hi_c) integer requantization
              w_q = round(w * s_in / s_w) int8 (|w_q| <= 127, s_w per output channel),
              b_q = round(b / s_w), m / 2^sh ~ s_w / s_out with m < 2^16
 
@@ -20,8 +20,9 @@ building and tested): per output channel, sum|w_q| * (64 * 128 + 127) + |b_q| < 
 (the digits' largest magnitudes), and the requantization's split product (`_requantize`)
 stays below 2^31 after clamping acc to the range that can still move the output.
 Two int8 digits give 14-bit activations at the cost of two int8 convolutions, which
-XLA:CPU runs ~7x faster than one float32 convolution of the same shape (int16 operands:
-~40x slower; docs/BENCHMARKS.md).
+XLA:CPU runs ~8x faster than one float32 convolution of the same shape (1.5 vs 24 ms at
+the paper model's widest context layer; int16 or int32 operands: ~50x slower than
+float32; docs/BENCHMARKS.md).
 
 Rounding rules (all integer, half up: floor(v + 1/2)): z_in = clamp(z_sym * 2^e_z +
 round(median * 2^e_z)); y_in = clamp(sym * 2^e_i + round(mean_q / 2^(F - e_i))); the
@@ -51,6 +52,7 @@ __all__ = [
     "ACTIVATION_LIMIT",
     "FRACTION_BITS",
     "anchor",
+    "apply_layer",
     "calibrate",
     "check_bounds",
     "combine",
@@ -59,6 +61,7 @@ __all__ = [
     "integerize",
     "layer_specs",
     "nonanchor",
+    "y_input",
 ]
 
 ACTIVATION_LIMIT = 2**13 - 1  # activations in [-8191, 8191]: two int8 digits
