@@ -4,7 +4,7 @@ r"""The prepared GPU check: everything a first run on a bare GPU image should pr
     python benchmarks/gpu_check.py --build-wheels DIR             (here: the carried folder)
 
 Sections, each in its own process with its own time limit, so one failure is reported in
-one line and the others still run (8 minutes in all on a GPU):
+one line and the others still run (9 minutes in all on a GPU):
   (a) `tgic env` for configs/taco.py;
   (b) the paper-size train step (N=192, M=320, 256 x 256 crops, every loss term: rate,
       MSE, LPIPS-Alex, CLIP joint with a tiny random CLIP unless real weights load) at
@@ -16,9 +16,12 @@ one line and the others still run (8 minutes in all on a GPU):
       their checkout is given; a line says so otherwise;
   (d) encode and decode milliseconds of kodim01 (768 x 512), paper-size model
       (benchmarks/codec.py);
-  (e) images/s of the training input alone (benchmarks/input.py).
+  (e) images/s of the training input alone (benchmarks/input.py);
+  (f) files encoded on the GPU with its default precision decode on the CPU to the same
+      y_hat, bit for bit (the integer entropy path; benchmarks/cross_device.py).
 `--cpu` runs the same code on the CPU: the tiny model of configs/small.py at 64 x 64,
-batch 1, one timed step, one codec run (~100 s on 2 quiet cores; mostly compiling).
+batch 1, one timed step, one codec run, the cross-device check (~130 s on 2 quiet cores;
+mostly compiling).
 
 The carried folder holds the wheels a bare image lacks (`WHEELS`): `--build-wheels`
 downloads them here (CPython 3.12, manylinux x86_64), under 60 MiB together (the LPIPS
@@ -40,8 +43,8 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BUDGET_S = 480  # the whole check, one call on the device machine
-CPU_BUDGET_S = 300  # the --cpu dry run (CI); it takes ~100 s on 2 quiet cores
+BUDGET_S = 560  # the whole check, one call on the device machine
+CPU_BUDGET_S = 400  # the --cpu dry run (CI); it takes ~130 s on 2 quiet cores
 MAX_WHEELS_MIB = 60
 
 # (requirement, module): what a bare GPU image (jax + CUDA plugin, flax, optax, orbax,
@@ -257,7 +260,7 @@ def run_check(cpu: bool, authors_repo: str | None) -> int:
     """All sections in order within `BUDGET_S`; 0 when every section that ran passed."""
     begun = time.perf_counter()
     # The CPU dry run is mostly compiling (two steps with every loss term and the state,
-    # at once): ~100 s on 2 quiet cores, with room for a loaded CI machine.
+    # at once) and the cross-device check: ~130 s on 2 quiet cores, room for a loaded CI.
     budget = CPU_BUDGET_S if cpu else BUDGET_S
 
     def left(share: float) -> float:  # a section's limit: its share, never past the budget
@@ -295,6 +298,8 @@ def run_check(cpu: bool, authors_repo: str | None) -> int:
     inp = [py, "benchmarks/input.py", "--batches", "2" if cpu else "30"]
     results.append(_section("(e) input alone", inp + (["--batch", "4"] if cpu else []),
                             left(60), env))  # fmt: skip
+    cross = [py, "benchmarks/cross_device.py"]  # the small model: its CPU decode is quick
+    results.append(_section("(f) encode here, decode on the CPU", cross, left(120), env))
     print(f"\ngpu check: {sum(results)} of {len(results)} sections ok in "
           f"{time.perf_counter() - begun:.0f} s", flush=True)  # fmt: skip
     return 0 if all(results) else 1

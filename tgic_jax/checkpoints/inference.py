@@ -2,7 +2,10 @@
 
 An inference checkpoint is a directory:
     config.json   the model sizes and the text-encoder config (plain JSON)
-    state/        orbax PyTree checkpoint of {"params": ..., "tables": ...}
+    state/        orbax PyTree checkpoint of {"params": ..., "tables": ...} and, in those
+                  that `tgic export` and `tgic convert` write, "integer_entropy" (the
+                  integer entropy path, `integer_entropy_of`: files that decode bit for bit
+                  on any device)
 Both are written into a temporary sibling directory and renamed into place, so a reader
 never sees half a checkpoint. `CHECKPOINT_ENTRIES` names what a checkpoint consists of: a
 folder's other files (a user's notes, results) are carried into the new checkpoint when
@@ -24,6 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from tgic_jax import image_io
+from tgic_jax.coding import integer_path
 from tgic_jax.coding.tables import build_tables
 from tgic_jax.files import replace_dir
 from tgic_jax.model.taco import TACO, ModelConfig
@@ -33,6 +38,13 @@ FORMAT = "tgic_jax-inference-v1"
 # it replaces a checkpoint, replaces): the one list `tgic export/convert --force` go by.
 CHECKPOINT_ENTRIES = ("config.json", "state")
 _FILE_URL = "file://"
+# Calibration of the integer entropy path: centre crops of four Kodak images (the
+# checkout's data/kodak; synthetic textures without it), ~2 s each for the paper-size
+# model on a CPU. Random text states: the caption moves y far less than the image does,
+# and the ranges get a 1.5x margin (`integer_path`).
+_KODAK = os.path.join(os.path.dirname(__file__), "..", "..", "data", "kodak")
+CALIBRATION_IMAGES = ("kodim01.png", "kodim05.png", "kodim13.png", "kodim20.png")
+CALIBRATION_CROP = 256
 
 
 def as_path(path: str | os.PathLike) -> epath.Path:
@@ -79,6 +91,39 @@ def own_entries(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     ]
 
 
+def calibration_images(count: int = len(CALIBRATION_IMAGES)) -> list[np.ndarray]:
+    """The images the integer entropy path is calibrated on (float32 [256, 256, 3])."""
+    images = []
+    for k, name in enumerate(CALIBRATION_IMAGES[:count]):
+        file = os.path.join(_KODAK, name)
+        if os.path.isfile(file):
+            image = image_io.load_image(file)[0]
+            h, w = image.shape[:2]
+            top, left = (h - CALIBRATION_CROP) // 2, (w - CALIBRATION_CROP) // 2
+            images.append(image[top : top + CALIBRATION_CROP, left : left + CALIBRATION_CROP])
+        else:  # an installed package without the checkout: smooth textures with noise
+            rng = np.random.default_rng(k)
+            yy, xx = np.mgrid[0:CALIBRATION_CROP, 0:CALIBRATION_CROP] / CALIBRATION_CROP
+            base = np.stack([np.sin((6 + k) * xx + c) * np.cos(4 * yy - c) for c in range(3)], -1)
+            noise = 0.1 * rng.normal(size=base.shape)
+            images.append(np.clip(0.5 + 0.35 * base + noise, 0, 1).astype(np.float32))
+    return images
+
+
+def integer_entropy_of(model: TACO, params, tables: dict | None = None, images=None) -> dict:
+    """The integer entropy path of float `params`, calibrated on `images` (default: Kodak).
+
+    What `tgic export` and `tgic convert` store as `variables["integer_entropy"]`.
+    """
+    params = to_numpy(params)
+    tables = build_tables(params) if tables is None else tables
+    images = calibration_images() if images is None else list(images)
+    rng = np.random.default_rng(0)
+    texts = [rng.normal(size=(38, model.config.text_dim)).astype(np.float32) for _ in images]
+    stats = integer_path.calibrate(model, params, tables["z_medians"], images, texts)
+    return integer_path.integerize(model.config, params, tables["z_medians"], stats)
+
+
 def save_inference(
     path: str | os.PathLike,
     model_config: ModelConfig,
@@ -86,16 +131,26 @@ def save_inference(
     text_config: dict | None = None,
     tables: dict | None = None,
     extra: dict | None = None,
+    integer_entropy: dict | bool = True,
 ) -> epath.Path:
     """Writes an inference checkpoint atomically; tables default to `build_tables(params)`.
 
     Replacing an existing folder replaces only `CHECKPOINT_ENTRIES`: its other entries are
     moved into the new checkpoint before it takes the folder's name.
+
+    integer_entropy: the integer entropy path to store; True (the default) calibrates it
+    here (`integer_entropy_of`, seconds), so that every checkpoint's files decode bit for
+    bit on any device; False keeps the checkpoint float-only (its files: version 4).
     """
     path = as_path(path)
     params = to_numpy(params)
     if tables is None:
         tables = build_tables(params)
+    if integer_entropy is True:
+        integer_entropy = integer_entropy_of(TACO(model_config), params, tables)
+    state = {"params": params, "tables": to_numpy(tables)}
+    if integer_entropy is not False:
+        state["integer_entropy"] = to_numpy(integer_entropy)
     meta = {
         "format": FORMAT,
         "model": model_config.to_dict(),
@@ -106,9 +161,7 @@ def save_inference(
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        _one_process_checkpointer().save(
-            tmp / "state", {"params": params, "tables": to_numpy(tables)}
-        )
+        _one_process_checkpointer().save(tmp / "state", state)
         (tmp / "config.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         _replace_keeping_others(tmp, path)
     finally:
@@ -144,7 +197,7 @@ def read_inference_config(path: str | os.PathLike) -> dict:
 
 
 def load_inference(path: str | os.PathLike):
-    """-> (model, variables {"params", "tables"}, config ConfigDict with .model and .text)."""
+    """-> (model, variables {"params", "tables"[, "integer_entropy"]}, config: .model, .text)."""
     meta = read_inference_config(path)
     model_config = ModelConfig(**meta["model"])
     state = _one_process_checkpointer().restore(as_path(path) / "state")

@@ -74,7 +74,7 @@ def run_convert(args: argparse.Namespace) -> int:
         variables["params"],
         text_config=text,
         extra={"source": os.path.basename(args.input)},
-    )
+    )  # with the integer entropy path: its files decode bit for bit on any device
     print(f"wrote {out} in {time.time() - t0:.1f} s")
     return 0
 

@@ -21,8 +21,14 @@ so the decoder rebuilds the encoder's y_hat bit for bit:
     decoder:  the same calls, with s_a and s_n read from the streams.
 
 The exported programs live in `coding/programs.py`; every Coder of one model config in a
-process shares them. On GPU, run both sides with `--xla_gpu_deterministic_ops=true` on the
-same kind of device.
+process shares them.
+
+Two entropy paths. When the variables carry `integer_entropy` (checkpoints written by
+`tgic export` and `tgic convert`), hyper / anchor / nonanchor / combine are the integer
+programs of `coding/integer_path.py`: table indices and means are exact integers, the same
+on every device, and the files are version 5. With float parameters only, the float
+programs above run and the files are version 4; those decode bit for bit on the kind of
+device that made them (on GPU, run both sides with `--xla_gpu_deterministic_ops=true`).
 """
 
 from __future__ import annotations
@@ -38,9 +44,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tgic_jax.coding import integer_path
 from tgic_jax.coding import tables as coding_tables
-from tgic_jax.coding.container import FINGERPRINT_BYTES, BitstreamError, Container, pack, unpack
-from tgic_jax.coding.programs import param_scopes, shared_programs
+from tgic_jax.coding.container import (
+    FINGERPRINT_BYTES,
+    INTEGER_VERSION,
+    VERSION,
+    BitstreamError,
+    Container,
+    pack,
+    unpack,
+)
+from tgic_jax.coding.programs import integer_scopes, param_scopes, shared_programs
 from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder, Tables, fits
 from tgic_jax.model.taco import TACO, checkerboard_masks
 
@@ -117,12 +132,22 @@ class Coder:
             )
         self.model = model
         self.tables = tables
+        integer = variables.get("integer_entropy") if hasattr(variables, "get") else None
+        self.integer = integer is not None
+        self.version = INTEGER_VERSION if self.integer else VERSION
         # Every field of the config, compute_dtype included: a bfloat16 model computes other
         # scales from the same tables, so its files must fail a float32 model's check.
-        fingerprint = coding_tables.fingerprint(model.config.to_dict(), tables)
+        fingerprint = coding_tables.fingerprint(model.config.to_dict(), tables, integer)
         self.fingerprint = fingerprint[:FINGERPRINT_BYTES]
         self.programs = shared_programs(model, program_dir)
         self.params = jax.device_put(params)
+        self.integer_params = None
+        self._float_coder: Coder | None = None  # an integer checkpoint's version 4 reader
+        if self.integer:
+            integer = jax.tree_util.tree_map(np.asarray, dict(integer))
+            integer_path.check_bounds(integer)
+            self.integer_params = jax.device_put(integer)
+            self._float_coder_args = (model, {"params": params, "tables": tables}, program_dir)
         self._scoped_params: dict[tuple, dict] = {}
         # Where the scale-table index steps up, and z's medians, on the device.
         self.thresholds = jnp.asarray(coding_tables.scale_thresholds(tables["scale_table"]))
@@ -137,7 +162,10 @@ class Coder:
         """Program `name` on (its part of the parameters, *args)."""
         params = self._scoped_params.get((name, i))
         if params is None:
-            params = {k: self.params[k] for k in param_scopes(name, i)}
+            if name in ("hyper_int", "anchor_int", "nonanchor_int", "combine_int"):
+                params = {k: self.integer_params[k] for k in integer_scopes(name, i)}
+            else:
+                params = {k: self.params[k] for k in param_scopes(name, i)}
             self._scoped_params[(name, i)] = params
         return self.programs(name, params, *args, i=i)
 
@@ -171,6 +199,48 @@ class Coder:
             with clock("networks"):
                 y_hat_slices.append(self.programs("combine", y_hat_a, sym_n, means_n))
         return y_hat_slices
+
+    def _slices_integer(self, hyper, symbols: Callable, clock: _Clock) -> tuple[list, list]:
+        """`_slices` on the integer path: (symbols, mean_q) per slice, both int32.
+
+        The same loop and order; `symbols` gets the means as float (mean_q 2^-F, exact) so
+        that the encoder rounds y around them; the decoder ignores them.
+        """
+        h, w = hyper.shape[1], hyper.shape[2]
+        anchor_hw = checkerboard_masks(h, w)[0][..., 0] > 0
+        unit = 2.0**-integer_path.FRACTION_BITS
+        sym_slices, mean_slices, y_in, start = [], [], [], 0
+        for i, c in enumerate(self.model.config.slices):
+            channels, start = slice(start, start + c), start + c
+            with clock("networks"):
+                idx_a, mean_a, ctx = self._run("anchor_int", hyper, tuple(y_in), i=i)
+                idx_a, mean_a = np.asarray(idx_a), np.asarray(mean_a)
+            with clock("entropy_coding"):
+                sym_a = symbols(channels, idx_a, mean_a * unit, anchor_hw)
+            with clock("networks"):
+                idx_n, mean_n = self._run("nonanchor_int", hyper, ctx, sym_a, mean_a, i=i)
+                idx_n, mean_n = np.asarray(idx_n), np.asarray(mean_n)
+            with clock("entropy_coding"):
+                sym_n = symbols(channels, idx_n, mean_n * unit, ~anchor_hw)
+            with clock("networks"):
+                sym, mean, y_in_i = self._run("combine_int", sym_a, mean_a, sym_n, mean_n, i=i)
+            sym_slices.append(sym)
+            mean_slices.append(mean)
+            y_in.append(y_in_i)
+        return sym_slices, mean_slices
+
+    def decode_y_hat(self, data: bytes) -> np.ndarray:
+        """The file's y_hat [1, h, w, M], what g_s reads (integer path: float64, exact)."""
+        c = self._check_file(data)
+        slices = self._decode_slices(c, _Clock())
+        if not self.integer:
+            return np.concatenate([np.asarray(s) for s in slices], -1)
+        unit = 2.0**-integer_path.FRACTION_BITS
+        parts = [
+            np.asarray(s, np.float64) + np.asarray(m, np.float64) * unit
+            for s, m in zip(*slices, strict=True)
+        ]
+        return np.concatenate(parts, -1)
 
     # -------------------------------------------------------------------- encoder
     def encode(
@@ -221,12 +291,19 @@ class Coder:
             return sym
 
         with clock("networks"):
-            hyper = self._run("hyper", z_sym, self.medians)
-        y_hat_slices = self._slices(hyper, write, clock)
+            if self.integer:
+                hyper = self._run("hyper_int", z_sym)
+            else:
+                hyper = self._run("hyper", z_sym, self.medians)
+        if self.integer:
+            y_hat_slices = self._slices_integer(hyper, write, clock)
+        else:
+            y_hat_slices = self._slices(hyper, write, clock)
         with clock("entropy_coding"):
             y_bytes = y_enc.finish()
             zh, zw = _latent_hw(height, width)
-            data = pack(Container(height, width, zh, zw, self.fingerprint, (z_bytes, y_bytes)))
+            c = Container(height, width, zh, zw, self.fingerprint, (z_bytes, y_bytes), self.version)
+            data = pack(c)
         x_hat = None
         if with_reconstruction:
             with clock("networks"):
@@ -242,6 +319,10 @@ class Coder:
         )
 
     def _synthesis(self, y_hat_slices) -> np.ndarray:
+        if self.integer:
+            sym_slices, mean_slices = y_hat_slices
+            out = self._run("synthesis_int", tuple(sym_slices), tuple(mean_slices))
+            return np.asarray(out)[0]
         return np.asarray(self._run("synthesis", tuple(y_hat_slices)))[0]
 
     # -------------------------------------------------------------------- decoder
@@ -258,13 +339,46 @@ class Coder:
                 f"with the paper-size model takes ~{need / 2**30:.0f} GiB; raise max_pixels if "
                 "memory allows)"
             )
+        if c.version == VERSION and self.integer:
+            # A file of the float path: this checkpoint's float parameters still read it.
+            if self._float_coder is None:
+                self._float_coder = Coder(*self._float_coder_args)
+            if c.fingerprint == self._float_coder.fingerprint:
+                return self._float_coder.decode(data, max_pixels)
+        c = self._check_file(data, c)
+        clock = _Clock()
+        y_hat_slices = self._decode_slices(c, clock)
+        with clock("networks"):
+            x_hat = self._synthesis(y_hat_slices)[: c.height, : c.width]
+        if not np.isfinite(x_hat).all():
+            raise BitstreamError("decoded image is not finite: damaged stream or wrong model")
+        return x_hat, clock.seconds
+
+    def _check_file(self, data: bytes, c: Container | None = None) -> Container:
+        """The header's checks against this model: version, fingerprint, section sizes."""
+        c = read_header(data) if c is None else c
+        if c.version != self.version:
+            if c.version == INTEGER_VERSION:
+                raise BitstreamError(
+                    "file is version 5 (integer entropy path) but this checkpoint has float "
+                    "entropy parameters only: decode it with the checkpoint that `tgic export` "
+                    "or `tgic convert` wrote"
+                )
+            raise BitstreamError(
+                f"file is version {c.version} (float entropy path) and this checkpoint's float "
+                "parameters did not make it: decode it with the checkpoint that made it"
+            )
         if c.fingerprint != self.fingerprint:
             raise BitstreamError(
                 f"file was made by another model (fingerprint {c.fingerprint.hex()}, "
                 f"this model {self.fingerprint.hex()})"
             )
         self._check_payload_bound(c)
-        tables, clock = self.tables, _Clock()
+        return c
+
+    def _decode_slices(self, c: Container, clock: _Clock):
+        """The y_hat slices of a checked file (float path: y_hat; integer: symbols, means)."""
+        tables = self.tables
         z_bytes, y_bytes = c.sections
         try:
             with clock("entropy_coding"):
@@ -292,8 +406,14 @@ class Coder:
                 return sym
 
             with clock("networks"):
-                hyper = self._run("hyper", z_sym, self.medians)
-            y_hat_slices = self._slices(hyper, read, clock)
+                if self.integer:
+                    hyper = self._run("hyper_int", z_sym)
+                else:
+                    hyper = self._run("hyper", z_sym, self.medians)
+            if self.integer:
+                y_hat_slices = self._slices_integer(hyper, read, clock)
+            else:
+                y_hat_slices = self._slices(hyper, read, clock)
             with clock("entropy_coding"):
                 if not y_dec.finish():
                     raise BitstreamError("y stream is damaged or ends before its symbols")
@@ -303,11 +423,7 @@ class Coder:
             raise BitstreamError(
                 f"range decoding failed: {type(e).__name__}: {e}".split("\n")[0]
             ) from e
-        with clock("networks"):
-            x_hat = self._synthesis(y_hat_slices)[: c.height, : c.width]
-        if not np.isfinite(x_hat).all():
-            raise BitstreamError("decoded image is not finite: damaged stream or wrong model")
-        return x_hat, clock.seconds
+        return y_hat_slices
 
     def _check_payload_bound(self, c: Container) -> None:
         """Refuses sections too short for the symbols the header implies, before any network.

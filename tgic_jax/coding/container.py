@@ -23,9 +23,11 @@ import zlib
 
 MAGIC = b"TGIC"
 # 4: sections coded by constriction's range coder with our own escape code (1-3:
-# tensorflow-compression's coder, whose streams the new one cannot read).
+# tensorflow-compression's coder, whose streams the new one cannot read). 5: the same
+# layout, with every table index and mean from the integer entropy path (`integer_path`).
 VERSION = 4
-READABLE_VERSIONS = (4,)
+INTEGER_VERSION = 5
+READABLE_VERSIONS = (4, 5)
 # Versions 1-3: tensorflow-compression's range coder (tgic_jax 0.1.x, jax 0.5.3).
 _RETIRED_VERSIONS = (1, 2, 3)
 FINGERPRINT_BYTES = 4
@@ -48,6 +50,7 @@ class Container:
     latent_width: int
     fingerprint: bytes
     sections: tuple[bytes, ...]
+    version: int = VERSION
 
     @property
     def header_bytes(self) -> int:
@@ -87,8 +90,10 @@ def pack(c: Container) -> bytes:
         raise ValueError(f"fingerprint must be {FINGERPRINT_BYTES} bytes")
     if len(c.sections) != NUM_SECTIONS:
         raise ValueError(f"expected {NUM_SECTIONS} sections, got {len(c.sections)}")
+    if c.version not in READABLE_VERSIONS:
+        raise ValueError(f"cannot write .tgic version {c.version}")
     head = bytearray(MAGIC)
-    head.append(VERSION)
+    head.append(c.version)
     for n in (c.height, c.width, c.latent_height, c.latent_width):
         head += _varint(n)
     head += c.fingerprint
@@ -142,4 +147,4 @@ def unpack(data: bytes) -> Container:
     for n in lengths:
         sections.append(body[pos : pos + n])
         pos += n
-    return Container(*fields, fingerprint=fingerprint, sections=tuple(sections))
+    return Container(*fields, fingerprint=fingerprint, sections=tuple(sections), version=version)

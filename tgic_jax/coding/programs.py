@@ -22,10 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export
 
+from tgic_jax.coding import integer_path
 from tgic_jax.files import write_atomic
 from tgic_jax.model.taco import TACO, checkerboard_masks
 
-__all__ = ["Programs", "param_scopes", "shared_programs"]
+__all__ = ["INTEGER_PROGRAMS", "Programs", "integer_scopes", "param_scopes", "shared_programs"]
+
+# The integer entropy path's programs (`integer_path`): int32 in, int32 out, no float op.
+INTEGER_PROGRAMS = ("hyper_int", "anchor_int", "nonanchor_int", "combine_int")
 
 
 def _network_functions(model: TACO) -> dict:
@@ -61,6 +65,27 @@ def _network_functions(model: TACO) -> dict:
         y_hat = jnp.concatenate(list(y_hat_slices), -1)
         return apply({"params": params}, y_hat, method="synthesis")
 
+    config = model.config
+
+    def hyper_int(ip, z_sym):
+        return integer_path.hyper(config, ip, z_sym)
+
+    def anchor_int(i, ip, hyper, y_in_previous):
+        return integer_path.anchor(config, i, ip, hyper, y_in_previous)
+
+    def nonanchor_int(i, ip, hyper, ctx, sym_a, mean_a):
+        return integer_path.nonanchor(config, i, ip, hyper, ctx, sym_a, mean_a)
+
+    def combine_int(i, ip, sym_a, mean_a, sym_n, mean_n):
+        return integer_path.combine(i, ip, sym_a, mean_a, sym_n, mean_n)
+
+    def synthesis_int(params, sym_slices, mean_slices):
+        y_hat = jnp.concatenate(
+            [integer_path.dequantize(s, m) for s, m in zip(sym_slices, mean_slices, strict=True)],
+            -1,
+        )
+        return apply({"params": params}, y_hat, method="synthesis")
+
     return {
         "analysis": analysis,
         "hyper": hyper,
@@ -68,6 +93,11 @@ def _network_functions(model: TACO) -> dict:
         "nonanchor": nonanchor,
         "combine": combine,
         "synthesis": synthesis,
+        "hyper_int": hyper_int,
+        "anchor_int": anchor_int,
+        "nonanchor_int": nonanchor_int,
+        "combine_int": combine_int,
+        "synthesis_int": synthesis_int,
     }
 
 
@@ -95,6 +125,18 @@ def param_scopes(name: str, i: int | None) -> tuple[str, ...]:
         "anchor": (f"entropy_parameters_anchor_{i}",) + ((f"channel_context_{i}",) if i else ()),
         "nonanchor": (f"local_context_{i}", f"entropy_parameters_nonanchor_{i}"),
         "synthesis": ("g_s",),
+        "synthesis_int": ("g_s",),
+    }[name]
+
+
+def integer_scopes(name: str, i: int | None) -> tuple[str, ...]:
+    """The networks of `variables["integer_entropy"]` integer program `name` reads."""
+    return {
+        "hyper_int": ("h_s", "io"),
+        "anchor_int": (f"entropy_parameters_anchor_{i}", "io")
+        + ((f"channel_context_{i}",) if i else ()),
+        "nonanchor_int": (f"local_context_{i}", f"entropy_parameters_nonanchor_{i}", "io"),
+        "combine_int": ("io",),
     }[name]
 
 

@@ -226,12 +226,31 @@ def check_tables(tables) -> None:
         raise ValueError("coding tables: z offsets and medians differ in size")
 
 
-def fingerprint(model_config: dict, tables) -> bytes:
-    """SHA-256 over the model sizes and every coding table (first bytes go in each file)."""
+def fingerprint(model_config: dict, tables, integer_entropy=None) -> bytes:
+    """SHA-256 over the model sizes and every coding table (first bytes go in each file).
+
+    With `integer_entropy` (the integer entropy path's parameters) every one of its arrays
+    is hashed too, by path: the integer path of other calibration is another model.
+    """
     h = hashlib.sha256()
     h.update(json.dumps(model_config, sort_keys=True).encode())
     for key in TABLE_KEYS:
         a = np.ascontiguousarray(np.asarray(tables[key]))
         h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
         h.update(a.tobytes())
+    if integer_entropy is not None:
+        for path, leaf in sorted(_flat(integer_entropy).items()):
+            a = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"integer_entropy/{path}:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.tobytes())
     return h.digest()
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if hasattr(v, "items"):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

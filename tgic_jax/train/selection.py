@@ -110,7 +110,10 @@ def save_params(
     path: str | os.PathLike, config: ml_collections.ConfigDict, params: Params, step: int,
     tables: dict | None = None,
 ) -> epath.Path:  # fmt: skip
-    """An inference checkpoint of a run's `params` at `step` (its model and text config)."""
+    """An inference checkpoint of a run's `params` at `step` (its model and text config).
+
+    Like every inference checkpoint it carries the integer entropy path (calibrated here).
+    """
     return inference.save_inference(
         path, ModelConfig.from_config(config.model), params,
         text_config={"width": int(config.model.text_dim), **config.text.to_dict()},

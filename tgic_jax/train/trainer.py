@@ -360,7 +360,9 @@ def export_inference(
     step: int | None = None,
     select: str | None = None,
 ) -> epath.Path:
-    """Writes an inference checkpoint (params, config, coding tables; no optimizer state).
+    """Writes an inference checkpoint (params, config, coding tables, integer entropy path).
+
+    No optimizer state.
 
     select: a kept best checkpoint ('best_psnr', 'best_ms_ssim', 'best_bpp', 'best_lpips')
     instead of the latest (or given) step.
