@@ -4,8 +4,9 @@ The loop reads top to bottom in labelled sections: mesh, model + loss, state (cr
 restored), input, update step, budget, then per step: log, checkpoint, evaluate. Each job
 lives in its own module: the schedule, optimizers and time budget in `optim`, the state in
 `train_state`, the jitted update in `train_step`, per-epoch selection in `selection`,
-metrics and notes in `metrics_writer`, hosts and stopping in `distributed`, saves and
-restores in `checkpoint`.
+metrics and notes in `metrics_writer`, hosts and barriers in `distributed`, start-up,
+stopping and failure in `lifecycle`, saves and restores in `checkpoint`, a workdir -> an
+inference checkpoint in `export`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import json
 import logging
 import os
 import sys
 import time
 
-import flax
 import jax
 import ml_collections
 import numpy as np
@@ -39,12 +38,18 @@ from tgic_jax.train import (
     train_state,
     train_step,
 )
-from tgic_jax.train.errors import ConfigError, Interrupted, RunError
-from tgic_jax.train.finite_watch import NonFiniteError, NonFiniteWatch
+from tgic_jax.train.export import (  # noqa: F401 - export_inference is imported from here too
+    export_inference,
+    load_workdir_config,
+    write_workdir_config,
+)
+from tgic_jax.train.lifecycle.errors import ConfigError, Interrupted, RunError
+from tgic_jax.train.lifecycle.finite_watch import NonFiniteError, NonFiniteWatch
+from tgic_jax.train.lifecycle.lock import WorkdirLock
+from tgic_jax.train.lifecycle.signals import StartupSignals
+from tgic_jax.train.lifecycle.stop import StopAgreement
 from tgic_jax.train.metrics_writer import MetricWriter, announce
-from tgic_jax.train.startup_signals import StartupSignals
 from tgic_jax.train.train_state import TrainState
-from tgic_jax.train.workdir_lock import WorkdirLock
 
 
 # ----------------------------------------------------------------------------- loop
@@ -135,7 +140,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
         clip_text_fn = functools.partial(losses.clip_text_embeddings, clip_model)
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
     frozen = sharding.put_replicated({**frozen, "text": text_encoder.params}, mesh)
-    optimizer = optim.make_optimizer(config.optim, global_batch)
+    optimizer = optim.make_optimizer(config.optim)
 
     # State: restored from the workdir's newest checkpoint that restores, else fresh.
     distributed.sync_hosts("tgic_jax/start")  # orbax's first barrier is a collective: meet first
@@ -196,7 +201,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     writer = MetricWriter(workdir / "tensorboard", enabled=is_main)
     startup.close()
     # From here SIGINT / SIGTERM save the current step, then stop.
-    stop = distributed.StopAgreement(manager, budget_s, begun)
+    stop = StopAgreement(manager, budget_s, begun)
     log_every = max(1, int(config.get("log_every_steps", 100)))
     checkpoint_every = max(1, int(config.ckpt.every_steps))
     eval_config = config.get("eval")
@@ -340,46 +345,3 @@ def _throughput_instruments(config, step_fn, global_batch: int, mesh, workdir):
     meter = throughput.ThroughputMeter(global_batch, mesh.size, flops, peak)
     profiler = throughput.StepProfiler(config.get("profile_steps", ""), workdir / "tensorboard")
     return meter, profiler
-
-
-# ----------------------------------------------------------------------------- export
-def write_workdir_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
-    """Writes the run's config.json (read back by `load_workdir_config`)."""
-    (inference.as_path(workdir) / "config.json").write_text(config.to_json(indent=1))
-
-
-def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """The config a training workdir was started with (its config.json)."""
-    text = (inference.as_path(workdir) / "config.json").read_text()
-    return ml_collections.ConfigDict(json.loads(text))
-
-
-def export_inference(
-    workdir: str | os.PathLike,
-    out: str | os.PathLike,
-    step: int | None = None,
-    select: str | None = None,
-) -> epath.Path:
-    """Writes an inference checkpoint (params, config, coding tables, integer entropy path).
-
-    No optimizer state.
-
-    select: a kept best checkpoint ('best_psnr', 'best_ms_ssim', 'best_bpp', 'best_lpips')
-    instead of the latest (or given) step.
-    """
-    config = load_workdir_config(workdir)
-    if select:
-        if step is not None:
-            raise ValueError("give --step or --select, not both")
-        params, info = selection.load_best_params(workdir, select)
-        step = int(info["step"])
-    else:
-        params, step = checkpoint.restore_train_params(
-            workdir, step, report=lambda line: print(line, file=sys.stderr, flush=True)
-        )
-    bad = [k for k, v in flax.traverse_util.flatten_dict(params).items()
-           if not np.isfinite(v).all()]  # fmt: skip
-    if bad:  # coding tables of NaN pmfs fail deep in the range coder otherwise
-        raise ValueError(f"step {step} has non-finite parameters ({'/'.join(bad[0])}, "
-                         f"{len(bad)} arrays): export an earlier --step")  # fmt: skip
-    return selection.save_params(out, config, params, step)
