@@ -5,7 +5,7 @@ r"""How far float round-off moves the demo: its whole schedule under several dra
 On one CPU and stack the demo repeats itself bit for bit; on another CPU the arithmetic is
 done in another order, and hundreds of steps on 12 images grow that round-off into another
 model. This script makes such draws on one machine and compares each with JPEG at the same
-rate (issue 25's bar: better LPIPS, PSNR within 0.5 dB). Each draw is a whole
+rate (the demo's bar: better LPIPS, PSNR within 0.5 dB). Each draw is a whole
 `python -m tgic_jax.cli.demo --retrain` in a subprocess, in `OUT/<draw>`:
 
   shipped   the demo as it is

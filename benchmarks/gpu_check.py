@@ -159,7 +159,7 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
             config.loss.joint_group_size = min(int(config.loss.joint_group_size), batch)
             model = TACO(ModelConfig.from_config(config.model))
             loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
-            optimizer = optim.make_optimizer(config.optim, batch)
+            optimizer = optim.make_optimizer(config.optim)
             if not cases:  # the same state tree for every case (parameters stay float32)
                 shardings, abstract = train_state.abstract_train_state(model, optimizer, 0, mesh)
             step = train_step.jit_train_step(

@@ -55,7 +55,7 @@ def run_batch(batch: int, clip_path: str, compute_dtype: str) -> dict:
     model = TACO(ModelConfig.from_config(config.model))
     clip_model, clip_note = _clip(clip_path)
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
-    optimizer = optim.make_optimizer(config.optim, batch)
+    optimizer = optim.make_optimizer(config.optim)
     shapes = jax.eval_shape(functools.partial(train_state.create_train_state, model, optimizer, 0))
     step = train_step.jit_train_step(
         train_step.make_train_step(model, loss_fn, optimizer),

@@ -77,7 +77,7 @@ def run_case(case: str, steps: int, clip_path: str, compute_dtype: str = "float3
     model = TACO(ModelConfig.from_config(config.model))
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
     frozen = sharding.put_replicated(frozen, mesh)
-    optimizer = optim.make_optimizer(config.optim, batch)
+    optimizer = optim.make_optimizer(config.optim)
     state, shardings, _ = train_state.init_sharded_state(model, optimizer, 0, mesh)
     step = train_step.jit_train_step(
         train_step.make_train_step(model, loss_fn, optimizer), mesh, shardings

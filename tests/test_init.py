@@ -44,7 +44,7 @@ def test_every_layer_starts_from_the_authors_distribution(params):
             assert np.abs(v).max() <= bound and np.abs(v).max() > 0.9 * bound, path
             if v.size >= 1000:
                 assert _std_close(v, bound / np.sqrt(3), 0.1), path
-            # Bias ~ U(-bound, bound) with the same fan_in (zero before this issue).
+            # Bias ~ U(-bound, bound) with the same fan_in, as PyTorch's default (not zero).
             assert np.abs(bias).max() <= bound, path
             assert np.abs(bias).max() > (0.5 if bias.size >= 8 else 0.05) * bound, path
             checked["tconv" if tconv else "conv"] += 1

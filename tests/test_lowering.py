@@ -48,7 +48,7 @@ def _export_train_step(platform: str):
     loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
     frozen = _abstract({**frozen, "text": clip.init_shapes(text_tower)})
     batch_size = 8  # one joint-term group (loss.joint_group_size)
-    optimizer = optim.make_optimizer(config.optim, batch_size)
+    optimizer = optim.make_optimizer(config.optim)
     state = jax.eval_shape(functools.partial(train_state.create_train_state, model, optimizer, 0))
     tokens = jax.ShapeDtypeStruct((batch_size, config.text.max_length), jnp.int32)
     batch = {"image": jax.ShapeDtypeStruct((batch_size, CROP, CROP, 3), jnp.float32),

@@ -39,7 +39,7 @@ def test_the_blocking_sitecustomize_really_blocks_tensorflow(tmp_path):
 def test_tiny_training_resumes_exports_and_round_trips_an_image_without_tensorflow(
     tmp_path, kodak_dir
 ):
-    # Two Kodak images and a file of random bytes named like a JPEG (issue 24, case 6).
+    # Two Kodak images and a file of random bytes named like a JPEG (a corrupt input).
     folder = tmp_path / "images"
     folder.mkdir()
     captions = json.loads((kodak_dir / "captions.json").read_text())

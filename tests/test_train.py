@@ -53,7 +53,7 @@ def _optim(**kw):
 
 def test_main_gradients_never_move_quantiles_and_aux_gradients_move_only_quantiles():
     params = _fake_params()
-    opt = optim.make_optimizer(_optim(), global_batch=10)
+    opt = optim.make_optimizer(_optim())
     state = opt.init(params)
     ones = jax.tree_util.tree_map(jnp.ones_like, params)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -72,7 +72,7 @@ def test_main_gradients_never_move_quantiles_and_aux_gradients_move_only_quantil
 
 def test_main_gradients_are_clipped_to_global_norm_one_before_adam():
     params = {"entropy_bottleneck": {"quantiles": jnp.zeros((1, 1, 3))}, "w": jnp.zeros((2,))}
-    opt = optim.make_optimizer(_optim(), global_batch=10)
+    opt = optim.make_optimizer(_optim())
     state = opt.init(params)
 
     def step(state, scale):  # the same direction, at norm 500 * scale
@@ -284,7 +284,7 @@ def test_export_writes_an_inference_checkpoint_without_optimizer_state(tmp_path)
     workdir.mkdir()
     (workdir / "config.json").write_text(config.to_json())
     model = TACO(ModelConfig.from_config(config.model))
-    optimizer = optim.make_optimizer(config.optim, 2)
+    optimizer = optim.make_optimizer(config.optim)
     state = train_state.create_train_state(model, optimizer, seed=0).replace(step=jnp.int32(7))
     manager = ckpt_lib.train_checkpoint_manager(workdir, 1, 1, use_async=False)
     ckpt_lib.save_train_state(manager, 7, state, force=True)
@@ -308,7 +308,7 @@ def test_evaluation_reports_estimated_and_real_bitstream_rates(tmp_path, kodak_d
     (tmp_path / "captions.json").write_text(json.dumps({"a.png": "a brick building"}))
     config = get_config("tiny")
     model = TACO(ModelConfig.from_config(config.model))
-    optimizer = optim.make_optimizer(config.optim, 2)
+    optimizer = optim.make_optimizer(config.optim)
     state = jax.jit(lambda: train_state.create_train_state(model, optimizer, 0))()
     encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
     eval_config = ml_collections.ConfigDict(dict(folder=str(tmp_path), captions="", max_images=1))
@@ -355,7 +355,7 @@ _EVERY_TERM = textwrap.dedent(
                  for s in (slice(0, 4), slice(4, 8))]
         return jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *parts)
 
-    optimizer = optim.make_optimizer(config.optim, 8)
+    optimizer = optim.make_optimizer(config.optim)
     initial, results = None, {}
     for name, n, fn in (("1", 1, loss_fn), ("8", 8, loss_fn), ("hand", 1, by_hand)):
         step = train_step.make_train_step(model, fn, optimizer, tower.apply, clip_text_fn)
@@ -530,7 +530,7 @@ def _tiny_workdir_with_checkpoints(workdir, steps, nan_steps=()):
     workdir.mkdir(parents=True)
     config_checks.record_config(config, inference.as_path(workdir), {})
     model = TACO(ModelConfig.from_config(config.model))
-    optimizer = optim.make_optimizer(config.optim, 2)
+    optimizer = optim.make_optimizer(config.optim)
     state = train_state.create_train_state(model, optimizer, seed=0)
     manager = ckpt_lib.train_checkpoint_manager(workdir, 1, 10, use_async=False)
     for step in steps:

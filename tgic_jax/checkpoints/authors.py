@@ -7,7 +7,7 @@ The rule is mechanical: a torch key `a.b.3.c.weight` becomes the Flax path
 LayerNorm weights are `scale`. Sizes (N, M, slices, text width) are read off the shapes;
 the number of attention heads cannot be, so it comes from the caller (8 in every
 released model). The authors' coder buffers are dropped: our coding tables are rebuilt
-from the parameters by `coding_tables.build_tables`.
+from the parameters by `coding.tables.build_tables`.
 
 The way back, `to_official_state_dict`, inverts every step and adds the buffers their
 CompressAI 1.2.8 `update(force=True)` would write (`compressai_buffers`), so their

@@ -35,14 +35,14 @@ EXPECTED = dict(bpp=0.1829, psnr=22.59, lpips=0.5039, jpeg_bpp=0.2002, jpeg_psnr
 # The caption ablation codes this many held-out images twice more (empty, mismatched): on
 # all 12 it would be two thirds of the evaluation's encode / decode / LPIPS work.
 ABLATION_IMAGES = 4
-# Differences below these are round-off: the issue's bound for two runs of one schedule.
+# Differences below these are round-off: the bound for two runs of one schedule on one CPU.
 ROUND_OFF = dict(bpp=0.002, psnr=0.05, lpips=0.005)
-# Issue 25's bar against JPEG at the same rate: better LPIPS, PSNR at most this far below.
+# The demo's bar against JPEG at the same rate: better LPIPS, PSNR at most this far below.
 JPEG_BAR_DB = 0.5
 
 
 def meets_jpeg_bar(gap_db: float, gap_lpips: float) -> bool:
-    """Issue 25's bar on TACO minus JPEG at the same rate: lower LPIPS, PSNR not far below."""
+    """The demo's bar on TACO minus JPEG at the same rate: lower LPIPS, PSNR not far below."""
     return gap_lpips < 0 and gap_db > -JPEG_BAR_DB
 
 

@@ -29,7 +29,7 @@ def _quiet_third_party(verbose: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
         return
     # TF's CUDA plugin registration lines are logged at ERROR level during its import:
-    # level 3 is the only one that hides them. TF only runs the range coder here.
+    # level 3 is the only one that hides them. TF is imported only for TFDS inputs.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

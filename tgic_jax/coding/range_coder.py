@@ -38,7 +38,6 @@ import numpy as np
 
 from tgic_jax.coding.tables import split_lookup
 
-PRECISION = 16
 _ESCAPE_LENGTHS = 32  # n - 1 < 32: escaped values up to 2^31
 _ESCAPE_CHUNK_BITS = 16
 _MAX_ESCAPE_BITS = 31  # u + 1 < 2^31: more than any symbol the codec lets through (2^24)

@@ -1,7 +1,7 @@
 """Entropy models: the factorized bottleneck for z and the Gaussian conditional for y.
 
 Pure functions of explicit parameters, so that the training forward pass, the coding
-tables (`coding_tables.py`) and the codec share one definition of every density.
+tables (`coding/tables.py`) and the codec share one definition of every density.
 Follows CompressAI 1.2 numerically (LowerBound gradients, the bottleneck's sign trick).
 """
 

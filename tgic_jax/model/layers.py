@@ -5,7 +5,7 @@ the input's dtype where they are used, so a bfloat16 input gives a bfloat16 laye
 precision, see `transforms.py`) and a float32 input is bit-for-bit the float32 layer.
 
 Parameter names and layouts are chosen so that the authors' state_dict converts by a
-mechanical rule (see `convert.py`): a torch path `a.b.3.c.weight` becomes the Flax path
+mechanical rule (see `checkpoints/authors.py`): a torch path `a.b.3.c.weight` becomes the Flax path
 `a / b_3 / c / kernel`. Kernels are stored in Flax layout ([kh, kw, in, out]); the
 transposed convolution keeps PyTorch's *un-flipped* taps ([kh, kw, in, out] of the
 [in, out, kh, kw] tensor) and derives its phase kernels at trace time.

@@ -2,7 +2,7 @@
 
 A folder holds `config.json` and `model.safetensors` or `pytorch_model.bin`, the layout
 `from_pretrained` reads. Our towers (`clip.py`, `bert.py`) name their modules after the
-PyTorch modules, so the mapping is mechanical (the rule of `convert.py`): the torch key
+PyTorch modules, so the mapping is mechanical (the rule of `checkpoints/authors.py`): the torch key
 `text_model.encoder.layers.3.mlp.fc1.weight` is the Flax path
 `text_model / encoder / layers_3 / mlp / fc1 / kernel`. Leaves: Linear and Conv weights
 become `kernel` (transposed to Flax layout), LayerNorm weights `scale`, Embedding weights

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from tgic_jax.checkpoints.inference import as_path, to_numpy
-from tgic_jax.train.errors import RunError
+from tgic_jax.train.lifecycle.errors import RunError
 
 TRAIN_CHECKPOINTS = "checkpoints"
 
@@ -264,11 +264,6 @@ def set_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     src.rename(dst)
     return dst
-
-
-def restore_train_state(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
-    """Restores a train state into the shapes/shardings of `abstract_state` (latest step)."""
-    return restore_newest(manager, abstract_state, step)[0]
 
 
 def restore_train_params(workdir: str | os.PathLike, step: int | None = None, report=None):

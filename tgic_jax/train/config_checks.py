@@ -95,7 +95,7 @@ def check_model_fits(config: ml_collections.ConfigDict, global_batch: int) -> No
 
     try:
         model = TACO(ModelConfig.from_config(config.model))
-        optimizer = optim.make_optimizer(config.optim, global_batch)
+        optimizer = optim.make_optimizer(config.optim)
         shapes = jax.eval_shape(
             functools.partial(train_state.create_train_state, model, optimizer, int(config.seed))
         )

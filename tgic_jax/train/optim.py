@@ -93,13 +93,12 @@ def param_labels(params: Params) -> Params:
     return flax.traverse_util.unflatten_dict(labels)
 
 
-def make_optimizer(optim_config, global_batch: int) -> optax.GradientTransformation:
+def make_optimizer(optim_config) -> optax.GradientTransformation:
     """Main Adam (clipped) on all but quantiles; aux Adam on quantiles only.
 
     The main learning rate is not inside: the step scales the main updates by the value the
     host passes in (`apply_learning_rate`); see the module docstring for why.
     """
-    del global_batch  # the schedule is applied by the step (learning_rate_schedule)
     main = optax.chain(
         optax.clip_by_global_norm(float(optim_config.grad_clip_norm)), optax.scale_by_adam()
     )
