@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BASE := $(VENV)/.installed-base
 SOURCES := tgic_jax tests configs benchmarks tools train.py eval.py
 
-.PHONY: demo test install check lint format clean
+.PHONY: demo test test-fast install check lint format clean
 
 # The demo needs the package alone; the tests add pytest, ruff, TensorFlow (TFDS input) and
 # gcsfs with a GCS emulator (tests/test_gcs_emulator.py).
@@ -32,9 +32,12 @@ demo: $(BASE)
 
 # One run in two workers, the slow tests first (tests/conftest.py), handed out one at a time
 # (xdist's default hands each worker a run of 40 at once: all the slow ones to one worker);
-# `-m "not slow"` for a quick pass while working.
+# `make test-fast` for a quick pass while working: the same, without the tests marked slow.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist load --maxschedchunk 1 --durations=15 tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist load --maxschedchunk 1 --durations=15 -m "not slow" tests
 
 # What CI checks before the tests: the formatter would change nothing, the linter finds nothing,
 # and no module imports from a layer above its own (tools/check_layers.py).
