@@ -181,6 +181,8 @@ def agree_on_int(value: int) -> int:
 def __getattr__(name: str):
     """`StopAgreement` and `BUDGET_CHECK_EVERY_STEPS`, moved to `lifecycle.stop` (which imports
     this module, hence looked up lazily)."""
+    if name not in ("StopAgreement", "BUDGET_CHECK_EVERY_STEPS", "_StopSignals"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from tgic_jax.train.lifecycle import stop
 
     return getattr(stop, name)
