@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
 import re
 import sys
@@ -472,6 +473,16 @@ def evaluate_means(
     """
     if not len(eval_set):
         raise ValueError(f"no images in {eval_set.name}")
+    if eval_set.errors:  # an unreadable captions JSON or entry: not a mean to trust
+        raise ValueError(eval_set.errors[0])
+    uncaptioned = [item.name for item in eval_set if not item.captions]
+    if uncaptioned:  # coded with "" as `evaluate` codes them (its failures list them)
+        logging.warning(
+            "%s: %d images without a caption coded with the empty caption: %s",
+            eval_set.name,
+            len(uncaptioned),
+            ", ".join(uncaptioned[:5]),
+        )
     rows, images = [], []
     for item in eval_set:
         x, _ = load_item_image(item)
