@@ -56,10 +56,11 @@ def evaluate_params(
     keep_images: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """`driver.evaluate_means` of the current parameters (a host copy; process 0)."""
+    from tgic_jax.coding.caption_coder import CaptionCoder
     from tgic_jax.evaluation import driver  # the codec and LPIPS load only when evaluating
 
     variables = {"params": jax.device_get(params)}
-    codec = driver.TacoCodec.from_variables(model, variables, text_encoder, "train")
+    codec = CaptionCoder(model, variables, text_encoder, label="train")
     return driver.evaluate_means(codec, eval_set, lpips_fn, keep_images)
 
 
