@@ -75,9 +75,10 @@ def main(argv):
         variants=driver.VARIANTS if FLAGS.ablation else ("correct",), lpips=FLAGS.lpips
     )
     try:
-        if eval_cfg.get("folder"):
-            captions = eval_cfg.get("captions") or None
-            eval_set = sets.folder_set(eval_cfg["folder"], captions, limit)
+        if eval_cfg.get("folder"):  # listed as the run's per-epoch evaluation listed it
+            from tgic_jax.train import selection
+
+            eval_set = selection.eval_set_of(eval_cfg)
         else:
             eval_set = sets.kodak_set(Path(__file__).parent / "data" / "kodak", limit)
         if not checkpoints:

@@ -550,3 +550,19 @@ def test_an_animated_gif_in_a_folder_is_coded_from_its_first_frame_with_a_note(
     assert "animation of 2 frames: the first frame is used" in err
     assert (tmp_path / "o" / "anim.tgic").is_file()
     assert [p.name for p in input_pipeline.image_io.list_images(src)] == ["anim.gif"]
+
+
+def test_compress_and_evaluation_code_a_caption_with_one_coder_to_the_same_bytes(tmp_path, ckpt):
+    from tgic_jax.coding.caption_coder import CaptionCoder
+    from tgic_jax.evaluation import driver
+
+    image = synthetic_image(64, 64, 3)
+    image_io.save_png(tmp_path / "a.png", image)
+    caption = ["--caption", "a red boat on a lake"]
+    out = ["--checkpoint", str(ckpt), "-o", str(tmp_path / "a.tgic")]
+    assert _cli(["compress", str(tmp_path / "a.png"), *caption, *out]) == 0
+    codec = driver.load_codec(str(ckpt))
+    assert isinstance(codec, CaptionCoder) and codec.label == "tiny"
+    x, _ = image_io.load_image(tmp_path / "a.png")
+    assert codec.encode(x, "a red boat on a lake") == (tmp_path / "a.tgic").read_bytes()
+    assert codec.encode(x, "a dog") != (tmp_path / "a.tgic").read_bytes()

@@ -485,3 +485,59 @@ def test_eval_py_on_a_missing_workdir_or_over_an_earlier_export_is_one_line_and_
     assert "an inference checkpoint exists there (use --force" in proc.stderr
     assert sorted(p.name for p in workdir.rglob("*")) == [
         "NOTES.md", "config.json", "config.json", "inference"]  # fmt: skip
+
+
+def _captioned_folder_with_a_gap(folder):
+    """a.png, b.png (no caption), c.png, d.png and their captions.json."""
+    folder.mkdir()
+    for k, name in enumerate("abcd"):
+        Image.fromarray(np.full((64, 64, 3), 60 * k, np.uint8)).save(folder / f"{name}.png")
+    captions = {"a.png": "a red boat", "c.png": "a lake", "d.png": "a dog"}
+    (folder / "captions.json").write_text(json.dumps(captions))
+
+
+def test_per_epoch_selection_lists_config_eval_by_evaluations_rule(tmp_path):
+    from configs.small import get_config
+    from tgic_jax.train import input_pipeline, selection
+
+    _captioned_folder_with_a_gap(tmp_path / "set")
+    eval_config = get_config("tiny").eval
+    eval_config.update(folder=str(tmp_path / "set"), captions="", max_images=3)
+    listed = selection.eval_set_of(eval_config)
+    # max_images first, then the uncaptioned image is coded with "" (not dropped for d.png).
+    assert [(i.name, i.caption) for i in listed] == [
+        ("a.png", "a red boat"),
+        ("b.png", ""),
+        ("c.png", "a lake"),
+    ]
+    assert listed.errors == [] and listed.items[1].caption_note == sets.NOTE_MISSING
+    # Training's own input leaves b.png out (an example needs a caption).
+    train = input_pipeline.list_folder(tmp_path / "set", None, 3)
+    assert [p.name for p, _ in train] == ["a.png", "c.png", "d.png"]
+
+
+@pytest.mark.slow  # eval.py codes with a tiny TACO: one compile (~1 min on 2 cores)
+def test_eval_py_codes_the_images_per_epoch_selection_lists_for_one_config_eval(tmp_path):
+    import jax
+
+    from configs.small import get_config
+    from tgic_jax.checkpoints import inference
+    from tgic_jax.model.taco import TACO, ModelConfig, init_variables
+    from tgic_jax.train import selection
+
+    _captioned_folder_with_a_gap(tmp_path / "set")
+    config = get_config("tiny")
+    config.eval.update(folder=str(tmp_path / "set"), captions="", max_images=3)
+    model_config = ModelConfig.from_config(config.model)
+    params = init_variables(TACO(model_config), jax.random.key(0))["params"]
+    text = {"encoder": "random", "width": model_config.text_dim, "max_length": 8}
+    ckpt = inference.save_inference(tmp_path / "ckpt", model_config, params, text_config=text)
+    out = tmp_path / "out"
+    eval_config = [f"--config.eval.folder={tmp_path / 'set'}", "--config.eval.max_images=3"]
+    proc = _eval_py(
+        "--workdir", tmp_path, "--checkpoint", ckpt, "--out", out, "--nolpips", *eval_config
+    )
+    assert proc.returncode == 1, proc.stderr  # b.png's missing caption is listed as a failure
+    rows = json.loads((out / "per_image.json").read_text())["rows"]
+    listed = selection.eval_set_of(config.eval)
+    assert [(r["image"], r["caption"]) for r in rows] == [(i.name, i.caption) for i in listed]

@@ -139,3 +139,18 @@ def test_unknown_compute_dtype_fails_clearly():
 
     with pytest.raises(ValueError, match="compute_dtype 'float16'"):
         dataclasses.replace(TINY, compute_dtype="float16")
+
+
+def test_downsampling_factor_is_what_g_a_and_h_a_shrink_an_image_by():
+    from tgic_jax.coding import codec
+    from tgic_jax.model.taco import DOWNSAMPLING_FACTOR
+    from tgic_jax.train import config_checks
+
+    model, v = _tiny()
+    assert model.downsampling_factor == TINY.downsampling_factor == DOWNSAMPLING_FACTOR == 64
+    x = jnp.zeros((1, 2 * 64, 3 * 64, 3))
+    text = jnp.zeros((1, 4, TINY.text_dim))
+    y, z = jax.eval_shape(lambda v: model.apply(v, x, text, method="analysis"), v)
+    assert y.shape[1:3] == (2 * 4, 3 * 4) and z.shape[1:3] == (2, 3)  # 1/16, then 1/64
+    assert codec.PAD == config_checks.MODEL_STRIDE == model.downsampling_factor
+    assert "downsampling_factor" not in TINY.to_dict()  # not a field: fingerprints unchanged

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import uuid
 
 import jax
@@ -210,3 +211,24 @@ def load_inference(path: str | os.PathLike):
         }
     )
     return TACO(model_config), state, config
+
+
+def load_caption_coder(
+    path: str | os.PathLike,
+    text_encoder=None,
+    label: str = "",
+    program_dir: str | os.PathLike | None = None,
+):
+    """The `CaptionCoder` of an inference checkpoint (its text encoder built when needed).
+
+    Its `config` is the checkpoint's (`load_inference`); `label` defaults to the folder name.
+    """
+    from tgic_jax.coding.caption_coder import CaptionCoder
+
+    model, variables, config = load_inference(path)
+    label = label or pathlib.Path(path).name
+    coder = CaptionCoder(
+        model, variables, text_encoder, config.get("text") or {}, program_dir, label
+    )
+    coder.config = config
+    return coder

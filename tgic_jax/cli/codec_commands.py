@@ -1,4 +1,4 @@
-"""`tgic compress` and `tgic decompress`: argument wiring around tgic_jax.coding.codec.
+"""`tgic compress` and `tgic decompress`: argument wiring around a checkpoint's `CaptionCoder`.
 
     tgic compress IMAGE_OR_FOLDER... --caption TEXT | --captions JSON | --text-embeddings NPY
                   --checkpoint DIR -o OUT [--caption-index K] [--force]
@@ -217,10 +217,11 @@ class _Clock:
 class _Texts:
     """Text states per image from a caption, a captions file or precomputed embeddings."""
 
-    def __init__(self, args, config, paths: list[Path]):
+    def __init__(self, args, coder, paths: list[Path]):
         import numpy as np
 
-        self.fixed = self.per_image = self.captions = self.encoder = None
+        self.fixed = self.per_image = self.captions = None
+        self.coder = coder
         self.index = int(getattr(args, "caption_index", 0) or 0)
         if self.index < 0:
             raise UsageError(f"--caption-index {self.index}: must be 0 or more")
@@ -242,12 +243,7 @@ class _Texts:
 
             self.captions = read_captions(args.captions)
             self.captions_path = args.captions
-        text_config = config.get("text") or {}
-        if not text_config.get("encoder"):
-            raise ValueError("the checkpoint names no text encoder: pass --text-embeddings")
-        from tgic_jax.model.text_encoders import build_text_encoder
-
-        self.encoder = build_text_encoder(text_config)
+        coder.text_encoder  # noqa: B018 - built now: a missing tower fails before any image
         self.default = args.caption
 
     def caption(self, path: Path) -> str:
@@ -268,16 +264,7 @@ class _Texts:
         if self.per_image is not None:
             return self.per_image[k], []
         caption = self.caption(path)
-        notes = []
-        count = getattr(getattr(self.encoder, "tokenizer", None), "count", None)
-        if count is not None:  # a real tower's tokenizer (model/tokenization.py)
-            n = count(caption)
-            if n > self.encoder.max_length:
-                notes.append(
-                    f"caption truncated: {n} tokens, the text encoder reads the first "
-                    f"{self.encoder.max_length}"
-                )
-        return self.encoder.encode([caption])[0][0], notes
+        return self.coder.text_states(caption), self.coder.caption_notes(caption)
 
 
 def _read_npy(path: str):
@@ -331,15 +318,15 @@ def _finish(command: str, failures: int, total: int, clock: _Clock, args) -> int
 
 
 def _load_coder(args: argparse.Namespace, clock: _Clock):
-    """(codec.Coder of --checkpoint, the checkpoint's config), timing imports and loading."""
+    """The `CaptionCoder` of --checkpoint, timing imports and loading."""
     from tgic_jax.checkpoints import inference
-    from tgic_jax.coding import codec
 
     clock.lap("imports")
-    model, variables, config = inference.load_inference(args.checkpoint)
-    coder = codec.Coder(model, variables, getattr(args, "program_dir", None))
+    coder = inference.load_caption_coder(
+        args.checkpoint, program_dir=getattr(args, "program_dir", None)
+    )
     clock.lap("checkpoint")
-    return coder, config
+    return coder
 
 
 def run_compress(args: argparse.Namespace) -> int:
@@ -352,8 +339,8 @@ def run_compress(args: argparse.Namespace) -> int:
         from tgic_jax import files, image_io
         from tgic_jax.coding import codec
 
-        coder, config = _load_coder(args, clock)
-        texts = _Texts(args, config, paths)
+        coder = _load_coder(args, clock)
+        texts = _Texts(args, coder, paths)
         clock.lap("text encoder")
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -369,7 +356,7 @@ def run_compress(args: argparse.Namespace) -> int:
             text, text_notes = texts(k, path)
             clock.lap("text")
             t0 = time.perf_counter()
-            result = coder.encode([image], [text])[0]
+            result = coder.compress(image, text=text)
             ms = 1e3 * (time.perf_counter() - t0)
             clock.lap("codec")
             _write(files.write_atomic, out, result.data, overwrite=args.force)
@@ -392,12 +379,11 @@ def run_decompress(args: argparse.Namespace) -> int:
     clock = _Clock(args)
     try:
         paths, outs, folder = _prepare(args, "decompress", {".tgic"}, ".png")
-        import numpy as np
 
         from tgic_jax import image_io
         from tgic_jax.coding import codec
 
-        coder, _ = _load_coder(args, clock)
+        coder = _load_coder(args, clock)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as e:
@@ -409,7 +395,7 @@ def run_decompress(args: argparse.Namespace) -> int:
         try:
             data = path.read_bytes()
             t0 = time.perf_counter()
-            image = np.clip(coder.decode(data, max_pixels)[0], 0.0, 1.0)
+            image = coder.decode(data, max_pixels)
             ms = 1e3 * (time.perf_counter() - t0)
             clock.lap("codec")
             _write(image_io.save_png, out, image, overwrite=args.force)

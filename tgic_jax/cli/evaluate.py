@@ -132,7 +132,7 @@ def options_from_args(args: argparse.Namespace) -> driver.EvalOptions:
 
 def run_from_args(
     args: argparse.Namespace,
-    codec_loader: Callable[[str], driver.Codec] = driver.load_codec,
+    codec_loader: Callable[[str], driver.EvaluatedCodec] = driver.load_codec,
 ) -> int:
     """`tgic evaluate`: 0 when everything ran, 1 with failures listed, 2 if nothing could."""
     try:

@@ -57,11 +57,11 @@ from tgic_jax.coding.container import (
 )
 from tgic_jax.coding.programs import integer_scopes, param_scopes, shared_programs
 from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder, Tables, fits
-from tgic_jax.model.taco import TACO, checkerboard_masks
+from tgic_jax.model.taco import DOWNSAMPLING_FACTOR, TACO, checkerboard_masks
 
 __all__ = ["BitstreamError", "Coder", "EncodeResult", "read_header"]
 
-PAD = 64  # g_a downsamples by 16, h_a by 4 more
+PAD = DOWNSAMPLING_FACTOR  # images are coded padded to a multiple of the model's factor
 # Decoding memory of the paper-size model grows by ~645 bytes a pixel over ~1 GiB
 # (benchmarks/decode_memory.py, docs/BENCHMARKS.md). The default limit, 2^24 pixels
 # (4096 x 4096), needs about 11 GiB and so fits a 24 GiB machine with room for the OS and

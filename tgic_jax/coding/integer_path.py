@@ -286,9 +286,9 @@ def _float_chain(config, params, net, x, record: dict) -> jax.Array:
 def calibrate(model, params, z_medians, images: Sequence[np.ndarray], texts: Sequence) -> dict:
     """The largest |value| of z_hat, of each slice's y_hat and of every layer's output.
 
-    Runs g_a on each image (padded to a multiple of 64) and the float entropy path in the
-    layer graph the integer path uses, with y rounded around the float means, as coding
-    would. What the integer widths are scaled to (`integerize`).
+    Runs g_a on each image (padded to a multiple of the model's downsampling factor) and
+    the float entropy path in the layer graph the integer path uses, with y rounded around
+    the float means, as coding would. What the integer widths are scaled to (`integerize`).
     """
     config = model.config
     analysis = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, method="analysis"))
@@ -296,7 +296,8 @@ def calibrate(model, params, z_medians, images: Sequence[np.ndarray], texts: Seq
     med = jnp.asarray(z_medians, jnp.float32)
     for image, text in zip(images, texts, strict=True):
         h, w = image.shape[:2]
-        x = np.pad(image, ((0, -h % 64), (0, -w % 64), (0, 0)))[None]
+        f = model.downsampling_factor
+        x = np.pad(image, ((0, -h % f), (0, -w % f), (0, 0)))[None]
         y, z = analysis(params, jnp.asarray(x), jnp.asarray(text)[None])
         z_hat = jnp.round(z - med) + med
         record["z_hat"] = max(record.get("z_hat", 0.0), float(jnp.max(jnp.abs(z_hat))))

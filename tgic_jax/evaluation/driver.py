@@ -31,19 +31,23 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from tgic_jax import image_io
 from tgic_jax.evaluation import baselines, metrics, plots, sets
 from tgic_jax.evaluation.summary import jsonable, summarize, write_summary
+
+if TYPE_CHECKING:
+    from tgic_jax.coding.caption_coder import CaptionCoder
 
 VARIANTS = ("correct", "empty", "mismatched")
 ROW_FIELDS = (
@@ -54,8 +58,8 @@ ROW_FIELDS = (
 
 
 # ----------------------------------------------------------------------------- codecs
-class Codec(Protocol):
-    """What the driver needs from a codec (TacoCodec, or a fake in tests)."""
+class EvaluatedCodec(Protocol):
+    """What the driver needs from a codec it evaluates (a `CaptionCoder`, or a fake in tests)."""
 
     label: str
 
@@ -69,66 +73,19 @@ class Codec(Protocol):
         """{'x_hat_float', 'bpp_estimated'} of `image` from the forward pass."""
 
 
-class TacoCodec:
-    """A TACO `codec.Coder` + its text encoder, behind the `Codec` interface."""
-
-    def __init__(self, checkpoint: str | os.PathLike, text_encoder=None, label: str = ""):
-        from tgic_jax.checkpoints import inference
-
-        model, variables, self.config = inference.load_inference(checkpoint)
-        if text_encoder is None:
-            from tgic_jax.model.text_encoders import build_text_encoder
-
-            text_encoder = build_text_encoder(self.config.text)
-        self._setup(model, variables, text_encoder, label or Path(checkpoint).name)
-
-    @classmethod
-    def from_variables(cls, model, variables, text_encoder, label: str = "model") -> TacoCodec:
-        """A codec of in-memory variables ({'params'}; tables built here if absent)."""
-        self = cls.__new__(cls)
-        self.config = None
-        self._setup(model, variables, text_encoder, label)
-        return self
-
-    def _setup(self, model, variables, text_encoder, label: str) -> None:
-        from tgic_jax.coding.codec import Coder
-
-        self.coder = Coder(model, variables)
-        self.text_encoder = text_encoder
-        self.label = label
-        self._states: dict[str, np.ndarray] = {}
-
-    def prepare_text(self, caption: str) -> None:
-        """Runs the text encoder for `caption` (timed by the driver as text_ms)."""
-        states, _ = self.text_encoder.encode([caption])
-        self._states[caption] = np.asarray(states[0], np.float32)
-
-    def text(self, caption: str) -> np.ndarray:
-        """Token states [T, D] of one caption (cached: the ablation reuses captions)."""
-        if caption not in self._states:
-            self.prepare_text(caption)
-        return self._states[caption]
-
-    def encode(self, image: np.ndarray, caption: str) -> bytes:
-        """Bitstream of `image` encoded with `caption`."""
-        return self.coder.encode([image], [self.text(caption)])[0].data
-
-    def decode(self, data: bytes) -> np.ndarray:
-        """Image float32 [H, W, 3] in [0, 1] from a bitstream (no caption needed)."""
-        return np.clip(self.coder.decode(data)[0], 0.0, 1.0).astype(np.float32)
-
-    def estimate(self, image: np.ndarray, caption: str) -> dict:
-        """{'x_hat_float': unclamped float output, 'bpp_estimated'} from the forward pass."""
-        out = self.coder.estimate(image, self.text(caption))
-        return {
-            "x_hat_float": np.asarray(out["x_hat_float"], np.float32),
-            "bpp_estimated": float(out["bpp_estimated"]),
-        }
+Codec = EvaluatedCodec  # the earlier name
 
 
-def load_codec(checkpoint: str, label: str = "") -> TacoCodec:
-    """The default codec loader: a TACO inference checkpoint directory."""
-    return TacoCodec(checkpoint, label=label)
+def load_codec(checkpoint: str, label: str = "", text_encoder=None) -> CaptionCoder:
+    """The default codec loader: the `CaptionCoder` of a TACO inference checkpoint."""
+    from tgic_jax.checkpoints.inference import load_caption_coder  # JAX: only when coding
+
+    return load_caption_coder(checkpoint, text_encoder, label)
+
+
+def TacoCodec(checkpoint: str, text_encoder=None, label: str = "") -> CaptionCoder:
+    """The earlier name of `load_codec` (a checkpoint's caption-aware coder)."""
+    return load_codec(checkpoint, label, text_encoder)
 
 
 # ----------------------------------------------------------------------------- LPIPS
@@ -378,7 +335,7 @@ def _write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
 
 
 def evaluate(
-    codecs: Sequence[Codec],
+    codecs: Sequence[EvaluatedCodec],
     eval_set: sets.EvalSet,
     out_dir: str | os.PathLike,
     options: EvalOptions | None = None,
@@ -427,7 +384,7 @@ def evaluate_checkpoints(
     eval_set: sets.EvalSet,
     out_dir: str | os.PathLike,
     options: EvalOptions | None = None,
-    codec_loader: Callable[[str], Codec] = load_codec,
+    codec_loader: Callable[[str], EvaluatedCodec] = load_codec,
     lpips_fn: LpipsFn | None = None,
 ) -> dict:
     """Evaluates inference checkpoints (one per rate point) on `eval_set` into out_dir.
@@ -457,7 +414,7 @@ def evaluate_checkpoints(
 
 
 def evaluate_means(
-    codec: Codec, eval_set: sets.EvalSet, lpips_fn: LpipsFn | None = None,
+    codec: EvaluatedCodec, eval_set: sets.EvalSet, lpips_fn: LpipsFn | None = None,
     keep_images: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Mean real and estimated bpp, PSNR, MS-SSIM, LPIPS of one codec, in memory (no files).
@@ -472,6 +429,16 @@ def evaluate_means(
     """
     if not len(eval_set):
         raise ValueError(f"no images in {eval_set.name}")
+    if eval_set.errors:  # an unreadable captions JSON or entry: not a mean to trust
+        raise ValueError(eval_set.errors[0])
+    uncaptioned = [item.name for item in eval_set if not item.captions]
+    if uncaptioned:  # coded with "" as `evaluate` codes them (its failures list them)
+        logging.warning(
+            "%s: %d images without a caption coded with the empty caption: %s",
+            eval_set.name,
+            len(uncaptioned),
+            ", ".join(uncaptioned[:5]),
+        )
     rows, images = [], []
     for item in eval_set:
         x, _ = load_item_image(item)

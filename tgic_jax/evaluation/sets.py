@@ -138,6 +138,20 @@ def folder_set(
     )
 
 
+def captioned_folder_set(
+    folder: str | os.PathLike, captions: str | os.PathLike = "", max_images: int = 0
+) -> EvalSet:
+    """A configured evaluation folder (config.eval): the one rule of per-epoch selection
+    and eval.py, so one config lists one set.
+
+    `folder_set`'s rule: every image of `folder` in name order, the first `max_images` of
+    them (0: all), an image without a caption coded with "" and reported. `captions` ""
+    reads FOLDER/captions.json, as config.input reads its folder.
+    """
+    captions = captions or Path(folder) / "captions.json"
+    return folder_set(folder, captions, int(max_images or 0) or None)
+
+
 def kodak_set(root: str | os.PathLike, max_images: int | None = None) -> EvalSet:
     """Kodak's 24 images with the OFA captions the TACO authors used (a clone's data/kodak)."""
     root = Path(root)

@@ -38,6 +38,8 @@ import numpy as np
 from tgic_jax.model import entropy_models as em
 from tgic_jax.model.layers import Conv
 from tgic_jax.model.transforms import (
+    G_A_DOWNSAMPLING,
+    H_A_DOWNSAMPLING,
     AnalysisTransform,
     HyperAnalysis,
     HyperSynthesis,
@@ -45,6 +47,9 @@ from tgic_jax.model.transforms import (
 )
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# z is [H/64, W/64]: g_a downsamples by 16, h_a by 4 more. Images are coded padded to a
+# multiple of it, and training crops must be one.
+DOWNSAMPLING_FACTOR = G_A_DOWNSAMPLING * H_A_DOWNSAMPLING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,11 @@ class ModelConfig:
     # Compute dtype of g_a, g_s, h_a, h_s ("bfloat16": mixed precision); the entropy model,
     # likelihoods and parameters stay float32 either way.
     compute_dtype: str = "float32"
+
+    @property
+    def downsampling_factor(self) -> int:
+        """H / z's height (and W / z's width): `DOWNSAMPLING_FACTOR`, the same for every size."""
+        return DOWNSAMPLING_FACTOR
 
     def __post_init__(self):
         object.__setattr__(self, "slices", tuple(int(c) for c in self.slices))
@@ -131,6 +141,11 @@ class TACO(nn.Module):
     """
 
     config: ModelConfig = ModelConfig()
+
+    @property
+    def downsampling_factor(self) -> int:
+        """H / z's height: inputs are multiples of it (`DOWNSAMPLING_FACTOR`)."""
+        return self.config.downsampling_factor
 
     def setup(self):
         """Declares the transforms, the bottleneck and one context/parameter net per slice."""
@@ -231,8 +246,9 @@ class TACO(nn.Module):
 def _check_inputs(x: jax.Array, text: jax.Array, text_dim: int) -> None:
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"x must be [B, H, W, 3], got {x.shape}")
-    if x.shape[1] % 64 or x.shape[2] % 64:
-        raise ValueError(f"H and W must be multiples of 64 (pad first), got {x.shape[1:3]}")
+    f = DOWNSAMPLING_FACTOR
+    if x.shape[1] % f or x.shape[2] % f:
+        raise ValueError(f"H and W must be multiples of {f} (pad first), got {x.shape[1:3]}")
     if text.ndim != 3 or text.shape[0] != x.shape[0] or text.shape[-1] != text_dim:
         raise ValueError(f"text must be [B={x.shape[0]}, T, {text_dim}], got {text.shape}")
 

@@ -17,6 +17,11 @@ import jax.numpy as jnp
 from tgic_jax.model.layers import AttentionBlock, Conv, ConvTranspose, ResidualBottleneck
 from tgic_jax.model.text_adapter import Extractor, Injector
 
+# How much each analysis transform shrinks H and W: g_a has four stride-2 convolutions,
+# h_a two. Their product is the model's `DOWNSAMPLING_FACTOR` (model/taco.py).
+G_A_DOWNSAMPLING = 2**4
+H_A_DOWNSAMPLING = 2**2
+
 
 class AnalysisTransform(nn.Module):
     """g_a: x [B,H,W,3] and text [B,T,D] -> y [B,H/16,W/16,M]; the text enters at 1/4 and 1/8."""

@@ -28,9 +28,14 @@ TRAIN_CHECKPOINTS = "checkpoints"
 
 
 def train_checkpoint_manager(
-    workdir: str | os.PathLike, every_steps: int = 1000, keep: int = 3, use_async: bool = True
+    workdir: str | os.PathLike, every_steps: int = 1, keep: int = 3, use_async: bool = True
 ) -> ocp.CheckpointManager:
-    """A manager that saves every `every_steps` steps, keeps `keep`, writes asynchronously."""
+    """A manager that keeps `keep` steps and writes asynchronously.
+
+    every_steps: orbax's own save interval. The training loop passes 1 and decides itself
+    when to save (`cadence`), so every save it asks for is made, and only those: orbax's
+    interval would also save a run's first step.
+    """
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(1, int(every_steps)),
         max_to_keep=int(keep) if keep else None,

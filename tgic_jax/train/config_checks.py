@@ -17,10 +17,8 @@ import math
 import ml_collections
 
 from tgic_jax.files import write_text_atomic
+from tgic_jax.model.taco import DOWNSAMPLING_FACTOR as MODEL_STRIDE
 from tgic_jax.train.errors import ConfigError
-
-# The model downsamples x by 64 before the hyperprior (z is [H/64, W/64]).
-MODEL_STRIDE = 64
 
 # Keys (dotted; a trailing "." means the whole section) a rerun may not change: they decide
 # the parameters' shapes (so the optimizer state's too), the text the model was trained

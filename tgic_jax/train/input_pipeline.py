@@ -83,7 +83,8 @@ def list_folder(
     """Sorted (image path, captions) pairs of the captioned images present in `folder`.
 
     Images without a caption are left out: every training example needs one (evaluation's
-    `sets.folder_set` lists the same images but codes those with the empty caption).
+    `sets.captioned_folder_set` keeps them, coded with the empty caption, and applies
+    `max_images` before, not after, leaving them out).
     `report`: one line counts the images without a caption and the captions without an
     image (training says so at start rather than dropping them silently).
     """

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,7 +26,6 @@ from tgic_jax.evaluation import sets
 from tgic_jax.files import replace_dir
 from tgic_jax.model.layers import Params
 from tgic_jax.model.taco import TACO, ModelConfig
-from tgic_jax.train import input_pipeline
 from tgic_jax.train.metrics_writer import announce
 
 BEST_DIR = "best"
@@ -45,15 +43,12 @@ EVAL_COLUMNS = ("step", "epoch", "bpp_real", "bpp_estimate", "psnr_real", "psnr"
 
 # ----------------------------------------------------------------------------- evaluation
 def eval_set_of(eval_config) -> sets.EvalSet:
-    """The captioned images of config.eval's folder (listed as the training input is)."""
-    items = input_pipeline.list_folder(
-        eval_config.folder, eval_config.get("captions") or None,
+    """The images of config.eval's folder (`sets.captioned_folder_set`, as eval.py lists them)."""
+    return sets.captioned_folder_set(
+        eval_config.folder,
+        eval_config.get("captions") or "",
         int(eval_config.get("max_images", 0)),
-    )  # fmt: skip
-    note = sets.NOTE_FROM_JSON
-    eval_items = [sets.EvalItem(p.name, str(p), captions=tuple(c), caption_note=note)
-                  for p, c in items]  # fmt: skip
-    return sets.EvalSet(Path(str(eval_config.folder)).name, eval_items)
+    )
 
 
 def evaluate_params(
@@ -61,10 +56,11 @@ def evaluate_params(
     keep_images: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """`driver.evaluate_means` of the current parameters (a host copy; process 0)."""
+    from tgic_jax.coding.caption_coder import CaptionCoder
     from tgic_jax.evaluation import driver  # the codec and LPIPS load only when evaluating
 
     variables = {"params": jax.device_get(params)}
-    codec = driver.TacoCodec.from_variables(model, variables, text_encoder, "train")
+    codec = CaptionCoder(model, variables, text_encoder, label="train")
     return driver.evaluate_means(codec, eval_set, lpips_fn, keep_images)
 
 

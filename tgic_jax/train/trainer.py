@@ -27,6 +27,7 @@ from etils import epath
 from tgic_jax.checkpoints import inference
 from tgic_jax.model.taco import TACO, ModelConfig
 from tgic_jax.train import (
+    cadence,
     checkpoint,
     config_checks,
     distributed,
@@ -209,6 +210,11 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     eval_every = int(eval_config.get("every_steps", 0)) if has_eval else 0
     spe = optim.steps_per_epoch(config.optim, global_batch)
     eval_epochs = int(eval_config.get("every_epochs", 0)) if has_eval else 0
+    # One rule decides every "is it time" (`cadence`); the last step always logs and, when
+    # the run evaluates at all, evaluates. Orbax saves whatever the loop asks (interval 1).
+    log_due = cadence.Cadence.every(steps=log_every, at_last=True)
+    checkpoint_due = cadence.Cadence.every(steps=checkpoint_every)
+    eval_due = cadence.Cadence.every(eval_every, eval_epochs, spe, at_last=True)
     lpips_fn = None
     step = start_step
     last_metrics = None
@@ -233,18 +239,15 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
             finite.add(step, metrics)
             saves.check(step)
             profiler.after_step(step, metrics)
-            if step % log_every == 0 or step == plan.num_steps:
+            if log_due.due(step, plan.num_steps):
                 finite.check()
                 scalars = {k: float(v) for k, v in jax.device_get(last_metrics).items()}
                 writer.write(step, {**scalars, **meter.scalars(step, prefetch.wait_s)},
                              progress=eta.progress(step, plan.num_steps))  # fmt: skip
-            if step % checkpoint_every == 0:  # orbax alone would also save the first step of a run
+            if checkpoint_due.due(step):
                 finite.check()
                 saves.save(step, state)
-            due = (eval_every and step % eval_every == 0) or (
-                eval_epochs and step % (eval_epochs * spe) == 0
-            )
-            if due or ((eval_every or eval_epochs) and step == plan.num_steps):
+            if eval_due.due(step, plan.num_steps):
                 finite.check()
                 # Process 0 evaluates (as the authors' rank 0); the others wait at a
                 # coordination barrier, not a collective (see distributed.sync_hosts).
@@ -293,8 +296,8 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
 
 def _checkpoint_manager(config, workdir):
     return checkpoint.train_checkpoint_manager(
-        workdir, config.ckpt.every_steps, config.ckpt.keep, config.ckpt.get("use_async", True)
-    )
+        workdir, 1, config.ckpt.keep, config.ckpt.get("use_async", True)
+    )  # every_steps=1: the loop's `checkpoint_due` is the one rule of when to save
 
 
 def _resume(config, workdir, manager, abstract):

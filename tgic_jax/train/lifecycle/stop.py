@@ -14,6 +14,7 @@ import time
 
 import jax
 
+from tgic_jax.train.cadence import Cadence
 from tgic_jax.train.distributed import any_host
 
 # Every host must leave the loop after the same step: one that stops early enters orbax's
@@ -81,7 +82,7 @@ class StopAgreement:
         self._begun = time.perf_counter() if begun is None else begun
         self._signals = _StopSignals(jax.distributed.is_initialized())
         self._local = None if jax.distributed.is_initialized() else self._signals
-        self._check_every = BUDGET_CHECK_EVERY_STEPS if jax.process_count() > 1 else 1
+        self._budget_due = Cadence.every(BUDGET_CHECK_EVERY_STEPS if jax.process_count() > 1 else 1)
         self.reason = ""
 
     def should_stop(self, step: int) -> bool:
@@ -93,7 +94,7 @@ class StopAgreement:
         if preempted:
             self.reason = "SIGINT" if self._signals.received == "SIGINT" else "preemption"
             return True
-        if self._budget_s and step % self._check_every == 0:
+        if self._budget_s and self._budget_due.due(step):
             over = time.perf_counter() - self._begun > self._budget_s
             if any_host(over):
                 self.reason = "train_time_limit_minutes"
