@@ -23,6 +23,7 @@ from etils import epath
 
 from tgic_jax.checkpoints import inference
 from tgic_jax.coding.tables import build_tables
+from tgic_jax.config import EvalConfig
 from tgic_jax.evaluation import sets
 from tgic_jax.files import replace_dir
 from tgic_jax.model.layers import Params
@@ -46,9 +47,10 @@ EVAL_COLUMNS = ("step", "epoch", "bpp_real", "bpp_estimate", "psnr_real", "psnr"
 # ----------------------------------------------------------------------------- evaluation
 def eval_set_of(eval_config) -> sets.EvalSet:
     """The captioned images of config.eval's folder (listed as the training input is)."""
+    eval_config = EvalConfig.from_config(eval_config)
     items = input_pipeline.list_folder(
-        eval_config.folder, eval_config.get("captions") or None,
-        int(eval_config.get("max_images", 0)),
+        eval_config.folder, eval_config.captions or None,
+        int(eval_config.max_images or 0),
     )  # fmt: skip
     note = sets.NOTE_FROM_JSON
     eval_items = [sets.EvalItem(p.name, str(p), captions=tuple(c), caption_note=note)
@@ -79,10 +81,10 @@ def evaluate_and_record(
     the traceback and a line on stderr) and writes no eval.csv row: never a mean over the
     images that happened to work.
     """
-    eval_config = config.eval
+    eval_config = EvalConfig.from_config(config.eval)
     try:
         ev = evaluate_params(model, params, text_encoder, eval_set_of(eval_config), lpips_fn,
-                             int(eval_config.get("images_to_log", 0)))  # fmt: skip
+                             int(eval_config.images_to_log))  # fmt: skip
     except Exception as err:  # reported below; training goes on (see above)
         logging.exception("evaluation at step %d failed", step)
         print(f"[eval] step {step} FAILED, no eval.csv row: {type(err).__name__}: {err}",
