@@ -107,6 +107,7 @@ def test_a_config_dict_from_a_test_with_only_some_keys_gets_the_base_defaults():
     assert run.input.prefetch_batches == 2
 
 
+@pytest.mark.slow  # trains 2 steps, then exports and evaluates: ~1 min on an idle 2-core box
 def test_eval_py_reads_the_runs_config_json_without_config(repo_root, tmp_path, kodak_dir):
     import os
 
@@ -122,11 +123,11 @@ def test_eval_py_reads_the_runs_config_json_without_config(repo_root, tmp_path, 
              "--workdir", str(workdir), "--config.total_steps=2",
              f"--config.eval.folder={evalset}", "--config.eval.every_epochs=0"]  # fmt: skip
     proc = subprocess.run(train, cwd=repo_root, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+                          timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     evaluate = [sys.executable, "eval.py", "--workdir", str(workdir), "--nolpips"]
     proc = subprocess.run(evaluate, cwd=repo_root, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+                          timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The run's eval.folder (one 64x64 crop), not configs/small.py's default (Kodak).
     rows = json.loads((workdir / "eval" / "per_image.json").read_text())["rows"]

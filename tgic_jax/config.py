@@ -219,8 +219,7 @@ def upgrade(tree: dict) -> dict:
     for old, new in RENAMED.items():
         (sec, _, key), (_, _, new_key) = old.partition("."), new.partition(".")
         if isinstance(tree.get(sec), dict) and key in tree[sec]:
-            tree[sec].setdefault(new_key, tree[sec][key])
-            del tree[sec][key]
+            tree[sec][new_key] = tree[sec].pop(key)  # the old name wins, as in from_config
     for dotted in MINUS_ONE_IS_NONE:
         sec, _, key = dotted.rpartition(".")
         holder = tree.get(sec) if sec else tree

@@ -242,8 +242,8 @@ class _Texts:
 
             self.captions = read_captions(args.captions)
             self.captions_path = args.captions
-        text_config = config.get("text") or {}
-        if not text_config.get("encoder"):
+        text_config = config.text  # load_inference's: {} when the checkpoint names none
+        if "encoder" not in text_config or not text_config.encoder:
             raise ValueError("the checkpoint names no text encoder: pass --text-embeddings")
         from tgic_jax.model.text_encoders import build_text_encoder
 

@@ -9,6 +9,7 @@ workdir/best/<name>/, with the evaluation's metrics.json beside its config.json.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -23,7 +24,7 @@ from etils import epath
 
 from tgic_jax.checkpoints import inference
 from tgic_jax.coding.tables import build_tables
-from tgic_jax.config import EvalConfig
+from tgic_jax.config import EvalConfig, TextConfig
 from tgic_jax.evaluation import sets
 from tgic_jax.files import replace_dir
 from tgic_jax.model.layers import Params
@@ -116,9 +117,10 @@ def save_params(
 
     Like every inference checkpoint it carries the integer entropy path (calibrated here).
     """
+    text = TextConfig.from_config(config.text)
     return inference.save_inference(
         path, ModelConfig.from_config(config.model), params,
-        text_config={"width": int(config.model.text_dim), **config.text.to_dict()},
+        text_config={**dataclasses.asdict(text), "width": text.width or int(config.model.text_dim)},
         tables=tables, extra={"train_step": int(step)},
     )  # fmt: skip
 

@@ -131,14 +131,14 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     from tgic_jax.train import losses  # heavy (LPIPS, transformers)
 
     model = TACO(ModelConfig.from_config(config.model))
-    text_encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
+    text_encoder = input_pipeline.build_text_encoder(run.text, config.model.text_dim)
     clip_model, clip_text_fn = None, None
-    if float(config.loss.k_j) > 0:  # validate: text.encoder is "clip"
-        clip_model = losses.build_clip(config.loss.clip_path)
+    if float(run.loss.k_j) > 0:  # validate: text.encoder is "clip"
+        clip_model = losses.build_clip(run.loss.clip_path)
         clip_text_fn = functools.partial(losses.clip_text_embeddings, clip_model)
-    loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
+    loss_fn, frozen = losses.build_loss(run.loss, clip_model=clip_model)
     frozen = sharding.put_replicated({**frozen, "text": text_encoder.params}, mesh)
-    optimizer = optim.make_optimizer(config.optim, global_batch)
+    optimizer = optim.make_optimizer(run.optim, global_batch)
 
     # State: restored from the workdir's newest checkpoint that restores, else fresh.
     distributed.sync_hosts("tgic_jax/start")  # orbax's first barrier is a collective: meet first
@@ -153,12 +153,12 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     # Input: this host's share of every global batch, captions tokenized on the host.
     if pairs is not None:  # order from (seed, epoch): resumes exactly at start_step
         ds = input_pipeline.pairs_dataset(
-            config.input, pairs, global_batch, host_batch, int(config.seed), start_step,
+            run.input, pairs, global_batch, host_batch, int(run.seed), start_step,
             jax.process_index(),
         )  # fmt: skip
     else:  # order from (seed, step) too: resumes exactly at start_step
         ds = input_pipeline.make_dataset(
-            config.input, host_batch, seed=int(config.seed), process_index=jax.process_index(),
+            run.input, host_batch, seed=int(run.seed), process_index=jax.process_index(),
             process_count=jax.process_count(), start_step=start_step, items=items,
         )  # fmt: skip
     batches = input_pipeline.tokenize_batches(ds, text_encoder)
