@@ -58,8 +58,15 @@ def test_a_misspelled_key_is_one_error_naming_the_closest_known_key():
 
 
 def test_train_py_refuses_a_misspelled_override_in_one_line_naming_the_key(repo_root, tmp_path):
-    cmd = [sys.executable, "train.py", "--config", "configs/small.py:tiny",
-           "--workdir", str(tmp_path / "run"), "--config.optim.lerning_rate=1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/small.py:tiny",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--config.optim.lerning_rate=1",
+    ]
     proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -80,8 +87,11 @@ def test_sections_are_frozen_and_none_means_nothing_set():
 def test_an_older_runs_config_json_reads_with_todays_names():
     old = {"total_steps": -1, "mesh": {"data": -1}, "optim": {"train_images": 64, "epochs": 5}}
     new = config_lib.upgrade(old)
-    assert new == {"total_steps": None, "mesh": {"data": None},
-                   "optim": {"epoch_pairs": 64, "epochs": 5}}  # fmt: skip
+    assert new == {
+        "total_steps": None,
+        "mesh": {"data": None},
+        "optim": {"epoch_pairs": 64, "epochs": 5},
+    }
     assert config_lib.OptimConfig.from_config(old["optim"]).epoch_pairs == 64
 
 
@@ -119,15 +129,25 @@ def test_eval_py_reads_the_runs_config_json_without_config(repo_root, tmp_path, 
     (evalset / "captions.json").write_text(json.dumps({"k.png": "two parrots"}))
     env = dict(os.environ, PYTHONPATH=str(repo_root), JAX_PLATFORMS="cpu")
     workdir = tmp_path / "run"
-    train = [sys.executable, "train.py", "--config", "configs/small.py:tiny",
-             "--workdir", str(workdir), "--config.total_steps=2",
-             f"--config.eval.folder={evalset}", "--config.eval.every_epochs=0"]  # fmt: skip
-    proc = subprocess.run(train, cwd=repo_root, env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    train = [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/small.py:tiny",
+        "--workdir",
+        str(workdir),
+        "--config.total_steps=2",
+        f"--config.eval.folder={evalset}",
+        "--config.eval.every_epochs=0",
+    ]
+    proc = subprocess.run(
+        train, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     evaluate = [sys.executable, "eval.py", "--workdir", str(workdir), "--nolpips"]
-    proc = subprocess.run(evaluate, cwd=repo_root, env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        evaluate, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The run's eval.folder (one 64x64 crop), not configs/small.py's default (Kodak).
     rows = json.loads((workdir / "eval" / "per_image.json").read_text())["rows"]

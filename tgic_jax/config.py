@@ -177,9 +177,9 @@ class MeshConfig(Section):
 
 
 SECTIONS = {
-    s.name: s for s in (TextConfig, LossConfig, OptimConfig, InputConfig, CkptConfig,
-                        EvalConfig, MeshConfig)
-}  # fmt: skip
+    s.name: s
+    for s in (TextConfig, LossConfig, OptimConfig, InputConfig, CkptConfig, EvalConfig, MeshConfig)
+}
 # Top-level keys (not sections) with their defaults.
 TOP_LEVEL = {
     "seed": 0,
