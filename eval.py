@@ -1,8 +1,10 @@
-r"""Evaluates a training run: `python eval.py --config configs/taco.py --workdir DIR`.
+r"""Evaluates a training run: `python eval.py --workdir DIR`.
 
 Exports the workdir's latest training checkpoint to DIR/inference (params + coding
 tables), then codes config.eval's images (default: Kodak in data/kodak) to real files and
-writes the per-image CSV/JSON, summary, RD plots and reconstructions to DIR/eval.
+writes the per-image CSV/JSON, summary, RD plots and reconstructions to DIR/eval. The images
+are the run's config.eval (DIR/config.json); `--config configs/taco.py` (and its
+`--config.eval.*` overrides) replaces it.
 `--checkpoint A B ...` evaluates existing inference checkpoints instead (one per rate
 point); `--ablation` adds the empty and mismatched captions. The same evaluation is
 `tgic evaluate --checkpoint CKPT --images DIR --captions JSON --out DIR`.
@@ -13,6 +15,7 @@ what eval.py writes (the user's other files there are kept). Anything that stops
 line `eval.py: error: ...` and exit status 2.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -22,19 +25,33 @@ from ml_collections import config_flags
 from tgic_jax.evaluation import driver, sets
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (its eval section).")
+config_flags.DEFINE_config_file(
+    "config", None, "Config file whose eval section replaces the run's (default: DIR/config.json)."
+)
 flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/, config.json).")
 flags.DEFINE_list("checkpoint", None, "Inference checkpoints to evaluate instead of exporting.")
 flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval).")
 flags.DEFINE_bool("ablation", False, "Also code with the empty and the mismatched caption.")
 flags.DEFINE_bool("lpips", True, "Compute LPIPS-Alex.")
 flags.DEFINE_bool("force", False, "Replace DIR/inference and an earlier evaluation's files.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def _fail(message) -> None:
     print(f"eval.py: error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def _eval_config(workdir):
+    """config.eval of --config when given, else of the run's config.json, else the defaults."""
+    from tgic_jax.config import EvalConfig, upgrade
+
+    if FLAGS.config is not None:
+        return EvalConfig.from_config(FLAGS.config.eval)
+    path = workdir / "config.json"
+    if not path.is_file():  # --checkpoint without a run: the defaults (Kodak)
+        return EvalConfig()
+    return EvalConfig.from_config(upgrade(json.loads(path.read_text())).get("eval"))
 
 
 def main(argv):
@@ -50,7 +67,7 @@ def main(argv):
             raise ValueError(f"--workdir {FLAGS.workdir} is a URL: give --out, a local folder")
     except (ValueError, OSError) as err:
         _fail(err)
-    config, workdir = FLAGS.config, as_path(FLAGS.workdir)  # gs:// stays a URL
+    workdir = as_path(FLAGS.workdir)  # gs:// stays a URL
     checkpoints = FLAGS.checkpoint
     out = Path(FLAGS.out or workdir / "eval")
     # Every refusal before any work (and before anything is written).
@@ -69,13 +86,16 @@ def main(argv):
             print(replacing)
     except (outputs.OutputRefused, OSError) as err:
         _fail(err)
-    eval_cfg = config.get("eval") or {}
-    limit = int(eval_cfg.get("max_images", 0) or 0) or None
+    try:
+        eval_cfg = _eval_config(workdir)
+    except (ValueError, OSError) as err:
+        _fail(err)
+    limit = eval_cfg.max_images or None
     options = driver.EvalOptions(
         variants=driver.VARIANTS if FLAGS.ablation else ("correct",), lpips=FLAGS.lpips
     )
     try:
-        if eval_cfg.get("folder"):  # listed as the run's per-epoch evaluation listed it
+        if eval_cfg.folder:  # listed as the run's per-epoch evaluation listed it
             from tgic_jax.train import selection
 
             eval_set = selection.eval_set_of(eval_cfg)

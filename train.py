@@ -98,6 +98,21 @@ def _quiet_libraries() -> None:
     sys.unraisablehook = unraisable
 
 
+def unknown_override(argv) -> str | None:
+    """'unknown config key ...; did you mean ...?' for the first --config.KEY=... no section
+    declares (ml_collections' own message spans lines and a traceback)."""
+    from tgic_jax import config as config_lib
+
+    known = set(config_lib.known_keys())
+    for arg in argv[1:]:
+        name = arg.lstrip("-").partition("=")[0]
+        if name.startswith("config."):
+            key = name.removeprefix("config.")
+            if config_lib.RENAMED.get(key, key) not in known:
+                return f"--config.{key}: {config_lib.closest(key, known)}"
+    return None
+
+
 def parse_flags(argv):
     """absl's flag parsing, with an error as one line (a config file's error included)."""
     try:
@@ -105,6 +120,9 @@ def parse_flags(argv):
         if FLAGS.config is not None:  # ml_collections defers a config file's load error
             FLAGS.config.get("seed")  # to its first use: surface it here
         return argv
+    except (AttributeError, KeyError) as err:  # an override of a key the config lacks
+        print(f"train.py: error: {unknown_override(argv) or err}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except (flags.Error, OSError) as err:
         # ml_collections puts the config file's traceback into the message: its last line
         # is the error itself.

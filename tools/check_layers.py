@@ -1,6 +1,6 @@
 """The import contract: each layer of the package imports only from itself and layers below.
 
-    base (files, image_io, captions, tf_import, minilm_fetch, storage) <- model <- coding
+    base (files, image_io, captions, tf_import, minilm_fetch, storage, config) <- model <- coding
         <- checkpoints <- evaluation <- train <- cli
 
 Training may call the evaluator (per-epoch selection); evaluation never imports training;
@@ -16,7 +16,16 @@ from pathlib import Path
 
 PACKAGE = "tgic_jax"
 LAYERS = ("base", "model", "coding", "checkpoints", "evaluation", "train", "cli")
-BASE_MODULES = {"__init__", "files", "image_io", "captions", "tf_import", "minilm_fetch", "storage"}
+BASE_MODULES = {
+    "__init__",
+    "files",
+    "image_io",
+    "captions",
+    "tf_import",
+    "minilm_fetch",
+    "storage",
+    "config",
+}
 
 
 def layer_of(module: str) -> str:

@@ -231,7 +231,7 @@ def run_facts(trained: dict, train_step) -> dict:
         "learning_rate": float(optim["learning_rate"]),
         "decay_factor": float(optim["decay_factor"]),
         "decays": len(optim["decay_epochs"]),
-        "budget_minutes": float(trained.get("train_time_limit_minutes") or 0.0),
+        "budget_minutes": float(trained["train_time_limit_minutes"] or 0.0),
         "parameters": parameter_count(trained["model"]),
         "paper_parameters": parameter_count(ModelConfig().to_dict()),
     }

@@ -75,7 +75,7 @@ def mesh_for(config) -> dict[str, Any]:
 
     from tgic_jax.train import optim, sharding
 
-    mesh = sharding.make_mesh(config.get("mesh"))
+    mesh = sharding.make_mesh(config.mesh)
     global_batch = optim.global_batch_size(config, mesh.size)
     return {
         "axes": {name: int(size) for name, size in mesh.shape.items()},

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tgic_jax.config import TextConfig
 from tgic_jax.minilm_fetch import ensure_minilm
 from tgic_jax.model import bert, clip, pretrained, tokenization
 from tgic_jax.model.layers import Params
@@ -183,15 +184,16 @@ class RandomTextEncoder:
 
 def build_text_encoder(text_config) -> TextEncoder:
     """Builds the frozen text encoder named by config.text (encoder, path, max_length)."""
+    text_config = TextConfig.from_config(text_config)
     encoder = text_config.encoder
-    max_length = int(text_config.get("max_length", MAX_LENGTH))
-    path = text_config.get("path", "")
+    max_length = int(text_config.max_length)
+    path = text_config.path
     if encoder == "clip":
         return load_clip_text(path or "openai/clip-vit-base-patch32", max_length)
     if encoder == "minilm":
         return load_minilm(path, max_length)
     if encoder == "random":  # test-only: pseudo-random states from a caption hash
-        width = int(text_config.get("width", 0) or 0)
+        width = int(text_config.width or 0)
         if not width:
             raise ValueError("text.encoder='random' needs text.width")
         return RandomTextEncoder(width, max_length)

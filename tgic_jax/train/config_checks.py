@@ -16,6 +16,7 @@ import math
 
 import ml_collections
 
+from tgic_jax import config as config_lib
 from tgic_jax.files import write_text_atomic
 from tgic_jax.model.taco import DOWNSAMPLING_FACTOR as MODEL_STRIDE
 from tgic_jax.train.errors import ConfigError
@@ -46,6 +47,10 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(config: ml_collections.ConfigDict, global_batch: int) -> None:
     """Raises a one-line ConfigError for a value the run cannot train with as meant."""
+    try:
+        config_lib.check_keys(config)
+    except config_lib.ConfigKeyError as err:
+        raise ConfigError(str(err)) from None
     loss = config.loss
     lmbda = float(loss.lmbda)
     _check(math.isfinite(lmbda) and lmbda > 0,
@@ -165,11 +170,12 @@ def compare_with_workdir(
     if not path.exists():
         return {}
     try:
-        old = json.loads(path.read_text())
+        old = config_lib.upgrade(json.loads(path.read_text()))
     except ValueError as err:
         raise ConfigError(f"{path}: not readable JSON ({err}); move it away to start "
                           "a new run here") from err  # fmt: skip
-    new = json.loads(config.to_json())  # the same normalization (tuples -> lists)
+    # The same normalization (tuples -> lists, older names and -1 as today's).
+    new = config_lib.upgrade(json.loads(config.to_json()))
     changes = differences(old, new)
     refused = {k: v for k, v in changes.items() if _frozen(k)}
     if refused:

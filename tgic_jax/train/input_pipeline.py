@@ -27,6 +27,7 @@ replaces the captions by token ids and masks (the text tower runs in the train s
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import threading
@@ -34,10 +35,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 
 from tgic_jax import image_io
+from tgic_jax.config import InputConfig, TextConfig
 
 
 def _say(message: str) -> None:
@@ -271,7 +272,7 @@ def _batches(
 
 
 def _workers(input_config) -> int:
-    return int(input_config.get("workers", 0) or min(32, os.cpu_count() or 1))
+    return int(InputConfig.from_config(input_config).workers or min(32, os.cpu_count() or 1))
 
 
 # ----------------------------------------------------------------------------- folder
@@ -283,11 +284,12 @@ def folder_items(
     Says at start (process 0) which images are left out: without a caption, unreadable,
     smaller than the crop. Raises (one line) when this host's share has no usable image.
     """
+    input_config = InputConfig.from_config(input_config)
     crop_size = int(input_config.crop_size)
     report = process_index == 0
     items = list_folder(
-        input_config.folder, input_config.get("captions") or None,
-        int(input_config.get("max_images", 0)), report=report,
+        input_config.folder, input_config.captions or None,
+        int(input_config.max_images or 0), report=report,
     )  # fmt: skip
     if len(items) >= process_count:
         items = items[process_index::process_count]  # disjoint shares when there are enough
@@ -324,6 +326,7 @@ def make_dataset(
     (`folder_items`, or the given `items`): a host whose share holds no usable image fails
     here with one line, instead of looping forever.
     """
+    input_config = InputConfig.from_config(input_config)
     seed = int(seed) + 1000 * process_index  # different crops on every host
     crop_size = int(input_config.crop_size)
     if input_config.source == "tfds":  # tf.data's shuffle: seeded by the start step instead
@@ -333,7 +336,7 @@ def make_dataset(
         raise ValueError(f"unknown input.source {input_config.source!r}: 'tfds' or 'folder'")
     if items is None:
         items = folder_items(input_config, process_index, process_count)
-    images = _Images([str(p) for p, _ in items], crop_size, bool(input_config.get("cache")))
+    images = _Images([str(p) for p, _ in items], crop_size, bool(input_config.cache))
     first = int(start_step) * int(batch_size)
 
     def positions() -> Iterator[tuple[int, int]]:
@@ -386,12 +389,13 @@ def tfds_examples(
 
 def _tfds_batches(input_config, batch_size, seed, process_index, process_count, repeat):
     """TFDS through tf.data (on the CPU), as host-local numpy batches."""
+    input_config = InputConfig.from_config(input_config)
     from tgic_jax.tf_import import import_tensorflow
 
     tf = import_tensorflow()
     crop_size = int(input_config.crop_size)
     ds = tfds_examples(
-        input_config.tfds_name, input_config.tfds_split, input_config.get("data_dir") or None,
+        input_config.tfds_name, input_config.tfds_split, input_config.data_dir or None,
         process_index, process_count, seed,
     )  # fmt: skip
 
@@ -409,7 +413,7 @@ def _tfds_batches(input_config, batch_size, seed, process_index, process_count, 
         )
     if repeat:
         ds = ds.repeat()
-    ds = ds.shuffle(int(input_config.get("shuffle_buffer", 1000)), seed=seed)
+    ds = ds.shuffle(int(input_config.shuffle_buffer), seed=seed)
 
     def crop(i, ex):
         # Stateless ops keyed by the element's position: the same crops and captions on
@@ -443,8 +447,9 @@ def build_text_encoder(text_config, width: int | None = None):
     from tgic_jax.model.text_encoders import build_text_encoder as build
     from tgic_jax.train.errors import RunError
 
-    if text_config.encoder == "random" and not text_config.get("width"):
-        text_config = ml_collections.ConfigDict({**dict(text_config), "width": int(width or 0)})
+    text_config = TextConfig.from_config(text_config)
+    if text_config.encoder == "random" and not text_config.width:
+        text_config = dataclasses.replace(text_config, width=int(width or 0))
     try:
         return build(text_config)
     except IntegrityError as err:
@@ -543,19 +548,21 @@ def list_folder_pairs(
 
 def list_pairs(input_config) -> list[tuple[str, str]]:
     """The training pairs of config.input (source 'coco_files', or 'folder' with pairs=True)."""
-    min_side = int(input_config.get("min_short_side", MIN_SHORT_SIDE))
+    input_config = InputConfig.from_config(input_config)
+    min_side = int(input_config.min_short_side)
     if input_config.source == "coco_files":
         return list_coco_files(input_config.data_dir, min_side)
     return list_folder_pairs(
-        input_config.folder, input_config.get("captions") or None,
-        int(input_config.get("max_images", 0)), min_side,
+        input_config.folder, input_config.captions or None,
+        int(input_config.max_images or 0), min_side,
     )  # fmt: skip
 
 
 def uses_pairs(input_config) -> bool:
     """Whether config.input iterates (image, caption) pairs with an epoch from the data."""
+    input_config = InputConfig.from_config(input_config)
     return input_config.source == "coco_files" or (
-        input_config.source == "folder" and bool(input_config.get("pairs", False))
+        input_config.source == "folder" and bool(input_config.pairs)
     )
 
 
@@ -586,9 +593,10 @@ def pairs_dataset(
     the hosts' slices are disjoint; each crop is keyed by the pair's position in the run,
     so a run resumed at any step crops as the uninterrupted one did.
     """
+    input_config = InputConfig.from_config(input_config)
     crop_size = int(input_config.crop_size)
     lo = process_index * host_batch  # this host's slice of every global batch
-    images = _Images([p for p, _ in pairs], crop_size, bool(input_config.get("cache")))
+    images = _Images([p for p, _ in pairs], crop_size, bool(input_config.cache))
 
     def positions() -> Iterator[tuple[int, int]]:
         step = int(start_step)

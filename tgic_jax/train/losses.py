@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tgic_jax.config import LossConfig
 from tgic_jax.evaluation.lpips import load_lpips_params, lpips_distance
 from tgic_jax.model.clip import PretrainedCLIP, load_clip
 from tgic_jax.model.layers import Params
@@ -163,7 +164,8 @@ def clip_contrastive(
 # ----------------------------------------------------------------------------- total
 def check_joint_group(loss_config, global_batch: int) -> None:
     """Raises a one-line error when the joint term's groups do not tile the global batch."""
-    group = int(loss_config.get("joint_group_size", 8))
+    loss_config = LossConfig.from_config(loss_config)
+    group = int(loss_config.joint_group_size)
     if float(loss_config.k_j) > 0 and group > 0 and global_batch % group:
         raise ValueError(
             f"global batch {global_batch} is not a multiple of loss.joint_group_size={group} "
@@ -180,19 +182,20 @@ def build_loss(loss_config, clip_model=None) -> tuple[LossFn, dict[str, Params]]
     k_j == 0). A clip_model may be passed to share it with the caller (which also needs it
     for `clip_text_embeddings`).
     """
+    loss_config = LossConfig.from_config(loss_config)
     lmbda = float(loss_config.lmbda)
     k_p = float(loss_config.k_p)
     k_j = float(loss_config.k_j)
-    input_range = loss_config.get("lpips_input_range", "minus_one_one")
+    input_range = loss_config.lpips_input_range
     lpips_float64 = precision.lpips_float64(loss_config)
     if k_p > 0:
         chosen = precision.lpips_precision(loss_config)
         log = logging.warning if chosen.startswith("float32 (") else logging.info
         log("LPIPS in %s", chosen)
-    embed_weight = float(loss_config.get("clip_embed_weight", 40.0))
-    logit_scale_log = float(loss_config.get("clip_logit_scale_log", 2.6592))
-    group_size = int(loss_config.get("joint_group_size", 8))
-    resize_method = loss_config.get("clip_resize_method", "linear")
+    embed_weight = float(loss_config.clip_embed_weight)
+    logit_scale_log = float(loss_config.clip_logit_scale_log)
+    group_size = int(loss_config.joint_group_size)
+    resize_method = loss_config.clip_resize_method
     if resize_method not in ("linear", "cubic"):
         raise ValueError(f"clip_resize_method must be 'linear' or 'cubic': {resize_method}")
 

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import optax
 
+from tgic_jax.config import OptimConfig, RunConfig
 from tgic_jax.model.layers import Params
 from tgic_jax.train import distributed
 from tgic_jax.train.metrics_writer import announce
@@ -36,26 +37,31 @@ def global_batch_size(config, num_devices: int) -> int:
 
 
 def steps_per_epoch(optim_config, global_batch: int) -> int:
-    """train_images // global batch (at least 1)."""
-    return max(1, int(optim_config.train_images) // int(global_batch))
+    """epoch_pairs // global batch (at least 1)."""
+    return max(1, int(OptimConfig.from_config(optim_config).epoch_pairs) // int(global_batch))
 
 
 def with_epoch_size(config: ml_collections.ConfigDict, num_pairs: int) -> ml_collections.ConfigDict:
-    """A copy of config whose epoch (optim.train_images) is the counted number of pairs."""
+    """A copy of config whose epoch (optim.epoch_pairs) is the counted number of pairs."""
     config = ml_collections.ConfigDict(config.to_dict())
-    configured = int(config.optim.train_images)
+    configured = int(OptimConfig.from_config(config.optim).epoch_pairs)
     if configured > 0 and configured != num_pairs:
-        logging.warning("optim.train_images=%d, the data has %d pairs: using the data's count",
-                        configured, num_pairs)  # fmt: skip
-    config.optim.train_images = int(num_pairs)
+        logging.warning(
+            "optim.epoch_pairs=%d, the data has %d pairs: using the data's count",
+            configured,
+            num_pairs,
+        )
+    if "train_images" in config.optim:  # an older config's name for it
+        del config.optim["train_images"]
+    config.optim.epoch_pairs = int(num_pairs)
     return config
 
 
 def total_steps(config, global_batch: int) -> int:
-    """config.total_steps when > 0, else epochs x steps per epoch."""
-    explicit = int(config.get("total_steps", -1) or -1)
-    if explicit > 0:
-        return explicit
+    """config.total_steps when set (> 0), else epochs x steps per epoch."""
+    config = RunConfig.from_config(config)
+    if config.total_steps is not None and int(config.total_steps) > 0:
+        return int(config.total_steps)
     return int(config.optim.epochs) * steps_per_epoch(config.optim, global_batch)
 
 
@@ -66,8 +72,9 @@ def decay_steps(optim_config, global_batch: int, num_steps: int | None = None) -
     fraction of num_steps as the epoch schedule puts it (45/50 and 48/50 for the paper), so a
     shortened run still ends annealed.
     """
+    optim_config = OptimConfig.from_config(optim_config)
     spe = steps_per_epoch(optim_config, global_batch)
-    steps = [int(e) * spe for e in optim_config.get("decay_epochs", ())]
+    steps = [int(e) * spe for e in optim_config.decay_epochs]
     if num_steps is None:
         return steps
     planned = max(1, int(optim_config.epochs) * spe)
@@ -78,7 +85,8 @@ def learning_rate_schedule(
     optim_config, global_batch: int, num_steps: int | None = None
 ) -> optax.Schedule:
     """Constant learning_rate, x decay_factor at each of `decay_steps`."""
-    factor = float(optim_config.get("decay_factor", 0.1))
+    optim_config = OptimConfig.from_config(optim_config)
+    factor = float(optim_config.decay_factor)
     boundaries = {}
     for s in decay_steps(optim_config, global_batch, num_steps):
         boundaries[s] = boundaries.get(s, 1.0) * factor

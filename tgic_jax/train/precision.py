@@ -10,6 +10,8 @@ docs/BENCHMARKS.md ("LPIPS precision").
 
 from __future__ import annotations
 
+from tgic_jax.config import LossConfig
+
 # Backends with native float64 arithmetic (jax.default_backend() names).
 FLOAT64_PLATFORMS = ("cpu", "gpu", "cuda", "rocm")
 
@@ -29,17 +31,18 @@ def _platform(platform: str | None) -> str:
 
 def lpips_float64(loss_config, platform: str | None = None) -> bool:
     """Whether LPIPS runs in float64: the config asks for it and the backend has it."""
-    asked = bool(loss_config.get("lpips_float64", True))
+    asked = bool(LossConfig.from_config(loss_config).lpips_float64)
     return asked and supports_float64(_platform(platform))
 
 
 def lpips_precision(loss_config, platform: str | None = None) -> str:
     """What `tgic env` shows: 'float64', 'float32', 'float32 (... asked ...)' or 'not used'."""
-    if float(loss_config.get("k_p", 0.0)) <= 0:
+    loss_config = LossConfig.from_config(loss_config)
+    if float(loss_config.k_p) <= 0:
         return "not used (loss.k_p = 0)"
     platform = _platform(platform)
     if lpips_float64(loss_config, platform):
         return "float64"
-    if bool(loss_config.get("lpips_float64", True)):
+    if bool(loss_config.lpips_float64):
         return f"float32 (loss.lpips_float64 asks float64, which {platform} lacks)"
     return "float32"

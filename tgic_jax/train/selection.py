@@ -9,6 +9,7 @@ workdir/best/<name>/, with the evaluation's metrics.json beside its config.json.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -22,6 +23,7 @@ from etils import epath
 
 from tgic_jax.checkpoints import inference
 from tgic_jax.coding.tables import build_tables
+from tgic_jax.config import EvalConfig, TextConfig
 from tgic_jax.evaluation import sets
 from tgic_jax.files import replace_dir
 from tgic_jax.model.layers import Params
@@ -44,10 +46,9 @@ EVAL_COLUMNS = ("step", "epoch", "bpp_real", "bpp_estimate", "psnr_real", "psnr"
 # ----------------------------------------------------------------------------- evaluation
 def eval_set_of(eval_config) -> sets.EvalSet:
     """The images of config.eval's folder (`sets.captioned_folder_set`, as eval.py lists them)."""
+    eval_config = EvalConfig.from_config(eval_config)
     return sets.captioned_folder_set(
-        eval_config.folder,
-        eval_config.get("captions") or "",
-        int(eval_config.get("max_images", 0)),
+        eval_config.folder, eval_config.captions or "", int(eval_config.max_images or 0)
     )
 
 
@@ -75,10 +76,10 @@ def evaluate_and_record(
     the traceback and a line on stderr) and writes no eval.csv row: never a mean over the
     images that happened to work.
     """
-    eval_config = config.eval
+    eval_config = EvalConfig.from_config(config.eval)
     try:
         ev = evaluate_params(model, params, text_encoder, eval_set_of(eval_config), lpips_fn,
-                             int(eval_config.get("images_to_log", 0)))  # fmt: skip
+                             int(eval_config.images_to_log))  # fmt: skip
     except Exception as err:  # reported below; training goes on (see above)
         logging.exception("evaluation at step %d failed", step)
         print(f"[eval] step {step} FAILED, no eval.csv row: {type(err).__name__}: {err}",
@@ -110,9 +111,10 @@ def save_params(
 
     Like every inference checkpoint it carries the integer entropy path (calibrated here).
     """
+    text = TextConfig.from_config(config.text)
     return inference.save_inference(
         path, ModelConfig.from_config(config.model), params,
-        text_config={"width": int(config.model.text_dim), **config.text.to_dict()},
+        text_config={**dataclasses.asdict(text), "width": text.width or int(config.model.text_dim)},
         tables=tables, extra={"train_step": int(step)},
     )  # fmt: skip
 

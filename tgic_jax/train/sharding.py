@@ -12,20 +12,25 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tgic_jax.config import MeshConfig
+
 DATA = "data"
 
 
 def make_mesh(mesh_config=None, devices=None) -> Mesh:
-    """A 1-D mesh with axis `data`; mesh_config.data = number of devices (-1: all)."""
+    """A 1-D mesh with axis `data`; mesh_config.data = number of devices (None: all)."""
     devices = list(jax.devices() if devices is None else devices)
-    n = -1 if mesh_config is None else int(mesh_config.get("data", -1))
-    if n == -1:
+    n = MeshConfig.from_config(mesh_config).data
+    if n is None:
         n = len(devices)
     if n < 1:
-        raise ValueError(f"mesh.data={n}: must be a number of devices (1-{len(devices)}) or -1")
+        raise ValueError(
+            f"mesh.data={n}: must be a number of devices (1-{len(devices)}) or None (all)"
+        )
     if n > len(devices):
         raise ValueError(
-            f"mesh.data={n} but only {len(devices)} devices are visible (mesh.data=-1: all of them)"
+            f"mesh.data={n} but only {len(devices)} devices are visible "
+            "(mesh.data unset: all of them)"
         )
     if n == len(jax.devices()):
         # Auto axes: jax >= 0.8 makes them Explicit by default, under which the model's

@@ -25,6 +25,7 @@ import numpy as np
 from etils import epath
 
 from tgic_jax.checkpoints import inference
+from tgic_jax.config import CkptConfig, RunConfig
 from tgic_jax.model.taco import TACO, ModelConfig
 from tgic_jax.train import (
     cadence,
@@ -72,7 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     with startup:
         # The checks come before anything is written (the workdir included).
         try:
-            mesh = sharding.make_mesh(config.get("mesh"))
+            mesh = sharding.make_mesh(config.mesh)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         global_batch = optim.global_batch_size(config, mesh.size)
@@ -114,11 +115,12 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     host_batch = sharding.local_batch_size(global_batch, mesh)
     changes = config_checks.compare_with_workdir(config, workdir, devices=mesh.size)
     given = config  # what config.json records (the pair sources' epoch size is derived)
+    run = RunConfig.from_config(config)
 
-    precision = config.get("jax_default_matmul_precision")
+    precision = run.jax_default_matmul_precision
     if precision:  # before anything is traced; see docs/RECIPE.md (numerics)
         jax.config.update("jax_default_matmul_precision", precision)
-    if not config.loss.get("weights_confirmed", True):
+    if not run.loss.weights_confirmed:
         logging.warning("loss.lmbda=%g: (k_p, k_j)=(%g, %g) are not confirmed by the authors",
                         config.loss.lmbda, config.loss.k_p, config.loss.k_j)  # fmt: skip
 
@@ -126,6 +128,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     pairs, items = inputs
     if pairs is not None:
         config = optim.with_epoch_size(config, len(pairs))
+        run = RunConfig.from_config(config)
         announce(f"epoch: {len(pairs)} (image, caption) pairs, "
                  f"{optim.steps_per_epoch(config.optim, global_batch)} steps")  # fmt: skip
     num_steps = optim.total_steps(config, global_batch)
@@ -134,20 +137,20 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     from tgic_jax.train import losses  # heavy (LPIPS, transformers)
 
     model = TACO(ModelConfig.from_config(config.model))
-    text_encoder = input_pipeline.build_text_encoder(config.text, config.model.text_dim)
+    text_encoder = input_pipeline.build_text_encoder(run.text, config.model.text_dim)
     clip_model, clip_text_fn = None, None
-    if float(config.loss.k_j) > 0:  # validate: text.encoder is "clip"
-        clip_model = losses.build_clip(config.loss.clip_path)
+    if float(run.loss.k_j) > 0:  # validate: text.encoder is "clip"
+        clip_model = losses.build_clip(run.loss.clip_path)
         clip_text_fn = functools.partial(losses.clip_text_embeddings, clip_model)
-    loss_fn, frozen = losses.build_loss(config.loss, clip_model=clip_model)
+    loss_fn, frozen = losses.build_loss(run.loss, clip_model=clip_model)
     frozen = sharding.put_replicated({**frozen, "text": text_encoder.params}, mesh)
-    optimizer = optim.make_optimizer(config.optim)
+    optimizer = optim.make_optimizer(run.optim)
 
     # State: restored from the workdir's newest checkpoint that restores, else fresh.
     distributed.sync_hosts("tgic_jax/start")  # orbax's first barrier is a collective: meet first
     manager = _checkpoint_manager(config, workdir)
     state, state_shardings, abstract = train_state.init_sharded_state(
-        model, optimizer, int(config.seed), mesh, config.get("mesh")
+        model, optimizer, int(config.seed), mesh, run.mesh
     )
     if manager.all_steps():
         del state
@@ -156,12 +159,12 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     # Input: this host's share of every global batch, captions tokenized on the host.
     if pairs is not None:  # order from (seed, epoch): resumes exactly at start_step
         ds = input_pipeline.pairs_dataset(
-            config.input, pairs, global_batch, host_batch, int(config.seed), start_step,
+            run.input, pairs, global_batch, host_batch, int(run.seed), start_step,
             jax.process_index(),
         )  # fmt: skip
     else:  # order from (seed, step) too: resumes exactly at start_step
         ds = input_pipeline.make_dataset(
-            config.input, host_batch, seed=int(config.seed), process_index=jax.process_index(),
+            run.input, host_batch, seed=int(run.seed), process_index=jax.process_index(),
             process_count=jax.process_count(), start_step=start_step, items=items,
         )  # fmt: skip
     batches = input_pipeline.tokenize_batches(ds, text_encoder)
@@ -174,8 +177,8 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     # An optional wall-clock budget for the whole run (the demo's), compile included: the
     # plan fits the schedule into it (process 0's estimate on every host), and StopAgreement
     # stops every host at the same step should it still run out.
-    budget_s = float(config.get("train_time_limit_minutes", 0) or 0) * 60
-    plan = optim.BudgetPlan(config.optim, global_batch, num_steps, budget_s, begun)
+    budget_s = float(run.train_time_limit_minutes or 0) * 60
+    plan = optim.BudgetPlan(run.optim, global_batch, num_steps, budget_s, begun)
 
     # Compile before the first step, then meet: hosts finish compiling minutes apart under
     # load, and the first collective would otherwise time out (see
@@ -183,7 +186,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     # in a thread.
     prefetch = throughput.Prefetcher(
         batches, functools.partial(sharding.make_global_batch, mesh),
-        depth=int(config.input.get("prefetch_batches", 2)),
+        depth=int(run.input.prefetch_batches),
     )  # fmt: skip
     global_batches = prefetch
     if start_step < num_steps:
@@ -203,13 +206,12 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     startup.close()
     # From here SIGINT / SIGTERM save the current step, then stop.
     stop = StopAgreement(manager, budget_s, begun)
-    log_every = max(1, int(config.get("log_every_steps", 100)))
-    checkpoint_every = max(1, int(config.ckpt.every_steps))
-    eval_config = config.get("eval")
-    has_eval = bool(eval_config and eval_config.get("folder"))
-    eval_every = int(eval_config.get("every_steps", 0)) if has_eval else 0
-    spe = optim.steps_per_epoch(config.optim, global_batch)
-    eval_epochs = int(eval_config.get("every_epochs", 0)) if has_eval else 0
+    log_every = max(1, int(run.log_every_steps))
+    checkpoint_every = max(1, int(run.ckpt.every_steps))
+    has_eval = bool(run.eval.folder)
+    eval_every = int(run.eval.every_steps) if has_eval else 0
+    spe = optim.steps_per_epoch(run.optim, global_batch)
+    eval_epochs = int(run.eval.every_epochs) if has_eval else 0
     # One rule decides every "is it time" (`cadence`); the last step always logs and, when
     # the run evaluates at all, evaluates. Orbax saves whatever the loop asks (interval 1).
     log_due = cadence.Cadence.every(steps=log_every, at_last=True)
@@ -295,9 +297,9 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
 
 
 def _checkpoint_manager(config, workdir):
-    return checkpoint.train_checkpoint_manager(
-        workdir, 1, config.ckpt.keep, config.ckpt.get("use_async", True)
-    )  # every_steps=1: the loop's `checkpoint_due` is the one rule of when to save
+    ckpt = CkptConfig.from_config(config.ckpt)
+    # every_steps=1: the loop's `checkpoint_due` is the one rule of when to save
+    return checkpoint.train_checkpoint_manager(workdir, 1, ckpt.keep, ckpt.use_async)
 
 
 def _resume(config, workdir, manager, abstract):
@@ -346,5 +348,7 @@ def _throughput_instruments(config, step_fn, global_batch: int, mesh, workdir):
         announce(f"train step per device: {gflop}, {gib} (XLA), "
                  f"{jax.devices()[0].device_kind}, {peak_text}")  # fmt: skip
     meter = throughput.ThroughputMeter(global_batch, mesh.size, flops, peak)
-    profiler = throughput.StepProfiler(config.get("profile_steps", ""), workdir / "tensorboard")
+    profiler = throughput.StepProfiler(
+        RunConfig.from_config(config).profile_steps, workdir / "tensorboard"
+    )
     return meter, profiler

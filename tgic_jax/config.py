@@ -1,0 +1,258 @@
+"""The typed config of a training run: one frozen dataclass per section of configs/base.py.
+
+`RunConfig.from_config(config)` turns the ConfigDict that train.py / eval.py load into these
+dataclasses at start-up; each module then takes its own section (`optim.make_optimizer`
+takes an `OptimConfig`, ...). A key that no section declares is an error in one line that
+names the closest known key, wherever it is read. The defaults here are configs/base.py's
+(tests/test_configs.py holds them equal); `None` means "nothing set".
+
+The model's section is `tgic_jax.model.taco.ModelConfig` (the model's own interface).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+# Keys renamed since older runs wrote their config.json: old dotted name -> new one.
+RENAMED = {"optim.train_images": "optim.epoch_pairs"}
+# Keys whose "nothing set" older configs wrote as -1 (now None).
+MINUS_ONE_IS_NONE = ("total_steps", "mesh.data")
+
+
+class ConfigKeyError(ValueError):
+    """A key no section declares (the message is one line naming the closest known key)."""
+
+
+def closest(key: str, known) -> str:
+    """`key` is not a config key; did you mean ...? (one line)."""
+    match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+    hint = f"; did you mean {match[0]!r}?" if match else f" (known: {', '.join(sorted(known))})"
+    return f"unknown config key {key!r}{hint}"
+
+
+def _plain(value):
+    """A ConfigDict / FieldReference / list value as the dataclass holds it."""
+    if hasattr(value, "get") and hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _items(section) -> dict[str, Any]:
+    if section is None:
+        return {}
+    if dataclasses.is_dataclass(section):
+        return dataclasses.asdict(section)
+    if hasattr(section, "to_dict"):
+        return section.to_dict()
+    if isinstance(section, Mapping):
+        return dict(section)
+    raise TypeError(f"a config section must be a mapping, not {type(section).__name__}")
+
+
+class Section:
+    """from_config for the dataclass sections below."""
+
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def from_config(cls, section):
+        """This section from a ConfigDict / dict / the dataclass itself; unknown key: error."""
+        if isinstance(section, cls):
+            return section
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        # An old name (optim.train_images) is read after the new one: only an older config or
+        # an explicit setting holds it, and then it is the value meant.
+        items = sorted(_items(section).items(), key=lambda kv: f"{cls.name}.{kv[0]}" in RENAMED)
+        for key, value in items:
+            dotted = f"{cls.name}.{key}" if cls.name else key
+            key = RENAMED.get(dotted, dotted).rpartition(".")[2] if cls.name else key
+            if key not in fields:
+                raise ConfigKeyError(closest(dotted, [f"{cls.name}.{f}" for f in fields]))
+            if dotted in MINUS_ONE_IS_NONE and value == -1:
+                value = None
+            values[key] = _plain(value)
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig(Section):
+    """config.text: the frozen text encoder of the conditioning text."""
+
+    name: ClassVar[str] = "text"
+    encoder: str = "clip"  # 'clip', 'minilm' or 'random' (tests)
+    path: str = "openai/clip-vit-base-patch32"  # weights; "" the encoder's default
+    max_length: int = 38  # tokens
+    width: int | None = None  # 'random' only: the states' width
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig(Section):
+    """config.loss: rate + lmbda * MSE + k_p * LPIPS + k_j * joint image-text term."""
+
+    name: ClassVar[str] = "loss"
+    lmbda: float = 0.0004
+    k_p: float = 3.5
+    k_j: float = 0.0025
+    weights_confirmed: bool = True
+    lpips_input_range: str = "minus_one_one"
+    lpips_float64: bool = True
+    clip_path: str = "openai/clip-vit-base-patch32"
+    clip_embed_weight: float = 40.0
+    clip_logit_scale_log: float = 2.6592
+    joint_group_size: int = 8  # images per joint-term group
+    clip_resize_method: str = "linear"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(Section):
+    """config.optim: Adam on the main and aux parameters, the epoch and its decay."""
+
+    name: ClassVar[str] = "optim"
+    learning_rate: float = 1e-4
+    aux_learning_rate: float = 1e-3
+    grad_clip_norm: float = 1.0
+    epochs: int = 50
+    decay_epochs: tuple[int, ...] = (45, 48)
+    decay_factor: float = 0.1
+    epoch_pairs: int = 414_113  # (image, caption) pairs in an epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig(Section):
+    """config.input: the training data."""
+
+    name: ClassVar[str] = "input"
+    source: str = "coco_files"
+    tfds_name: str = "coco_captions"
+    tfds_split: str = "train"
+    data_dir: str = ""
+    folder: str = ""
+    captions: str = ""
+    pairs: bool = False
+    max_images: int | None = None
+    min_short_side: int = 256  # pixels
+    cache: bool = False
+    crop_size: int = 256  # pixels
+    batch_size_per_device: int = 8
+    shuffle_buffer: int = 2_000
+    workers: int | None = None  # None: min(32, CPUs)
+    prefetch_batches: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class CkptConfig(Section):
+    """config.ckpt: how often checkpoints are written and how many are kept."""
+
+    name: ClassVar[str] = "ckpt"
+    every_steps: int = 5_000
+    keep: int = 3
+    use_async: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Section):
+    """config.eval: the images of per-epoch evaluation and checkpoint selection."""
+
+    name: ClassVar[str] = "eval"
+    folder: str = ""
+    captions: str = ""
+    every_steps: int = 0
+    every_epochs: int = 0
+    max_images: int | None = None
+    images_to_log: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(Section):
+    """config.mesh: devices on the data axis (None: all)."""
+
+    name: ClassVar[str] = "mesh"
+    data: int | None = None
+
+
+SECTIONS = {
+    s.name: s
+    for s in (TextConfig, LossConfig, OptimConfig, InputConfig, CkptConfig, EvalConfig, MeshConfig)
+}
+# Top-level keys (not sections) with their defaults.
+TOP_LEVEL = {
+    "seed": 0,
+    "total_steps": None,
+    "train_time_limit_minutes": 0.0,
+    "jax_default_matmul_precision": None,
+    "log_every_steps": 100,
+    "profile_steps": "",
+}
+MODEL_KEYS = ("N", "M", "slices", "text_dim", "heads", "compute_dtype")
+
+
+def known_keys() -> list[str]:
+    """Every dotted key a config may hold."""
+    keys = list(TOP_LEVEL) + [f"model.{k}" for k in MODEL_KEYS]
+    for name, cls in SECTIONS.items():
+        keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def check_keys(config) -> None:
+    """Raises ConfigKeyError (one line, the closest known key) for a key no section declares."""
+    known = set(known_keys())
+    for key, value in _items(config).items():
+        if key in SECTIONS or key == "model":
+            for sub in _items(value):
+                dotted = RENAMED.get(f"{key}.{sub}", f"{key}.{sub}")
+                if dotted not in known:
+                    raise ConfigKeyError(closest(dotted, known))
+        elif key not in TOP_LEVEL:
+            raise ConfigKeyError(closest(key, known))
+
+
+def upgrade(tree: dict) -> dict:
+    """An older run's config.json (a dict) in today's names: renamed keys, -1 as None."""
+    tree = {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
+    for old, new in RENAMED.items():
+        (sec, _, key), (_, _, new_key) = old.partition("."), new.partition(".")
+        if isinstance(tree.get(sec), dict) and key in tree[sec]:
+            tree[sec][new_key] = tree[sec].pop(key)  # the old name wins, as in from_config
+    for dotted in MINUS_ONE_IS_NONE:
+        sec, _, key = dotted.rpartition(".")
+        holder = tree.get(sec) if sec else tree
+        if isinstance(holder, dict) and holder.get(key) == -1:
+            holder[key] = None
+    return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The whole run's config, typed: the top-level keys and one dataclass per section."""
+
+    text: TextConfig
+    loss: LossConfig
+    optim: OptimConfig
+    input: InputConfig
+    ckpt: CkptConfig
+    eval: EvalConfig
+    mesh: MeshConfig
+    seed: int = 0
+    total_steps: int | None = None  # None: epochs x steps per epoch
+    train_time_limit_minutes: float = 0.0  # 0: none
+    jax_default_matmul_precision: str | None = None
+    log_every_steps: int = 100
+    profile_steps: str = ""
+
+    @classmethod
+    def from_config(cls, config) -> RunConfig:
+        """Every section typed (the model's stays config.model: ModelConfig takes it)."""
+        check_keys(config)
+        items = _items(config)
+        top = {k: items[k] for k in TOP_LEVEL if k in items}
+        if top.get("total_steps") == -1:
+            top["total_steps"] = None
+        sections = {n: s.from_config(items.get(n)) for n, s in SECTIONS.items()}
+        return cls(**sections, **top)
