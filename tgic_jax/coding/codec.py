@@ -229,6 +229,16 @@ class Coder:
             y_in.append(y_in_i)
         return sym_slices, mean_slices
 
+    def _entropy_path(self, z_sym, symbols: Callable, clock: _Clock):
+        """h_s, then the slice loop: what both sides run from z's symbols (integer or float)."""
+        with clock("networks"):
+            if self.integer:
+                hyper = self._run("hyper_int", z_sym)
+            else:
+                hyper = self._run("hyper", z_sym, self.medians)
+        loop = self._slices_integer if self.integer else self._slices
+        return loop(hyper, symbols, clock)
+
     def decode_y_hat(self, data: bytes) -> np.ndarray:
         """The file's y_hat [1, h, w, M], what g_s reads (integer path: float64, exact)."""
         c = self._check_file(data)
@@ -290,15 +300,7 @@ class Coder:
             y_enc.encode(sym[0][positions] - offset[k], k)
             return sym
 
-        with clock("networks"):
-            if self.integer:
-                hyper = self._run("hyper_int", z_sym)
-            else:
-                hyper = self._run("hyper", z_sym, self.medians)
-        if self.integer:
-            y_hat_slices = self._slices_integer(hyper, write, clock)
-        else:
-            y_hat_slices = self._slices(hyper, write, clock)
+        y_hat_slices = self._entropy_path(z_sym, write, clock)
         with clock("entropy_coding"):
             y_bytes = y_enc.finish()
             zh, zw = _latent_hw(height, width)
@@ -405,15 +407,7 @@ class Coder:
                 sym[0][positions] = s
                 return sym
 
-            with clock("networks"):
-                if self.integer:
-                    hyper = self._run("hyper_int", z_sym)
-                else:
-                    hyper = self._run("hyper", z_sym, self.medians)
-            if self.integer:
-                y_hat_slices = self._slices_integer(hyper, read, clock)
-            else:
-                y_hat_slices = self._slices(hyper, read, clock)
+            y_hat_slices = self._entropy_path(z_sym, read, clock)
             with clock("entropy_coding"):
                 if not y_dec.finish():
                     raise BitstreamError("y stream is damaged or ends before its symbols")
