@@ -63,10 +63,11 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 flags.DEFINE_bool("verbose", False, "Also print the config and the libraries' log lines.")
 flags.DEFINE_bool(
-    "compile_cache", True,
+    "compile_cache",
+    True,
     "Keep compiled programs between runs: $JAX_COMPILATION_CACHE_DIR, else "
     "~/.cache/tgic_jax/jax_cache (TGIC_JAX_CACHE=off or --nocompile_cache: none).",
-)  # fmt: skip
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -91,8 +92,10 @@ def _quiet_libraries() -> None:
     default_hook = sys.unraisablehook
 
     def unraisable(event):
-        if not (isinstance(event.exc_value, RuntimeError)
-                and str(event.exc_value) == "Event loop is closed"):  # fmt: skip
+        if not (
+            isinstance(event.exc_value, RuntimeError)
+            and str(event.exc_value) == "Event loop is closed"
+        ):
             default_hook(event)
 
     sys.unraisablehook = unraisable
@@ -128,8 +131,7 @@ def parse_flags(argv):
         # is the error itself.
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         where = "--config: " if isinstance(err, OSError) else ""
-        print(f"train.py: error: {where}{lines[-1] if lines else err}", file=sys.stderr,
-              flush=True)  # fmt: skip
+        print(f"train.py: error: {where}{lines[-1] if lines else err}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
@@ -163,8 +165,11 @@ def main(argv):
             sys.unraisablehook = lambda unraisable: None
         sys.exit(err.exit_code)
     except KeyboardInterrupt:  # before training started: nothing to save
-        print("train.py: interrupted before training started; nothing to save",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            "train.py: interrupted before training started; nothing to save",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(130)
 
 

@@ -36,9 +36,13 @@ def _sizes(sd: dict) -> types.SimpleNamespace:
         slices.append(sd[f"local_context.{i}.weight"].shape[1])
         i += 1
     return types.SimpleNamespace(
-        N=sd["entropy_bottleneck.quantiles"].shape[0], M=sum(slices), slice_num=len(slices),
-        context_window=5, slice_ch=slices, quant="ste",
-    )  # fmt: skip
+        N=sd["entropy_bottleneck.quantiles"].shape[0],
+        M=sum(slices),
+        slice_num=len(slices),
+        context_window=5,
+        slice_ch=slices,
+        quant="ste",
+    )
 
 
 def _load_their_model(repo: str, seed: int, state_dict_in: str | None = None):
@@ -85,8 +89,10 @@ def main() -> None:
     if args.state_dict_in:  # what they loaded, as read back from their model
         assert all(np.array_equal(sd[k], v) for k, v in np.load(args.state_dict_in).items())
     np.savez(args.state_dict, **sd)
-    print(json.dumps({"ready": True, "torch": torch.__version__,
-                      "threads": torch.get_num_threads()}), flush=True)  # fmt: skip
+    print(
+        json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}),
+        flush=True,
+    )
     for line in sys.stdin:
         path = line.strip()
         if not path:
@@ -104,8 +110,10 @@ def main() -> None:
         z_bytes = sum(len(s) for s in out["strings"][1])
         x_hat = rec["x_hat"].clamp(0, 1).numpy()
         np.save(path + ".x_hat.npy", x_hat)
-        print(json.dumps({"encode": t_enc, "decode": t_dec, "y_bytes": y_bytes,
-                          "z_bytes": z_bytes}), flush=True)  # fmt: skip
+        print(
+            json.dumps({"encode": t_enc, "decode": t_dec, "y_bytes": y_bytes, "z_bytes": z_bytes}),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

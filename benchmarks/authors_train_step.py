@@ -51,8 +51,9 @@ def main() -> None:
         aux_opt.zero_grad()
         out = model(x, text)
         pixels = a.batch * 256 * 256
-        bpp = sum(torch.log(lik).sum() / (-math.log(2) * pixels)
-                  for lik in out["likelihoods"].values())  # fmt: skip
+        bpp = sum(
+            torch.log(lik).sum() / (-math.log(2) * pixels) for lik in out["likelihoods"].values()
+        )
         loss = lmbda * 255**2 * torch.mean((out["x_hat"] - x) ** 2) + bpp
         loss.backward()
         opt.step()
@@ -77,9 +78,14 @@ def main() -> None:
     times.sort()
     median = times[len(times) // 2]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    r = {"batch": a.batch, "step_ms": round(1e3 * median, 1),
-         "images_per_second": round(a.batch / median, 2), "loss": loss, "device": device,
-         "peak_gib": None if peak is None else round(peak, 2)}  # fmt: skip
+    r = {
+        "batch": a.batch,
+        "step_ms": round(1e3 * median, 1),
+        "images_per_second": round(a.batch / median, 2),
+        "loss": loss,
+        "device": device,
+        "peak_gib": None if peak is None else round(peak, 2),
+    }
     print(
         f"authors' step (rate + MSE), batch {a.batch}: {r['images_per_second']} images/s, "
         f"{r['step_ms']} ms/step, peak {r['peak_gib']} GiB, {device}, torch {torch.__version__}"

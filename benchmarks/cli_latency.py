@@ -82,8 +82,11 @@ def run_cli(argv: list[str], cache: Path, importtime: bool = False) -> tuple[flo
         if line.startswith("timings: "):
             timings = json.loads(line[len("timings: ") :])
     if importtime:  # lines "import time: self | cumulative | [spaces]package"
-        top = {ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines()
-               if ln.startswith("import time:")}  # fmt: skip
+        top = {
+            ln.rsplit("|", 1)[-1].strip()
+            for ln in proc.stderr.splitlines()
+            if ln.startswith("import time:")
+        }
         timings["imported"] = sorted(top & {"tensorflow", "keras", "torch"})
     return wall, timings
 
@@ -103,8 +106,16 @@ def main() -> None:
     text = work / f"text_{args.model}.npy"
     tgic = work / "k.tgic"
     png = work / "k.png"
-    compress = ["compress", args.image, "--text-embeddings", str(text),
-                "--checkpoint", str(ckpt), "-o", str(tgic)]  # fmt: skip
+    compress = [
+        "compress",
+        args.image,
+        "--text-embeddings",
+        str(text),
+        "--checkpoint",
+        str(ckpt),
+        "-o",
+        str(tgic),
+    ]
     decompress = ["decompress", str(tgic), "--checkpoint", str(ckpt), "-o", str(png)]
 
     results: dict[str, list[tuple[float, dict]]] = {}
@@ -120,12 +131,16 @@ def main() -> None:
 
     for command, argv in (("compress", compress), ("decompress", decompress)):
         _, t = run_cli(argv, cache, importtime=True)
-        print(f"{command} (one more call, -X importtime): imported {t['imported'] or 'none'} "
-              "of tensorflow, keras, torch")  # fmt: skip
+        print(
+            f"{command} (one more call, -X importtime): imported {t['imported'] or 'none'} "
+            "of tensorflow, keras, torch"
+        )
 
     load = os.getloadavg()[0]
-    print(f"\nmodel {args.model} ({SIZES[args.model]}), image {args.image}, "
-          f"{os.cpu_count()} CPUs, load average {load:.1f}; medians of {args.runs}")  # fmt: skip
+    print(
+        f"\nmodel {args.model} ({SIZES[args.model]}), image {args.image}, "
+        f"{os.cpu_count()} CPUs, load average {load:.1f}; medians of {args.runs}"
+    )
     for command in ("compress", "decompress"):
         cold = statistics.median(w for w, _ in results[f"{command} cold"])
         warm = statistics.median(w for w, _ in results[f"{command} warm"])

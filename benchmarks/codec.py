@@ -90,10 +90,21 @@ class AuthorsCodec:
         self._io = str(Path(workdir) / "authors_io.npz")
         extra = ["--state-dict-in", state_dict_in] if state_dict_in else []
         self._proc = subprocess.Popen(
-            [python, str(REPO / "benchmarks" / "authors_codec.py"), "--repo", repo,
-             "--state-dict", self.state_dict, "--seed", str(seed), *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                python,
+                str(REPO / "benchmarks" / "authors_codec.py"),
+                "--repo",
+                repo,
+                "--state-dict",
+                self.state_dict,
+                "--seed",
+                str(seed),
+                *extra,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -123,9 +134,11 @@ def _summary(name: str, ours: list[float], theirs: list[float]) -> str:
     mo, mt = statistics.median(ours), statistics.median(theirs)
     ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
     span = lambda t: f"{1e3 * min(t):.0f}-{1e3 * max(t):.0f}"
-    return (f"{name}: ours {1e3 * mo:6.0f} ms (range {span(ours)}), authors {1e3 * mt:6.0f} ms "
-            f"(range {span(theirs)}); ours / authors = {mo / mt:.2f}x "
-            f"(per-run ratios {ratios[0]:.2f}-{ratios[-1]:.2f})")  # fmt: skip
+    return (
+        f"{name}: ours {1e3 * mo:6.0f} ms (range {span(ours)}), authors {1e3 * mt:6.0f} ms "
+        f"(range {span(theirs)}); ours / authors = {mo / mt:.2f}x "
+        f"(per-run ratios {ratios[0]:.2f}-{ratios[-1]:.2f})"
+    )
 
 
 def compare_with_authors(args, image: np.ndarray) -> None:
@@ -140,9 +153,11 @@ def compare_with_authors(args, image: np.ndarray) -> None:
             text = np.random.default_rng(1).normal(size=(38, model.config.text_dim))
             text = text.astype(np.float32)
             h, w = image.shape[:2]
-            print(f"paper-size model, the authors' random init (torch {theirs.info['torch']}, "
-                  f"{theirs.info['threads']} threads) converted to ours; image {w} x {h}; "
-                  f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+            print(
+                f"paper-size model, the authors' random init (torch {theirs.info['torch']}, "
+                f"{theirs.info['threads']} threads) converted to ours; image {w} x {h}; "
+                f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+            )
             coder = codec.Coder(model, variables)
             t0 = time.perf_counter()
             r = coder.encode([image], [text])[0]
@@ -169,9 +184,11 @@ def compare_with_authors(args, image: np.ndarray) -> None:
     their_payload = out["y_bytes"] + out["z_bytes"]
     diff = np.clip(x_ours, 0, 1).astype(np.float64) - out["x_hat"]
     psnr = -10 * np.log10(max(np.mean(diff**2), 1e-20))
-    print(f"payload: ours {ours_payload} B + header {r.header_bytes} B, authors {their_payload} B "
-          f"({ours_payload / their_payload:.4f}x); our decoded image vs theirs: "
-          f"{psnr:.1f} dB PSNR, max |diff| {np.abs(diff).max():.2e}")  # fmt: skip
+    print(
+        f"payload: ours {ours_payload} B + header {r.header_bytes} B, authors {their_payload} B "
+        f"({ours_payload / their_payload:.4f}x); our decoded image vs theirs: "
+        f"{psnr:.1f} dB PSNR, max |diff| {np.abs(diff).max():.2e}"
+    )
     print(f"{args.runs} runs each, interleaved; load average now {os.getloadavg()[0]:.1f}")
     print(_summary("encode", times["ours_enc"], times["theirs_enc"]))
     print(_summary("decode", times["ours_dec"], times["theirs_dec"]))
@@ -185,12 +202,15 @@ def compare_bytes(args) -> None:
     coder = codec.Coder(model, variables)
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
-        theirs = AuthorsCodec(args.authors_repo, args.authors_python, tmp,
-                              state_dict_in=args.authors_state_dict)  # fmt: skip
+        theirs = AuthorsCodec(
+            args.authors_repo, args.authors_python, tmp, state_dict_in=args.authors_state_dict
+        )
         try:
             cfg = model.config
-            print(f"model N={cfg.N} M={cfg.M} slices={list(cfg.slices)} "
-                  f"text {cfg.text_dim}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+            print(
+                f"model N={cfg.N} M={cfg.M} slices={list(cfg.slices)} "
+                f"text {cfg.text_dim}; load average {os.getloadavg()[0]:.1f}"
+            )
             total_ours = total_theirs = 0
             for path in args.images:
                 image = image_io.load_image(path)[0]
@@ -202,13 +222,17 @@ def compare_bytes(args) -> None:
                 total_ours, total_theirs = total_ours + ours, total_theirs + their
                 h, w = image.shape[:2]
                 diff = np.abs(x_ours - out["x_hat"])
-                print(f"{Path(path).name} {w}x{h}: ours {ours} B (y {r.payload_bytes['y']}, "
-                      f"z {r.payload_bytes['z']}) + header {r.header_bytes} B; authors {their} B "
-                      f"(y {out['y_bytes']}, z {out['z_bytes']}); ours/theirs {ours / their:.4f}x "
-                      f"payload, {(ours + r.header_bytes) / their:.4f}x with header; "
-                      f"max |x_hat diff| {diff.max():.1e}")  # fmt: skip
-            print(f"total: ours {total_ours} B, authors {total_theirs} B "
-                  f"({total_ours / total_theirs:.4f}x payload)")  # fmt: skip
+                print(
+                    f"{Path(path).name} {w}x{h}: ours {ours} B (y {r.payload_bytes['y']}, "
+                    f"z {r.payload_bytes['z']}) + header {r.header_bytes} B; authors {their} B "
+                    f"(y {out['y_bytes']}, z {out['z_bytes']}); ours/theirs {ours / their:.4f}x "
+                    f"payload, {(ours + r.header_bytes) / their:.4f}x with header; "
+                    f"max |x_hat diff| {diff.max():.1e}"
+                )
+            print(
+                f"total: ours {total_ours} B, authors {total_theirs} B "
+                f"({total_ours / total_theirs:.4f}x payload)"
+            )
         finally:
             theirs.close()
 
@@ -220,8 +244,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--small", action="store_true", help="tiny model (a smoke run)")
     ap.add_argument("--authors-repo", help="a checkout of the authors' TACO: time theirs too")
-    ap.add_argument("--authors-python", default=os.environ.get("AUTHORS_PYTHON", "python3"),
-                    help="python of an environment with torch and compressai==1.2.8")  # fmt: skip
+    ap.add_argument(
+        "--authors-python",
+        default=os.environ.get("AUTHORS_PYTHON", "python3"),
+        help="python of an environment with torch and compressai==1.2.8",
+    )
     ap.add_argument(
         "--authors-state-dict", help="with --authors-repo: compare bytes on these weights"
     )
@@ -244,8 +271,10 @@ def main() -> None:
     image, _ = image_io.load_image(args.image)
     text = np.random.default_rng(1).normal(size=(38, cfg.text_dim)).astype(np.float32)
     h, w = image.shape[:2]
-    print(f"model N={cfg.N} M={cfg.M} slices={list(cfg.slices)}; image {w} x {h}; "
-          f"device {jax.devices()[0].platform}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"model N={cfg.N} M={cfg.M} slices={list(cfg.slices)}; image {w} x {h}; "
+        f"device {jax.devices()[0].platform}, {os.cpu_count()} CPUs"
+    )
 
     coder = codec.Coder(model, variables)
     t0 = time.perf_counter()
@@ -264,14 +293,18 @@ def main() -> None:
 
     symbols = (h + (-h % 64)) * (w + (-w % 64)) // 256 * cfg.M
     symbols += (h + (-h % 64)) * (w + (-w % 64)) // 4096 * cfg.N
-    print(f"file: {len(r.data)} bytes = {r.bpp:.4f} bpp (payload {r.payload_bytes}, "
-          f"header {r.header_bytes} B); {symbols} symbols")  # fmt: skip
+    print(
+        f"file: {len(r.data)} bytes = {r.bpp:.4f} bpp (payload {r.payload_bytes}, "
+        f"header {r.header_bytes} B); {symbols} symbols"
+    )
     for name, runs in (("encode", enc), ("decode", dec)):
         total = statistics.median(t for t, _ in runs)
         net = statistics.median(t["networks"] for _, t in runs)
         code = statistics.median(t["entropy_coding"] for _, t in runs)
-        print(f"{name}: {1e3 * total:7.0f} ms  (networks {1e3 * net:6.0f} ms, entropy coding "
-              f"{1e3 * code:5.0f} ms = {symbols / code / 1e6:5.2f} M symbols/s)")  # fmt: skip
+        print(
+            f"{name}: {1e3 * total:7.0f} ms  (networks {1e3 * net:6.0f} ms, entropy coding "
+            f"{1e3 * code:5.0f} ms = {symbols / code / 1e6:5.2f} M symbols/s)"
+        )
 
 
 if __name__ == "__main__":

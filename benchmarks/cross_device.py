@@ -76,8 +76,10 @@ def decode(work: Path) -> int:
                 continue
             same = np.array_equal(y_hat, ref[f"y{k}"])
             diff = float(np.abs(x_hat - ref[f"x{k}"]).max())
-            print(f"{name}: version {data[4]}, y_hat {'identical' if same else 'DIFFERENT'}, "
-                  f"image max difference {diff:.2e}")  # fmt: skip
+            print(
+                f"{name}: version {data[4]}, y_hat {'identical' if same else 'DIFFERENT'}, "
+                f"image max difference {diff:.2e}"
+            )
             failed += not same
     return 1 if failed else 0
 

@@ -54,8 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     args = ap.parse_args()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=str(REPO))  # fmt: skip
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
     child = _CHILD.format(bench=str(REPO / "benchmarks"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,8 +65,11 @@ def main() -> None:
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"{size} x {size}: peak RSS {r['peak_bytes'] / 2**30:.2f} GiB, "
-                  f"decode {r['seconds']:.1f} s (compile included)", flush=True)  # fmt: skip
+            print(
+                f"{size} x {size}: peak RSS {r['peak_bytes'] / 2**30:.2f} GiB, "
+                f"decode {r['seconds']:.1f} s (compile included)",
+                flush=True,
+            )
     pixels = np.array([r["size"] ** 2 for r in rows], np.float64)
     peak = np.array([r["peak_bytes"] for r in rows], np.float64)
     b, a = np.polyfit(pixels, peak, 1)

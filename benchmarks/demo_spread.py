@@ -88,8 +88,10 @@ def run_draw(draw: str, out: Path) -> dict:
         neighbours = []
         if draw == "loaded":
             one_thread = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-            neighbours = [subprocess.Popen([sys.executable, "-c", _LOAD], env=one_thread)
-                          for _ in range(os.cpu_count() or 2)]  # fmt: skip
+            neighbours = [
+                subprocess.Popen([sys.executable, "-c", _LOAD], env=one_thread)
+                for _ in range(os.cpu_count() or 2)
+            ]
         try:
             with open(f"{out}.log", "w") as log:
                 rc = subprocess.call(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -131,8 +133,10 @@ def main(argv=None) -> int:
             f"| {m['jpeg_psnr']:.2f} | {m['jpeg_lpips']:.4f} | {d_db:+.2f} | {d_lp:+.4f} "
             f"| {'holds' if ok else 'fails'} |"
         )
-    spread = {k: max(m[k] for m in means.values()) - min(m[k] for m in means.values())
-              for k in ("bpp", "psnr", "lpips")}  # fmt: skip
+    spread = {
+        k: max(m[k] for m in means.values()) - min(m[k] for m in means.values())
+        for k in ("bpp", "psnr", "lpips")
+    }
     print(
         f"\nspread over {len(means)} draws: {spread['bpp']:.4f} bpp, {spread['psnr']:.2f} dB, "
         f"LPIPS {spread['lpips']:.4f}; the bar holds in {passed} of {len(means)}"

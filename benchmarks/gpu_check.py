@@ -64,10 +64,24 @@ def build_wheels(out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
     for req, _ in WHEELS:
-        cmd = pip + ["download", "--no-deps", "--only-binary=:all:", "--python-version",
-                     "3.12", "--platform", "manylinux2014_x86_64", "--platform",
-                     "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
-                     "--platform", "any", "-d", str(out), req]  # fmt: skip
+        cmd = pip + [
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--platform",
+            "manylinux2014_x86_64",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "any",
+            "-d",
+            str(out),
+            req,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"{' '.join(cmd)}:\n{proc.stderr[-2000:]}")
@@ -166,25 +180,32 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
                 train_step.make_train_step(model, loss_fn, optimizer), mesh, shardings
             )
             td = int(config.model.text_dim)
-            host = {"image": rng.random((batch, crop, crop, 3), np.float32),
-                    "text": rng.standard_normal((batch, 38, td), np.float32)}  # fmt: skip
+            host = {
+                "image": rng.random((batch, crop, crop, 3), np.float32),
+                "text": rng.standard_normal((batch, 38, td), np.float32),
+            }
             if config.loss.k_j > 0:
                 emb = rng.standard_normal((batch, 512)).astype(np.float32)
                 host["clip_text"] = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
-            print(f"set up {dtype} batch {batch} ({time.perf_counter() - begun:.0f} s)",
-                  flush=True)  # fmt: skip
+            print(f"set up {dtype} batch {batch} ({time.perf_counter() - begun:.0f} s)", flush=True)
             cases[(dtype, batch)] = dict(
-                abstract=abstract, frozen=sharding.put_replicated(frozen, mesh), step=step,
+                abstract=abstract,
+                frozen=sharding.put_replicated(frozen, mesh),
+                step=step,
                 data=sharding.make_global_batch(mesh, host),
                 lr=np.float32(config.optim.learning_rate),
-                crop=crop, terms="rate+MSE+LPIPS" + ("+CLIP" if config.loss.k_j > 0 else ""),
-            )  # fmt: skip
+                crop=crop,
+                terms="rate+MSE+LPIPS" + ("+CLIP" if config.loss.k_j > 0 else ""),
+            )
             futures[(dtype, batch)] = pool.submit(_catching(compile_case), (dtype, batch))
     first_state = train_state.init_sharded_state(model, optimizer, 0, mesh)[0]
     errors = {key: f.result() for key, f in futures.items()}
     pool.shutdown()
-    print(f"compiled {len(cases)} steps and the state in {time.perf_counter() - begun:.0f} s "
-          "(in parallel)", flush=True)  # fmt: skip
+    print(
+        f"compiled {len(cases)} steps and the state in {time.perf_counter() - begun:.0f} s "
+        "(in parallel)",
+        flush=True,
+    )
     for c in cases.values():
         c["state"] = jax.tree_util.tree_map(jnp.copy, first_state)  # each case donates its own
     device = jax.devices()[0]
@@ -208,20 +229,31 @@ def train_step_cases(cpu: bool, batches: list[int], dtypes: list[str], steps: in
         memory = throughput.compiled_memory(compiled)
         stats = device.memory_stats() or {}
         r = {
-            "dtype": dtype, "batch": batch, "crop": c["crop"], "terms": c["terms"],
-            "clip": clip_note, "images_per_second": round(batch / median, 2),
+            "dtype": dtype,
+            "batch": batch,
+            "crop": c["crop"],
+            "terms": c["terms"],
+            "clip": clip_note,
+            "images_per_second": round(batch / median, 2),
             "step_ms": round(1e3 * median, 1),
             "mfu": None if not (flops and peak) else round(flops / median / peak, 4),
             "xla_memory_gib": None if memory is None else round(memory["total"] / 2**30, 2),
-            "process_peak_gib": (round(stats["peak_bytes_in_use"] / 2**30, 2)
-                                 if "peak_bytes_in_use" in stats else None),
-            "compile_s": round(c["compile_s"], 1), "loss": float(metrics["loss"]),
+            "process_peak_gib": (
+                round(stats["peak_bytes_in_use"] / 2**30, 2)
+                if "peak_bytes_in_use" in stats
+                else None
+            ),
+            "compile_s": round(c["compile_s"], 1),
+            "loss": float(metrics["loss"]),
             "device": f"{device.device_kind} ({jax.default_backend()})",
-        }  # fmt: skip
-        print(f"train step {dtype} batch {batch}: {r['images_per_second']} images/s, "
-              f"{r['step_ms']} ms/step, MFU {r['mfu']}, XLA memory {r['xla_memory_gib']} GiB, "
-              f"process peak {r['process_peak_gib']} GiB, compile {r['compile_s']} s "
-              f"[{r['terms']}; {clip_note}]", flush=True)  # fmt: skip
+        }
+        print(
+            f"train step {dtype} batch {batch}: {r['images_per_second']} images/s, "
+            f"{r['step_ms']} ms/step, MFU {r['mfu']}, XLA memory {r['xla_memory_gib']} GiB, "
+            f"process peak {r['process_peak_gib']} GiB, compile {r['compile_s']} s "
+            f"[{r['terms']}; {clip_note}]",
+            flush=True,
+        )
         print("RESULT " + json.dumps(r), flush=True)
     return sum(1 for e in errors.values() if e)
 
@@ -251,8 +283,11 @@ def _section(title: str, cmd: list[str], limit_s: float, env: dict) -> bool:
         print(f"{title}: stopped after {limit_s:.0f} s (its limit)", flush=True)
         return False
     ok = proc.returncode == 0
-    print(f"-- {title}: {'ok' if ok else f'FAILED (exit {proc.returncode})'} in "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+    print(
+        f"-- {title}: {'ok' if ok else f'FAILED (exit {proc.returncode})'} in "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     return ok
 
 
@@ -276,32 +311,57 @@ def run_check(cpu: bool, authors_repo: str | None) -> int:
     me = str(Path(__file__).resolve())
     results = []
     config = "configs/small.py:tiny" if cpu else "configs/taco.py:lmbda=0.0004"
-    results.append(_section("(a) tgic env", [py, "-m", "tgic_jax.cli", "env", "--config",
-                                              config], left(60), env))  # fmt: skip
+    results.append(
+        _section(
+            "(a) tgic env", [py, "-m", "tgic_jax.cli", "env", "--config", config], left(60), env
+        )
+    )
     batches, steps = ("1", 1) if cpu else ("8,16,32", 5)
-    results.append(_section(
-        "(b) train step, every loss term, float32 and bfloat16",
-        [py, me, "--train-cases", "--batches", batches, "--steps", str(steps)]
-        + (["--cpu"] if cpu else []), left(600 if cpu else 300), env,
-    ))  # fmt: skip
+    results.append(
+        _section(
+            "(b) train step, every loss term, float32 and bfloat16",
+            [py, me, "--train-cases", "--batches", batches, "--steps", str(steps)]
+            + (["--cpu"] if cpu else []),
+            left(600 if cpu else 300),
+            env,
+        )
+    )
     print("\n== (c) the authors' PyTorch step, batch 8", flush=True)
     if authors_repo and Path(authors_repo).is_dir():
-        cmd = [py, str(REPO / "benchmarks" / "authors_train_step.py"), "--repo", authors_repo,
-               "--batch", "8", "--steps", "1" if cpu else "10"]  # fmt: skip
+        cmd = [
+            py,
+            str(REPO / "benchmarks" / "authors_train_step.py"),
+            "--repo",
+            authors_repo,
+            "--batch",
+            "8",
+            "--steps",
+            "1" if cpu else "10",
+        ]
         cmd += ["--cpu"] if cpu else []
         results.append(_section("(c) authors' step", cmd, left(60), env))
     else:
         print("skipped: no checkout of the authors' code carried (--authors-repo DIR)")
     codec = [py, "benchmarks/codec.py", "--runs", "1" if cpu else "3"]
-    results.append(_section("(d) encode / decode of kodim01, paper-size model",
-                            codec + (["--small"] if cpu else []), left(90), env))  # fmt: skip
+    results.append(
+        _section(
+            "(d) encode / decode of kodim01, paper-size model",
+            codec + (["--small"] if cpu else []),
+            left(90),
+            env,
+        )
+    )
     inp = [py, "benchmarks/input.py", "--batches", "2" if cpu else "30"]
-    results.append(_section("(e) input alone", inp + (["--batch", "4"] if cpu else []),
-                            left(60), env))  # fmt: skip
+    results.append(
+        _section("(e) input alone", inp + (["--batch", "4"] if cpu else []), left(60), env)
+    )
     cross = [py, "benchmarks/cross_device.py"]  # the small model: its CPU decode is quick
     results.append(_section("(f) encode here, decode on the CPU", cross, left(120), env))
-    print(f"\ngpu check: {sum(results)} of {len(results)} sections ok in "
-          f"{time.perf_counter() - begun:.0f} s", flush=True)  # fmt: skip
+    print(
+        f"\ngpu check: {sum(results)} of {len(results)} sections ok in "
+        f"{time.perf_counter() - begun:.0f} s",
+        flush=True,
+    )
     return 0 if all(results) else 1
 
 

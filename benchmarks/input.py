@@ -43,9 +43,16 @@ def images_per_second(folder: Path, crop: int, batch: int, batches: int, workers
     from tgic_jax.train import input_pipeline
 
     config = ml_collections.ConfigDict(
-        dict(source="folder", folder=str(folder), captions="", max_images=0, crop_size=crop,
-             workers=workers, cache=False)
-    )  # fmt: skip
+        dict(
+            source="folder",
+            folder=str(folder),
+            captions="",
+            max_images=0,
+            crop_size=crop,
+            workers=workers,
+            cache=False,
+        )
+    )
     it = iter(input_pipeline.make_dataset(config, batch, seed=0))
     next(it)  # pool started, first batch decoded
     t0 = time.perf_counter()
@@ -73,10 +80,13 @@ def main(argv=None) -> dict:
         for kind, where in (("png", folder), ("jpeg", jpeg_copy(folder, Path(tmp)))):
             ips = images_per_second(where, a.crop, a.batch, a.batches, a.workers)
             out[kind] = ips
-            print(f"input alone, {kind} {where.name}: {ips:.0f} images/s "
-                  f"({a.crop}x{a.crop} crops, batch {a.batch}, "
-                  f"{a.workers or min(32, os.cpu_count() or 1)} threads, "
-                  f"{os.cpu_count()} cores)", flush=True)  # fmt: skip
+            print(
+                f"input alone, {kind} {where.name}: {ips:.0f} images/s "
+                f"({a.crop}x{a.crop} crops, batch {a.batch}, "
+                f"{a.workers or min(32, os.cpu_count() or 1)} threads, "
+                f"{os.cpu_count()} cores)",
+                flush=True,
+            )
     return out
 
 

@@ -39,8 +39,7 @@ def main() -> None:
             config.lpips_float64 = float64
             loss, metrics, grad = parity._value_and_grad(config, fixture)
             norm = float(np.linalg.norm(grad))
-            proj = np.einsum("dbhwc,bhwc->d", directions, grad.astype(np.float32),
-                             dtype=np.float64)  # fmt: skip
+            proj = np.einsum("dbhwc,bhwc->d", directions, grad.astype(np.float32), dtype=np.float64)
             want_norm = float(fixture[f"{case}_grad_norm"])
             row = {
                 "case": case,
@@ -52,8 +51,12 @@ def main() -> None:
                 ),
                 "lpips_rel": abs(float(metrics["lpips"]) / float(fixture["lpips_mean"]) - 1),
             }
-            print(json.dumps({k: (f"{v:.2e}" if isinstance(v, float) else v)
-                              for k, v in row.items()}), flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in row.items()}
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

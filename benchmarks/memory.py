@@ -59,14 +59,18 @@ def run_batch(batch: int, clip_path: str, compute_dtype: str) -> dict:
     shapes = jax.eval_shape(functools.partial(train_state.create_train_state, model, optimizer, 0))
     step = train_step.jit_train_step(
         train_step.make_train_step(model, loss_fn, optimizer),
-        mesh, sharding.state_sharding(mesh, shapes),
-    )  # fmt: skip
+        mesh,
+        sharding.state_sharding(mesh, shapes),
+    )
 
     def spec(shape):
         return jax.ShapeDtypeStruct(shape, jnp.float32)
 
-    data = {"image": spec((batch, 256, 256, 3)), "text": spec((batch, 38, 512)),
-            "clip_text": spec((batch, 512))}  # fmt: skip
+    data = {
+        "image": spec((batch, 256, 256, 3)),
+        "text": spec((batch, 38, 512)),
+        "clip_text": spec((batch, 512)),
+    }
     frozen = jax.tree_util.tree_map(lambda a: spec(a.shape), frozen)
     t0 = time.perf_counter()
     compiled = step.lower(shapes, frozen, data, spec(())).compile()
@@ -95,12 +99,21 @@ def main() -> None:
         result = run_batch(args.batch, args.clip_path, args.compute_dtype)
         print("RESULT " + json.dumps(result), flush=True)
         return
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))  # fmt: skip
+    env = dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="2", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1")
+    )
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
-        cmd = [sys.executable, __file__, "--batch", str(batch), "--clip_path", args.clip_path,
-               "--compute_dtype", args.compute_dtype]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--batch",
+            str(batch),
+            "--clip_path",
+            args.clip_path,
+            "--compute_dtype",
+            args.compute_dtype,
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
@@ -114,9 +127,11 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for r in rows:
             b = {k: v / 2**30 for k, v in r["bytes"].items()}
-            print(f"| {r['batch_per_device']} | {b['arguments']:.2f} GiB | "
-                  f"{b['outputs'] - b['aliased']:.2f} GiB | {b['temporaries']:.2f} GiB | "
-                  f"{b['total']:.2f} GiB |")  # fmt: skip
+            print(
+                f"| {r['batch_per_device']} | {b['arguments']:.2f} GiB | "
+                f"{b['outputs'] - b['aliased']:.2f} GiB | {b['temporaries']:.2f} GiB | "
+                f"{b['total']:.2f} GiB |"
+            )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,11 @@ def run(dtype: str, steps: int, out: Path) -> dict:
 
     full = sets.kodak_set(REPO / "data" / "kodak")
     held_out = sets.EvalSet(
-        name="Kodak 13-24 (held out)", items=full.items[12:],
-        caption_mode=full.caption_mode, caption_source=full.caption_source,
-    )  # fmt: skip
+        name="Kodak 13-24 (held out)",
+        items=full.items[12:],
+        caption_mode=full.caption_mode,
+        caption_source=full.caption_source,
+    )
     options = driver.EvalOptions(jpeg_qualities=(), save_recon=False, progress=False)
     codec = driver.load_codec(str(ckpt), label=f"small_{dtype}")
     driver.evaluate([codec], held_out, out / "eval", options)
@@ -65,9 +67,12 @@ def run(dtype: str, steps: int, out: Path) -> dict:
     keys = ("bpp", "bpp_estimated", "psnr", "ms_ssim", "lpips")
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     return {
-        "dtype": dtype, "steps": int(steps), "images": len(rows), **mean,
+        "dtype": dtype,
+        "steps": int(steps),
+        "images": len(rows),
+        **mean,
         "train_wall_s": round(train_s, 1),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:

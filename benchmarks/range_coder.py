@@ -69,14 +69,18 @@ def main() -> None:
             enc.append(t_enc)
             dec.append(t_dec)
 
-    print(f"{args.symbols} symbols, {len(cdfs)} tables, {n_escaped} escaped; "
-          f"{len(data)} B = {8 * len(data) / ideal_bits - 1:+.2%} over the ideal "
-          f"{ideal_bits / 8:.0f} B (escape codes included in the real size only)")  # fmt: skip
+    print(
+        f"{args.symbols} symbols, {len(cdfs)} tables, {n_escaped} escaped; "
+        f"{len(data)} B = {8 * len(data) / ideal_bits - 1:+.2%} over the ideal "
+        f"{ideal_bits / 8:.0f} B (escape codes included in the real size only)"
+    )
     print(f"building the tables' models: {1e3 * t_tables:.1f} ms")
     for name, t in (("encode", enc), ("decode", dec)):
         m = statistics.median(t)
-        print(f"{name}: {1e3 * m:6.1f} ms (range {1e3 * min(t):.1f}-{1e3 * max(t):.1f}, "
-              f"{len(t)} runs) = {args.symbols / m / 1e6:.1f} M symbols/s")  # fmt: skip
+        print(
+            f"{name}: {1e3 * m:6.1f} ms (range {1e3 * min(t):.1f}-{1e3 * max(t):.1f}, "
+            f"{len(t)} runs) = {args.symbols / m / 1e6:.1f} M symbols/s"
+        )
 
 
 if __name__ == "__main__":

@@ -31,10 +31,16 @@ def _tiny_clip():
 
     config = clip_config(
         dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-             num_attention_heads=2, image_size=224, patch_size=32),
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=224,
+            patch_size=32,
+        ),
         projection_dim=512,
-    )  # fmt: skip
+    )
     return random_clip(config, seed=0)
 
 
@@ -145,21 +151,33 @@ def main() -> None:
         os.environ, TF_CPP_MIN_LOG_LEVEL="2", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1")
     )
     for case in args.cases.split(","):
-        cmd = [sys.executable, __file__, "--case", case, "--steps", str(args.steps),
-               "--clip_path", args.clip_path, "--compute_dtype", args.compute_dtype]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--case",
+            case,
+            "--steps",
+            str(args.steps),
+            "--clip_path",
+            args.clip_path,
+            "--compute_dtype",
+            args.compute_dtype,
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
             print(f"{case}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
             continue
         r = json.loads(lines[-1][len("RESULT ") :])
-        print(f"{case}: batch {r['batch']} {r['image']} [{r['terms']}; CLIP: {r['clip']}] "
-              f"step {r['step_s_median']} s (median of {args.steps}), "
-              f"{r['images_per_second']} images/s = {r['ms_per_image']} ms per image, "
-              f"MFU {r['mfu'] if r['mfu'] is not None else 'n/a (no known peak)'}, "
-              f"{r['gflop_per_step']} GFLOP per step, {r['compute_dtype']}, "
-              f"XLA memory {r['xla_memory_gib']} GiB, peak RSS {r['peak_rss_gib']} GiB, "
-              f"compile {r['compile_s']} s, {r['devices']}")  # fmt: skip
+        print(
+            f"{case}: batch {r['batch']} {r['image']} [{r['terms']}; CLIP: {r['clip']}] "
+            f"step {r['step_s_median']} s (median of {args.steps}), "
+            f"{r['images_per_second']} images/s = {r['ms_per_image']} ms per image, "
+            f"MFU {r['mfu'] if r['mfu'] is not None else 'n/a (no known peak)'}, "
+            f"{r['gflop_per_step']} GFLOP per step, {r['compute_dtype']}, "
+            f"XLA memory {r['xla_memory_gib']} GiB, peak RSS {r['peak_rss_gib']} GiB, "
+            f"compile {r['compile_s']} s, {r['devices']}"
+        )
         print(json.dumps(r))
 
 

@@ -28,11 +28,21 @@ def first_step_seconds(config: str, workdir: Path, cache: Path, extra=()) -> flo
     """Seconds from starting train.py until it prints its first step's line."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env.update(TGIC_JAX_CACHE=str(cache), JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "train.py", "--config", config, "--workdir", str(workdir),
-           "--config.total_steps=1", "--config.log_every_steps=1", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--config",
+        config,
+        "--workdir",
+        str(workdir),
+        "--config.total_steps=1",
+        "--config.log_every_steps=1",
+        *extra,
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     seconds = None
     for line in proc.stdout:
         if seconds is None and line.startswith("[train] step 1/"):

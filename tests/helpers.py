@@ -93,14 +93,28 @@ def _env(devices=1):
 
 
 def _optim(**kw):
-    base = dict(learning_rate=1e-4, aux_learning_rate=1e-3, grad_clip_norm=1.0, epochs=50,
-                decay_epochs=(45, 48), decay_factor=0.1, train_images=100)  # fmt: skip
+    base = dict(
+        learning_rate=1e-4,
+        aux_learning_rate=1e-3,
+        grad_clip_norm=1.0,
+        epochs=50,
+        decay_epochs=(45, 48),
+        decay_factor=0.1,
+        train_images=100,
+    )
     return ml_collections.ConfigDict({**base, **kw})
 
 
 def _train_cmd(workdir, *overrides):
-    return [sys.executable, str(REPO / "train.py"), "--config", f"{REPO}/configs/small.py:tiny",
-            "--workdir", str(workdir), *overrides]  # fmt: skip
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--config",
+        f"{REPO}/configs/small.py:tiny",
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
 
 
 def _finished_steps(workdir):
@@ -112,8 +126,9 @@ def _finished_steps(workdir):
 
 def _start_and_signal(cmd, env, workdir, sig, after_step):
     """Starts a run, sends `sig` once a checkpoint at >= after_step is finalized."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     deadline = time.time() + 400
     try:
         while time.time() < deadline and proc.poll() is None:

@@ -9,8 +9,13 @@ from tgic_jax.evaluation import baselines
 def test_jpeg_baseline_rate_is_real_file_bytes_and_quality_increases_with_rate(tmp_path):
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:48, :64]
-    img = np.clip(0.5 + 0.4 * np.sin(xx / 5)[..., None] * np.ones(3) + 0.03 *
-                  rng.standard_normal((48, 64, 3)), 0, 1)  # fmt: skip
+    img = np.clip(
+        0.5
+        + 0.4 * np.sin(xx / 5)[..., None] * np.ones(3)
+        + 0.03 * rng.standard_normal((48, 64, 3)),
+        0,
+        1,
+    )
     rows = baselines.jpeg_rows("a.png", img, (10, 50, 90), tmp_path)
     for r in rows:
         size = (tmp_path / f"q{r['quality']:02d}" / "a.jpg").stat().st_size

@@ -68,8 +68,13 @@ def _mutations(data: bytes, rng: np.random.Generator):
     # Crafted headers with a valid checksum: sizes that do not fit, lengths that lie.
     c = container.unpack(data)
     z, y = c.sections
-    head = dict(height=c.height, width=c.width, latent_height=c.latent_height,
-                latent_width=c.latent_width, fingerprint=c.fingerprint)  # fmt: skip
+    head = dict(
+        height=c.height,
+        width=c.width,
+        latent_height=c.latent_height,
+        latent_width=c.latent_width,
+        fingerprint=c.fingerprint,
+    )
     for change in (
         dict(latent_height=c.latent_height + 1),
         dict(latent_width=0),
@@ -135,8 +140,11 @@ def test_files_of_another_model_are_refused(files):
     bigger = TACO(ModelConfig(N=24, M=24, slices=(2, 2, 4, 4, 12), text_dim=16))
     from tgic_jax.coding.tables import build_tables
 
-    eb = {"entropy_bottleneck": {k: np.concatenate([a, a[:8]]) for k, a in
-                                 v["params"]["entropy_bottleneck"].items()}}  # fmt: skip
+    eb = {
+        "entropy_bottleneck": {
+            k: np.concatenate([a, a[:8]]) for k, a in v["params"]["entropy_bottleneck"].items()
+        }
+    }
     with pytest.raises(BitstreamError, match="another model"):
         codec.Coder(bigger, {"params": v["params"], "tables": build_tables(eb)}).decode(
             results[0].data
@@ -157,8 +165,16 @@ def test_valid_checksum_over_wrong_streams_never_crashes_or_hangs(files):
     rng = np.random.default_rng(7)
     c = container.unpack(results[2].data)
     z, y = c.sections
-    variants = [(z, rng.bytes(len(y))), (rng.bytes(len(z)), y), (z, y[::-1]), (y[:3], z + y[3:]),
-                (z, b""), (b"", y), (z, y[: len(y) // 2]), (z, b"\xff" * 64)]  # fmt: skip
+    variants = [
+        (z, rng.bytes(len(y))),
+        (rng.bytes(len(z)), y),
+        (z, y[::-1]),
+        (y[:3], z + y[3:]),
+        (z, b""),
+        (b"", y),
+        (z, y[: len(y) // 2]),
+        (z, b"\xff" * 64),
+    ]
     for zs, ys in variants:
         data = container.pack(dataclass_replace(c, sections=(zs, ys)))
         t0 = time.perf_counter()
@@ -192,8 +208,10 @@ def test_a_100_byte_file_claiming_6000_x_6000_is_refused_at_once_without_big_buf
     data = _crafted(fingerprint, 6000, 6000, 40)
     assert 95 <= len(data) <= 105
     # By the default size limit, and, where a caller raised the limit, by the payload bound.
-    for max_pixels, reason in ((codec.MAX_PIXELS, "exceeds max_pixels"),
-                               (6000 * 6000, "too few for the 6000 x 6000 image")):  # fmt: skip
+    for max_pixels, reason in (
+        (codec.MAX_PIXELS, "exceeds max_pixels"),
+        (6000 * 6000, "too few for the 6000 x 6000 image"),
+    ):
         tracemalloc.start()
         t0 = time.perf_counter()
         with pytest.raises(BitstreamError, match=reason):

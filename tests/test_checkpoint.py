@@ -54,8 +54,10 @@ def test_a_background_save_that_fails_stops_training_at_the_step_it_ends(tmp_pat
     manager.in_progress, manager.failed = False, True
     with pytest.raises(ckpt_lib.CheckpointError) as err:
         watch.check(22)
-    assert str(err.value) == ("the checkpoint of step 20 failed to write (found at step 22): "
-                              "disk full: OSError: [Errno 28] No space left on device")  # fmt: skip
+    assert str(err.value) == (
+        "the checkpoint of step 20 failed to write (found at step 22): "
+        "disk full: OSError: [Errno 28] No space left on device"
+    )
     with pytest.raises(ckpt_lib.CheckpointError, match="saving the checkpoint of step 30 failed"):
         ckpt_lib.save_train_state(manager, 30, state={})
 
@@ -70,8 +72,14 @@ def test_a_checkpoint_write_that_really_fails_stops_the_run_in_one_line_keeping_
     import resource
 
     workdir = tmp_path / "run"
-    first = subprocess.run(_train_cmd(workdir, "--config.total_steps=10"), cwd=REPO,
-                           env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    first = subprocess.run(
+        _train_cmd(workdir, "--config.total_steps=10"),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     limit = 300_000  # above every file of the run but the checkpoints' array data (~2 MB)
 
@@ -80,14 +88,23 @@ def test_a_checkpoint_write_that_really_fails_stops_the_run_in_one_line_keeping_
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     env = dict(_env(), JAX_ENABLE_COMPILATION_CACHE="false")  # its entries are larger
-    second = subprocess.run(_train_cmd(workdir, "--config.total_steps=40"), cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600,
-                            preexec_fn=limit_file_size)  # fmt: skip
+    second = subprocess.run(
+        _train_cmd(workdir, "--config.total_steps=40"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limit_file_size,
+    )
     assert second.returncode == 1
     # Found at the first step after the write ends, or at the next save at the latest (it
     # waits for the write, as orbax would): how many steps that takes depends on the machine.
-    found = re.fullmatch(r"train\.py: error: the checkpoint of step 20 failed to write \(found "
-                         r"at step (2\d|30)\)[^\n]*\n", second.stderr)  # fmt: skip
+    found = re.fullmatch(
+        r"train\.py: error: the checkpoint of step 20 failed to write \(found "
+        r"at step (2\d|30)\)[^\n]*\n",
+        second.stderr,
+    )
     assert found, second.stderr[-3000:]
     logged = [int(s) for s in re.findall(r"\[train\] step (\d+)/40", second.stdout)]
     assert logged and max(logged) <= int(found[1])  # no step trained past it
@@ -150,12 +167,22 @@ def test_a_final_save_that_fails_ends_in_one_line_saying_why(tmp_path):
 
     workdir = tmp_path / "run"
     cmd = _train_cmd(workdir, "--config.total_steps=2", "--config.ckpt.every_steps=1000")
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=600, preexec_fn=limit_file_size)  # fmt: skip
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limit_file_size,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert re.fullmatch(r"train\.py: error: the checkpoint of step 2 failed to write \(found at "
-                        r"step 2\): a file would exceed the file-size limit \(ulimit -f\): "
-                        r"[^\n]*\n", proc.stderr), proc.stderr[-3000:]  # fmt: skip
+    assert re.fullmatch(
+        r"train\.py: error: the checkpoint of step 2 failed to write \(found at "
+        r"step 2\): a file would exceed the file-size limit \(ulimit -f\): "
+        r"[^\n]*\n",
+        proc.stderr,
+    ), proc.stderr[-3000:]
     assert _finished_steps(workdir) == []
 
 
@@ -169,7 +196,7 @@ def test_a_failed_write_names_a_full_disk_or_the_file_size_limit_from_orbaxs_err
         "disk full": ValueError(
             'RESOURCE_EXHAUSTED: Error writing "opt_state/0" in OCDBT '
             "database [OS error: No space left on device]"
-        ),  # fmt: skip
+        ),
         "a file would exceed the file-size limit (ulimit -f)": ValueError(
             "OUT_OF_RANGE: Error writing local file: Failed to write 76896 bytes to file 5: "
             "File too large [os_error_code='27']"

@@ -76,8 +76,17 @@ def test_inputs_that_would_still_share_an_output_are_refused_before_any_work(
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
         image_io.save_png(tmp_path / sub / "x.png", synthetic_image(8, 8))
-    rc = _tgic("compress", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "--caption", "c",
-               "--checkpoint", ckpt, "-o", tmp_path / "out")  # fmt: skip
+    rc = _tgic(
+        "compress",
+        tmp_path / "a" / "x.png",
+        tmp_path / "b" / "x.png",
+        "--caption",
+        "c",
+        "--checkpoint",
+        ckpt,
+        "-o",
+        tmp_path / "out",
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "would both write" in err and "x.tgic" in err
     assert not (tmp_path / "out").exists()
@@ -101,8 +110,9 @@ def test_existing_outputs_are_kept_unless_forced(tmp_path, ckpt, capsys):
     assert (tmp_path / "a.tgic").read_bytes()[:4] != original[:4]
     # decompress -o original.png keeps the user's picture.
     (tmp_path / "original.png").write_bytes(original)
-    rc = _tgic("decompress", tmp_path / "a.tgic", "--checkpoint", ckpt,
-               "-o", tmp_path / "original.png")  # fmt: skip
+    rc = _tgic(
+        "decompress", tmp_path / "a.tgic", "--checkpoint", ckpt, "-o", tmp_path / "original.png"
+    )
     assert rc == 2 and (tmp_path / "original.png").read_bytes() == original
 
 
@@ -113,14 +123,19 @@ def test_an_output_name_with_a_foreign_suffix_is_refused_not_made_a_folder(tmp_p
     assert _tgic("compress", tmp_path / "a.png", *common, "-o", tmp_path / "x.jpg") == 2
     assert ".tgic" in capsys.readouterr().err and not (tmp_path / "x.jpg").exists()
     # One file named for two inputs is refused too.
-    assert _tgic("compress", tmp_path / "a.png", tmp_path / "b.png", *common,
-                 "-o", tmp_path / "x.tgic") == 2  # fmt: skip
+    assert (
+        _tgic(
+            "compress", tmp_path / "a.png", tmp_path / "b.png", *common, "-o", tmp_path / "x.tgic"
+        )
+        == 2
+    )
     assert "2 inputs" in capsys.readouterr().err and not (tmp_path / "x.tgic").exists()
     # A new folder whose name has a dot: say so with a trailing slash.
     assert _tgic("compress", tmp_path / "a.png", *common, "-o", f"{tmp_path / 'v1.2'}/") == 0
     assert (tmp_path / "v1.2" / "a.tgic").is_file()
-    rc = _tgic("decompress", tmp_path / "v1.2" / "a.tgic", "--checkpoint", ckpt,
-               "-o", tmp_path / "a.jpg")  # fmt: skip
+    rc = _tgic(
+        "decompress", tmp_path / "v1.2" / "a.tgic", "--checkpoint", ckpt, "-o", tmp_path / "a.jpg"
+    )
     assert rc == 2 and ".png" in capsys.readouterr().err and not (tmp_path / "a.jpg").exists()
 
 
@@ -142,8 +157,19 @@ def test_a_write_that_fails_leaves_no_file_under_the_final_name_and_keeps_the_ol
     tmp_path, ckpt, capsys
 ):
     image_io.save_png(tmp_path / "k.png", synthetic_image(64, 64, 3))
-    assert _tgic("compress", tmp_path / "k.png", "--caption", "c", "--checkpoint", ckpt,
-                 "-o", tmp_path / "ref.tgic") == 0  # fmt: skip
+    assert (
+        _tgic(
+            "compress",
+            tmp_path / "k.png",
+            "--caption",
+            "c",
+            "--checkpoint",
+            ckpt,
+            "-o",
+            tmp_path / "ref.tgic",
+        )
+        == 0
+    )
     size = (tmp_path / "ref.tgic").stat().st_size
     assert size > 200  # well above the limit below
     old = b"an older file that must survive"
@@ -195,12 +221,38 @@ def test_a_coco_caption_file_reads_the_same_in_compress_evaluate_and_training(
         _tgic("compress", folder / "a.png", "--captions", caps, *common, "-o", tmp_path / "f.tgic")
         == 0
     )
-    assert _tgic("compress", folder / "a.png", "--caption", "a red boat on a lake", *common,
-                 "-o", tmp_path / "c.tgic") == 0  # fmt: skip
-    assert _tgic("compress", folder / "a.png", "--captions", caps, "--caption-index", "3", *common,
-                 "-o", tmp_path / "i.tgic") == 0  # fmt: skip
-    assert _tgic("compress", folder / "a.png", "--caption", "a lake", *common,
-                 "-o", tmp_path / "l.tgic") == 0  # fmt: skip
+    assert (
+        _tgic(
+            "compress",
+            folder / "a.png",
+            "--caption",
+            "a red boat on a lake",
+            *common,
+            "-o",
+            tmp_path / "c.tgic",
+        )
+        == 0
+    )
+    assert (
+        _tgic(
+            "compress",
+            folder / "a.png",
+            "--captions",
+            caps,
+            "--caption-index",
+            "3",
+            *common,
+            "-o",
+            tmp_path / "i.tgic",
+        )
+        == 0
+    )
+    assert (
+        _tgic(
+            "compress", folder / "a.png", "--caption", "a lake", *common, "-o", tmp_path / "l.tgic"
+        )
+        == 0
+    )
     # The list's first caption (default) and caption 3 give exactly the bytes of those captions.
     assert (tmp_path / "f.tgic").read_bytes() == (tmp_path / "c.tgic").read_bytes()
     assert (tmp_path / "i.tgic").read_bytes() == (tmp_path / "l.tgic").read_bytes()
@@ -214,8 +266,17 @@ def test_a_coco_caption_file_reads_the_same_in_compress_evaluate_and_training(
     ]
     # An index past an image's list: an error naming the file and the entry.
     capsys.readouterr()
-    rc = _tgic("compress", folder / "a.png", "--captions", caps, "--caption-index", "5", *common,
-               "-o", tmp_path / "x.tgic")  # fmt: skip
+    rc = _tgic(
+        "compress",
+        folder / "a.png",
+        "--captions",
+        caps,
+        "--caption-index",
+        "5",
+        *common,
+        "-o",
+        tmp_path / "x.tgic",
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "'a.png'" in err and "coco.json" in err and "1 of 1 failed" in err
 
@@ -234,8 +295,16 @@ def test_a_bad_caption_file_is_an_error_naming_file_and_entry_everywhere(
 ):
     folder, caps = _coco_folder(tmp_path)
     caps.write_text(content)
-    rc = _tgic("compress", folder / "a.png", "--captions", caps, "--checkpoint", ckpt,
-               "-o", tmp_path / "x.tgic")  # fmt: skip
+    rc = _tgic(
+        "compress",
+        folder / "a.png",
+        "--captions",
+        caps,
+        "--checkpoint",
+        ckpt,
+        "-o",
+        tmp_path / "x.tgic",
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "coco.json" in err and all(w in err for w in words), err
     with pytest.raises(captions.CaptionsError) as training_error:
@@ -267,8 +336,16 @@ def test_bad_text_embeddings_are_an_error_naming_the_file(tmp_path, ckpt, capsys
     (tmp_path / "t.npy").write_bytes(b"not numpy at all")
     np.save(tmp_path / "w.npy", np.zeros((2, 3, 4, 5), np.float32))
     for name, word in (("t.npy", "not a readable .npy"), ("w.npy", "shape"), ("n.npy", "no such")):
-        rc = _tgic("compress", tmp_path / "a.png", "--text-embeddings", tmp_path / name,
-                   "--checkpoint", ckpt, "-o", tmp_path / "a.tgic")  # fmt: skip
+        rc = _tgic(
+            "compress",
+            tmp_path / "a.png",
+            "--text-embeddings",
+            tmp_path / name,
+            "--checkpoint",
+            ckpt,
+            "-o",
+            tmp_path / "a.tgic",
+        )
         err = capsys.readouterr().err
         assert rc == 2 and name in err and word in err, err
 
@@ -288,8 +365,13 @@ def test_the_codec_commands_run_with_tensorflow_unimportable(tmp_path, ckpt):
         " and sys.modules[m] is not None))"
     )
     argv = [tmp_path / "a.png", tmp_path / "t.npy", ckpt, tmp_path / "a.tgic"]
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], env=_env(),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, argv)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.stdout.split("\n")[-2] == "0 0 []", proc.stdout + proc.stderr
     assert (tmp_path / "a.tgic").stat().st_size > 0
     assert image_io.load_image(tmp_path / "a.tgic.png")[0].shape == (32, 32, 3)
@@ -304,11 +386,21 @@ def test_commands_are_quiet_and_a_second_call_reuses_the_compilation_cache(tmp_p
     def tgic(*argv):
         return subprocess.run(
             [sys.executable, "-m", "tgic_jax.cli", *map(str, argv)],
-            env=_env(cache), capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            env=_env(cache),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
-    compress = ["compress", tmp_path / "a.png", "--text-embeddings", tmp_path / "t.npy",
-                "--checkpoint", ckpt, "--force"]  # fmt: skip
+    compress = [
+        "compress",
+        tmp_path / "a.png",
+        "--text-embeddings",
+        tmp_path / "t.npy",
+        "--checkpoint",
+        ckpt,
+        "--force",
+    ]
     first = tgic(*compress, "-o", tmp_path / "1.tgic")
     assert first.returncode == 0 and first.stderr == "", first.stderr
     assert first.stdout.count("\n") == 1 and "a.png -> " in first.stdout
@@ -362,15 +454,34 @@ def test_minilm_captions_are_quiet_and_a_long_one_is_noted_as_truncated(tmp_path
     from tgic_jax.model.taco import TACO
 
     v = random_variables(TACO(cfg))
-    save_inference(tmp_path / "ck", cfg, v["params"], tables=build_tables(v["params"]),
-                   text_config={"encoder": "minilm", "path": "", "max_length": 38})  # fmt: skip
+    save_inference(
+        tmp_path / "ck",
+        cfg,
+        v["params"],
+        tables=build_tables(v["params"]),
+        text_config={"encoder": "minilm", "path": "", "max_length": 38},
+    )
     image_io.save_png(tmp_path / "a.png", synthetic_image(16, 16))
     long_caption = " ".join(["a very long caption about a red boat"] * 10)
     proc = subprocess.run(
-        [sys.executable, "-m", "tgic_jax.cli", "compress", str(tmp_path / "a.png"), "--caption",
-         long_caption, "--checkpoint", str(tmp_path / "ck"), "-o", str(tmp_path / "a.tgic")],
-        env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tgic_jax.cli",
+            "compress",
+            str(tmp_path / "a.png"),
+            "--caption",
+            long_caption,
+            "--checkpoint",
+            str(tmp_path / "ck"),
+            "-o",
+            str(tmp_path / "a.tgic"),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "caption truncated" in lines[0] and "first 38" in lines[0], lines
@@ -408,23 +519,49 @@ def test_cli_compresses_a_folder_and_decodes_it_back(tmp_path, tiny_ckpt, capsys
         image_io.save_png(src / f"im{k}.png", synthetic_image(h, w, k))
     (src / "notes.txt").write_text("not an image")
     np.save(tmp_path / "text.npy", text_states())
-    rc = _cli(["compress", str(src), "--text-embeddings", str(tmp_path / "text.npy"),
-               "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "bits")])  # fmt: skip
+    rc = _cli(
+        [
+            "compress",
+            str(src),
+            "--text-embeddings",
+            str(tmp_path / "text.npy"),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "-o",
+            str(tmp_path / "bits"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert out.count("bpp") == 3 and "bytes" in out and " ms" in out
     files = sorted((tmp_path / "bits").glob("*.tgic"))
     assert [f.name for f in files] == ["im0.tgic", "im1.tgic", "im2.tgic"]
-    rc = _cli(["decompress", str(tmp_path / "bits"), "--checkpoint", str(tiny_ckpt),
-               "-o", str(tmp_path / "back")])  # fmt: skip
+    rc = _cli(
+        [
+            "decompress",
+            str(tmp_path / "bits"),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "-o",
+            str(tmp_path / "back"),
+        ]
+    )
     assert rc == 0
     back, _ = image_io.load_image(tmp_path / "back" / "im2.png")
     assert back.shape == (40, 50, 3)
     # A damaged file: one clear line on stderr, non-zero exit, the other files still done.
     bad = tmp_path / "bits" / "im1.tgic"
     bad.write_bytes(bad.read_bytes()[:-1])
-    rc = _cli(["decompress", str(tmp_path / "bits"), "--checkpoint", str(tiny_ckpt),
-               "-o", str(tmp_path / "back2")])  # fmt: skip
+    rc = _cli(
+        [
+            "decompress",
+            str(tmp_path / "bits"),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "-o",
+            str(tmp_path / "back2"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "im1.tgic" in err and "checksum" in err
     assert sorted(p.name for p in (tmp_path / "back2").iterdir()) == ["im0.png", "im2.png"]
@@ -433,19 +570,41 @@ def test_cli_compresses_a_folder_and_decodes_it_back(tmp_path, tiny_ckpt, capsys
 def test_cli_single_file_output_and_missing_caption_source(tmp_path, tiny_ckpt, capsys):
     image_io.save_png(tmp_path / "a.png", synthetic_image(8, 8))
     np.save(tmp_path / "t.npy", text_states())
-    rc = _cli(["compress", str(tmp_path / "a.png"), "--text-embeddings", str(tmp_path / "t.npy"),
-               "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "a.tgic")])  # fmt: skip
+    rc = _cli(
+        [
+            "compress",
+            str(tmp_path / "a.png"),
+            "--text-embeddings",
+            str(tmp_path / "t.npy"),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "-o",
+            str(tmp_path / "a.tgic"),
+        ]
+    )
     assert rc == 0 and (tmp_path / "a.tgic").is_file()
     # The tiny checkpoint names no text encoder: a caption cannot be encoded.
-    rc = _cli(["compress", str(tmp_path / "a.png"), "--caption", "a cat",
-               "--checkpoint", str(tiny_ckpt), "-o", str(tmp_path / "b.tgic")])  # fmt: skip
+    rc = _cli(
+        [
+            "compress",
+            str(tmp_path / "a.png"),
+            "--caption",
+            "a cat",
+            "--checkpoint",
+            str(tiny_ckpt),
+            "-o",
+            str(tmp_path / "b.tgic"),
+        ]
+    )
     assert rc == 2 and "text-embeddings" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- export / convert
 def _tree(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
-            for p in sorted(folder.rglob("*"))}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def test_export_and_convert_never_delete_a_folder_they_did_not_write_nor_the_workdir(
@@ -487,8 +646,7 @@ def test_an_existing_inference_checkpoint_is_replaced_only_with_force(tmp_path, 
     (old / "config.json").write_text(json.dumps({"format": FORMAT}))
     source = tmp_path / "authors.npz"
     source.write_bytes(b"x")
-    for argv in (("export", "--workdir", tmp_path / "run", "--out", old),
-                 ("convert", source, old)):  # fmt: skip
+    for argv in (("export", "--workdir", tmp_path / "run", "--out", old), ("convert", source, old)):
         assert _tgic(*argv) == 2
         assert "use --force to replace it" in capsys.readouterr().err
     from tgic_jax.cli.outputs import check_output

@@ -66,8 +66,12 @@ def _decode_in_subprocess(
     env["PROGRAM_DIR"] = str(program_dir or "")
     r = subprocess.run(
         [sys.executable, "-c", _DECODE_SCRIPT, str(ckpt), str(out), *map(str, files)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with np.load(out) as f:
         return {k: f[k] for k in f.files}
@@ -310,8 +314,10 @@ def test_parity_payload_and_reconstruction_match_the_authors_coder(parity):
     results = coder.encode(list(x), list(text), with_reconstruction=True)
     for b, r in enumerate(results):
         ours, theirs = sum(r.payload_bytes.values()), int(io["compressai_bytes"][b].sum())
-        print(f"image {b}: payload {r.payload_bytes} = {ours} B vs authors {theirs} B "
-              f"({ours / theirs:.3f}x), header {r.header_bytes} B")  # fmt: skip
+        print(
+            f"image {b}: payload {r.payload_bytes} = {ours} B vs authors {theirs} B "
+            f"({ours / theirs:.3f}x), header {r.header_bytes} B"
+        )
         assert 0.90 * theirs <= ours <= 1.05 * theirs
         decoded = np.clip(coder.decode(r.data)[0], 0, 1)
         ref = np.clip(io["compressai_x_hat"][b].transpose(1, 2, 0), 0, 1)
@@ -327,7 +333,9 @@ def test_parity_real_bits_are_close_to_the_likelihood_estimate(parity):
         r = coder.encode([x[b]], [text[b]])[0]
         est = coder.estimate(x[b], text[b])["bpp_estimated"]
         payload_bpp = 8 * sum(r.payload_bytes.values()) / (x.shape[1] * x.shape[2])
-        print(f"image {b}: payload {payload_bpp:.4f} bpp, estimate {est:.4f} bpp, "
-              f"gap {payload_bpp / est - 1:+.2%}")  # fmt: skip
+        print(
+            f"image {b}: payload {payload_bpp:.4f} bpp, estimate {est:.4f} bpp, "
+            f"gap {payload_bpp / est - 1:+.2%}"
+        )
         # Files of ~400 B: the streams' flush bytes are ~2 % here; < 0.1 % at Kodak size.
         assert est * 0.99 <= payload_bpp <= est * 1.04

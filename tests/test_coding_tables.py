@@ -134,8 +134,19 @@ def test_table_index_is_the_nearest_entry_in_log_scale():
     thresholds = jnp.asarray(ct.scale_thresholds(t))
     step = float(t[6] / t[5])  # 1.131: neighbours' ratio; the midpoint is its square root
     below, above = step**0.5 * 0.999, step**0.5 * 1.001
-    scales = [0.0, -3.0, 0.05, t[0], t[0] * 1.0001, t[5], t[5] * below, t[5] * above,
-              t[62], t[63], 1e6]  # fmt: skip
+    scales = [
+        0.0,
+        -3.0,
+        0.05,
+        t[0],
+        t[0] * 1.0001,
+        t[5],
+        t[5] * below,
+        t[5] * above,
+        t[62],
+        t[63],
+        1e6,
+    ]
     got = np.asarray(_indexes(jnp.asarray(scales, jnp.float32), thresholds))
     np.testing.assert_array_equal(got, [0, 0, 0, 0, 0, 5, 5, 6, 62, 63, 63])
     # Against a brute-force nearest neighbour in log scale, away from exact ties.

@@ -23,14 +23,21 @@ def _tiny(**overrides):
     return config
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("loss.lmbda", 0.0, "loss.lmbda=0.0: must be > 0"),
-    ("loss.lmbda", -1.0, "loss.lmbda=-1.0: must be > 0"),
-    ("loss.k_p", -0.5, "loss.k_p=-0.5: must be >= 0"),
-    ("loss.k_j", float("nan"), "loss.k_j=nan: must be >= 0"),
-    ("input.crop_size", 100, "input.crop_size=100: must be a multiple of the model's stride 64"),
-    ("input.batch_size_per_device", 0, "input.batch_size_per_device=0: must be >= 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("loss.lmbda", 0.0, "loss.lmbda=0.0: must be > 0"),
+        ("loss.lmbda", -1.0, "loss.lmbda=-1.0: must be > 0"),
+        ("loss.k_p", -0.5, "loss.k_p=-0.5: must be >= 0"),
+        ("loss.k_j", float("nan"), "loss.k_j=nan: must be >= 0"),
+        (
+            "input.crop_size",
+            100,
+            "input.crop_size=100: must be a multiple of the model's stride 64",
+        ),
+        ("input.batch_size_per_device", 0, "input.batch_size_per_device=0: must be >= 1"),
+    ],
+)
 def test_values_that_would_train_wrong_are_refused_in_one_line(key, value, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(")) as err:
         config_checks.validate(_tiny(**{key: value}), global_batch=2)
@@ -56,8 +63,12 @@ def test_a_rerun_may_change_how_it_trains_but_not_what_its_checkpoints_hold(tmp_
     workdir = as_path(tmp_path)
     config_checks.record_config(_tiny(), workdir, {})
     original = (tmp_path / "config.json").read_text()
-    for key, value in [("model.N", 32), ("seed", 1), ("input.batch_size_per_device", 4),
-                       ("text.encoder", "minilm")]:  # fmt: skip
+    for key, value in [
+        ("model.N", 32),
+        ("seed", 1),
+        ("input.batch_size_per_device", 4),
+        ("text.encoder", "minilm"),
+    ]:
         with pytest.raises(ConfigError, match=f"{key} .* would not fit its checkpoints") as err:
             config_checks.compare_with_workdir(_tiny(**{key: value}), workdir)
         assert "\n" not in str(err.value)
@@ -112,15 +123,20 @@ def test_train_refuses_an_incompatible_rerun_before_writing_anything(tmp_path):
 def test_train_py_config_errors_are_one_line_with_a_nonzero_status(tmp_path):
     cases = [
         (["--config", f"{REPO}/configs/small.py:tny"], "unknown argument 'tny'"),
-        (["--config", f"{REPO}/configs/small.py:tiny", "--config.loss.lmbda=-1"],
-         "loss.lmbda=-1.0: must be > 0"),
-    ]  # fmt: skip
+        (
+            ["--config", f"{REPO}/configs/small.py:tiny", "--config.loss.lmbda=-1"],
+            "loss.lmbda=-1.0: must be > 0",
+        ),
+    ]
     for args, message in cases:
         proc = subprocess.run(
             [sys.executable, str(REPO / "train.py"), *args, "--workdir", str(tmp_path / "run")],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
             env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
-        )  # fmt: skip
+        )
         assert proc.returncode != 0
         assert proc.stderr.startswith("train.py: error: ") and message in proc.stderr, proc.stderr
         assert proc.stderr.count("\n") == 1, proc.stderr
@@ -135,19 +151,28 @@ def test_a_start_that_fails_its_checks_is_one_line_and_writes_nothing(tmp_path):
         (["--config", f"{REPO}/configs/smal.py"], "--config: [Errno 2] No such file"),
         (["--config", tiny, "--config.mesh.data=4"], "mesh.data=4 but only 1 devices"),
         (["--config", tiny, "--config.mesh.data=0"], "mesh.data=0: must be a number of devices"),
-        (["--config", tiny, f"--config.input.folder={tmp_path / 'typo'}"],
-         f"input: image folder {tmp_path / 'typo'} does not exist"),
-        (["--config", tiny, "--config.model.N=99999992"],
-         "model.N=99999992, model.M=24: the train state needs"),
-    ]  # fmt: skip
+        (
+            ["--config", tiny, f"--config.input.folder={tmp_path / 'typo'}"],
+            f"input: image folder {tmp_path / 'typo'} does not exist",
+        ),
+        (
+            ["--config", tiny, "--config.model.N=99999992"],
+            "model.N=99999992, model.M=24: the train state needs",
+        ),
+    ]
     for args, message in cases:
         proc = subprocess.run(
             [sys.executable, str(REPO / "train.py"), *args, "--workdir", str(tmp_path / "run")],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
             env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
-        )  # fmt: skip
+        )
         assert proc.returncode in (1, 2), (args, proc.stderr[-2000:])
         assert proc.stderr.startswith("train.py: error: ") and message in proc.stderr, (
-            args, proc.stderr[-2000:])  # fmt: skip
+            args,
+            proc.stderr[-2000:],
+        )
         assert proc.stderr.count("\n") == 1, proc.stderr
         assert not (tmp_path / "run").exists(), args  # nothing written: a rerun is not refused

@@ -302,8 +302,17 @@ def test_export_authors_then_convert_gives_identical_parameters_and_tgic_files(t
 
     model, variables = _perturbed_tiny_model()
     inference.save_inference(tmp_path / "ours", model.config, variables["params"])
-    _tgic(["export", "--format", "authors", "--workdir", tmp_path / "ours",
-           "--out", tmp_path / "theirs.npz"])  # fmt: skip
+    _tgic(
+        [
+            "export",
+            "--format",
+            "authors",
+            "--workdir",
+            tmp_path / "ours",
+            "--out",
+            tmp_path / "theirs.npz",
+        ]
+    )
     _tgic(["convert", tmp_path / "theirs.npz", tmp_path / "back"])
     _, v1, _ = inference.load_inference(tmp_path / "ours")
     _, v2, _ = inference.load_inference(tmp_path / "back")

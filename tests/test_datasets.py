@@ -19,9 +19,15 @@ def test_kodak_captions_load_with_the_garbled_kodim17_kept(kodak_dir):
 
 def test_captions_json_list_form_and_bad_entries(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps([{"image": "a.png", "caption": "x"},
-                                {"file_name": "b.png", "captions": ["y", "z"]},
-                                {"image": "c.png", "caption": 3}]))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            [
+                {"image": "a.png", "caption": "x"},
+                {"file_name": "b.png", "captions": ["y", "z"]},
+                {"image": "c.png", "caption": 3},
+            ]
+        )
+    )
     caps, problems = sets.load_captions(path)
     assert caps == {"a.png": ["x"], "b.png": ["y", "z"]}
     assert len(problems) == 1 and "'c.png'" in problems[0]

@@ -8,8 +8,9 @@ from tgic_jax.cli import demo
 
 
 def _row(variant, bpp, psnr, lpips, jpeg_psnr=24.0, jpeg_lpips=0.45):
-    return dict(variant=variant, bpp=bpp, psnr=psnr, lpips=lpips, jpeg_psnr=jpeg_psnr,
-                jpeg_lpips=jpeg_lpips)  # fmt: skip
+    return dict(
+        variant=variant, bpp=bpp, psnr=psnr, lpips=lpips, jpeg_psnr=jpeg_psnr, jpeg_lpips=jpeg_lpips
+    )
 
 
 def test_the_verdict_on_jpeg_follows_the_numbers():
@@ -22,16 +23,21 @@ def test_the_verdict_on_jpeg_follows_the_numbers():
 
 
 def test_the_caption_ablation_states_its_largest_difference():
-    rows = [_row("correct", 0.2000, 23, 0.40), _row("empty", 0.2010, 23, 0.41),
-            _row("mismatched", 0.1995, 23, 0.40)]  # fmt: skip
+    rows = [
+        _row("correct", 0.2000, 23, 0.40),
+        _row("empty", 0.2010, 23, 0.41),
+        _row("mismatched", 0.1995, 23, 0.40),
+    ]
     text = demo._caption_effect(rows)
     assert "at most 0.0010 bpp" in text and "LPIPS by 0.0100" in text and "nearly inert" in text
 
 
 def test_the_ablation_table_compares_the_variants_on_the_images_all_of_them_ran_on():
-    rows = [dict(_row(v, 0.2, 23, 0.4), image=name)
-            for v, names in [("correct", "abc"), ("empty", "ab"), ("mismatched", "ab")]
-            for name in names]  # fmt: skip
+    rows = [
+        dict(_row(v, 0.2, 23, 0.4), image=name)
+        for v, names in [("correct", "abc"), ("empty", "ab"), ("mismatched", "ab")]
+        for name in names
+    ]
     assert sorted({r["image"] for r in demo.ablation_rows(rows)}) == ["a", "b"]
     assert len(demo.ablation_rows(rows)) == 6
 
@@ -39,8 +45,9 @@ def test_the_ablation_table_compares_the_variants_on_the_images_all_of_them_ran_
 def test_side_by_side_puts_the_centre_crops_next_to_each_other(tmp_path):
     rng = np.random.default_rng(0)
     images = [rng.random((300, 400, 3), np.float32) for _ in range(3)]
-    path = demo._side_by_side(tmp_path / "s.png", [("a", images[0]), ("b", images[1]),
-                                                    ("c", images[2])], crop=128)  # fmt: skip
+    path = demo._side_by_side(
+        tmp_path / "s.png", [("a", images[0]), ("b", images[1]), ("c", images[2])], crop=128
+    )
     sheet = np.asarray(Image.open(path))
     assert sheet.shape == (128 + 22, 3 * 128 + 2 * 6, 3)
     second = sheet[22:, 134 : 134 + 128]  # the second panel, below its label strip
@@ -58,8 +65,10 @@ def test_the_report_facts_come_from_the_config_that_trained():
     config.input.max_images = 7
     facts = demo.run_facts(config.to_dict(), 42)
     assert (facts["N"], facts["M"], facts["train_images"], facts["steps"]) == (16, 24, 7, 42)
-    assert (facts["crop"], facts["batch"]) == (config.input.crop_size,
-                                               config.input.batch_size_per_device)  # fmt: skip
+    assert (facts["crop"], facts["batch"]) == (
+        config.input.crop_size,
+        config.input.batch_size_per_device,
+    )
     assert facts["loss"] == "bpp + lambda*255^2*MSE" and not facts["clip_term"]  # k_p = k_j = 0
     model = TACO(ModelConfig.from_config(config.model))
     params = init_variables(model, jax.random.key(0))["params"]
@@ -116,12 +125,27 @@ def test_the_readme_numbers_are_those_of_the_schedule_the_demo_trains(repo_root)
 
 def test_the_held_out_means_are_those_of_the_given_captions_only():
     rows = [
-        dict(variant="correct", bpp=0.2, psnr=23.0, lpips=0.4, jpeg_bpp=0.21, jpeg_psnr=23.5,
-             jpeg_lpips=0.5),
-        dict(variant="correct", bpp=0.4, psnr=25.0, lpips=0.2, jpeg_bpp=0.39, jpeg_psnr=24.5,
-             jpeg_lpips=0.3),
+        dict(
+            variant="correct",
+            bpp=0.2,
+            psnr=23.0,
+            lpips=0.4,
+            jpeg_bpp=0.21,
+            jpeg_psnr=23.5,
+            jpeg_lpips=0.5,
+        ),
+        dict(
+            variant="correct",
+            bpp=0.4,
+            psnr=25.0,
+            lpips=0.2,
+            jpeg_bpp=0.39,
+            jpeg_psnr=24.5,
+            jpeg_lpips=0.3,
+        ),
         dict(variant="empty", bpp=9.0, psnr=0.0, lpips=9.0),
-    ]  # fmt: skip
+    ]
     m = demo.held_out_means(rows)
-    assert m == pytest.approx(dict(bpp=0.3, psnr=24.0, lpips=0.3, jpeg_bpp=0.3, jpeg_psnr=24.0,
-                                   jpeg_lpips=0.4))  # fmt: skip
+    assert m == pytest.approx(
+        dict(bpp=0.3, psnr=24.0, lpips=0.3, jpeg_bpp=0.3, jpeg_psnr=24.0, jpeg_lpips=0.4)
+    )

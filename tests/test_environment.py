@@ -43,16 +43,33 @@ def test_load_config_of_a_missing_file_fails_with_its_name():
 
 
 def test_tgic_env_command_shows_the_mesh_over_four_host_devices():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")  # fmt: skip
-    cmd = [sys.executable, "-m", "tgic_jax.cli", "env", "--json",
-           "--config", str(REPO / "configs" / "small.py") + ":tiny"]  # fmt: skip
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(REPO),
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "tgic_jax.cli",
+        "env",
+        "--json",
+        "--config",
+        str(REPO / "configs" / "small.py") + ":tiny",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads(proc.stdout)
     assert info["jax"]["local_device_count"] == 4
-    assert info["mesh"] == {"axes": {"data": 4}, "batch_per_device": 2, "global_batch": 8,
-                            "batch_per_process": 8, "processes": 1}  # fmt: skip
+    assert info["mesh"] == {
+        "axes": {"data": 4},
+        "batch_per_device": 2,
+        "global_batch": 8,
+        "batch_per_process": 8,
+        "processes": 1,
+    }
     assert info["tensorflow"]["usable_gpus"] == 0
 
 
@@ -61,6 +78,10 @@ def test_report_says_tensorflow_is_not_installed_where_it_is_absent(monkeypatch)
     fake = lambda name, *a: None if name == "tensorflow" else real(name, *a)
     monkeypatch.setattr(environment.importlib.util, "find_spec", fake)
     info = environment.describe()
-    assert info["tensorflow"] == {"version": None, "built_with_cuda": False, "physical_gpus": 0,
-                                  "usable_gpus": 0}  # fmt: skip
+    assert info["tensorflow"] == {
+        "version": None,
+        "built_with_cuda": False,
+        "physical_gpus": 0,
+        "usable_gpus": 0,
+    }
     assert "TensorFlow:        not installed" in environment.format_report(info)

@@ -85,8 +85,9 @@ def test_real_bpp_is_eight_times_file_bytes_over_pixels_and_outputs_are_written(
     folder, captions, names = image_folder
     out = tmp_path / "out"
     codecs = [FakeCodec("low", 4), FakeCodec("mid", 16), FakeCodec("high", 64)]
-    summary = driver.evaluate(codecs, sets.folder_set(folder, captions), out,
-                                  _options(), lpips_fn=fake_lpips)  # fmt: skip
+    summary = driver.evaluate(
+        codecs, sets.folder_set(folder, captions), out, _options(), lpips_fn=fake_lpips
+    )
     rows = json.loads((out / "per_image.json").read_text())["rows"]
     assert len(rows) == 3 * len(names)
     for row in rows:
@@ -116,15 +117,19 @@ def test_summary_states_bd_rate_against_the_jpeg_curve_in_the_plot(image_folder,
     folder, captions, _ = image_folder
     out = tmp_path / "out"
     codecs = [FakeCodec(f"q{n}", n) for n in (4, 8, 16, 32)]
-    summary = driver.evaluate(codecs, sets.folder_set(folder, captions), out,
-                                  _options(), lpips_fn=fake_lpips)  # fmt: skip
+    summary = driver.evaluate(
+        codecs, sets.folder_set(folder, captions), out, _options(), lpips_fn=fake_lpips
+    )
     assert len(summary["jpeg"]) == 4 and all(p["bpp"] > 0 for p in summary["jpeg"])
     jpeg_csv = (out / "jpeg.csv").read_text().splitlines()
     assert len(jpeg_csv) == 1 + 4 * 3
     # The JPEG bpp is its real file size too.
     jpg = out / "jpeg" / "q40" / "img0.jpg"
-    row = next(r for r in summary_rows(out / "jpeg.csv") if r["image"] == "img0.png"
-               and r["quality"] == "40")  # fmt: skip
+    row = next(
+        r
+        for r in summary_rows(out / "jpeg.csv")
+        if r["image"] == "img0.png" and r["quality"] == "40"
+    )
     assert float(row["bpp"]) == pytest.approx(8 * jpg.stat().st_size / (40 * 56))
     key = "TACO-JAX (correct caption) vs JPEG"
     assert key in summary["bd"]
@@ -196,9 +201,22 @@ def test_a_checkpoint_that_cannot_load_is_reported_and_others_run(image_folder, 
     folder, captions, _ = image_folder
     parser = argparse.ArgumentParser()
     cli_evaluate.add_cli_arguments(parser)
-    args = parser.parse_args(["--checkpoint", "good", "missing", "--out", str(tmp_path / "o"),
-                              "--images", str(folder), "--captions", str(captions),
-                              "--no-lpips", "--no-progress", "--jpeg-qualities"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "--checkpoint",
+            "good",
+            "missing",
+            "--out",
+            str(tmp_path / "o"),
+            "--images",
+            str(folder),
+            "--captions",
+            str(captions),
+            "--no-lpips",
+            "--no-progress",
+            "--jpeg-qualities",
+        ]
+    )
 
     def loader(c):
         if c == "missing":
@@ -218,9 +236,12 @@ def test_caption_ablation_codes_correct_empty_and_shifted_captions_side_by_side(
     folder, captions, names = image_folder
     codec = FakeCodec("taco", 16)
     summary = driver.evaluate(
-        [codec], sets.folder_set(folder, captions), tmp_path / "out",
-        _options(variants=driver.VARIANTS, jpeg_qualities=()), lpips_fn=fake_lpips,
-    )  # fmt: skip
+        [codec],
+        sets.folder_set(folder, captions),
+        tmp_path / "out",
+        _options(variants=driver.VARIANTS, jpeg_qualities=()),
+        lpips_fn=fake_lpips,
+    )
     rows = json.loads((tmp_path / "out" / "per_image.json").read_text())["rows"]
     got = {(r["variant"], r["image"]): r["caption"] for r in rows}
     for i, name in enumerate(names):
@@ -242,10 +263,16 @@ def test_best_of_captions_is_an_oracle_choice_by_lpips_and_labelled(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(caps))
     eval_set = sets.folder_set(folder, tmp_path / "c.json")
     eval_set.caption_mode = "best_lpips"
-    summary = driver.evaluate([FakeCodec("t", 16)], eval_set, tmp_path / "out",
-                                  _options(jpeg_qualities=()), lpips_fn=fake_lpips)  # fmt: skip
-    rows = {r["image"]: r for r in json.loads((tmp_path / "out" / "per_image.json").read_text())
-            ["rows"]}  # fmt: skip
+    summary = driver.evaluate(
+        [FakeCodec("t", 16)],
+        eval_set,
+        tmp_path / "out",
+        _options(jpeg_qualities=()),
+        lpips_fn=fake_lpips,
+    )
+    rows = {
+        r["image"]: r for r in json.loads((tmp_path / "out" / "per_image.json").read_text())["rows"]
+    }
     assert rows["img0.png"]["caption"] == "long caption"  # the non-empty one codes better
     assert "oracle" in rows["img0.png"]["caption_note"]
     assert "ORACLE" in (tmp_path / "out" / "summary.md").read_text()
@@ -289,14 +316,17 @@ def test_kodak_with_a_real_checkpoint_writes_everything_and_bpp_is_the_file_size
     cfg = ModelConfig(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4)
     model = TACO(cfg)
     params = init_variables(model, jax.random.PRNGKey(0))["params"]
-    ckpt = inference.save_inference(tmp_path / "tiny_ckpt", cfg, params,
-                                     text_config={"encoder": "test-hash"})  # fmt: skip
+    ckpt = inference.save_inference(
+        tmp_path / "tiny_ckpt", cfg, params, text_config={"encoder": "test-hash"}
+    )
     codec = driver.TacoCodec(ckpt, text_encoder=_HashText(16))
     out = tmp_path / "out"
     summary = driver.evaluate(
-        [codec], sets.kodak_set(kodak_dir, max_images=1), out,
+        [codec],
+        sets.kodak_set(kodak_dir, max_images=1),
+        out,
         _options(jpeg_qualities=(10, 50), variants=("correct", "empty")),
-    )  # fmt: skip
+    )
     assert summary["failures"] == []
     rows = json.loads((out / "per_image.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["correct", "empty"]
@@ -334,20 +364,27 @@ def test_evaluate_checkpoints_runs_the_loadable_ones_and_lists_the_others_first(
 
     out = tmp_path / "o"
     summary = driver.evaluate_checkpoints(
-        ["a", "broken", "b"], sets.folder_set(folder, captions), out,
-        _options(jpeg_qualities=(), lpips=False), codec_loader=loader,
-    )  # fmt: skip
+        ["a", "broken", "b"],
+        sets.folder_set(folder, captions),
+        out,
+        _options(jpeg_qualities=(), lpips=False),
+        codec_loader=loader,
+    )
     assert [t["checkpoint"] for t in summary["table"]] == ["a", "b"]
     assert summary["failures"][0] == {
-        "image": "", "checkpoint": "broken", "variant": "", "stage": "load checkpoint",
+        "image": "",
+        "checkpoint": "broken",
+        "variant": "",
+        "stage": "load checkpoint",
         "error": "FileNotFoundError: broken: not a tgic_jax inference checkpoint",
-    }  # fmt: skip
+    }
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["failures"][0]["checkpoint"] == "broken"
     assert "broken" in (out / "summary.md").read_text()
     with pytest.raises(ValueError, match="none of the checkpoints could be loaded"):
-        driver.evaluate_checkpoints(["broken"], sets.folder_set(folder, captions),
-                                        out, codec_loader=loader)  # fmt: skip
+        driver.evaluate_checkpoints(
+            ["broken"], sets.folder_set(folder, captions), out, codec_loader=loader
+        )
 
 
 def test_evaluate_means_averages_real_bytes_and_raises_instead_of_dropping_a_metric(image_folder):
@@ -367,8 +404,15 @@ def test_evaluate_means_averages_real_bytes_and_raises_instead_of_dropping_a_met
     assert ev["bpp_estimate"] == pytest.approx(1.0)  # FakeCodec: 0.5 * 16 / 8
     assert ev["lpips"] == pytest.approx(2 * ev["lpips_zero_one"])
     assert [im.shape for im in ev.pop("images")] == [(40, 112, 3)] * 2
-    assert set(ev) == {"bpp_estimate", "bpp_real", "psnr", "psnr_real", "ms_ssim", "lpips",
-                       "lpips_zero_one"}  # fmt: skip
+    assert set(ev) == {
+        "bpp_estimate",
+        "bpp_real",
+        "psnr",
+        "psnr_real",
+        "ms_ssim",
+        "lpips",
+        "lpips_zero_one",
+    }
     (folder / "img1.png").write_bytes(b"not a png")  # one image fails: no partial mean
     with pytest.raises(ValueError, match="img1.png"):
         driver.evaluate_means(codec, sets.folder_set(folder, captions))
@@ -380,8 +424,14 @@ def test_a_mean_over_fewer_images_than_n_says_over_how_many():
 
     def row(name, lpips):
         values = dict.fromkeys(summary_lib.MEAN_KEYS, 1.0)
-        return {"checkpoint": "a", "variant": "correct", "caption": "c", "image": name,
-                **values, "lpips": lpips}  # fmt: skip
+        return {
+            "checkpoint": "a",
+            "variant": "correct",
+            "caption": "c",
+            "image": name,
+            **values,
+            "lpips": lpips,
+        }
 
     rows = [row("x", 0.2), row("y", float("nan")), row("z", 0.4)]
     s = summary_lib.summarize(sets.EvalSet("set", []), rows, [], ["a"], ["correct"], [])
@@ -395,9 +445,17 @@ def test_a_mean_over_fewer_images_than_n_says_over_how_many():
 def test_a_metric_computed_for_no_image_is_not_averaged_over_zero():
     from tgic_jax.evaluation import summary as summary_lib
 
-    rows = [{"checkpoint": "a", "variant": "correct", "caption": "c", "image": name,
-             **dict.fromkeys(summary_lib.MEAN_KEYS, 1.0), "lpips_zero_one": float("nan")}
-            for name in "xy"]  # fmt: skip
+    rows = [
+        {
+            "checkpoint": "a",
+            "variant": "correct",
+            "caption": "c",
+            "image": name,
+            **dict.fromkeys(summary_lib.MEAN_KEYS, 1.0),
+            "lpips_zero_one": float("nan"),
+        }
+        for name in "xy"
+    ]
     s = summary_lib.summarize(sets.EvalSet("set", []), rows, [], ["a"], ["correct"], [])
     assert s["table"][0]["n_by_metric"] == {}
     assert "over 0 of" not in summary_lib.summary_markdown(s)
@@ -410,11 +468,21 @@ def test_the_caption_ablation_compares_each_variant_on_its_own_images():
 
     def row(variant, name, bpp, psnr):
         values = dict.fromkeys(summary_lib.MEAN_KEYS, 0.5)
-        return {"checkpoint": "a", "variant": variant, "caption": "c", "image": name,
-                **values, "bpp": bpp, "psnr": psnr}  # fmt: skip
+        return {
+            "checkpoint": "a",
+            "variant": variant,
+            "caption": "c",
+            "image": name,
+            **values,
+            "bpp": bpp,
+            "psnr": psnr,
+        }
 
-    rows = [row("correct", "x", 0.2, 30.0), row("correct", "y", 0.6, 20.0),
-            row("empty", "x", 0.22, 29.0)]  # fmt: skip
+    rows = [
+        row("correct", "x", 0.2, 30.0),
+        row("correct", "y", 0.6, 20.0),
+        row("empty", "x", 0.22, 29.0),
+    ]
     s = summary_lib.summarize(sets.EvalSet("set", []), rows, [], ["a"], ["correct", "empty"], [])
     (a,) = s["ablation"]
     assert a["n"] == 1
@@ -457,8 +525,13 @@ def _eval_py(*argv):
 
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, str(repo / "eval.py"), "--config", f"{repo}/configs/small.py:tiny",
-           *map(str, argv)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(repo / "eval.py"),
+        "--config",
+        f"{repo}/configs/small.py:tiny",
+        *map(str, argv),
+    ]
     return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -484,7 +557,11 @@ def test_eval_py_on_a_missing_workdir_or_over_an_earlier_export_is_one_line_and_
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "an inference checkpoint exists there (use --force" in proc.stderr
     assert sorted(p.name for p in workdir.rglob("*")) == [
-        "NOTES.md", "config.json", "config.json", "inference"]  # fmt: skip
+        "NOTES.md",
+        "config.json",
+        "config.json",
+        "inference",
+    ]
 
 
 def _captioned_folder_with_a_gap(folder):

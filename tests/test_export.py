@@ -17,9 +17,14 @@ def test_export_writes_an_inference_checkpoint_without_optimizer_state(tmp_path)
     from tgic_jax.train import checkpoint as ckpt_lib
 
     config = ml_collections.ConfigDict(
-        dict(model=dict(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4),
-             text=dict(encoder="random", max_length=8), optim=_optim(), input={}, mesh={})
-    )  # fmt: skip
+        dict(
+            model=dict(N=16, M=24, slices=(2, 2, 4, 4, 12), text_dim=16, heads=4),
+            text=dict(encoder="random", max_length=8),
+            optim=_optim(),
+            input={},
+            mesh={},
+        )
+    )
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(config.to_json())
@@ -33,8 +38,9 @@ def test_export_writes_an_inference_checkpoint_without_optimizer_state(tmp_path)
     _, variables, loaded = inference.load_inference(path)
     assert set(variables) == {"params", "tables", "integer_entropy"}
     assert loaded.extra.train_step == 7
-    jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"],
-                           jax.device_get(state.params))  # fmt: skip
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, variables["params"], jax.device_get(state.params)
+    )
 
 
 def test_export_refuses_non_finite_parameters_in_one_line(tmp_path, capsys):
@@ -67,9 +73,10 @@ def test_export_over_its_own_earlier_export_needs_force(tmp_path, capsys):
 
 def _snapshot(folder: Path) -> dict:
     """{relative path: (size, mtime_ns)} of every entry under `folder` (folders included)."""
-    return {str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else -1,
-                                         p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def test_export_reads_a_live_workdir_without_touching_the_runs_save_in_progress(tmp_path):
@@ -108,11 +115,17 @@ def test_export_force_replaces_only_the_checkpoints_own_files_and_says_so(tmp_pa
     capsys.readouterr()
     assert cli.main([*argv, "--force"]) == 0
     said = capsys.readouterr().out
-    assert f"replacing the inference checkpoint in {out} (config.json, state/); keeping " \
-        "NOTES.md, my_results/" in said, said  # fmt: skip
+    assert (
+        f"replacing the inference checkpoint in {out} (config.json, state/); keeping "
+        "NOTES.md, my_results/" in said
+    ), said
     assert (out / "NOTES.md").read_text() == "my notes"
     assert (out / "my_results" / "r.csv").read_text() == "a,b\n1,2\n"
     assert not (out / "state" / "stale").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["NOTES.md", "config.json", "my_results",
-                                                     "state"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "NOTES.md",
+        "config.json",
+        "my_results",
+        "state",
+    ]
     assert inference.load_inference(out)[2].extra.train_step == 10

@@ -30,8 +30,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "tgic-test"
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
-        "proxy-connection", "te", "trailer", "upgrade"}  # fmt: skip
+_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+}
 
 
 def _emulator_binary() -> Path:
@@ -146,11 +155,26 @@ def gcs(tmp_path_factory):
     public = f"127.0.0.1:{proxy.server_address[1]}"
     log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "wb")
     server = subprocess.Popen(
-        [str(binary), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
-         "-port", str(port), "-public-host", public, "-external-url", f"http://{public}",
-         "-log-level", "error"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            str(binary),
+            "-backend",
+            "memory",
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-public-host",
+            public,
+            "-external-url",
+            f"http://{public}",
+            "-log-level",
+            "error",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
         deadline = time.time() + 15
@@ -163,20 +187,24 @@ def gcs(tmp_path_factory):
                     pytest.skip("fake-gcs-server did not start")
                 time.sleep(0.2)
         request = urllib.request.Request(
-            f"{proxy.url}/storage/v1/b", data=json.dumps({"name": BUCKET}).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
-        )  # fmt: skip
+            f"{proxy.url}/storage/v1/b",
+            data=json.dumps({"name": BUCKET}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         urllib.request.urlopen(request, timeout=10)
         env = dict(os.environ)
         env.update(
-            JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
+            JAX_PLATFORMS="cpu",
+            TF_CPP_MIN_LOG_LEVEL="2",
+            PYTHONPATH=str(REPO),
             # gcsfs (through etils.epath) and tensorstore (orbax's arrays) to the emulator:
             STORAGE_EMULATOR_HOST=proxy.url,
             TENSORSTORE_GCS_HTTP_URL=proxy.url,
             GOOGLE_AUTH_TOKEN_FOR_TESTING="test",  # tensorstore: no credential look-up
             GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",  # no gRPC bucket-type query
             XLA_FLAGS="--xla_force_host_platform_device_count=1",
-        )  # fmt: skip
+        )
         yield proxy, env
     finally:
         proxy.shutdown()
@@ -193,8 +221,7 @@ def _objects(proxy, prefix: str) -> dict[str, int]:
 
 
 def _run(args, env, timeout=600):
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
@@ -203,12 +230,26 @@ def _run(args, env, timeout=600):
 def test_train_sigterm_resume_export_and_compress_all_on_gs_against_an_emulator(gcs, tmp_path):
     proxy, env = gcs
     run = f"gs://{BUCKET}/run"
-    train = [sys.executable, "train.py", "--config", "configs/small.py:tiny", "--workdir", run,
-             "--config.log_every_steps=1", "--config.ckpt.every_steps=1000"]  # fmt: skip
+    train = [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/small.py:tiny",
+        "--workdir",
+        run,
+        "--config.log_every_steps=1",
+        "--config.ckpt.every_steps=1000",
+    ]
 
     # Train until step 3 is logged, then SIGTERM: the run saves the step it reached.
-    proc = subprocess.Popen([*train, "--config.total_steps=1000"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*train, "--config.total_steps=1000"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out = []
     try:
         for line in proc.stdout:
@@ -240,8 +281,17 @@ def test_train_sigterm_resume_export_and_compress_all_on_gs_against_an_emulator(
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
     Image.fromarray(image).save(tmp_path / "x.png")
     out_file = str(tmp_path / "x.tgic")
-    compress = [*tgic, "compress", str(tmp_path / "x.png"), "--caption", "a test",
-                "--checkpoint", f"gs://{BUCKET}/export", "-o", out_file]  # fmt: skip
+    compress = [
+        *tgic,
+        "compress",
+        str(tmp_path / "x.png"),
+        "--caption",
+        "a test",
+        "--checkpoint",
+        f"gs://{BUCKET}/export",
+        "-o",
+        out_file,
+    ]
     _run(compress, env)
     assert (tmp_path / "x.tgic").stat().st_size > 0
 

@@ -41,12 +41,24 @@ def test_only_wheels_whose_module_is_missing_are_unpacked(tmp_path, monkeypatch)
 @pytest.mark.slow
 def test_cpu_dry_run_runs_every_section_of_the_gpu_check():
     env = dict(os.environ, PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=500)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-2000:]
-    for line in ("-- (a) tgic env: ok", "train step float32 batch 1:",
-                 "train step bfloat16 batch 1:", "skipped: no checkout of the authors' code",
-                 "encode: ", "decode: ", "input alone, jpeg",
-                 "cross-device: y_hat identical"):  # fmt: skip
+    for line in (
+        "-- (a) tgic env: ok",
+        "train step float32 batch 1:",
+        "train step bfloat16 batch 1:",
+        "skipped: no checkout of the authors' code",
+        "encode: ",
+        "decode: ",
+        "input alone, jpeg",
+        "cross-device: y_hat identical",
+    ):
         assert line in out, line

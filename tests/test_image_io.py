@@ -60,8 +60,12 @@ def _png_rgb16(path, a: np.ndarray) -> None:
     h, w = a.shape[:2]
     rows = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_a_16_bit_rgb_image_is_noted_as_reduced_to_8_bits(tmp_path):

@@ -13,8 +13,15 @@ from tgic_jax.train import input_pipeline
 
 
 def _folder_config(folder, crop, **kw):
-    base = dict(source="folder", folder=str(folder), captions="", max_images=0, crop_size=crop,
-                shuffle_buffer=8, cache=False)  # fmt: skip
+    base = dict(
+        source="folder",
+        folder=str(folder),
+        captions="",
+        max_images=0,
+        crop_size=crop,
+        shuffle_buffer=8,
+        cache=False,
+    )
     return ml_collections.ConfigDict({**base, **kw})
 
 
@@ -86,9 +93,14 @@ def test_a_folder_stream_resumed_at_any_step_gives_the_uninterrupted_batches(kod
 
 def test_a_share_without_a_usable_image_fails_clearly_instead_of_looping(tmp_path):
     folder = _write_folder(
-        tmp_path, [((32, 200), "small 0"), ((200, 200), "big 1"), ((48, 48), "small 2"),
-                   ((200, 200), "big 3")]
-    )  # fmt: skip
+        tmp_path,
+        [
+            ((32, 200), "small 0"),
+            ((200, 200), "big 1"),
+            ((48, 48), "small 2"),
+            ((200, 200), "big 3"),
+        ],
+    )
     cfg = _folder_config(folder, 64)
     # Two processes: files 0, 2 (both too small) for process 0, files 1, 3 for process 1.
     with pytest.raises(ValueError, match=r"process 0 of 2 has no image of at least 64x64"):
@@ -114,12 +126,12 @@ def test_folder_is_split_disjointly_between_processes(kodak_dir):
     cfg = _folder_config(kodak_dir, 64, max_images=12)
     caps = [
         set(
-            next(iter(
-                input_pipeline.make_dataset(cfg, 12, seed=0, process_index=i, process_count=2)
-            ))["caption"]
+            next(
+                iter(input_pipeline.make_dataset(cfg, 12, seed=0, process_index=i, process_count=2))
+            )["caption"]
         )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     assert not caps[0] & caps[1]
 
 
@@ -127,12 +139,19 @@ def test_mock_coco_captions_through_tfds_even_splits():
     import tensorflow_datasets as tfds
 
     cfg = ml_collections.ConfigDict(
-        dict(source="tfds", tfds_name="coco_captions", tfds_split="train", data_dir="",
-             crop_size=16, shuffle_buffer=4)
-    )  # fmt: skip
+        dict(
+            source="tfds",
+            tfds_name="coco_captions",
+            tfds_split="train",
+            data_dir="",
+            crop_size=16,
+            shuffle_buffer=4,
+        )
+    )
     with tfds.testing.mock_data(num_examples=16):
-        ds = input_pipeline.make_dataset(cfg, batch_size=4, seed=0, process_index=1,
-                                         process_count=2)  # fmt: skip
+        ds = input_pipeline.make_dataset(
+            cfg, batch_size=4, seed=0, process_index=1, process_count=2
+        )
         batch = next(iter(ds))
     assert batch["image"].shape == (4, 16, 16, 3)
     assert all(isinstance(c, str) and c for c in batch["caption"])
@@ -175,27 +194,40 @@ def _write_pairs_folder(folder, sizes_and_captions):
 def test_epoch_is_one_pass_over_the_pairs_of_images_at_least_256_on_the_short_side(tmp_path):
     from tgic_jax.train import optim
 
-    folder = _write_pairs_folder(tmp_path / "pairs", [
-        ((260, 300), ["one", "two"]),         # 2 pairs
-        ((255, 400), ["x", "y", "z"]),        # short side 255: left out
-        ((256, 256), "single"),               # 1 pair
-        ((300, 512), ["a", "b", "c"]),        # 3 pairs
-    ])  # fmt: skip
+    folder = _write_pairs_folder(
+        tmp_path / "pairs",
+        [
+            ((260, 300), ["one", "two"]),  # 2 pairs
+            ((255, 400), ["x", "y", "z"]),  # short side 255: left out
+            ((256, 256), "single"),  # 1 pair
+            ((300, 512), ["a", "b", "c"]),  # 3 pairs
+        ],
+    )
     cfg = _folder_config(folder, 256, pairs=True)
     assert input_pipeline.uses_pairs(cfg)
     pairs = input_pipeline.list_pairs(cfg)
     assert len(pairs) == 6 and all("p1.png" not in p for p, _ in pairs)
-    config = ml_collections.ConfigDict(dict(
-        total_steps=-1, input=cfg,
-        optim=dict(learning_rate=1e-4, epochs=50, decay_epochs=(45, 48), decay_factor=0.1,
-                   train_images=82_783)))  # fmt: skip
+    config = ml_collections.ConfigDict(
+        dict(
+            total_steps=-1,
+            input=cfg,
+            optim=dict(
+                learning_rate=1e-4,
+                epochs=50,
+                decay_epochs=(45, 48),
+                decay_factor=0.1,
+                train_images=82_783,
+            ),
+        )
+    )
     config = optim.with_epoch_size(config, len(pairs))
     # 6 pairs, global batch 2: 3 steps an epoch, 150 steps, decays at steps 135 and 144.
     assert optim.steps_per_epoch(config.optim, 2) == 3
     assert optim.total_steps(config, 2) == 150
     lr = optim.learning_rate_schedule(config.optim, 2)
-    np.testing.assert_allclose([float(lr(s)) for s in (134, 135, 143, 144)],
-                               [1e-4, 1e-5, 1e-5, 1e-6], rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        [float(lr(s)) for s in (134, 135, 143, 144)], [1e-4, 1e-5, 1e-5, 1e-6], rtol=1e-6
+    )
     # Global batch 4: 1 step an epoch (2 pairs dropped per epoch, as drop_last does).
     assert optim.steps_per_epoch(config.optim, 4) == 1
 
@@ -246,13 +278,17 @@ def test_coco_files_reads_the_official_layout_with_the_same_filter(tmp_path):
         Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(
             root / "train2014" / f"COCO_train2014_{i:012d}.jpg"
         )
-    images = [{"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "height": h, "width": w}
-              for i, (h, w) in sizes.items()]  # fmt: skip
+    images = [
+        {"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "height": h, "width": w}
+        for i, (h, w) in sizes.items()
+    ]
     del images[2]["height"], images[2]["width"]  # read from the file instead
-    annotations = [{"image_id": 3, "id": 10, "caption": "a tall thing "},
-                   {"image_id": 1, "id": 11, "caption": "a wide thing"},
-                   {"image_id": 2, "id": 12, "caption": "too small"},
-                   {"image_id": 1, "id": 13, "caption": "another caption"}]  # fmt: skip
+    annotations = [
+        {"image_id": 3, "id": 10, "caption": "a tall thing "},
+        {"image_id": 1, "id": 11, "caption": "a wide thing"},
+        {"image_id": 2, "id": 12, "caption": "too small"},
+        {"image_id": 1, "id": 13, "caption": "another caption"},
+    ]
     (root / "annotations" / "captions_train2014.json").write_text(
         json.dumps({"images": images[::-1], "annotations": annotations})
     )
@@ -289,8 +325,10 @@ def test_images_without_captions_and_captions_without_images_are_reported(tmp_pa
     batch = next(iter(input_pipeline.make_dataset(_folder_config(folder, 64), 2, seed=0)))
     assert batch["caption"] == ["kept", "kept"]
     out = capsys.readouterr().out
-    assert "1 images without a caption left out (nocap.png), 1 captions without an image " \
-           "(gone.png)" in out  # fmt: skip
+    assert (
+        "1 images without a caption left out (nocap.png), 1 captions without an image "
+        "(gone.png)" in out
+    )
     (folder / "captions.json").write_text(json.dumps({"gone.png": "no file"}))
     with pytest.raises(FileNotFoundError, match="2 images without a caption, 1 captions"):
         input_pipeline.make_dataset(_folder_config(folder, 64), 2, seed=0)

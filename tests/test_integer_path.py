@@ -110,8 +110,14 @@ def test_an_output_finer_than_the_accumulator_is_rounded_then_shifted_up_exactly
     # A trained layer of large weights and inputs: one accumulator step is ~2^5 output units.
     rng = np.random.default_rng(1)
     kernel = rng.normal(0, 1.0, (1, 1, 40, 6))
-    q = integer_path._quantize_layer(kernel, rng.normal(0, 1, 6), np.full(40, 0.01),
-                                     np.full(6, 2.0**-12), -(2**23 - 1), 2**23 - 1)  # fmt: skip
+    q = integer_path._quantize_layer(
+        kernel,
+        rng.normal(0, 1, 6),
+        np.full(40, 0.01),
+        np.full(6, 2.0**-12),
+        -(2**23 - 1),
+        2**23 - 1,
+    )
     assert (q["up"] > 0).all()
     x = rng.integers(-A, A + 1, (1, 3, 3, 40))
     ours = integer_path.apply_layer(

@@ -16,10 +16,15 @@ from helpers import REPO, _env, _finished_steps, _restorable_steps, _train_cmd
 @pytest.mark.slow  # compiles the tiny train step (~1-2 min on 2 cores)
 def test_ctrl_c_saves_the_current_step_and_a_second_run_on_the_workdir_is_refused(tmp_path):
     workdir = tmp_path / "run"
-    cmd = _train_cmd(workdir, "--config.total_steps=1000", "--config.ckpt.every_steps=1000",
-                     "--config.log_every_steps=1")  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    cmd = _train_cmd(
+        workdir,
+        "--config.total_steps=1000",
+        "--config.ckpt.every_steps=1000",
+        "--config.log_every_steps=1",
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         out = []
         for line in proc.stdout:  # our lines only: a compile notice, then N/TOTAL and eta
@@ -29,8 +34,9 @@ def test_ctrl_c_saves_the_current_step_and_a_second_run_on_the_workdir_is_refuse
         assert any(line.startswith("compiling the train step") for line in out), out
         assert re.match(r"\[train\] step 3/1000 eta \d:\d\d:\d\d ", out[-1]), out[-1]
         # A second run on the same workdir: refused in one line, before anything is written.
-        second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
-                                timeout=300)  # fmt: skip
+        second = subprocess.run(
+            cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+        )
         assert second.returncode == 1
         assert second.stderr.startswith("train.py: error: ") and "in use by another" in (
             second.stderr
@@ -54,9 +60,14 @@ def test_ctrl_c_saves_the_current_step_and_a_second_run_on_the_workdir_is_refuse
 def test_a_signal_during_start_up_ends_the_run_at_once_in_one_line(tmp_path, sig):
     # Measured before: two hosts went on compiling for 150 s with nothing printed.
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(workdir, "--config.total_steps=50"), cwd=REPO,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _train_cmd(workdir, "--config.total_steps=50"),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in proc.stdout:
             if line.startswith("compiling the train step"):
@@ -81,9 +92,14 @@ def test_ctrl_c_at_any_moment_of_the_start_ends_the_run_at_once_in_one_line(tmp_
     # Measured: at 0.3 s (inside an import) the signal was lost and the run trained to the
     # end with exit 0; at 0.5-1.3 s a 40-line KeyboardInterrupt traceback.
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(workdir, "--config.total_steps=50"), cwd=REPO,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _train_cmd(workdir, "--config.total_steps=50"),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(after_s)
         proc.send_signal(signal.SIGINT)
@@ -94,8 +110,9 @@ def test_ctrl_c_at_any_moment_of_the_start_ends_the_run_at_once_in_one_line(tmp_
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-3000:]
-    assert re.fullmatch(r"SIGINT(:| during start-up:) stopping[^\n]*nothing trained to save\)?\n",
-                        err), err  # fmt: skip
+    assert re.fullmatch(
+        r"SIGINT(:| during start-up:) stopping[^\n]*nothing trained to save\)?\n", err
+    ), err
     assert waited < 10 and not (workdir / "config.json").exists()
 
 

@@ -20,8 +20,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 # case -> the weights the fixture zeroed.
-CASES = {"joint_only": dict(lmbda=0.0, k_p=0.0), "lpips_only": dict(lmbda=0.0, k_j=0.0),
-         "full": {}}  # fmt: skip
+CASES = {"joint_only": dict(lmbda=0.0, k_p=0.0), "lpips_only": dict(lmbda=0.0, k_j=0.0), "full": {}}
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +76,10 @@ def _value(loss_config, data):
     """The loss and its terms alone: a forward pass compiles in a fraction of the gradient's."""
     loss_fn, frozen = losses.build_loss(loss_config)
     x = data["x_u8"].astype(np.float32) / 255.0
-    outputs = {"x_hat": data["x_hat"].astype(np.float32),
-               "likelihoods": {"y": data["lik_y"], "z": data["lik_z"]}}  # fmt: skip
+    outputs = {
+        "x_hat": data["x_hat"].astype(np.float32),
+        "likelihoods": {"y": data["lik_y"], "z": data["lik_z"]},
+    }
     loss, metrics = jax.jit(loss_fn)(frozen, outputs, x, data["text_embeds"])
     return float(loss), jax.device_get(metrics)
 
@@ -110,5 +111,6 @@ def test_joint_term_is_the_mean_of_per_group_terms(fixture):
     # One group of 16 is another number: 16 negatives and a norm over 16 rows.
     assert abs(term(slice(0, 16), 0) - by_hand) > 1e-3 * abs(by_hand)
     with pytest.raises(ValueError, match="joint_group_size"):
-        losses.clip_joint_term(clip_model, clip_model.params, x_hat[:12], x[:12], text[:12],
-                               group_size=8)  # fmt: skip
+        losses.clip_joint_term(
+            clip_model, clip_model.params, x_hat[:12], x[:12], text[:12], group_size=8
+        )

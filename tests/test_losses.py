@@ -26,10 +26,15 @@ def _kodak_image(name):
 
 def _loss_config(**overrides):
     config = dict(
-        lmbda=0.0004, k_p=3.5, k_j=0.0025, lpips_input_range="minus_one_one",
-        clip_path="", clip_embed_weight=40.0, clip_logit_scale_log=2.6592,
+        lmbda=0.0004,
+        k_p=3.5,
+        k_j=0.0025,
+        lpips_input_range="minus_one_one",
+        clip_path="",
+        clip_embed_weight=40.0,
+        clip_logit_scale_log=2.6592,
         joint_group_size=0,
-    )  # fmt: skip
+    )
     config.update(overrides)
     return ml_collections.ConfigDict(config)
 
@@ -48,13 +53,27 @@ def tiny_clip_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_clip")
     vocab = write_tiny_clip_tokenizer(folder)
     config = CLIPConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=16, intermediate_size=24,
-                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
-                         bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1),
-        vision_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=224, patch_size=32),
+        text_config=dict(
+            vocab_size=vocab,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=vocab - 2,
+            eos_token_id=vocab - 1,
+            pad_token_id=vocab - 1,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=224,
+            patch_size=32,
+        ),
         projection_dim=8,
-    )  # fmt: skip
+    )
     pretrained.save_folder(folder, config, clip.random_clip(config, seed=0).params)
     return folder
 
@@ -164,12 +183,14 @@ def test_clip_text_embeddings_of_38_tokens_are_independent_of_padding(tiny_clip,
 
     tokenizer = CLIPTokenizer.from_pretrained(str(tiny_clip_folder))
     captions = ["a red car", "the dog", "a red car"]
-    embed = jax.jit(lambda ids, mask: losses.clip_text_embeddings(tiny_clip, tiny_clip.params,
-                                                                   ids, mask))  # fmt: skip
+    embed = jax.jit(
+        lambda ids, mask: losses.clip_text_embeddings(tiny_clip, tiny_clip.params, ids, mask)
+    )
 
     def tokens(length):
-        t = tokenizer(captions, padding="max_length", max_length=length, truncation=True,
-                      return_tensors="np")  # fmt: skip
+        t = tokenizer(
+            captions, padding="max_length", max_length=length, truncation=True, return_tensors="np"
+        )
         return np.asarray(t["input_ids"], np.int32), np.asarray(t["attention_mask"], np.int32)
 
     text = np.asarray(embed(*tokens(38)))
@@ -223,8 +244,19 @@ def test_whole_loss_is_finite_for_paper_size_outputs_with_every_term_logged(tiny
 
     (loss, metrics), grad = jax.jit(jax.value_and_grad(total, has_aux=True))(outputs["x_hat"])
     metrics = {k: float(v) for k, v in metrics.items()}
-    expected = {"loss", "bpp", "bpp_y", "bpp_z", "mse", "psnr", "distortion", "lpips",
-                "clip_contrastive", "clip_embed_dist", "joint"}  # fmt: skip
+    expected = {
+        "loss",
+        "bpp",
+        "bpp_y",
+        "bpp_z",
+        "mse",
+        "psnr",
+        "distortion",
+        "lpips",
+        "clip_contrastive",
+        "clip_embed_dist",
+        "joint",
+    }
     assert set(metrics) == expected
     assert all(np.isfinite(v) for v in metrics.values()), metrics
     assert np.all(np.isfinite(np.asarray(grad))) and np.abs(np.asarray(grad)).max() > 0
@@ -249,9 +281,11 @@ def test_zero_weight_terms_are_not_in_the_graph(lpips_params):
     x = rng.uniform(size=(2, 64, 64, 3)).astype(np.float32)
     outputs = {
         "x_hat": x * 0.9,
-        "likelihoods": {"y": np.full((2, 4, 4, 8), 0.5, np.float32),
-                        "z": np.full((2, 1, 1, 4), 0.5, np.float32)},
-    }  # fmt: skip
+        "likelihoods": {
+            "y": np.full((2, 4, 4, 8), 0.5, np.float32),
+            "z": np.full((2, 1, 1, 4), 0.5, np.float32),
+        },
+    }
     rd_fn, rd_frozen = losses.build_loss(_loss_config(k_p=0.0, k_j=0.0))
     assert rd_frozen == {}
     loss, metrics = jax.jit(rd_fn)(rd_frozen, outputs, x, None)
@@ -299,8 +333,17 @@ def test_whole_loss_on_the_paper_size_model_is_finite_with_every_term_logged(tin
 
     loss, metrics = step(variables["params"])
     assert np.isfinite(float(loss))
-    for name in ("bpp", "bpp_y", "bpp_z", "mse", "psnr", "lpips", "clip_contrastive",
-                 "clip_embed_dist", "joint"):  # fmt: skip
+    for name in (
+        "bpp",
+        "bpp_y",
+        "bpp_z",
+        "mse",
+        "psnr",
+        "lpips",
+        "clip_contrastive",
+        "clip_embed_dist",
+        "joint",
+    ):
         assert np.isfinite(float(metrics[name])), name
     assert float(metrics["bpp_y"]) > 0 and float(metrics["bpp_z"]) > 0
 

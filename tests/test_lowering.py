@@ -18,12 +18,26 @@ from tgic_jax.model.taco import TACO, ModelConfig
 from tgic_jax.train import losses, optim, precision, train_state, train_step
 
 # openai/clip-vit-base-patch32's towers (its config.json), as the paper config loads them.
-B32_TEXT = clip.TowerConfig(hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                            num_attention_heads=8, layer_norm_eps=1e-5, hidden_act="quick_gelu",
-                            max_position_embeddings=77, vocab_size=49408)  # fmt: skip
-B32_VISION = clip.TowerConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                              num_attention_heads=12, layer_norm_eps=1e-5,
-                              hidden_act="quick_gelu", image_size=224, patch_size=32)  # fmt: skip
+B32_TEXT = clip.TowerConfig(
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    layer_norm_eps=1e-5,
+    hidden_act="quick_gelu",
+    max_position_embeddings=77,
+    vocab_size=49408,
+)
+B32_VISION = clip.TowerConfig(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    layer_norm_eps=1e-5,
+    hidden_act="quick_gelu",
+    image_size=224,
+    patch_size=32,
+)
 CROP = 64  # the model's stride: the smallest image; CLIP resizes to 224 either way
 
 
@@ -51,8 +65,11 @@ def _export_train_step(platform: str):
     optimizer = optim.make_optimizer(config.optim)
     state = jax.eval_shape(functools.partial(train_state.create_train_state, model, optimizer, 0))
     tokens = jax.ShapeDtypeStruct((batch_size, config.text.max_length), jnp.int32)
-    batch = {"image": jax.ShapeDtypeStruct((batch_size, CROP, CROP, 3), jnp.float32),
-             "input_ids": tokens, "attention_mask": tokens}  # fmt: skip
+    batch = {
+        "image": jax.ShapeDtypeStruct((batch_size, CROP, CROP, 3), jnp.float32),
+        "input_ids": tokens,
+        "attention_mask": tokens,
+    }
     clip_text_fn = functools.partial(losses.clip_text_embeddings, clip_model)
     step = train_step.make_train_step(model, loss_fn, optimizer, text_fn, clip_text_fn)
     lr = jax.ShapeDtypeStruct((), jnp.float32)

@@ -122,8 +122,9 @@ def test_bfloat16_transforms_compute_in_bfloat16_but_params_likelihoods_and_grad
     assert 1e-4 < rel < 5e-2
 
     def loss(params):
-        out = model16.apply({"params": params}, x, text, train=True,
-                            rngs={"noise": jax.random.PRNGKey(5)})  # fmt: skip
+        out = model16.apply(
+            {"params": params}, x, text, train=True, rngs={"noise": jax.random.PRNGKey(5)}
+        )
         return jnp.mean(jnp.square(out["x_hat"] - x)) - jnp.mean(jnp.log(out["likelihoods"]["y"]))
 
     grads = jax.jit(jax.grad(loss))(v["params"])

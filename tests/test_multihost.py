@@ -9,10 +9,19 @@ import pytest
 from tgic_jax.checkpoints import inference
 from tgic_jax.train import distributed, trainer
 
-_LAUNCHER_VARS = ("TGIC_COORDINATOR", "TGIC_NUM_PROCESSES", "TGIC_PROCESS_ID",
-                  "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_NTASKS",
-                  "SLURM_STEP_NUM_TASKS", "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE",
-                  "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")  # fmt: skip
+_LAUNCHER_VARS = (
+    "TGIC_COORDINATOR",
+    "TGIC_NUM_PROCESSES",
+    "TGIC_PROCESS_ID",
+    "JAX_COORDINATOR_ADDRESS",
+    "SLURM_JOB_ID",
+    "SLURM_NTASKS",
+    "SLURM_STEP_NUM_TASKS",
+    "OMPI_MCA_orte_hnp_uri",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
 
 
 @pytest.fixture

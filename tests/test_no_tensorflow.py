@@ -24,14 +24,23 @@ def _no_tf_env(tmp_path):
     site = tmp_path / "no_tf_site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(_BLOCK)
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{site}{os.pathsep}{REPO}",
-                XLA_FLAGS="--xla_force_host_platform_device_count=1")  # fmt: skip
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=f"{site}{os.pathsep}{REPO}",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
 
 
 def test_the_blocking_sitecustomize_really_blocks_tensorflow(tmp_path):
     code = "import tensorflow"
-    proc = subprocess.run([sys.executable, "-c", code], env=_no_tf_env(tmp_path),
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_no_tf_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
 
 
@@ -53,11 +62,19 @@ def test_tiny_training_resumes_exports_and_round_trips_an_image_without_tensorfl
     env = _no_tf_env(tmp_path)
 
     def train(steps):
-        cmd = [sys.executable, str(REPO / "train.py"), "--config",
-               f"{REPO}/configs/small.py:tiny", "--workdir", str(workdir),
-               f"--config.input.folder={folder}", f"--config.input.captions={folder}/captions.json",
-               f"--config.total_steps={steps}", "--config.ckpt.every_steps=2",
-               "--config.log_every_steps=1"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            f"{REPO}/configs/small.py:tiny",
+            "--workdir",
+            str(workdir),
+            f"--config.input.folder={folder}",
+            f"--config.input.captions={folder}/captions.json",
+            f"--config.total_steps={steps}",
+            "--config.ckpt.every_steps=2",
+            "--config.log_every_steps=1",
+        ]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
         return proc.stdout
@@ -82,8 +99,14 @@ def test_tiny_training_resumes_exports_and_round_trips_an_image_without_tensorfl
     from PIL import Image
 
     def tgic(*argv):
-        proc = subprocess.run([sys.executable, "-m", "tgic_jax.cli", *map(str, argv)], cwd=REPO,
-                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "tgic_jax.cli", *map(str, argv)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-4000:]
         return proc.stdout
 
@@ -92,8 +115,16 @@ def test_tiny_training_resumes_exports_and_round_trips_an_image_without_tensorfl
     assert json.loads((exported / "config.json").read_text())["train_step"] == 5
     image = np.asarray(Image.open(folder / sorted(kept)[0]).convert("RGB"))[:64, :96]
     Image.fromarray(image).save(tmp_path / "a.png")
-    out = tgic("compress", tmp_path / "a.png", "--caption", kept[sorted(kept)[0]],
-               "--checkpoint", exported, "-o", tmp_path / "a.tgic")  # fmt: skip
+    out = tgic(
+        "compress",
+        tmp_path / "a.png",
+        "--caption",
+        kept[sorted(kept)[0]],
+        "--checkpoint",
+        exported,
+        "-o",
+        tmp_path / "a.tgic",
+    )
     size = (tmp_path / "a.tgic").stat().st_size
     assert f"{size} bytes" in out
     tgic("decompress", tmp_path / "a.tgic", "--checkpoint", exported, "-o", tmp_path / "b.png")

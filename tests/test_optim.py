@@ -41,8 +41,10 @@ def test_main_gradients_are_clipped_to_global_norm_one_before_adam():
     state = opt.init(params)
 
     def step(state, scale):  # the same direction, at norm 500 * scale
-        grads = {"entropy_bottleneck": {"quantiles": jnp.full((1, 1, 3), 100.0 * scale)},
-                 "w": jnp.array([300.0, 400.0]) * scale}  # fmt: skip
+        grads = {
+            "entropy_bottleneck": {"quantiles": jnp.full((1, 1, 3), 100.0 * scale)},
+            "w": jnp.array([300.0, 400.0]) * scale,
+        }
         return opt.update(grads, state, params)
 
     first, state = step(state, 1.0)

@@ -46,8 +46,11 @@ def test_the_layer_check_names_an_upward_import_with_its_line(tmp_path):
 def test_python_dash_m_tgic_jax_cli_runs_the_command():
     proc = subprocess.run(
         [sys.executable, "-m", "tgic_jax.cli", "--help"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     for command in ("compress", "decompress", "convert", "evaluate", "export", "env"):
         assert command in proc.stdout
@@ -168,8 +171,13 @@ top = {m.split(".")[0] for m in set(sys.modules) - before if sys.modules.get(m) 
 print(json.dumps({t: names[t] for t in sorted(top) if t in names}))
 """
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "train.py")], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "train.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from packaging.utils import canonicalize_name
 
@@ -209,8 +217,13 @@ top = {m.split(".")[0] for m in set(sys.modules) - before if sys.modules.get(m) 
 print(json.dumps({"rc": rc, "used": {t: names[t] for t in sorted(top) if t in names}}))
 """
     env = dict(os.environ, PYTHONPATH=str(REPO), TGIC_JAX_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(ckpt)], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), str(ckpt)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["rc"] == [0, 0], proc.stderr[-3000:]

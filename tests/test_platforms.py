@@ -69,10 +69,19 @@ def test_enable_training_cache_sets_jax_s_folder_or_turns_the_cache_off(monkeypa
 # ----------------------------------------------------------------------------- launchers
 @pytest.fixture
 def recorder(monkeypatch):
-    for name in ("TGIC_COORDINATOR", "TGIC_NUM_PROCESSES", "TGIC_PROCESS_ID",
-                 "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri",
-                 "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                 "KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX", "JOBSET_NAME"):  # fmt: skip
+    for name in (
+        "TGIC_COORDINATOR",
+        "TGIC_NUM_PROCESSES",
+        "TGIC_PROCESS_ID",
+        "JAX_COORDINATOR_ADDRESS",
+        "SLURM_JOB_ID",
+        "OMPI_MCA_orte_hnp_uri",
+        "TPU_WORKER_HOSTNAMES",
+        "MEGASCALE_COORDINATOR_ADDRESS",
+        "KUBERNETES_SERVICE_HOST",
+        "JOB_COMPLETION_INDEX",
+        "JOBSET_NAME",
+    ):
         monkeypatch.delenv(name, raising=False)
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))

@@ -8,9 +8,17 @@ import pytest
 from tgic_jax.evaluation import plots
 
 ELIC_PUBLISHED = [  # bpp, PSNR as listed in the issue (rounded from the ELIC results CSV)
-    (0.0468, 26.27), (0.0767, 27.68), (0.1236, 29.13), (0.1964, 30.70), (0.3334, 32.80),
-    (0.4909, 34.59), (0.7041, 36.49), (0.8573, 37.62), (1.1065, 39.18), (1.4898, 41.07),
-]  # fmt: skip
+    (0.0468, 26.27),
+    (0.0767, 27.68),
+    (0.1236, 29.13),
+    (0.1964, 30.70),
+    (0.3334, 32.80),
+    (0.4909, 34.59),
+    (0.7041, 36.49),
+    (0.8573, 37.62),
+    (1.1065, 39.18),
+    (1.4898, 41.07),
+]
 
 
 def test_shipped_elic_anchor_has_the_published_kodak_points_and_its_source():
@@ -30,9 +38,14 @@ def test_plot_rd_writes_png_and_svg_with_all_curves(tmp_path):
             {"bpp": 0.5, "psnr": 33.0, "ms_ssim": 0.97, "lpips": 0.1},
         ],
     )
-    jpeg = plots.Curve("JPEG", [{"bpp": 0.3, "psnr": 27.0, "ms_ssim": 0.9, "lpips": 0.4},
-                                {"bpp": 0.9, "psnr": 32.0, "ms_ssim": 0.96, "lpips": 0.2}],
-                       kind="baseline")  # fmt: skip
+    jpeg = plots.Curve(
+        "JPEG",
+        [
+            {"bpp": 0.3, "psnr": 27.0, "ms_ssim": 0.9, "lpips": 0.4},
+            {"bpp": 0.9, "psnr": 32.0, "ms_ssim": 0.96, "lpips": 0.2},
+        ],
+        kind="baseline",
+    )
     curves = [model, jpeg, *plots.default_anchors("kodak")]
     paths = plots.plot_all(curves, tmp_path, title="kodak")
     assert sorted(p.name for p in paths) == sorted(
@@ -50,8 +63,14 @@ def test_plot_rd_writes_png_and_svg_with_all_curves(tmp_path):
 
 
 def test_curve_values_skip_missing_metrics_and_sort_by_rate():
-    c = plots.Curve("x", [{"bpp": 0.5, "psnr": 31.0}, {"bpp": 0.1, "psnr": 25.0},
-                          {"bpp": 0.3, "psnr": float("nan")}])  # fmt: skip
+    c = plots.Curve(
+        "x",
+        [
+            {"bpp": 0.5, "psnr": 31.0},
+            {"bpp": 0.1, "psnr": 25.0},
+            {"bpp": 0.3, "psnr": float("nan")},
+        ],
+    )
     bpp, psnr = c.values("psnr")
     assert bpp.tolist() == [0.1, 0.5] and psnr.tolist() == [25.0, 31.0]
 

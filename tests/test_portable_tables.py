@@ -65,8 +65,7 @@ def test_a_file_of_a_model_built_in_process_decodes_under_another_instruction_se
     from tgic_jax.model import entropy_models as em
 
     model, params = paper  # tables are built on the fly, in each process
-    np.savez(tmp_path / "params.npz",
-             **{"/".join(k): v for k, v in flatten_dict(params).items()})  # fmt: skip
+    np.savez(tmp_path / "params.npz", **{"/".join(k): v for k, v in flatten_dict(params).items()})
     image = synthetic_image(64, 64, 4)
     text = np.random.default_rng(5).normal(size=(9, model.config.text_dim)).astype(np.float32)
     coder = codec.Coder(model, {"params": params})
@@ -75,13 +74,29 @@ def test_a_file_of_a_model_built_in_process_decodes_under_another_instruction_se
     tables = coding_tables.build_tables(params)
     fp = coding_tables.fingerprint(ModelConfig().to_dict(), tables)
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS="--xla_cpu_max_isa=SSE4_2", PYTHONPATH=str(REPO))  # fmt: skip
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        XLA_FLAGS="--xla_cpu_max_isa=SSE4_2",
+        PYTHONPATH=str(REPO),
+    )
     out = tmp_path / "child.npz"
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(tmp_path / "params.npz"), str(tmp_path / "im.tgic"),
-         str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(tmp_path / "params.npz"),
+            str(tmp_path / "im.tgic"),
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(out) as child:
         for k, v in tables.items():

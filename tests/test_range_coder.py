@@ -28,8 +28,9 @@ def test_symbol_costs_are_minus_log2_of_the_bin_probability_plus_one_count(gauss
     cdfs = ct.split_lookup(lookup)
     k = 10
     p = np.diff(cdfs[k]) / 2**16
-    np.testing.assert_allclose(costs.bins[costs.starts[k] : costs.starts[k] + len(p) - 1],
-                               -np.log2(p[:-1] + 2**-16))  # fmt: skip
+    np.testing.assert_allclose(
+        costs.bins[costs.starts[k] : costs.starts[k] + len(p) - 1], -np.log2(p[:-1] + 2**-16)
+    )
     assert costs.overflow[k] == pytest.approx(-np.log2(p[-1] + 2**-16))
     # The narrowest table (scale 0.11): its zero bin holds 65533 of 65536 counts.
     assert costs.minimum[0] == pytest.approx(-np.log2(65534 / 65536))

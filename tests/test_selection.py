@@ -50,8 +50,15 @@ def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_pa
         (30, 20.5, 0.95, 0.40, 0.35),
     ]
     for step, psnr, ssim, bpp, lp in evals:
-        scalars = dict(psnr_real=psnr, ms_ssim=ssim, bpp_real=bpp, lpips=lp, lpips_zero_one=0.1,
-                       psnr=psnr + 0.1, bpp_estimate=bpp - 0.01)  # fmt: skip
+        scalars = dict(
+            psnr_real=psnr,
+            ms_ssim=ssim,
+            bpp_real=bpp,
+            lpips=lp,
+            lpips_zero_one=0.1,
+            psnr=psnr + 0.1,
+            bpp_estimate=bpp - 0.01,
+        )
         params = {**flat, marker: np.full_like(flat[marker], step)}
         params = flax.traverse_util.unflatten_dict(params)
         selection.record_evaluation(tmp_path, config, step, step // 10, scalars, params)
@@ -59,7 +66,11 @@ def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_pa
     assert rows[0].split(",") == list(selection.EVAL_COLUMNS) and len(rows) == 4
     best = selection.read_best(tmp_path)
     assert {k: v["step"] for k, v in best.items()} == {
-        "best_psnr": 20, "best_lpips": 20, "best_ms_ssim": 30, "best_bpp": 30}  # fmt: skip
+        "best_psnr": 20,
+        "best_lpips": 20,
+        "best_ms_ssim": 30,
+        "best_bpp": 30,
+    }
     kept, info = selection.load_best_params(tmp_path, "best_psnr")
     assert (flax.traverse_util.flatten_dict(kept)[marker] == 20.0).all()
     assert info["psnr_real"] == 21.0
@@ -98,8 +109,10 @@ def test_per_epoch_evaluation_writes_its_csv_keeps_best_checkpoints_and_export_s
     assert all(np.isfinite(v["lpips"]) and np.isfinite(v["lpips_zero_one"]) for v in best.values())
     assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
     out = tmp_path / "exported"
-    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out),
-                     "--select", "best_psnr"]) == 0  # fmt: skip
+    assert (
+        cli.main(["export", "--workdir", str(workdir), "--out", str(out), "--select", "best_psnr"])
+        == 0
+    )
     _, variables, loaded = inference.load_inference(out)
     kept, info = selection.load_best_params(workdir, "best_psnr")
     assert loaded.extra.train_step == info["step"]
@@ -121,8 +134,9 @@ def test_a_failing_evaluation_is_reported_on_stderr_and_writes_no_csv_row(tmp_pa
     config.eval.update(folder=str(folder), captions="", max_images=0)
     writer = metrics_writer.MetricWriter(tmp_path / "tb", enabled=False)
     with caplog.at_level("ERROR"):
-        selection.evaluate_and_record(model, params, RandomTextEncoder(16), config, None,
-                                      writer, tmp_path, step=6, epoch=3)  # fmt: skip
+        selection.evaluate_and_record(
+            model, params, RandomTextEncoder(16), config, None, writer, tmp_path, step=6, epoch=3
+        )
     err = capsys.readouterr().err
     assert "[eval] step 6 FAILED, no eval.csv row: ImageError" in err and "k.png" in err
     assert any("evaluation at step 6 failed" in r.getMessage() for r in caplog.records)

@@ -26,8 +26,14 @@ def test_a_gs_url_without_gcsfs_names_the_extra_and_local_paths_pass(monkeypatch
 
 def _run(code):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-c", BLOCK + code], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK + code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])

@@ -63,10 +63,17 @@ def tiny_clip_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_clip_text")
     vocab_size = write_tiny_clip_tokenizer(folder)
     config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=16,
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=16,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
     tower = clip.random_clip(config, seed=0)
     pretrained.save_folder(folder, config, tower.params)
     return folder
@@ -82,9 +89,13 @@ def tiny_bert_folder(tmp_path_factory):
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
     BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
     config = BertConfig(
-        vocab_size=len(words), hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=40, max_position_embeddings=64,
-    )  # fmt: skip
+        vocab_size=len(words),
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=40,
+        max_position_embeddings=64,
+    )
     module = bert.Bert(bert.BertConfig.from_transformers(config))
     shapes = bert.init_shapes(module)
     rng = np.random.default_rng(0)
@@ -131,10 +142,16 @@ def test_clip_text_loads_from_a_full_clip_folder(tmp_path, tiny_clip_folder):
     text_cfg = CLIPTextConfig.from_pretrained(str(tiny_clip_folder)).to_dict()
     config = CLIPConfig(
         text_config=text_cfg,
-        vision_config=dict(hidden_size=16, intermediate_size=20, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=64, patch_size=32),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=20,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=32,
+        ),
         projection_dim=8,
-    )  # fmt: skip
+    )
     full = clip.random_clip(config, seed=1)
     pretrained.save_folder(tmp_path, config, full.params)
     encoder = text_encoders.build_text_encoder(_text_config("clip", tmp_path))

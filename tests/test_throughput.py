@@ -53,10 +53,15 @@ def test_compiled_flops_are_per_device_when_the_batch_is_split_over_two_devices(
         """
     )
     repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(repo),
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.split()[-1]) == 64 * 128 * 32  # half of 2 * 64 * 128 * 32
 
@@ -180,8 +185,12 @@ def test_tiny_training_run_logs_throughput_to_tensorboard_and_traces_the_asked_s
     trainer.train_and_evaluate(config, tmp_path / "run")
 
     scalars = _scalars(tmp_path / "run" / "tensorboard")
-    for tag in ("images_per_second_per_device", "step_time_s", "input_wait_s",
-                "model_tflops_per_second_per_device"):  # fmt: skip
+    for tag in (
+        "images_per_second_per_device",
+        "step_time_s",
+        "input_wait_s",
+        "model_tflops_per_second_per_device",
+    ):
         assert len(scalars[f"train/{tag}"]) == 2, tag  # logged at steps 2 and 4
         assert all(np.isfinite(v) and v >= 0 for v in scalars[f"train/{tag}"]), tag
     assert min(scalars["train/images_per_second_per_device"]) > 0

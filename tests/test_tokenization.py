@@ -79,8 +79,9 @@ def test_ids_and_masks_equal_transformers_457_and_5x_where_they_agree(
     got = _ours(folders, tower, max_length)(texts)
     assert got["input_ids"].dtype == np.int32 and got["input_ids"].shape == (1200, max_length)
     case = f"{tower}/{max_length}"
-    agreeing = [s for s, cases in manifest["sources"].items() if cases.get(case, {}).get(
-        "differs", -1) == 0]  # fmt: skip
+    agreeing = [
+        s for s, cases in manifest["sources"].items() if cases.get(case, {}).get("differs", -1) == 0
+    ]
     # The slow tokenizers of 4.57 (the reference) and, for BERT, 4.57's fast one and 5.x's.
     versions = {s.split()[1][0] for s in agreeing}
     assert versions == ({"4", "5"} if tower == "bert" else {"4"}), agreeing

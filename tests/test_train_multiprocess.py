@@ -50,8 +50,13 @@ def _free_port():
 def test_two_processes_train_three_steps_to_identical_parameters(tmp_path, kodak_dir):
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(REPO),
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
     port = _free_port()
     workdir = tmp_path / "run"  # shared, as on a cluster file system
     logs = [tmp_path / f"p{i}.log" for i in range(2)]
@@ -113,11 +118,20 @@ def _start_pair(script, workdir, total, released, cwd, env, logs, budgets=(0, 0)
     port = _free_port()
     procs = []
     for i, log in enumerate(logs):
-        args = [sys.executable, str(script), str(port), str(i), workdir, str(total),
-                str(released), str(budgets[i])]  # fmt: skip
+        args = [
+            sys.executable,
+            str(script),
+            str(port),
+            str(i),
+            workdir,
+            str(total),
+            str(released),
+            str(budgets[i]),
+        ]
         with log.open("w") as f:
-            procs.append(subprocess.Popen(args, cwd=cwd, env=env, stdout=f,
-                                          stderr=subprocess.STDOUT))  # fmt: skip
+            procs.append(
+                subprocess.Popen(args, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+            )
     return procs
 
 
@@ -130,8 +144,10 @@ def _finish_pair(procs, logs, timeout):
             if p.poll() is None:
                 p.kill()
     outs = [log.read_text() for log in logs]
-    report = "\n".join(f"--- process {i} (exit {p.returncode}):\n{out[-3000:]}"
-                       for i, (p, out) in enumerate(zip(procs, outs, strict=True)))  # fmt: skip
+    report = "\n".join(
+        f"--- process {i} (exit {p.returncode}):\n{out[-3000:]}"
+        for i, (p, out) in enumerate(zip(procs, outs, strict=True))
+    )
     assert all(p.returncode == 0 for p in procs), report
     results = [[ln for ln in out.splitlines() if ln.startswith("{")] for out in outs]
     assert all(results), report
@@ -145,8 +161,13 @@ def test_sigterm_seconds_apart_stops_both_hosts_at_one_step_and_so_does_one_host
 ):
     script = tmp_path / "child.py"
     script.write_text(_PREEMPTED_CHILD)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(REPO),
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
     run = tmp_path / "run"
     workdir = f"file://{run}"  # a URL: must stay the shared folder, not <cwd>/file:/...
     cwd = tmp_path / "cwd"
@@ -222,8 +243,13 @@ def test_process_0_keeps_a_best_checkpoint_while_the_other_host_waits_at_a_barri
 
     script = tmp_path / "child.py"
     script.write_text(_BEST_CHILD)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(REPO),
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
     logs = [tmp_path / f"p{i}.log" for i in range(2)]
     (tmp_path / "run").mkdir()  # as the loop leaves it
     procs = _start_pair(script, str(tmp_path / "run"), 0, tmp_path / "unused", REPO, env, logs)

@@ -84,9 +84,13 @@ def test_one_step_with_every_loss_term_is_the_same_on_1_and_8_devices_and_by_han
     script.write_text(_EVERY_TERM)
     clip = REPO / "tests" / "fixtures" / "towers" / "tiny_clip"
     proc = subprocess.run(
-        [sys.executable, str(script), str(clip)], cwd=REPO, env=_env(devices=8),
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [sys.executable, str(script), str(clip)],
+        cwd=REPO,
+        env=_env(devices=8),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(v > 0 for v in out["terms"].values()), out  # every term is on

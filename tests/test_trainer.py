@@ -29,8 +29,13 @@ from tgic_jax.train import trainer
 @pytest.mark.slow
 def test_run_resumes_after_sigterm_and_sigkill_and_continues_the_step_count(tmp_path):
     workdir = tmp_path / "run"
-    cmd = _train_cmd(workdir, "--config.total_steps=30", "--config.ckpt.every_steps=5",
-                     "--config.ckpt.keep=3", "--config.log_every_steps=1")  # fmt: skip
+    cmd = _train_cmd(
+        workdir,
+        "--config.total_steps=30",
+        "--config.ckpt.every_steps=5",
+        "--config.ckpt.keep=3",
+        "--config.log_every_steps=1",
+    )
     env = _env()
 
     # SIGTERM: the run stops at the next step and leaves a checkpoint of that step.
@@ -92,11 +97,15 @@ def test_tiny_run_learns_on_kodak_and_codes_unseen_images_within_1pct_of_its_est
     from tgic_jax.model.text_encoders import build_text_encoder
 
     workdir = tmp_path / "run"
-    cmd = _train_cmd(workdir, "--config.total_steps=200", "--config.ckpt.every_steps=200",
-                     "--config.log_every_steps=10", f"--config.input.folder={kodak_dir}",
-                     f"--config.input.captions={kodak_dir / 'captions.json'}")  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
+    cmd = _train_cmd(
+        workdir,
+        "--config.total_steps=200",
+        "--config.ckpt.every_steps=200",
+        "--config.log_every_steps=10",
+        f"--config.input.folder={kodak_dir}",
+        f"--config.input.captions={kodak_dir / 'captions.json'}",
+    )
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     pattern = r"\[train\] step \d+/\d+ .*? loss=([0-9.e+-]+)"
     losses = [float(v) for v in re.findall(pattern, proc.stdout)]
@@ -135,26 +144,38 @@ def test_resume_skips_a_damaged_checkpoint_and_a_nan_loss_stops_with_the_good_on
     notes = []
     _, step = ckpt_lib.restore_train_params(workdir, report=notes.append)
     assert step == 10 and len(notes) == 1 and notes[0].startswith("checkpoint step 20 does not")
-    assert cli.main(["export", "--workdir", str(workdir), "--out", str(tmp_path / "x"),
-                     "--step", "15"]) == 1  # fmt: skip
+    assert (
+        cli.main(
+            ["export", "--workdir", str(workdir), "--out", str(tmp_path / "x"), "--step", "15"]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "no checkpoint of step 15" in err and "(steps there: 10, 20)" in err
     assert err.count("\n") == 1, err
 
     # Training resumes from step 10 and, at learning_rate=1e6, goes non-finite within a few
     # steps: it stops there, saves nothing after it, and names the last good checkpoint.
-    cmd = _train_cmd(workdir, "--config.total_steps=40", "--config.optim.learning_rate=1e6",
-                     "--config.ckpt.every_steps=1", "--config.ckpt.keep=3",
-                     "--config.log_every_steps=5")  # fmt: skip
+    cmd = _train_cmd(
+        workdir,
+        "--config.total_steps=40",
+        "--config.optim.learning_rate=1e6",
+        "--config.ckpt.every_steps=1",
+        "--config.ckpt.keep=3",
+        "--config.log_every_steps=5",
+    )
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "resumed from step 10" in proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr and len(lines) <= 3, proc.stderr[-3000:]
     assert lines[0].startswith("checkpoint step 20 does not restore (") and "kept as" in lines[0]
-    bad = re.fullmatch(r"train\.py: error: step (\d+): .*=nan.* is not finite: training "
-                       r"stopped, nothing non-finite was saved; last good checkpoint: "
-                       r"step (\d+) .*", lines[-1])  # fmt: skip
+    bad = re.fullmatch(
+        r"train\.py: error: step (\d+): .*=nan.* is not finite: training "
+        r"stopped, nothing non-finite was saved; last good checkpoint: "
+        r"step (\d+) .*",
+        lines[-1],
+    )
     assert bad, lines[-1]
     bad_step, good = int(bad[1]), int(bad[2])
     survivors = _restorable_steps(workdir)  # asserts every one is finite
@@ -182,14 +203,25 @@ def test_exports_beside_a_live_run_lose_nothing_and_a_resumed_run_sees_the_same_
     from tgic_jax.checkpoints import inference
     from tgic_jax.cli import main as cli
 
-    folder = [f"--config.input.folder={kodak_dir}",
-              f"--config.input.captions={kodak_dir / 'captions.json'}"]  # fmt: skip
-    common = [*folder, "--config.ckpt.every_steps=2", "--config.ckpt.keep=2",
-              "--config.log_every_steps=1"]  # fmt: skip
+    folder = [
+        f"--config.input.folder={kodak_dir}",
+        f"--config.input.captions={kodak_dir / 'captions.json'}",
+    ]
+    common = [
+        *folder,
+        "--config.ckpt.every_steps=2",
+        "--config.ckpt.keep=2",
+        "--config.log_every_steps=1",
+    ]
     live = tmp_path / "live"
-    proc = subprocess.Popen(_train_cmd(live, "--config.total_steps=8", *common), cwd=REPO,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _train_cmd(live, "--config.total_steps=8", *common),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     exported = []
     try:
         while proc.poll() is None:
@@ -214,9 +246,14 @@ def test_exports_beside_a_live_run_lose_nothing_and_a_resumed_run_sees_the_same_
     # The same run stopped at step 4 and resumed: steps 5-8 see the same batches.
     resumed = tmp_path / "resumed"
     for total in (4, 8):
-        run = subprocess.run(_train_cmd(resumed, f"--config.total_steps={total}", *common),
-                             cwd=REPO, env=_env(), capture_output=True, text=True,
-                             timeout=600)  # fmt: skip
+        run = subprocess.run(
+            _train_cmd(resumed, f"--config.total_steps={total}", *common),
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
     assert "resumed from step 4" in run.stdout
     again = _step_lines(run.stdout)

@@ -26,30 +26,55 @@ KODAK = HERE.parent / "data" / "kodak" / "captions.json"
 MAX_LENGTHS = (38, 77)
 
 _DET = "a,an,the,two,three,several,many,some,A,The,Two".split(",")
-_ADJ = ("red,small,large,old,young,wooden,white,black,striped,busy,empty,shiny,colorful,snowy,"
-        "wet,tall,Brown,GREEN,half-eaten").split(",")  # fmt: skip
-_NOUN = ("dog,cat,man,woman,child,bus,train,pizza,giraffe,elephant,surfer,skateboard,kitchen,"
-         "bathroom,clock tower,fire hydrant,horse,laptop,umbrella,zebra,bowl of soup,stop sign,"
-         "teddy bear,airplane").split(",")  # fmt: skip
-_VERB = ("sitting,standing,running,parked,walking,eating,flying,lying,riding a bike,"
-         "holding a kite,looking out,waiting").split(",")  # fmt: skip
+_ADJ = (
+    "red,small,large,old,young,wooden,white,black,striped,busy,empty,shiny,colorful,snowy,"
+    "wet,tall,Brown,GREEN,half-eaten"
+).split(",")
+_NOUN = (
+    "dog,cat,man,woman,child,bus,train,pizza,giraffe,elephant,surfer,skateboard,kitchen,"
+    "bathroom,clock tower,fire hydrant,horse,laptop,umbrella,zebra,bowl of soup,stop sign,"
+    "teddy bear,airplane"
+).split(",")
+_VERB = (
+    "sitting,standing,running,parked,walking,eating,flying,lying,riding a bike,"
+    "holding a kite,looking out,waiting"
+).split(",")
 _PREP = "on,in,next to,near,under,behind,in front of,on top of,beside".split(",")
-_PLACE = ("the street,a table,a field,the beach,a snowy hill,the water,a city street,"
-          "a grassy area,the counter,a wooden bench,the sidewalk").split(",")  # fmt: skip
+_PLACE = (
+    "the street,a table,a field,the beach,a snowy hill,the water,a city street,"
+    "a grassy area,the counter,a wooden bench,the sidewalk"
+).split(",")
 _UNICODE = [
-    "Ein Hund läuft über die Straße", "café au lait sur la terrasse", "niño con un piñata",
-    "Ångström résumé naïve façade", "ΟΔΟΣ ΚΑΙ ΣΠΙΤΙΑ ΣΤΗΝ ΑΘΗΝΑ", "Ο ΣΚΥΛΟΣ ΤΡΕΧΕΙ",
-    "μια γάτα στον καναπέ", "собака бежит по улице", "Москва зимой", "猫が好きです",
-    "一只猫坐在桌子上", "한국어 텍스트 고양이", "قطة على الطاولة", "דג בים", "ñandú y pingüino",
-    "e\u0301le\u0301phant combining", "ﬁne ligature ½ ² Ⅻ", "İstanbul'da bir kedi",
-    "straße STRASSE Straße", "Çà et là, où est-ce?", "Ærø Øresund", "smörgåsbord på bordet",
-]  # fmt: skip
+    "Ein Hund läuft über die Straße",
+    "café au lait sur la terrasse",
+    "niño con un piñata",
+    "Ångström résumé naïve façade",
+    "ΟΔΟΣ ΚΑΙ ΣΠΙΤΙΑ ΣΤΗΝ ΑΘΗΝΑ",
+    "Ο ΣΚΥΛΟΣ ΤΡΕΧΕΙ",
+    "μια γάτα στον καναπέ",
+    "собака бежит по улице",
+    "Москва зимой",
+    "猫が好きです",
+    "一只猫坐在桌子上",
+    "한국어 텍스트 고양이",
+    "قطة على الطاولة",
+    "דג בים",
+    "ñandú y pingüino",
+    "e\u0301le\u0301phant combining",
+    "ﬁne ligature ½ ² Ⅻ",
+    "İstanbul'da bir kedi",
+    "straße STRASSE Straße",
+    "Çà et là, où est-ce?",
+    "Ærø Øresund",
+    "smörgåsbord på bordet",
+]
 _EMOJI = ["🐕", "🐈", "🍕", "🚌", "☕", "👍🏽", "🏳️‍🌈", "❤️", "😀😀😀", "✈️"]
 _ODD = ["\t", "\n", "\u00a0", "\u2028", "\u200b", "\u0085", "\u3000", "\x07", "\ufeff", "  "]
 _PUNCT = ["!", "?", "...", "…", ",", ";", ":", "—", "-", "(", ")", '"', "“", "”", "'", "’"]
 _PUNCT += "& # @ % $ 1,000 3.14 9:30 2nd #1 e-mail www.x.com".split()
-_CONTRACTIONS = ("it's don't I'm they're we've you'll he'd DON'T IT'S can't o'clock "
-                 "rock'n'roll").split()  # fmt: skip
+_CONTRACTIONS = (
+    "it's don't I'm they're we've you'll he'd DON'T IT'S can't o'clock rock'n'roll"
+).split()
 
 
 def _coco(rng: random.Random) -> str:

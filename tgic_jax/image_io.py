@@ -25,8 +25,7 @@ from tgic_jax.files import write_atomic
 
 # The common suffixes of what Pillow reads (kept for importers); listing a folder keeps
 # every suffix Pillow can open here (`readable_suffixes`), case-insensitive.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-                  ".gif")  # fmt: skip
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 # Registered by Pillow but not images it decodes by itself: stubs that need a handler
 # (BUFR, GRIB, HDF5, MPEG), Ghostscript (EPS) or Windows (EMF, WMF).
 _NOT_DECODED = {".bufr", ".grib", ".h5", ".hdf", ".mpeg", ".mpg", ".eps", ".ps", ".emf", ".wmf"}
@@ -39,8 +38,9 @@ def readable_suffixes() -> frozenset[str]:
         from PIL import Image
 
         Image.init()
-        found = {ext.lower() for ext, fmt in Image.registered_extensions().items()
-                 if fmt in Image.OPEN}  # fmt: skip
+        found = {
+            ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
+        }
         _READABLE = frozenset((found - _NOT_DECODED) | set(IMAGE_SUFFIXES))
     return _READABLE
 

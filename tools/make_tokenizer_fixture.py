@@ -114,13 +114,14 @@ def main() -> None:
                 same = [
                     other
                     for other, cases in manifest["sources"].items()
-                    if other != source and rows.size
+                    if other != source
+                    and rows.size
                     and cases.get(case, {}).get("differs") == rows.size
                     and "same_as" not in cases[case]
                     and np.array_equal(arrays[f"{other}/{case}/rows"], rows)
                     and np.array_equal(arrays[f"{other}/{case}/ids"], ids[rows])
                     and np.array_equal(arrays[f"{other}/{case}/lengths"], lengths[rows])
-                ]  # fmt: skip
+                ]
                 if same:  # stored once, under the first source that gave these ids
                     entry[case]["same_as"] = same[0]
                 elif rows.size:

@@ -50,13 +50,28 @@ def make_tiny_clip(out: Path) -> None:
     """Both towers of a tiny CLIP, with eos pooling and padding masks exercised."""
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=37,
-                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
-                         bos_token_id=98, eos_token_id=99, pad_token_id=99),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=32, patch_size=8),
-        projection_dim=16, attn_implementation="eager",
-    )  # fmt: skip
+        text_config=dict(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            bos_token_id=98,
+            eos_token_id=99,
+            pad_token_id=99,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+        attn_implementation="eager",
+    )
     model = CLIPModel(config).eval()
     _randomize(model, seed=1)
     folder = out / "tiny_clip"
@@ -75,25 +90,35 @@ def make_tiny_clip(out: Path) -> None:
         mask[row, :n] = 1  # ids[row, n - 1] is the first eos; the padding repeats it
     pixels = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
     with torch.no_grad():
-        text = model.text_model(input_ids=torch.from_numpy(ids),
-                                attention_mask=torch.from_numpy(mask))  # fmt: skip
+        text = model.text_model(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)
+        )
         text_embeds = model.text_projection(text.pooler_output)
         vision = model.vision_model(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)))
         image_embeds = model.visual_projection(vision.pooler_output)
     np.savez(
-        out / "tiny_clip.npz", input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32),
-        pixels_nhwc=pixels, last_hidden_state=_f32(text.last_hidden_state),
-        text_embeds=_f32(text_embeds), image_embeds=_f32(image_embeds),
-    )  # fmt: skip
+        out / "tiny_clip.npz",
+        input_ids=ids.astype(np.int32),
+        attention_mask=mask.astype(np.int32),
+        pixels_nhwc=pixels,
+        last_hidden_state=_f32(text.last_hidden_state),
+        text_embeds=_f32(text_embeds),
+        image_embeds=_f32(image_embeds),
+    )
 
 
 def make_tiny_bert(out: Path) -> None:
     """A tiny BERT written as pytorch_model.bin (the torch-free pickle reader's input)."""
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=40, max_position_embeddings=16, attn_implementation="eager",
-    )  # fmt: skip
+        vocab_size=50,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=40,
+        max_position_embeddings=16,
+        attn_implementation="eager",
+    )
     model = BertModel(config, add_pooling_layer=False).eval()
     _randomize(model, seed=3)
     folder = out / "tiny_bert"
@@ -108,9 +133,11 @@ def make_tiny_bert(out: Path) -> None:
     with torch.no_grad():
         states = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
     np.savez(
-        out / "tiny_bert.npz", input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32),
+        out / "tiny_bert.npz",
+        input_ids=ids.astype(np.int32),
+        attention_mask=mask.astype(np.int32),
         last_hidden_state=_f32(states.last_hidden_state),
-    )  # fmt: skip
+    )
 
 
 def make_minilm(out: Path, folder: Path) -> None:
@@ -119,17 +146,19 @@ def make_minilm(out: Path, folder: Path) -> None:
         print(f"skipped minilm.npz: no MiniLM folder at {folder} (tools/fetch_minilm.py)")
         return
     tokenizer = BertTokenizer.from_pretrained(str(folder))
-    tokens = tokenizer(MINILM_CAPTIONS, padding="max_length", max_length=38, truncation=True,
-                       return_tensors="pt")  # fmt: skip
+    tokens = tokenizer(
+        MINILM_CAPTIONS, padding="max_length", max_length=38, truncation=True, return_tensors="pt"
+    )
     model = BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
     with torch.no_grad():
         states = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
     np.savez(
-        out / "minilm.npz", captions=np.array(MINILM_CAPTIONS),
+        out / "minilm.npz",
+        captions=np.array(MINILM_CAPTIONS),
         input_ids=tokens["input_ids"].numpy().astype(np.int32),
         attention_mask=tokens["attention_mask"].numpy().astype(np.int32),
         last_hidden_state=_f32(states.last_hidden_state),
-    )  # fmt: skip
+    )
 
 
 def main() -> None:

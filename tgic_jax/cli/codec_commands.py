@@ -209,8 +209,10 @@ class _Clock:
     def report(self, enabled: bool) -> None:
         if enabled:
             self.parts["total"] = time.perf_counter() - self.start
-            print("timings: " + json.dumps({k: round(v, 3) for k, v in self.parts.items()}),
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "timings: " + json.dumps({k: round(v, 3) for k, v in self.parts.items()}),
+                file=sys.stderr,
+            )
 
 
 # ----------------------------------------------------------------------------- text

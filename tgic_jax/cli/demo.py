@@ -29,9 +29,20 @@ import numpy as np
 # What `make demo` reported on Kodak 13-24 (README), with the stack and schedule that made it.
 # Training is deterministic (seeded data order, crops and noise; XLA's CPU results do not
 # depend on the machine's load), so the same stack on the same kind of CPU repeats these.
-EXPECTED = dict(bpp=0.1829, psnr=22.59, lpips=0.5039, jpeg_bpp=0.2002, jpeg_psnr=22.71,
-                jpeg_lpips=0.5568, steps=800, batch=4, crop=128, learning_rate=1e-3,
-                jax="0.12.0.1", cpu="2-core AMD EPYC (AVX-512)")  # fmt: skip
+EXPECTED = dict(
+    bpp=0.1829,
+    psnr=22.59,
+    lpips=0.5039,
+    jpeg_bpp=0.2002,
+    jpeg_psnr=22.71,
+    jpeg_lpips=0.5568,
+    steps=800,
+    batch=4,
+    crop=128,
+    learning_rate=1e-3,
+    jax="0.12.0.1",
+    cpu="2-core AMD EPYC (AVX-512)",
+)
 # The caption ablation codes this many held-out images twice more (empty, mismatched): on
 # all 12 it would be two thirds of the evaluation's encode / decode / LPIPS work.
 ABLATION_IMAGES = 4
@@ -84,13 +95,17 @@ def _train(out: Path, minutes: float | None, retrain: bool, learning_rate: float
     images = config.input.max_images
     if minutes:
         config.train_time_limit_minutes = float(minutes)
-        _log(f"training configs/small.py for at most {minutes:g} min on Kodak 1-{images} -> "
-             f"{workdir} (a time budget: how far it gets depends on this machine)")  # fmt: skip
+        _log(
+            f"training configs/small.py for at most {minutes:g} min on Kodak 1-{images} -> "
+            f"{workdir} (a time budget: how far it gets depends on this machine)"
+        )
     else:
         steps = optim.total_steps(config, optim.global_batch_size(config, jax.device_count()))
-        _log(f"training configs/small.py on Kodak 1-{images}: its whole schedule, {steps} steps "
-             f"(the same on every machine; progress and time left every "
-             f"{config.log_every_steps} steps) -> {workdir}")  # fmt: skip
+        _log(
+            f"training configs/small.py on Kodak 1-{images}: its whole schedule, {steps} steps "
+            f"(the same on every machine; progress and time left every "
+            f"{config.log_every_steps} steps) -> {workdir}"
+        )
     trainer.train_and_evaluate(config, workdir)
     trainer.export_inference(workdir, ckpt)
     _log(f"exported {ckpt}")
@@ -261,23 +276,33 @@ def against_expected(means: dict, f: dict, jax_version: str) -> str:
     ]
     if not off:
         r = ROUND_OFF
-        return (f"{promised} This run repeats them within round-off ({r['bpp']} bpp, "
-                f"{r['psnr']} dB, {r['lpips']} LPIPS).")  # fmt: skip
+        return (
+            f"{promised} This run repeats them within round-off ({r['bpp']} bpp, "
+            f"{r['psnr']} dB, {r['lpips']} LPIPS)."
+        )
     why = []
     if f["budget_minutes"]:
-        why.append(f"it trained for a {f['budget_minutes']:g}-minute budget (--minutes), so how "
-                   "far it got depended on this machine's speed and load")  # fmt: skip
-    schedule = lambda d: (f"{d['steps']} steps of batch {d['batch']} at {d['crop']} x {d['crop']}, "
-                          f"learning rate {d['learning_rate']:g}")  # fmt: skip
+        why.append(
+            f"it trained for a {f['budget_minutes']:g}-minute budget (--minutes), so how "
+            "far it got depended on this machine's speed and load"
+        )
+    schedule = lambda d: (
+        f"{d['steps']} steps of batch {d['batch']} at {d['crop']} x {d['crop']}, "
+        f"learning rate {d['learning_rate']:g}"
+    )
     if schedule(f) != schedule(e):
         why.append(f"it trained {schedule(f)}, not {schedule(e)}")
     if jax_version != e["jax"]:
         why.append(f"another stack (jax {jax_version})")
     if not why:
-        why.append("the same schedule and stack on another CPU, whose arithmetic (vector width, "
-                   "threads) makes round-off differences that training grows")  # fmt: skip
-    return (f"{promised} **This run differs by more than round-off** ({'; '.join(off)}): "
-            f"{'; '.join(why)}.")  # fmt: skip
+        why.append(
+            "the same schedule and stack on another CPU, whose arithmetic (vector width, "
+            "threads) makes round-off differences that training grows"
+        )
+    return (
+        f"{promised} **This run differs by more than round-off** ({'; '.join(off)}): "
+        f"{'; '.join(why)}."
+    )
 
 
 def _report(out: Path, ckpt: Path, summary: dict, rows: list[dict], f: dict, figure: str) -> Path:
@@ -398,8 +423,12 @@ def _write_means(path: Path, rows: list[dict], facts: dict) -> None:
     """The means and the schedule that made them, for scripts (benchmarks/demo_spread.py)."""
     import jax
 
-    record = {"means": held_out_means(rows), "images": sum(r["variant"] == "correct" for r in rows),
-              "schedule": facts, "jax": jax.__version__}  # fmt: skip
+    record = {
+        "means": held_out_means(rows),
+        "images": sum(r["variant"] == "correct" for r in rows),
+        "schedule": facts,
+        "jax": jax.__version__,
+    }
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
 
 
@@ -460,8 +489,12 @@ def run(out: Path, minutes: float | None, retrain: bool, learning_rate: float | 
     lpips_fn = driver.make_lpips_fn()
     # LPIPS is the costliest metric on a CPU: the matched-rate JPEG below gets it, the JPEG
     # curve in the plots shows PSNR and MS-SSIM, and the report reads the [-1, 1] LPIPS only.
-    options = driver.EvalOptions(variants=driver.VARIANTS, jpeg_lpips=False, lpips_zero_one=False,
-                                 ablation_images=ABLATION_IMAGES)  # fmt: skip
+    options = driver.EvalOptions(
+        variants=driver.VARIANTS,
+        jpeg_lpips=False,
+        lpips_zero_one=False,
+        ablation_images=ABLATION_IMAGES,
+    )
     codec = driver.load_codec(str(ckpt), label="taco_small")
     summary = driver.evaluate([codec], held_out, out / "eval", options, lpips_fn=lpips_fn)
     rows = json.loads((out / "eval" / "per_image.json").read_text())["rows"]

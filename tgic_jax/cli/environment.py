@@ -20,10 +20,22 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = (
-    "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin",
-    "jax-cuda13-pjrt", "libtpu", "flax", "optax", "orbax-checkpoint", "constriction",
-    "tokenizers", "numpy", "tensorflow", "tensorflow-cpu",
-)  # fmt: skip
+    "jax",
+    "jaxlib",
+    "jax-cuda12-plugin",
+    "jax-cuda12-pjrt",
+    "jax-cuda13-plugin",
+    "jax-cuda13-pjrt",
+    "libtpu",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "constriction",
+    "tokenizers",
+    "numpy",
+    "tensorflow",
+    "tensorflow-cpu",
+)
 
 
 def load_config(spec: str):
@@ -114,7 +126,7 @@ def describe(config=None) -> dict[str, Any]:
             k: os.environ[k]
             for k in ("JAX_PLATFORMS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS")
             if k in os.environ
-        },  # fmt: skip
+        },
         "tensorflow": tensorflow_gpus(),
         "packages": package_versions(),
     }
@@ -171,9 +183,10 @@ def format_report(info: dict[str, Any]) -> str:
 def add_env_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `tgic env`."""
     p.add_argument(
-        "--config", default=None,
+        "--config",
+        default=None,
         help="a training config, e.g. configs/taco.py:lmbda=0.0004, to show the mesh it builds",
-    )  # fmt: skip
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 

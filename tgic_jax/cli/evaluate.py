@@ -88,9 +88,11 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=None, help="refuse larger images")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
-        "-f", "--force", action="store_true",
+        "-f",
+        "--force",
+        action="store_true",
         help="replace an earlier evaluation's files in --out (the folder's others are kept)",
-    )  # fmt: skip
+    )
 
 
 def build_eval_set(args) -> sets.EvalSet:

@@ -28,17 +28,27 @@ from tgic_jax.train import selection, trainer
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `tgic export`."""
     p.add_argument(
-        "--format", choices=["inference", "authors"], default="inference",
+        "--format",
+        choices=["inference", "authors"],
+        default="inference",
         help="authors: the authors' state_dict, to --out *.pth.tar (needs torch), *.npz or "
         "*.safetensors; --workdir may then also be an inference checkpoint",
-    )  # fmt: skip
+    )
     p.add_argument("--workdir", required=True, help="training workdir (with checkpoints/)")
     p.add_argument("--out", required=True, help="inference checkpoint directory to write")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--select", choices=sorted(selection.BEST_BY), default=None,
-                   help="export a best-by-evaluation checkpoint instead of a step")  # fmt: skip
-    p.add_argument("-f", "--force", action="store_true",
-                   help="replace an existing output (inference checkpoint or file)")  # fmt: skip
+    p.add_argument(
+        "--select",
+        choices=sorted(selection.BEST_BY),
+        default=None,
+        help="export a best-by-evaluation checkpoint instead of a step",
+    )
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="replace an existing output (inference checkpoint or file)",
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:

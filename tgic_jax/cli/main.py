@@ -129,32 +129,61 @@ def enable_training_cache(enabled: bool = True) -> str | None:
 # name -> (help, module, function adding its arguments, function running it); a module is
 # imported only when its command is parsed (TensorFlow, orbax, optax load in seconds).
 _COMMANDS = {
-    "convert": ("convert the authors' PyTorch checkpoint to an orbax checkpoint",
-                "tgic_jax.cli.convert", "add_convert_arguments", "run_convert"),
-    "compress": ("compress images to .tgic files (needs each caption)",
-                 "tgic_jax.cli.codec_commands", "add_compress_arguments", "run_compress"),
-    "decompress": ("decode .tgic files to PNG (no caption needed)",
-                   "tgic_jax.cli.codec_commands", "add_decompress_arguments", "run_decompress"),
-    "evaluate": ("rate-distortion evaluation with real bitstreams",
-                 "tgic_jax.cli.evaluate", "add_cli_arguments", "run_from_args"),
-    "export": ("export an inference checkpoint from a training workdir",
-               "tgic_jax.cli.export", "add_export_arguments", "run_export"),
-    "env": ("what this host sees: devices, processes, mesh, TF and GPUs, versions",
-            "tgic_jax.cli.environment", "add_env_arguments", "run_env"),
-}  # fmt: skip
+    "convert": (
+        "convert the authors' PyTorch checkpoint to an orbax checkpoint",
+        "tgic_jax.cli.convert",
+        "add_convert_arguments",
+        "run_convert",
+    ),
+    "compress": (
+        "compress images to .tgic files (needs each caption)",
+        "tgic_jax.cli.codec_commands",
+        "add_compress_arguments",
+        "run_compress",
+    ),
+    "decompress": (
+        "decode .tgic files to PNG (no caption needed)",
+        "tgic_jax.cli.codec_commands",
+        "add_decompress_arguments",
+        "run_decompress",
+    ),
+    "evaluate": (
+        "rate-distortion evaluation with real bitstreams",
+        "tgic_jax.cli.evaluate",
+        "add_cli_arguments",
+        "run_from_args",
+    ),
+    "export": (
+        "export an inference checkpoint from a training workdir",
+        "tgic_jax.cli.export",
+        "add_export_arguments",
+        "run_export",
+    ),
+    "env": (
+        "what this host sees: devices, processes, mesh, TF and GPUs, versions",
+        "tgic_jax.cli.environment",
+        "add_env_arguments",
+        "run_env",
+    ),
+}
 
 
 def _add_common_arguments(p: argparse.ArgumentParser, top: bool) -> None:
     # SUPPRESS on subcommands: `tgic -v compress` and `tgic compress -v` both work.
     default = False if top else argparse.SUPPRESS
     p.add_argument(
-        "-v", "--verbose", action="store_true", default=default,
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
         help="also show other libraries' log lines and warnings",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--no-compile-cache", action="store_true", default=default,
+        "--no-compile-cache",
+        action="store_true",
+        default=default,
         help=f"do not use the persistent JAX compilation cache (or set {CACHE_ENV}=off)",
-    )  # fmt: skip
+    )
     p.add_argument("--timings", action="store_true", default=default, help=argparse.SUPPRESS)
 
 

@@ -40,8 +40,9 @@ def _check_keep(out: str, target: Path, keep: dict[str, str] | None) -> None:
     for what, path in (keep or {}).items():
         other = _local(path)
         if other is not None and _overlap(target, other):
-            raise OutputRefused(f"{out}: is, is inside or contains {what} ({path}); "
-                                "write the output somewhere else")  # fmt: skip
+            raise OutputRefused(
+                f"{out}: is, is inside or contains {what} ({path}); write the output somewhere else"
+            )
 
 
 def _listed(names: list[str], folder: Path) -> str:
@@ -67,11 +68,14 @@ def check_output(out: str, force: bool, keep: dict[str, str] | None = None) -> s
         return f"replacing {out}"
     if target.is_dir() and any(target.iterdir()):
         if not _is_inference_checkpoint(target):
-            raise OutputRefused(f"{out}: a folder that is not empty and is not an inference "
-                                "checkpoint; nothing was written (name a new folder)")  # fmt: skip
+            raise OutputRefused(
+                f"{out}: a folder that is not empty and is not an inference "
+                "checkpoint; nothing was written (name a new folder)"
+            )
         if not force:
-            raise OutputRefused(f"{out}: an inference checkpoint exists there "
-                                "(use --force to replace it)")  # fmt: skip
+            raise OutputRefused(
+                f"{out}: an inference checkpoint exists there (use --force to replace it)"
+            )
         ours, others = own_entries(target)
         kept = f"; keeping {_listed(others, target)}" if others else ""
         return f"replacing the inference checkpoint in {out} ({_listed(ours, target)}){kept}"
@@ -96,6 +100,8 @@ def check_evaluation_output(out: str, force: bool) -> str:
         return ""
     shown = _listed([p.name for p in found[:6]], target) + (", ..." if len(found) > 6 else "")
     if not force:
-        raise OutputRefused(f"{out}: holds an evaluation's files ({shown}); use --force to "
-                            "replace them, or name another folder")  # fmt: skip
+        raise OutputRefused(
+            f"{out}: holds an evaluation's files ({shown}); use --force to "
+            "replace them, or name another folder"
+        )
     return f"replacing the evaluation in {out} ({shown}); other files there are kept"

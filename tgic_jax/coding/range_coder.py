@@ -90,9 +90,12 @@ class SymbolCosts:
             minimum.append(cost.min())
             start += len(cost) - 1
         return cls(
-            np.concatenate(bins), np.asarray(starts, np.int64), np.asarray(lengths, np.int64),
-            np.asarray(overflow), np.asarray(minimum),
-        )  # fmt: skip
+            np.concatenate(bins),
+            np.asarray(starts, np.int64),
+            np.asarray(lengths, np.int64),
+            np.asarray(overflow),
+            np.asarray(minimum),
+        )
 
     @classmethod
     def from_lookup(cls, lookup: np.ndarray) -> SymbolCosts:
@@ -109,9 +112,10 @@ class SymbolCosts:
         # whatever the coder's rounding of the far tail), then n - 1 uniform bits.
         escape = 2 * (_escape_bits(_fold(values, n)) - 1)
         cost = np.where(
-            inside, self.bins[self.starts[indexes] + np.where(inside, values, 0)],
+            inside,
+            self.bins[self.starts[indexes] + np.where(inside, values, 0)],
             self.overflow[indexes] + escape,
-        )  # fmt: skip
+        )
         return float(cost.sum())
 
 

@@ -51,10 +51,28 @@ if TYPE_CHECKING:
 
 VARIANTS = ("correct", "empty", "mismatched")
 ROW_FIELDS = (
-    "checkpoint", "variant", "image", "height", "width", "caption", "caption_note",
-    "bytes", "bpp", "bpp_estimated", "psnr", "psnr_float", "ms_ssim", "ms_ssim_db",
-    "lpips", "lpips_zero_one", "encode_ms", "decode_ms", "text_ms", "bitstream", "recon",
-)  # fmt: skip
+    "checkpoint",
+    "variant",
+    "image",
+    "height",
+    "width",
+    "caption",
+    "caption_note",
+    "bytes",
+    "bpp",
+    "bpp_estimated",
+    "psnr",
+    "psnr_float",
+    "ms_ssim",
+    "ms_ssim_db",
+    "lpips",
+    "lpips_zero_one",
+    "encode_ms",
+    "decode_ms",
+    "text_ms",
+    "bitstream",
+    "recon",
+)
 
 
 # ----------------------------------------------------------------------------- codecs
@@ -241,17 +259,27 @@ class _Run:
             image_io.save_png(recon_path, x_hat8)
             recon = str(recon_path.relative_to(self.out))
         return {
-            "checkpoint": label, "variant": variant, "image": item.name,
-            "height": h, "width": w, "caption": caption,
-            "bytes": num_bytes, "bpp": 8.0 * num_bytes / (h * w),
+            "checkpoint": label,
+            "variant": variant,
+            "image": item.name,
+            "height": h,
+            "width": w,
+            "caption": caption,
+            "bytes": num_bytes,
+            "bpp": 8.0 * num_bytes / (h * w),
             "bpp_estimated": float(est["bpp_estimated"]),
             "psnr": metrics.psnr(x, x_hat8),
             "psnr_float": metrics.psnr(x, est["x_hat_float"]),
-            "ms_ssim": ms, "ms_ssim_db": metrics.ms_ssim_db(ms),
-            "lpips": lp, "lpips_zero_one": lp01,
-            "encode_ms": encode_ms, "decode_ms": decode_ms, "text_ms": text_ms,
-            "bitstream": str(stream.relative_to(self.out)), "recon": recon,
-        }  # fmt: skip
+            "ms_ssim": ms,
+            "ms_ssim_db": metrics.ms_ssim_db(ms),
+            "lpips": lp,
+            "lpips_zero_one": lp01,
+            "encode_ms": encode_ms,
+            "decode_ms": decode_ms,
+            "text_ms": text_ms,
+            "bitstream": str(stream.relative_to(self.out)),
+            "recon": recon,
+        }
 
     def code_image(self, index: int, progress) -> None:
         item = self.set.items[index]
@@ -262,8 +290,11 @@ class _Run:
             return
         self.warnings += [f"{item.name}: {note}" for note in notes]
         if not item.captions and item.caption_note == sets.NOTE_MISSING:
-            self.fail(item.name, "caption", "no caption for this image in the captions JSON; "
-                      "coded with the empty caption")  # fmt: skip
+            self.fail(
+                item.name,
+                "caption",
+                "no caption for this image in the captions JSON; coded with the empty caption",
+            )
         elif not item.captions:
             self.warnings.append(f"{item.name}: no caption ({item.caption_note})")
         for codec, label in zip(self.codecs, self.labels, strict=True):
@@ -271,8 +302,9 @@ class _Run:
                 limit = self.opt.ablation_images
                 if variant != "correct" and limit is not None and index >= limit:
                     continue
-                candidates, note = _captions_for(variant, self.set.items, index,
-                                                 self.set.caption_mode)  # fmt: skip
+                candidates, note = _captions_for(
+                    variant, self.set.items, index, self.set.caption_mode
+                )
                 best = None
                 for caption in candidates:
                     progress.set_postfix_str(f"{label}/{variant}")
@@ -301,8 +333,16 @@ class _Run:
 # Every entry `evaluate` writes into its output folder: by name, and the RD plots by pattern.
 # `tgic evaluate` and eval.py refuse an output holding any of them unless --force, and then
 # remove them all first, so an evaluation's files never mix with an earlier one's.
-OUTPUT_ENTRIES = ("summary.md", "summary.json", "per_image.csv", "per_image.json", "jpeg.csv",
-                  "bitstreams", "recon", "jpeg")  # fmt: skip
+OUTPUT_ENTRIES = (
+    "summary.md",
+    "summary.json",
+    "per_image.csv",
+    "per_image.json",
+    "jpeg.csv",
+    "bitstreams",
+    "recon",
+    "jpeg",
+)
 OUTPUT_PATTERNS = ("rd_*.png", "rd_*.svg")
 
 
@@ -356,15 +396,25 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     clear_outputs(out)  # never a mix with an earlier evaluation's files
     run = _Run(codecs, eval_set, out, options, lpips_fn)
-    with tqdm(total=len(eval_set), desc=f"evaluate {eval_set.name}", unit="img",
-              disable=not options.progress) as progress:  # fmt: skip
+    with tqdm(
+        total=len(eval_set),
+        desc=f"evaluate {eval_set.name}",
+        unit="img",
+        disable=not options.progress,
+    ) as progress:
         for i in range(len(eval_set)):
             run.code_image(i, progress)
             progress.update(1)
     summary = summarize(
-        eval_set, run.rows, run.jpeg_rows, run.labels, options.variants, options.anchors,
-        run.failures, run.warnings,
-    )  # fmt: skip
+        eval_set,
+        run.rows,
+        run.jpeg_rows,
+        run.labels,
+        options.variants,
+        options.anchors,
+        run.failures,
+        run.warnings,
+    )
     curves = summary.pop("_curves")
     summary["plots"] = [
         str(p.relative_to(out)) for p in plots.plot_all(curves, out, title=eval_set.name)
@@ -400,9 +450,15 @@ def evaluate_checkpoints(
         try:
             codecs.append(codec_loader(str(ckpt)))
         except Exception as err:  # noqa: BLE001 - report and evaluate the others
-            load_failures.append({"image": "", "checkpoint": str(ckpt), "variant": "",
-                                  "stage": "load checkpoint",
-                                  "error": f"{type(err).__name__}: {err}"})  # fmt: skip
+            load_failures.append(
+                {
+                    "image": "",
+                    "checkpoint": str(ckpt),
+                    "variant": "",
+                    "stage": "load checkpoint",
+                    "error": f"{type(err).__name__}: {err}",
+                }
+            )
             print(f"error: cannot load checkpoint {ckpt}: {err}", file=sys.stderr)
     if not codecs:
         raise ValueError(f"none of the checkpoints could be loaded: {list(map(str, checkpoints))}")
@@ -414,9 +470,11 @@ def evaluate_checkpoints(
 
 
 def evaluate_means(
-    codec: EvaluatedCodec, eval_set: sets.EvalSet, lpips_fn: LpipsFn | None = None,
+    codec: EvaluatedCodec,
+    eval_set: sets.EvalSet,
+    lpips_fn: LpipsFn | None = None,
     keep_images: int = 0,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Mean real and estimated bpp, PSNR, MS-SSIM, LPIPS of one codec, in memory (no files).
 
     The training loop's evaluation: each image is coded with its first caption; bpp_real

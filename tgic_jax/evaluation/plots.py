@@ -51,8 +51,10 @@ class Curve:
         """(bpp, metric) arrays of the points that have a finite value, sorted by bpp."""
         pts = [p for p in self.points if np.isfinite(p.get(metric, np.nan))]
         pts.sort(key=lambda p: p["bpp"])
-        return (np.array([p["bpp"] for p in pts], np.float64),
-                np.array([p[metric] for p in pts], np.float64))  # fmt: skip
+        return (
+            np.array([p["bpp"] for p in pts], np.float64),
+            np.array([p[metric] for p in pts], np.float64),
+        )
 
 
 def load_anchor(path: str | os.PathLike) -> Curve:

@@ -19,9 +19,18 @@ import numpy as np
 from tgic_jax.evaluation import baselines, bdrate, plots, sets
 
 MEAN_KEYS = (
-    "bpp", "bpp_estimated", "psnr", "psnr_float", "ms_ssim", "ms_ssim_db", "lpips",
-    "lpips_zero_one", "encode_ms", "decode_ms", "text_ms",
-)  # fmt: skip
+    "bpp",
+    "bpp_estimated",
+    "psnr",
+    "psnr_float",
+    "ms_ssim",
+    "ms_ssim_db",
+    "lpips",
+    "lpips_zero_one",
+    "encode_ms",
+    "decode_ms",
+    "text_ms",
+)
 
 
 def _mean_rows(rows: Sequence[dict]) -> dict:
@@ -52,8 +61,9 @@ def _bd_block(test: Sequence[dict], anchor: Sequence[dict], keys: Sequence[str])
     for key in keys:
         t = [p for p in test if math.isfinite(p.get(key, math.nan))]
         a = [p for p in anchor if math.isfinite(p.get(key, math.nan))]
-        res = bdrate.bd_metrics([p["bpp"] for p in a], [p[key] for p in a],
-                                [p["bpp"] for p in t], [p[key] for p in t])  # fmt: skip
+        res = bdrate.bd_metrics(
+            [p["bpp"] for p in a], [p[key] for p in a], [p["bpp"] for p in t], [p[key] for p in t]
+        )
         if len(t) == 1:  # one checkpoint: BD is undefined, give the single-point saving
             saving = rate_saving_at_equal_quality(t[0], a, key)
             res["single_point_rate_percent"] = saving
@@ -113,16 +123,25 @@ def summarize(
             # fewer: EvalOptions.ablation_images, or a failure).
             mine = (t["checkpoint"], t["variant"])
             images = {r["image"] for r in rows if (r["checkpoint"], r["variant"]) == mine}
-            same = [r for r in rows if r["checkpoint"] == t["checkpoint"]
-                    and r["variant"] == "correct" and r["image"] in images]  # fmt: skip
+            same = [
+                r
+                for r in rows
+                if r["checkpoint"] == t["checkpoint"]
+                and r["variant"] == "correct"
+                and r["image"] in images
+            ]
             if same:
                 ref = _mean_rows(same)
-                ablation.append({
-                    "checkpoint": t["checkpoint"], "variant": t["variant"], "n": t["n"],
-                    "bpp_change_percent": (t["bpp"] / ref["bpp"] - 1.0) * 100.0,
-                    "psnr_change_db": t["psnr"] - ref["psnr"],
-                    "lpips_change": t["lpips"] - ref["lpips"],
-                })  # fmt: skip
+                ablation.append(
+                    {
+                        "checkpoint": t["checkpoint"],
+                        "variant": t["variant"],
+                        "n": t["n"],
+                        "bpp_change_percent": (t["bpp"] / ref["bpp"] - 1.0) * 100.0,
+                        "psnr_change_db": t["psnr"] - ref["psnr"],
+                        "lpips_change": t["lpips"] - ref["lpips"],
+                    }
+                )
     return {
         "dataset": eval_set.name,
         "images": len(eval_set),
@@ -180,8 +199,10 @@ def summary_markdown(summary: dict) -> str:
             f"{cell('ms_ssim', 4)} | {cell('lpips', 4)} | {cell('lpips_zero_one', 4)} | "
             f"{cell('encode_ms', 0)} | {cell('decode_ms', 0)} | {t['n_empty_caption']} |"
         )
-        partial += [f"{t['checkpoint']} ({t['variant']}): {k} over {c} of {t['n']} images"
-                    for k, c in counts.items()]  # fmt: skip
+        partial += [
+            f"{t['checkpoint']} ({t['variant']}): {k} over {c} of {t['n']} images"
+            for k, c in counts.items()
+        ]
     if partial:
         lines += ["", "Not finite for some images, so averaged over fewer: " + "; ".join(partial)]
     if summary["jpeg"]:

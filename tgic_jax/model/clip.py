@@ -79,14 +79,27 @@ class TowerConfig:
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults (the same in 4.57 and 5.x): a
 # config.json that transformers saved leaves out fields equal to them.
 TEXT_DEFAULTS = dict(
-    hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-    layer_norm_eps=1e-5, hidden_act="quick_gelu", max_position_embeddings=77, vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    layer_norm_eps=1e-5,
+    hidden_act="quick_gelu",
+    max_position_embeddings=77,
+    vocab_size=49408,
     eos_token_id=49407,
-)  # fmt: skip
+)
 VISION_DEFAULTS = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    layer_norm_eps=1e-5, hidden_act="quick_gelu", image_size=224, patch_size=32, num_channels=3,
-)  # fmt: skip
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    layer_norm_eps=1e-5,
+    hidden_act="quick_gelu",
+    image_size=224,
+    patch_size=32,
+    num_channels=3,
+)
 PROJECTION_DIM = 512
 
 
@@ -119,8 +132,9 @@ def read_clip_config(folder: str | os.PathLike, text: bool = True) -> CLIPConfig
         # Old hub configs carry `*_config_dict` beside `*_config`; transformers lets it win.
         text_fields = {**(raw.get("text_config") or {}), **(raw.get("text_config_dict") or {})}
         vision_fields = {
-            **(raw.get("vision_config") or {}), **(raw.get("vision_config_dict") or {})
-        }  # fmt: skip
+            **(raw.get("vision_config") or {}),
+            **(raw.get("vision_config_dict") or {}),
+        }
         return CLIPConfig(
             TowerConfig.from_dict(text_fields, TEXT_DEFAULTS),
             TowerConfig.from_dict(vision_fields, VISION_DEFAULTS),
@@ -238,9 +252,13 @@ class _VisionEmbeddings(nn.Module):
         c = self.config
         p = c.patch_size
         patches = nn.Conv(
-            c.hidden_size, (p, p), strides=(p, p), padding="VALID", use_bias=False,
+            c.hidden_size,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            use_bias=False,
             name="patch_embedding",
-        )(pixels)  # fmt: skip
+        )(pixels)
         patches = patches.reshape(patches.shape[0], -1, c.hidden_size)  # row-major, as torch
         cls = self.param("class_embedding", nn.initializers.normal(0.02), (c.hidden_size,))
         cls = jnp.broadcast_to(cls.astype(patches.dtype), (patches.shape[0], 1, c.hidden_size))

@@ -75,9 +75,12 @@ class Conv(nn.Module):
         bias = self.param("bias", _torch_bias_init(k * k * c), (self.features,))
         p = k // 2
         y = lax.conv_general_dilated(
-            x, kernel.astype(x.dtype), (self.stride, self.stride), ((p, p), (p, p)),
+            x,
+            kernel.astype(x.dtype),
+            (self.stride, self.stride),
+            ((p, p), (p, p)),
             dimension_numbers=_DN,
-        )  # fmt: skip
+        )
         return y + bias.astype(x.dtype)
 
 

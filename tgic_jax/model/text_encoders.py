@@ -95,8 +95,14 @@ def _tokenizer_files(folder: Path, path) -> Path:
         return folder
     from huggingface_hub import hf_hub_download  # declared (tokenizers needs it too)
 
-    for name in ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json"):  # fmt: skip
+    for name in (
+        "vocab.json",
+        "merges.txt",
+        "vocab.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ):
         try:
             hf_hub_download(str(path), name)
         except Exception:  # noqa: BLE001 - a file the repo lacks; the loader names what it needs

@@ -108,10 +108,13 @@ def clip_tokenizer(folder: str | os.PathLike, max_length: int) -> CaptionTokeniz
     unk = _token_text(config.get("unk_token"), "<|endoftext|>")
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         model = models.BPE.from_file(
-            str(folder / "vocab.json"), str(folder / "merges.txt"),
-            continuing_subword_prefix="", end_of_word_suffix="</w>", fuse_unk=False,
+            str(folder / "vocab.json"),
+            str(folder / "merges.txt"),
+            continuing_subword_prefix="",
+            end_of_word_suffix="</w>",
+            fuse_unk=False,
             unk_token=unk,
-        )  # fmt: skip
+        )
         tokenizer = Tokenizer(model)
     elif (folder / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))

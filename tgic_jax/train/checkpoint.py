@@ -83,8 +83,11 @@ _ERRNO_WORDS = {
     errno.EDQUOT: "disk quota exceeded",
     errno.EFBIG: "a file would exceed the file-size limit (ulimit -f)",
 }
-_ERRNO_TEXTS = {"No space left on device": errno.ENOSPC, "File too large": errno.EFBIG,
-                "Disk quota exceeded": errno.EDQUOT}  # fmt: skip
+_ERRNO_TEXTS = {
+    "No space left on device": errno.ENOSPC,
+    "File too large": errno.EFBIG,
+    "Disk quota exceeded": errno.EDQUOT,
+}
 
 
 def _errno_of(err: BaseException) -> int | None:
@@ -125,8 +128,10 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, state, force: bo
     try:
         return manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
     except Exception as err:  # orbax raises many kinds; all mean the same thing here
-        raise CheckpointError(f"saving the checkpoint of step {step} failed: {_reason(err)}; "
-                              f"the complete ones are kept") from err  # fmt: skip
+        raise CheckpointError(
+            f"saving the checkpoint of step {step} failed: {_reason(err)}; "
+            f"the complete ones are kept"
+        ) from err
 
 
 class SaveWatch:
@@ -160,10 +165,14 @@ class SaveWatch:
                 self._manager.wait_until_finished()
             self._manager.check_for_errors()
         except Exception as err:  # see save_train_state
-            which = (f"the checkpoint of step {self._pending}" if self._pending is not None
-                     else "a checkpoint of an earlier step")  # fmt: skip
-            raise CheckpointError(f"{which} failed to write (found at step {at_step}): "
-                                  f"{_reason(err)}") from err  # fmt: skip
+            which = (
+                f"the checkpoint of step {self._pending}"
+                if self._pending is not None
+                else "a checkpoint of an earlier step"
+            )
+            raise CheckpointError(
+                f"{which} failed to write (found at step {at_step}): {_reason(err)}"
+            ) from err
 
     def finish(self, at_step: int) -> None:
         """Waits for the saves in flight; raises CheckpointError if one failed (the run's
@@ -186,8 +195,10 @@ class SaveWatch:
         step, self._pending = self._pending, None
         # Orbax logs a failed finalize in its thread and carries on: look for the step.
         if jax.process_count() == 1 and not (self._manager.directory / str(step)).exists():
-            raise CheckpointError(f"the checkpoint of step {step} failed to write (found at "
-                                  f"step {at_step}); see --verbose for orbax's log")  # fmt: skip
+            raise CheckpointError(
+                f"the checkpoint of step {step} failed to write (found at "
+                f"step {at_step}); see --verbose for orbax's log"
+            )
 
 
 def restore_newest(manager: ocp.CheckpointManager, abstract_state=None, step: int | None = None):
@@ -201,15 +212,19 @@ def restore_newest(manager: ocp.CheckpointManager, abstract_state=None, step: in
     if step is not None:
         if step not in steps:
             have = ", ".join(map(str, sorted(steps))) or "none"
-            raise CheckpointError(f"no checkpoint of step {step} in {manager.directory} "
-                                  f"(steps there: {have})")  # fmt: skip
+            raise CheckpointError(
+                f"no checkpoint of step {step} in {manager.directory} (steps there: {have})"
+            )
         steps = [step]
     if not steps:
         raise CheckpointError(f"no training checkpoint in {manager.directory}")
     skipped = []
     for candidate in steps:
-        args = ocp.args.StandardRestore(abstract_state) if abstract_state is not None else (
-            ocp.args.StandardRestore())  # fmt: skip
+        args = (
+            ocp.args.StandardRestore(abstract_state)
+            if abstract_state is not None
+            else (ocp.args.StandardRestore())
+        )
         try:
             with _orbax_quiet():
                 return manager.restore(candidate, args=args), candidate, skipped
@@ -278,8 +293,10 @@ def restore_train_params(workdir: str | os.PathLike, step: int | None = None, re
     `report(line)` is told of each newer step that did not restore (and was skipped).
     """
     if not (as_path(workdir) / TRAIN_CHECKPOINTS).is_dir():
-        raise CheckpointError(f"{workdir}: no training checkpoints (no {TRAIN_CHECKPOINTS}/ "
-                              "folder): not a training workdir, or no step saved yet")  # fmt: skip
+        raise CheckpointError(
+            f"{workdir}: no training checkpoints (no {TRAIN_CHECKPOINTS}/ "
+            "folder): not a training workdir, or no step saved yet"
+        )
     for attempt in range(3):
         manager = read_only_checkpoint_manager(workdir)
         listed = sorted(manager.all_steps())

@@ -26,11 +26,22 @@ from tgic_jax.train.errors import ConfigError
 # with, or the order of the batches (seed, the data, the batch). Checked before anything is
 # written, so a refused rerun leaves the run's config.json as it was.
 FROZEN = (
-    "model.", "text.", "seed", "mesh.",
-    "input.source", "input.tfds_name", "input.tfds_split", "input.folder", "input.captions",
-    "input.pairs", "input.max_images", "input.min_short_side", "input.crop_size",
-    "input.batch_size_per_device", "input.shuffle_buffer",
-)  # fmt: skip
+    "model.",
+    "text.",
+    "seed",
+    "mesh.",
+    "input.source",
+    "input.tfds_name",
+    "input.tfds_split",
+    "input.folder",
+    "input.captions",
+    "input.pairs",
+    "input.max_images",
+    "input.min_short_side",
+    "input.crop_size",
+    "input.batch_size_per_device",
+    "input.shuffle_buffer",
+)
 # ...except these, which change the arithmetic, not the shapes or the data.
 CHANGEABLE = ("model.compute_dtype",)
 
@@ -53,22 +64,27 @@ def validate(config: ml_collections.ConfigDict, global_batch: int) -> None:
         raise ConfigError(str(err)) from None
     loss = config.loss
     lmbda = float(loss.lmbda)
-    _check(math.isfinite(lmbda) and lmbda > 0,
-           f"loss.lmbda={loss.lmbda}: must be > 0 (the rate-distortion trade-off)")  # fmt: skip
+    _check(
+        math.isfinite(lmbda) and lmbda > 0,
+        f"loss.lmbda={loss.lmbda}: must be > 0 (the rate-distortion trade-off)",
+    )
     for key in ("k_p", "k_j", "clip_embed_weight"):
         if key in loss:
             value = float(loss[key])
             _check(math.isfinite(value) and value >= 0, f"loss.{key}={loss[key]}: must be >= 0")
     crop = int(config.input.crop_size)
-    _check(crop >= MODEL_STRIDE and crop % MODEL_STRIDE == 0,
-           f"input.crop_size={crop}: must be a multiple of the model's stride {MODEL_STRIDE} "
-           f"(e.g. {max(MODEL_STRIDE, crop // MODEL_STRIDE * MODEL_STRIDE)})")  # fmt: skip
+    _check(
+        crop >= MODEL_STRIDE and crop % MODEL_STRIDE == 0,
+        f"input.crop_size={crop}: must be a multiple of the model's stride {MODEL_STRIDE} "
+        f"(e.g. {max(MODEL_STRIDE, crop // MODEL_STRIDE * MODEL_STRIDE)})",
+    )
     per_device = int(config.input.batch_size_per_device)
     _check(per_device >= 1, f"input.batch_size_per_device={per_device}: must be >= 1")
     if float(loss.k_j) > 0:
-        _check(config.text.encoder == "clip",
-               "loss.k_j > 0 needs text.encoder='clip': the joint term reuses the "
-               "conditioning tokens")  # fmt: skip
+        _check(
+            config.text.encoder == "clip",
+            "loss.k_j > 0 needs text.encoder='clip': the joint term reuses the conditioning tokens",
+        )
     from tgic_jax.train import losses  # the joint term's own rule, in one place
 
     try:
@@ -78,8 +94,10 @@ def validate(config: ml_collections.ConfigDict, global_batch: int) -> None:
     for key in ("log_every_steps",):
         if key in config:
             _check(int(config[key]) >= 1, f"{key}={config[key]}: must be >= 1")
-    _check(int(config.ckpt.every_steps) >= 1, f"ckpt.every_steps={config.ckpt.every_steps}: "
-           "must be >= 1")  # fmt: skip
+    _check(
+        int(config.ckpt.every_steps) >= 1,
+        f"ckpt.every_steps={config.ckpt.every_steps}: must be >= 1",
+    )
 
 
 def check_model_fits(config: ml_collections.ConfigDict, global_batch: int) -> None:
@@ -106,10 +124,12 @@ def check_model_fits(config: ml_collections.ConfigDict, global_batch: int) -> No
         raise ConfigError(f"model: {err}") from None
     need = sum(int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
     have = device_memory_bytes()
-    _check(have is None or need <= have,
-           f"model.N={config.model.N}, model.M={config.model.M}: the train state needs "
-           f"{need / 2**30:,.1f} GiB on every device, more than its "
-           f"{(have or 0) / 2**30:,.1f} GiB")  # fmt: skip
+    _check(
+        have is None or need <= have,
+        f"model.N={config.model.N}, model.M={config.model.M}: the train state needs "
+        f"{need / 2**30:,.1f} GiB on every device, more than its "
+        f"{(have or 0) / 2**30:,.1f} GiB",
+    )
 
 
 def device_memory_bytes() -> int | None:
@@ -172,8 +192,9 @@ def compare_with_workdir(
     try:
         old = config_lib.upgrade(json.loads(path.read_text()))
     except ValueError as err:
-        raise ConfigError(f"{path}: not readable JSON ({err}); move it away to start "
-                          "a new run here") from err  # fmt: skip
+        raise ConfigError(
+            f"{path}: not readable JSON ({err}); move it away to start a new run here"
+        ) from err
     # The same normalization (tuples -> lists, older names and -1 as today's).
     new = config_lib.upgrade(json.loads(config.to_json()))
     changes = differences(old, new)
@@ -208,8 +229,10 @@ def record_config(
         history = workdir / CONFIG_HISTORY
         old = history.read_text() if history.exists() else ""
         history.write_text(old + json.dumps(entry) + "\n")  # rewritten whole: gs:// has no append
-        print(f"config: changed since the last run ({_shown(changes)}); "
-              f"recorded in {CONFIG_HISTORY}", flush=True)  # fmt: skip
+        print(
+            f"config: changed since the last run ({_shown(changes)}); recorded in {CONFIG_HISTORY}",
+            flush=True,
+        )
     record = json.loads(config.to_json())
     if devices is not None:
         record[RUN_KEY] = {"devices": int(devices)}

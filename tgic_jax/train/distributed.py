@@ -68,8 +68,12 @@ def scheduled_process_count() -> int | None:
     TGIC_NUM_PROCESSES, then SLURM (SLURM_STEP_NUM_TASKS / SLURM_NTASKS), Open MPI
     (OMPI_COMM_WORLD_SIZE), then a TPU pod's TPU_WORKER_HOSTNAMES (one process per host).
     """
-    for name in ("TGIC_NUM_PROCESSES", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS",
-                 "OMPI_COMM_WORLD_SIZE"):  # fmt: skip
+    for name in (
+        "TGIC_NUM_PROCESSES",
+        "SLURM_STEP_NUM_TASKS",
+        "SLURM_NTASKS",
+        "OMPI_COMM_WORLD_SIZE",
+    ):
         if (n := _env_int(name)) is not None:
             return n
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "").strip()

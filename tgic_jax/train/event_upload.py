@@ -103,8 +103,9 @@ class SegmentedEvents:
                 data = f.read()
             target.write_bytes(data)
         except Exception as err:  # noqa: BLE001 - scalars must not stop the training run
-            logging.warning("TensorBoard events not uploaded to %s (%s): kept in %s",
-                            target, err, self._local)  # fmt: skip
+            logging.warning(
+                "TensorBoard events not uploaded to %s (%s): kept in %s", target, err, self._local
+            )
             return
         self.uploaded_bytes += len(data)
         os.unlink(self._local)

@@ -54,9 +54,12 @@ def export_inference(
         params, step = checkpoint.restore_train_params(
             workdir, step, report=lambda line: print(line, file=sys.stderr, flush=True)
         )
-    bad = [k for k, v in flax.traverse_util.flatten_dict(params).items()
-           if not np.isfinite(v).all()]  # fmt: skip
+    bad = [
+        k for k, v in flax.traverse_util.flatten_dict(params).items() if not np.isfinite(v).all()
+    ]
     if bad:  # coding tables of NaN pmfs fail deep in the range coder otherwise
-        raise ValueError(f"step {step} has non-finite parameters ({'/'.join(bad[0])}, "
-                         f"{len(bad)} arrays): export an earlier --step")  # fmt: skip
+        raise ValueError(
+            f"step {step} has non-finite parameters ({'/'.join(bad[0])}, "
+            f"{len(bad)} arrays): export an earlier --step"
+        )
     return selection.save_params(out, config, params, step)

@@ -78,9 +78,11 @@ def folder_inventory(
 
 
 def list_folder(
-    folder: str | Path, captions_path: str | Path | None = None, max_images: int = 0,
+    folder: str | Path,
+    captions_path: str | Path | None = None,
+    max_images: int = 0,
     report: bool = False,
-) -> list[tuple[Path, list[str]]]:  # fmt: skip
+) -> list[tuple[Path, list[str]]]:
     """Sorted (image path, captions) pairs of the captioned images present in `folder`.
 
     Images without a caption are left out: every training example needs one (evaluation's
@@ -146,11 +148,17 @@ def _readable_sizes(paths: list[Path], report: bool = True) -> list[tuple[int, i
         if frames > 1:
             animated.append(f"{p.name} ({frames} frames)")
     if bad and report:
-        _say(f"{len(bad)} of {len(paths)} images unreadable, skipped: " + "; ".join(bad[:10])
-             + ("; ..." if len(bad) > 10 else ""))  # fmt: skip
+        _say(
+            f"{len(bad)} of {len(paths)} images unreadable, skipped: "
+            + "; ".join(bad[:10])
+            + ("; ..." if len(bad) > 10 else "")
+        )
     if animated and report:
-        _say(f"{len(animated)} animated images: the first frame of each is used: "
-             + "; ".join(animated[:10]) + ("; ..." if len(animated) > 10 else ""))  # fmt: skip
+        _say(
+            f"{len(animated)} animated images: the first frame of each is used: "
+            + "; ".join(animated[:10])
+            + ("; ..." if len(animated) > 10 else "")
+        )
     return sizes
 
 
@@ -288,18 +296,24 @@ def folder_items(
     crop_size = int(input_config.crop_size)
     report = process_index == 0
     items = list_folder(
-        input_config.folder, input_config.captions or None,
-        int(input_config.max_images or 0), report=report,
-    )  # fmt: skip
+        input_config.folder,
+        input_config.captions or None,
+        int(input_config.max_images or 0),
+        report=report,
+    )
     if len(items) >= process_count:
         items = items[process_index::process_count]  # disjoint shares when there are enough
     sizes = _readable_sizes([p for p, _ in items], report=report)
-    small = [f"{p.name} ({s[0]} x {s[1]})" for (p, _), s in zip(items, sizes, strict=True)
-             if s and min(s) < crop_size]  # fmt: skip
+    small = [
+        f"{p.name} ({s[0]} x {s[1]})"
+        for (p, _), s in zip(items, sizes, strict=True)
+        if s and min(s) < crop_size
+    ]
     if small and report:
-        _say(f"{len(small)} of {len(items)} images smaller than the {crop_size} x {crop_size} "
-             "crop left out: " + "; ".join(small[:10])
-             + ("; ..." if len(small) > 10 else ""))  # fmt: skip
+        _say(
+            f"{len(small)} of {len(items)} images smaller than the {crop_size} x {crop_size} "
+            "crop left out: " + "; ".join(small[:10]) + ("; ..." if len(small) > 10 else "")
+        )
     items = [it for it, s in zip(items, sizes, strict=True) if s and min(s) >= crop_size]
     if not items:
         raise ValueError(
@@ -330,8 +344,9 @@ def make_dataset(
     seed = int(seed) + 1000 * process_index  # different crops on every host
     crop_size = int(input_config.crop_size)
     if input_config.source == "tfds":  # tf.data's shuffle: seeded by the start step instead
-        return _tfds_batches(input_config, batch_size, seed + int(start_step), process_index,
-                             process_count, repeat)  # fmt: skip
+        return _tfds_batches(
+            input_config, batch_size, seed + int(start_step), process_index, process_count, repeat
+        )
     if input_config.source != "folder":
         raise ValueError(f"unknown input.source {input_config.source!r}: 'tfds' or 'folder'")
     if items is None:
@@ -395,9 +410,13 @@ def _tfds_batches(input_config, batch_size, seed, process_index, process_count, 
     tf = import_tensorflow()
     crop_size = int(input_config.crop_size)
     ds = tfds_examples(
-        input_config.tfds_name, input_config.tfds_split, input_config.data_dir or None,
-        process_index, process_count, seed,
-    )  # fmt: skip
+        input_config.tfds_name,
+        input_config.tfds_split,
+        input_config.data_dir or None,
+        process_index,
+        process_count,
+        seed,
+    )
 
     def big_enough(ex):
         shape = tf.shape(ex["image"])
@@ -464,8 +483,11 @@ def tokenize_batches(batches: Iterator[dict], text_encoder) -> Iterator[dict]:
     """
     for batch in batches:
         tokens = text_encoder.tokenize(batch["caption"])
-        yield {"image": batch["image"], "input_ids": tokens["input_ids"],
-               "attention_mask": tokens["attention_mask"]}  # fmt: skip
+        yield {
+            "image": batch["image"],
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+        }
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -498,12 +520,15 @@ def list_coco_files(
     uncaptioned = sum(int(im["id"]) not in captions for im in images)
     orphans = sum(len(c) for i, c in captions.items() if i not in ids)
     if uncaptioned or orphans:
-        _say(f"{ann_path}: {uncaptioned} images without a caption left out, {orphans} "
-             "captions of an image not listed")  # fmt: skip
+        _say(
+            f"{ann_path}: {uncaptioned} images without a caption left out, {orphans} "
+            "captions of an image not listed"
+        )
     paths = [root / "train2014" / im["file_name"] for im in images]
     # Sizes from the JSON; read from the file only when it lacks them (unreadable: skipped).
-    unsized = [p for im, p in zip(images, paths, strict=True)
-               if "width" not in im or "height" not in im]  # fmt: skip
+    unsized = [
+        p for im, p in zip(images, paths, strict=True) if "width" not in im or "height" not in im
+    ]
     read = dict(zip(unsized, _readable_sizes(unsized), strict=True))
     pairs, small = [], 0
     for im, path in zip(images, paths, strict=True):
@@ -512,8 +537,10 @@ def list_coco_files(
             pairs += [(str(path), c) for c in captions.get(int(im["id"]), [])]
         small += size is not None and min(size) < min_short_side
     if small:
-        _say(f"{small} of {len(images)} images with a short side below {min_short_side} "
-             "left out (input.min_short_side)")  # fmt: skip
+        _say(
+            f"{small} of {len(images)} images with a short side below {min_short_side} "
+            "left out (input.min_short_side)"
+        )
     if not pairs:
         raise FileNotFoundError(
             f"no (image, caption) pairs with short side >= {min_short_side} in {root}"
@@ -522,23 +549,30 @@ def list_coco_files(
 
 
 def list_folder_pairs(
-    folder: str | Path, captions_path: str | Path | None = None, max_images: int = 0,
+    folder: str | Path,
+    captions_path: str | Path | None = None,
+    max_images: int = 0,
     min_short_side: int = MIN_SHORT_SIDE,
-) -> list[tuple[str, str]]:  # fmt: skip
+) -> list[tuple[str, str]]:
     """(image path, caption) pairs of a captioned folder, one per caption, short side filtered."""
     items = list_folder(folder, captions_path, max_images, report=True)
     sizes = _readable_sizes([p for p, _ in items])
     pairs = []
-    small = [f"{path.name} ({size[0]} x {size[1]})"
-             for (path, _), size in zip(items, sizes, strict=True)
-             if size is not None and min(size) < min_short_side]  # fmt: skip
+    small = [
+        f"{path.name} ({size[0]} x {size[1]})"
+        for (path, _), size in zip(items, sizes, strict=True)
+        if size is not None and min(size) < min_short_side
+    ]
     for (path, caps), size in zip(items, sizes, strict=True):
         if size is not None and min(size) >= min_short_side:
             pairs += [(str(path), c) for c in caps]
     if small:
-        _say(f"{len(small)} of {len(items)} images with a short side below {min_short_side} "
-             "left out (input.min_short_side): " + "; ".join(small[:10])
-             + ("; ..." if len(small) > 10 else ""))  # fmt: skip
+        _say(
+            f"{len(small)} of {len(items)} images with a short side below {min_short_side} "
+            "left out (input.min_short_side): "
+            + "; ".join(small[:10])
+            + ("; ..." if len(small) > 10 else "")
+        )
     if not pairs:
         raise FileNotFoundError(
             f"no (image, caption) pairs with short side >= {min_short_side} in {folder}"
@@ -553,9 +587,11 @@ def list_pairs(input_config) -> list[tuple[str, str]]:
     if input_config.source == "coco_files":
         return list_coco_files(input_config.data_dir, min_side)
     return list_folder_pairs(
-        input_config.folder, input_config.captions or None,
-        int(input_config.max_images or 0), min_side,
-    )  # fmt: skip
+        input_config.folder,
+        input_config.captions or None,
+        int(input_config.max_images or 0),
+        min_side,
+    )
 
 
 def uses_pairs(input_config) -> bool:
@@ -584,9 +620,14 @@ def pair_order(num_pairs: int, global_batch: int, seed: int, start_step: int = 0
 
 
 def pairs_dataset(
-    input_config, pairs, global_batch: int, host_batch: int, seed: int, start_step: int,
+    input_config,
+    pairs,
+    global_batch: int,
+    host_batch: int,
+    seed: int,
+    start_step: int,
     process_index: int = 0,
-) -> Iterator[dict]:  # fmt: skip
+) -> Iterator[dict]:
     """This host's batches of random crops of `pairs`, in `pair_order` from start_step on.
 
     Host h takes entries [h * host_batch, (h + 1) * host_batch) of every global batch, so

@@ -68,8 +68,11 @@ def clip_preprocess(
     batch, height, width, channels = images.shape
     short = min(height, width)
     # Same integer rounding as torchvision's Resize(int) and transformers' processor.
-    new_h, new_w = (size, int(size * width / height)) if height == short else (
-        int(size * height / width), size)  # fmt: skip
+    new_h, new_w = (
+        (size, int(size * width / height))
+        if height == short
+        else (int(size * height / width), size)
+    )
     if (new_h, new_w) != (height, width):
         # antialias=True widens the kernel by the downscale factor and renormalizes it at
         # the borders, as torchvision (antialias=True) and PIL do.
@@ -232,9 +235,16 @@ def build_loss(loss_config, clip_model=None) -> tuple[LossFn, dict[str, Params]]
             if clip_text_embeds is None:
                 raise ValueError("k_j > 0 needs clip_text_embeds [B, P].")
             joint, parts = clip_joint_term(
-                clip_model, frozen_params["clip"], x_hat, x, clip_text_embeds,
-                logit_scale_log, embed_weight, group_size, resize_method,
-            )  # fmt: skip
+                clip_model,
+                frozen_params["clip"],
+                x_hat,
+                x,
+                clip_text_embeds,
+                logit_scale_log,
+                embed_weight,
+                group_size,
+                resize_method,
+            )
             loss = loss + k_j * joint
             metrics.update(parts, joint=joint)
         metrics["loss"] = loss

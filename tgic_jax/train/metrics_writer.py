@@ -29,8 +29,9 @@ class MetricWriter:
 
             self._writer = SummaryWriter(str(logdir))  # str() of an epath keeps gs://
 
-    def write(self, step: int, scalars: dict[str, float], prefix: str = "train",
-              progress: str = "") -> None:  # fmt: skip
+    def write(
+        self, step: int, scalars: dict[str, float], prefix: str = "train", progress: str = ""
+    ) -> None:
         """Writes scalars at step and prints one line (`progress`, e.g. '5/20 eta 0:01:02')."""
         if self._writer is not None:
             for k, v in scalars.items():

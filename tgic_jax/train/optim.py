@@ -138,8 +138,9 @@ class BudgetPlan:
     SAFETY = 0.95  # fraction of the measured time left that steps may use (saves, log lines)
     RESERVE_S = 5.0  # the final checkpoint
 
-    def __init__(self, optim_config, global_batch: int, num_steps: int, budget_s: float,
-                 begun: float):  # fmt: skip
+    def __init__(
+        self, optim_config, global_batch: int, num_steps: int, budget_s: float, begun: float
+    ):
         self.optim_config, self.global_batch = optim_config, global_batch
         self.planned, self.num_steps = num_steps, num_steps
         self.budget_s, self.begun = budget_s, begun

@@ -39,8 +39,17 @@ BEST_BY = {
     "best_lpips": ("lpips", False),
 }
 EVAL_CSV = "eval.csv"
-EVAL_COLUMNS = ("step", "epoch", "bpp_real", "bpp_estimate", "psnr_real", "psnr", "ms_ssim",
-                "lpips", "lpips_zero_one")  # fmt: skip
+EVAL_COLUMNS = (
+    "step",
+    "epoch",
+    "bpp_real",
+    "bpp_estimate",
+    "psnr_real",
+    "psnr",
+    "ms_ssim",
+    "lpips",
+    "lpips_zero_one",
+)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -53,9 +62,13 @@ def eval_set_of(eval_config) -> sets.EvalSet:
 
 
 def evaluate_params(
-    model: TACO, params: Params, text_encoder, eval_set: sets.EvalSet, lpips_fn=None,
+    model: TACO,
+    params: Params,
+    text_encoder,
+    eval_set: sets.EvalSet,
+    lpips_fn=None,
     keep_images: int = 0,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """`driver.evaluate_means` of the current parameters (a host copy; process 0)."""
     from tgic_jax.coding.caption_coder import CaptionCoder
     from tgic_jax.evaluation import driver  # the codec and LPIPS load only when evaluating
@@ -78,12 +91,21 @@ def evaluate_and_record(
     """
     eval_config = EvalConfig.from_config(config.eval)
     try:
-        ev = evaluate_params(model, params, text_encoder, eval_set_of(eval_config), lpips_fn,
-                             int(eval_config.images_to_log))  # fmt: skip
+        ev = evaluate_params(
+            model,
+            params,
+            text_encoder,
+            eval_set_of(eval_config),
+            lpips_fn,
+            int(eval_config.images_to_log),
+        )
     except Exception as err:  # reported below; training goes on (see above)
         logging.exception("evaluation at step %d failed", step)
-        print(f"[eval] step {step} FAILED, no eval.csv row: {type(err).__name__}: {err}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"[eval] step {step} FAILED, no eval.csv row: {type(err).__name__}: {err}",
+            file=sys.stderr,
+            flush=True,
+        )
         return
     writer.write_images(step, ev.pop("images", []))
     writer.write(step, ev, "eval")
@@ -104,19 +126,25 @@ def read_best(workdir: str | os.PathLike) -> dict[str, dict]:
 
 
 def save_params(
-    path: str | os.PathLike, config: ml_collections.ConfigDict, params: Params, step: int,
+    path: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    params: Params,
+    step: int,
     tables: dict | None = None,
-) -> epath.Path:  # fmt: skip
+) -> epath.Path:
     """An inference checkpoint of a run's `params` at `step` (its model and text config).
 
     Like every inference checkpoint it carries the integer entropy path (calibrated here).
     """
     text = TextConfig.from_config(config.text)
     return inference.save_inference(
-        path, ModelConfig.from_config(config.model), params,
+        path,
+        ModelConfig.from_config(config.model),
+        params,
         text_config={**dataclasses.asdict(text), "width": text.width or int(config.model.text_dim)},
-        tables=tables, extra={"train_step": int(step)},
-    )  # fmt: skip
+        tables=tables,
+        extra={"train_step": int(step)},
+    )
 
 
 def _save_best(folder: epath.Path, config, params: Params, info: dict, tables: dict) -> None:
@@ -141,9 +169,13 @@ def load_best_params(workdir: str | os.PathLike, name: str) -> tuple[Params, dic
 
 
 def record_evaluation(
-    workdir: str | os.PathLike, config: ml_collections.ConfigDict, step: int, epoch: int,
-    scalars: dict, params: Params,
-) -> list:  # fmt: skip
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    step: int,
+    epoch: int,
+    scalars: dict,
+    params: Params,
+) -> list:
     """Appends a row to workdir/eval.csv and keeps params that beat a best; returns those."""
     workdir = inference.as_path(workdir)
     csv_path = workdir / EVAL_CSV
@@ -165,7 +197,12 @@ def record_evaluation(
         if old is None or (scalars[key] > old if higher else scalars[key] < old):
             if tables is None:  # once per evaluation, shared by the bests it sets
                 tables = build_tables(params)
-            _save_best(workdir / BEST_DIR / name, config, params,
-                       {"step": step, "epoch": epoch, **scalars}, tables)  # fmt: skip
+            _save_best(
+                workdir / BEST_DIR / name,
+                config,
+                params,
+                {"step": step, "epoch": epoch, **scalars},
+                tables,
+            )
             improved.append(name)
     return improved

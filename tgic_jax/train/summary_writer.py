@@ -92,10 +92,11 @@ class SummaryWriter:
             from tgic_jax.train import event_upload
 
             self._segments = event_upload.SegmentedEvents(
-                logdir_str, self._header,
+                logdir_str,
+                self._header,
                 segment_bytes or event_upload.SEGMENT_BYTES,
                 segment_seconds or event_upload.SEGMENT_SECONDS,
-            )  # fmt: skip
+            )
         else:
             name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
             Path(logdir_str).mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,12 @@ def make_train_step(model: TACO, loss_fn, optimizer, text_fn=None, clip_text_fn=
 
         def main_loss(params):
             outputs = model.apply(
-                {"params": params}, batch["image"], text, train=True,
+                {"params": params},
+                batch["image"],
+                text,
+                train=True,
                 rngs={"noise": noise_rng},
-            )  # fmt: skip
+            )
             return loss_fn(frozen, outputs, batch["image"], clip_text)
 
         def aux_loss(params):
@@ -55,9 +58,11 @@ def make_train_step(model: TACO, loss_fn, optimizer, text_fn=None, clip_text_fn=
         updates = optim.apply_learning_rate(updates, learning_rate)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(
-            metrics, aux_loss=aux, grad_norm=_main_grad_norm(grads),
+            metrics,
+            aux_loss=aux,
+            grad_norm=_main_grad_norm(grads),
             learning_rate=learning_rate,
-        )  # fmt: skip
+        )
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 

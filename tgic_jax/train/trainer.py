@@ -121,16 +121,22 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     if precision:  # before anything is traced; see docs/RECIPE.md (numerics)
         jax.config.update("jax_default_matmul_precision", precision)
     if not run.loss.weights_confirmed:
-        logging.warning("loss.lmbda=%g: (k_p, k_j)=(%g, %g) are not confirmed by the authors",
-                        config.loss.lmbda, config.loss.k_p, config.loss.k_j)  # fmt: skip
+        logging.warning(
+            "loss.lmbda=%g: (k_p, k_j)=(%g, %g) are not confirmed by the authors",
+            config.loss.lmbda,
+            config.loss.k_p,
+            config.loss.k_j,
+        )
 
     # (image, caption) pair sources: the epoch is one pass over the pairs, counted here.
     pairs, items = inputs
     if pairs is not None:
         config = optim.with_epoch_size(config, len(pairs))
         run = RunConfig.from_config(config)
-        announce(f"epoch: {len(pairs)} (image, caption) pairs, "
-                 f"{optim.steps_per_epoch(config.optim, global_batch)} steps")  # fmt: skip
+        announce(
+            f"epoch: {len(pairs)} (image, caption) pairs, "
+            f"{optim.steps_per_epoch(config.optim, global_batch)} steps"
+        )
     num_steps = optim.total_steps(config, global_batch)
 
     # Model, loss, optimizer.
@@ -159,21 +165,32 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     # Input: this host's share of every global batch, captions tokenized on the host.
     if pairs is not None:  # order from (seed, epoch): resumes exactly at start_step
         ds = input_pipeline.pairs_dataset(
-            run.input, pairs, global_batch, host_batch, int(run.seed), start_step,
+            run.input,
+            pairs,
+            global_batch,
+            host_batch,
+            int(run.seed),
+            start_step,
             jax.process_index(),
-        )  # fmt: skip
+        )
     else:  # order from (seed, step) too: resumes exactly at start_step
         ds = input_pipeline.make_dataset(
-            run.input, host_batch, seed=int(run.seed), process_index=jax.process_index(),
-            process_count=jax.process_count(), start_step=start_step, items=items,
-        )  # fmt: skip
+            run.input,
+            host_batch,
+            seed=int(run.seed),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            start_step=start_step,
+            items=items,
+        )
     batches = input_pipeline.tokenize_batches(ds, text_encoder)
 
     # Update step.
     step_fn = train_step.jit_train_step(
         train_step.make_train_step(model, loss_fn, optimizer, text_encoder.apply, clip_text_fn),
-        mesh, state_shardings,
-    )  # fmt: skip
+        mesh,
+        state_shardings,
+    )
     # An optional wall-clock budget for the whole run (the demo's), compile included: the
     # plan fits the schedule into it (process 0's estimate on every host), and StopAgreement
     # stops every host at the same step should it still run out.
@@ -185,13 +202,16 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     # `distributed.sync_hosts`). Batches are prepared and put on the devices 2 steps ahead,
     # in a thread.
     prefetch = throughput.Prefetcher(
-        batches, functools.partial(sharding.make_global_batch, mesh),
+        batches,
+        functools.partial(sharding.make_global_batch, mesh),
         depth=int(run.input.prefetch_batches),
-    )  # fmt: skip
+    )
     global_batches = prefetch
     if start_step < num_steps:
-        announce(f"compiling the train step (about a minute on a CPU) for steps "
-                 f"{start_step + 1}-{num_steps} ...")  # fmt: skip
+        announce(
+            f"compiling the train step (about a minute on a CPU) for steps "
+            f"{start_step + 1}-{num_steps} ..."
+        )
         first = next(global_batches)
         step_fn = step_fn.lower(state, frozen, first, np.float32(0)).compile()
         global_batches = itertools.chain([first], global_batches)
@@ -244,8 +264,11 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
             if log_due.due(step, plan.num_steps):
                 finite.check()
                 scalars = {k: float(v) for k, v in jax.device_get(last_metrics).items()}
-                writer.write(step, {**scalars, **meter.scalars(step, prefetch.wait_s)},
-                             progress=eta.progress(step, plan.num_steps))  # fmt: skip
+                writer.write(
+                    step,
+                    {**scalars, **meter.scalars(step, prefetch.wait_s)},
+                    progress=eta.progress(step, plan.num_steps),
+                )
             if checkpoint_due.due(step):
                 finite.check()
                 saves.save(step, state)
@@ -259,9 +282,16 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
 
                         lpips_fn = make_lpips_fn()
                     selection.evaluate_and_record(
-                        model, state.params, text_encoder, config, lpips_fn, writer, workdir,
-                        step, step // spe,
-                    )  # fmt: skip
+                        model,
+                        state.params,
+                        text_encoder,
+                        config,
+                        lpips_fn,
+                        writer,
+                        workdir,
+                        step,
+                        step // spe,
+                    )
                 distributed.sync_hosts(f"tgic_jax/eval_{step}")
         if stop.reason:
             announce(f"{stop.reason}: stopping at step {step}")
@@ -275,10 +305,15 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
         with contextlib.suppress(Exception):  # a save that failed meanwhile: not this error
             manager.wait_until_finished()  # the good saves in flight complete
         good = manager.latest_step()
-        kept = (f"last good checkpoint: step {good} ({manager.directory / str(good)})"
-                if good is not None else "no checkpoint was saved")  # fmt: skip
-        raise RunError(f"{err}: training stopped, nothing non-finite was saved; {kept}; "
-                       "lower optim.learning_rate or loss.lmbda") from None  # fmt: skip
+        kept = (
+            f"last good checkpoint: step {good} ({manager.directory / str(good)})"
+            if good is not None
+            else "no checkpoint was saved"
+        )
+        raise RunError(
+            f"{err}: training stopped, nothing non-finite was saved; {kept}; "
+            "lower optim.learning_rate or loss.lmbda"
+        ) from None
     finally:
         profiler.stop(last_metrics)
         prefetch.close()
@@ -291,8 +326,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
         writer.close()
     if stop.reason == "SIGINT":
         saved = f"saved in {manager.directory}" if step != start_step else "nothing new to save"
-        raise Interrupted(f"interrupted (SIGINT) at step {step}: {saved}; the same command "
-                          "resumes")  # fmt: skip
+        raise Interrupted(f"interrupted (SIGINT) at step {step}: {saved}; the same command resumes")
     return state
 
 
@@ -310,8 +344,11 @@ def _resume(config, workdir, manager, abstract):
         for bad, why in skipped:
             if jax.process_index() == 0:
                 kept = checkpoint.set_aside(manager, bad)
-                print(f"checkpoint step {bad} does not restore ({why}): skipped, kept as "
-                      f"{kept}", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"checkpoint step {bad} does not restore ({why}): skipped, kept as {kept}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         distributed.sync_hosts("tgic_jax/set_aside")
         manager.close()  # it lists the steps once: a new one sees them gone
         manager = _checkpoint_manager(config, workdir)
@@ -345,8 +382,10 @@ def _throughput_instruments(config, step_fn, global_batch: int, mesh, workdir):
         gflop = f"{flops / 1e9:.1f} GFLOP" if flops else "? FLOP"
         gib = f"{memory['total'] / 2**30:.2f} GiB" if memory else "? GiB"
         peak_text = f"peak {peak / 1e12:.0f} TFLOP/s" if peak else "no known peak: MFU not logged"
-        announce(f"train step per device: {gflop}, {gib} (XLA), "
-                 f"{jax.devices()[0].device_kind}, {peak_text}")  # fmt: skip
+        announce(
+            f"train step per device: {gflop}, {gib} (XLA), "
+            f"{jax.devices()[0].device_kind}, {peak_text}"
+        )
     meter = throughput.ThroughputMeter(global_batch, mesh.size, flops, peak)
     profiler = throughput.StepProfiler(
         RunConfig.from_config(config).profile_steps, workdir / "tensorboard"

@@ -50,9 +50,12 @@ class _StopSignals:
         name = signal.Signals(signum).name
         if signum == signal.SIGINT:  # a second Ctrl-C is the usual KeyboardInterrupt
             signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
-        print(f"{name}: saving the current step, then stopping"
-              + (" (Ctrl-C again: quit without saving)" if signum == signal.SIGINT else ""),
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"{name}: saving the current step, then stopping"
+            + (" (Ctrl-C again: quit without saving)" if signum == signal.SIGINT else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         self.received = self.received or name
         if self._distributed:
             os.kill(os.getpid(), signal.SIGTERM)
