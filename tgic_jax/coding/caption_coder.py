@@ -50,7 +50,8 @@ class CaptionCoder:
     def text_encoder(self):
         """The text encoder (ValueError when none is given and the config names none)."""
         if self._text_encoder is None:
-            if not self._text_config or not self._text_config.get("encoder"):
+            text = self._text_config or {}  # the checkpoint's text section, as saved
+            if "encoder" not in text or not text["encoder"]:
                 raise ValueError("the checkpoint names no text encoder: pass --text-embeddings")
             from tgic_jax.model.text_encoders import build_text_encoder
 
