@@ -15,6 +15,19 @@ from tgic_jax.train.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _train_py(*args):
+    """train.py in a fresh process on the CPU, its output captured."""
+    env = {"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
 def _tiny(**overrides):
     config = small.get_config("tiny")
     for key, value in overrides.items():
@@ -129,14 +142,7 @@ def test_train_py_config_errors_are_one_line_with_a_nonzero_status(tmp_path):
         ),
     ]
     for args, message in cases:
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "train.py"), *args, "--workdir", str(tmp_path / "run")],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
-        )
+        proc = _train_py(*args, "--workdir", str(tmp_path / "run"))
         assert proc.returncode != 0
         assert proc.stderr.startswith("train.py: error: ") and message in proc.stderr, proc.stderr
         assert proc.stderr.count("\n") == 1, proc.stderr
@@ -161,14 +167,7 @@ def test_a_start_that_fails_its_checks_is_one_line_and_writes_nothing(tmp_path):
         ),
     ]
     for args, message in cases:
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "train.py"), *args, "--workdir", str(tmp_path / "run")],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
-        )
+        proc = _train_py(*args, "--workdir", str(tmp_path / "run"))
         assert proc.returncode in (1, 2), (args, proc.stderr[-2000:])
         assert proc.stderr.startswith("train.py: error: ") and message in proc.stderr, (
             args,
