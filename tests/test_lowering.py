@@ -17,27 +17,10 @@ from tgic_jax.model import clip
 from tgic_jax.model.taco import TACO, ModelConfig
 from tgic_jax.train import losses, optim, precision, train_state, train_step
 
-# openai/clip-vit-base-patch32's towers (its config.json), as the paper config loads them.
-B32_TEXT = clip.TowerConfig(
-    hidden_size=512,
-    intermediate_size=2048,
-    num_hidden_layers=12,
-    num_attention_heads=8,
-    layer_norm_eps=1e-5,
-    hidden_act="quick_gelu",
-    max_position_embeddings=77,
-    vocab_size=49408,
-)
-B32_VISION = clip.TowerConfig(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    layer_norm_eps=1e-5,
-    hidden_act="quick_gelu",
-    image_size=224,
-    patch_size=32,
-)
+# openai/clip-vit-base-patch32's towers, as the paper config loads them: transformers'
+# defaults, but its config.json's legacy eos_token_id (2: the largest id ends the text).
+B32_TEXT = clip.TowerConfig.from_dict({"eos_token_id": 2}, clip.TEXT_DEFAULTS)
+B32_VISION = clip.TowerConfig.from_dict({}, clip.VISION_DEFAULTS)
 CROP = 64  # the model's stride: the smallest image; CLIP resizes to 224 either way
 
 
