@@ -44,7 +44,7 @@ import numpy as np
 
 from tgic_jax import image_io
 from tgic_jax.evaluation import baselines, metrics, plots, sets
-from tgic_jax.evaluation.summary import jsonable, summarize, write_summary
+from tgic_jax.evaluation.summary import MEAN_KEYS, jsonable, summarize, write_summary
 
 if TYPE_CHECKING:
     from tgic_jax.coding.caption_coder import CaptionCoder
@@ -59,17 +59,7 @@ ROW_FIELDS = (
     "caption",
     "caption_note",
     "bytes",
-    "bpp",
-    "bpp_estimated",
-    "psnr",
-    "psnr_float",
-    "ms_ssim",
-    "ms_ssim_db",
-    "lpips",
-    "lpips_zero_one",
-    "encode_ms",
-    "decode_ms",
-    "text_ms",
+    *MEAN_KEYS,  # the per-image metrics the summary averages, in its order
     "bitstream",
     "recon",
 )
