@@ -96,7 +96,7 @@ def trained_model(count: int, checkpoint: str | None = None) -> None:
     f, i = rows["float"], rows["integer"]
     rate = sum(i["bpp"]) / sum(f["bpp"]) - 1
     print(
-        f"\ntrained small model (parity fixture), {len(names)} Kodak images, "
+        f"\n{checkpoint or 'trained small model (parity fixture)'}, {len(names)} Kodak images, "
         f"calibration {calibration:.1f} s"
     )
     print("| path | mean bpp | mean PSNR dB | encode s (median) | decode s (median) |")
