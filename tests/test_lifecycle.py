@@ -56,18 +56,19 @@ def test_ctrl_c_saves_the_current_step_and_a_second_run_on_the_workdir_is_refuse
     assert waited < 30
 
 
+def _start_50_steps(workdir):
+    """train.py on the tiny config in a new process, its output piped."""
+    cmd = _train_cmd(workdir, "--config.total_steps=50")
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_start_up_ends_the_run_at_once_in_one_line(tmp_path, sig):
     # Measured before: two hosts went on compiling for 150 s with nothing printed.
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(
-        _train_cmd(workdir, "--config.total_steps=50"),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_50_steps(workdir)
     try:
         for line in proc.stdout:
             if line.startswith("compiling the train step"):
@@ -92,14 +93,7 @@ def test_ctrl_c_at_any_moment_of_the_start_ends_the_run_at_once_in_one_line(tmp_
     # Measured: at 0.3 s (inside an import) the signal was lost and the run trained to the
     # end with exit 0; at 0.5-1.3 s a 40-line KeyboardInterrupt traceback.
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(
-        _train_cmd(workdir, "--config.total_steps=50"),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_50_steps(workdir)
     try:
         time.sleep(after_s)
         proc.send_signal(signal.SIGINT)
