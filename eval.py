@@ -15,7 +15,6 @@ what eval.py writes (the user's other files there are kept). Anything that stops
 line `eval.py: error: ...` and exit status 2.
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -44,14 +43,14 @@ def _fail(message) -> None:
 
 def _eval_config(workdir):
     """config.eval of --config when given, else of the run's config.json, else the defaults."""
-    from tgic_jax.config import EvalConfig, upgrade
+    from tgic_jax.config import EvalConfig, RunConfig
 
     if FLAGS.config is not None:
-        return EvalConfig.from_config(FLAGS.config.eval)
+        return RunConfig.from_config(FLAGS.config).eval
     path = workdir / "config.json"
     if not path.is_file():  # --checkpoint without a run: the defaults (Kodak)
         return EvalConfig()
-    return EvalConfig.from_config(upgrade(json.loads(path.read_text())).get("eval"))
+    return RunConfig.from_json(path.read_text()).eval
 
 
 def main(argv):

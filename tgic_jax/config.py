@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -20,6 +21,9 @@ from typing import Any, ClassVar
 RENAMED = {"optim.train_images": "optim.epoch_pairs"}
 # Keys whose "nothing set" older configs wrote as -1 (now None).
 MINUS_ONE_IS_NONE = ("total_steps", "mesh.data")
+# A workdir's config.json holds, beside the config, a record of what the run ran on (its
+# device count) under this name: not a config key.
+RUN_RECORD = "run"
 
 
 class ConfigKeyError(ValueError):
@@ -239,6 +243,9 @@ class RunConfig:
     ckpt: CkptConfig
     eval: EvalConfig
     mesh: MeshConfig
+    # config.model as given (plain values; ModelConfig.from_config, the model's own
+    # interface, types it): the base layer knows its keys, not the model.
+    model: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
     total_steps: int | None = None  # None: epochs x steps per epoch
     train_time_limit_minutes: float = 0.0  # 0: none
@@ -248,11 +255,26 @@ class RunConfig:
 
     @classmethod
     def from_config(cls, config) -> RunConfig:
-        """Every section typed (the model's stays config.model: ModelConfig takes it)."""
+        """Every section typed (the model's stays a dict: ModelConfig takes it); a RunConfig
+        is returned as it is, so a function may take either at its boundary."""
+        if isinstance(config, cls):
+            return config
         check_keys(config)
         items = _items(config)
         top = {k: items[k] for k in TOP_LEVEL if k in items}
         if top.get("total_steps") == -1:
             top["total_steps"] = None
         sections = {n: s.from_config(items.get(n)) for n, s in SECTIONS.items()}
-        return cls(**sections, **top)
+        model = {k: _plain(v) for k, v in _items(items.get("model")).items()}
+        return cls(**sections, model=model, **top)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        """A workdir's config.json (an older run's too: `upgrade`), its run record set aside."""
+        tree = upgrade(json.loads(text))
+        tree.pop(RUN_RECORD, None)
+        return cls.from_config(tree)
+
+    def to_dict(self) -> dict:
+        """The config as JSON would hold it (tuples as lists), every key set."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -73,6 +73,7 @@ def _train(out: Path, minutes: float | None, retrain: bool, learning_rate: float
     import jax
 
     from tgic_jax.cli.repository import repository_path
+    from tgic_jax.config import RunConfig
     from tgic_jax.train import optim, trainer
 
     config_file = repository_path("configs/small.py", "run `make demo` there")
@@ -92,19 +93,20 @@ def _train(out: Path, minutes: float | None, retrain: bool, learning_rate: float
     config = small.get_config()
     if learning_rate:
         config.optim.learning_rate = float(learning_rate)
-    images = config.input.max_images
+    config.train_time_limit_minutes = float(minutes or 0)  # 0: none (the whole schedule)
+    run = RunConfig.from_config(config)  # the values the run will read
+    images = run.input.max_images
     if minutes:
-        config.train_time_limit_minutes = float(minutes)
         _log(
             f"training configs/small.py for at most {minutes:g} min on Kodak 1-{images} -> "
             f"{workdir} (a time budget: how far it gets depends on this machine)"
         )
     else:
-        steps = optim.total_steps(config, optim.global_batch_size(config, jax.device_count()))
+        steps = optim.total_steps(run, optim.global_batch_size(run, jax.device_count()))
         _log(
             f"training configs/small.py on Kodak 1-{images}: its whole schedule, {steps} steps "
             f"(the same on every machine; progress and time left every "
-            f"{config.log_every_steps} steps) -> {workdir}"
+            f"{run.log_every_steps} steps) -> {workdir}"
         )
     trainer.train_and_evaluate(config, workdir)
     trainer.export_inference(workdir, ckpt)

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tgic_jax.config import RunConfig
+
 PACKAGES = (
     "jax",
     "jaxlib",
@@ -87,11 +89,12 @@ def mesh_for(config) -> dict[str, Any]:
 
     from tgic_jax.train import optim, sharding
 
-    mesh = sharding.make_mesh(config.mesh)
-    global_batch = optim.global_batch_size(config, mesh.size)
+    run = RunConfig.from_config(config)
+    mesh = sharding.make_mesh(run.mesh)
+    global_batch = optim.global_batch_size(run, mesh.size)
     return {
         "axes": {name: int(size) for name, size in mesh.shape.items()},
-        "batch_per_device": int(config.input.batch_size_per_device),
+        "batch_per_device": int(run.input.batch_size_per_device),
         "global_batch": global_batch,
         "batch_per_process": sharding.local_batch_size(global_batch, mesh),
         "processes": jax.process_count(),
@@ -134,7 +137,7 @@ def describe(config=None) -> dict[str, Any]:
         from tgic_jax.train import precision
 
         info["mesh"] = mesh_for(config)
-        info["lpips_precision"] = precision.lpips_precision(config.loss)
+        info["lpips_precision"] = precision.lpips_precision(RunConfig.from_config(config).loss)
     return info
 
 

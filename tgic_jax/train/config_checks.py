@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 
-import ml_collections
-
 from tgic_jax import config as config_lib
 from tgic_jax.files import write_text_atomic
 from tgic_jax.model.taco import DOWNSAMPLING_FACTOR as MODEL_STRIDE
@@ -47,8 +45,7 @@ CHANGEABLE = ("model.compute_dtype",)
 
 CONFIG_JSON = "config.json"
 CONFIG_HISTORY = "config_history.jsonl"
-# config.json's record of what the run ran on, beside the config (not a config key).
-RUN_KEY = "run"
+RUN_KEY = config_lib.RUN_RECORD
 
 
 def _check(ok: bool, message: str) -> None:
@@ -56,33 +53,42 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(config: ml_collections.ConfigDict, global_batch: int) -> None:
-    """Raises a one-line ConfigError for a value the run cannot train with as meant."""
+def typed(config) -> config_lib.RunConfig:
+    """The run's typed config (a RunConfig is returned as it is); an unknown key is a
+    one-line ConfigError naming the closest known key."""
     try:
-        config_lib.check_keys(config)
+        return config_lib.RunConfig.from_config(config)
     except config_lib.ConfigKeyError as err:
         raise ConfigError(str(err)) from None
-    loss = config.loss
+
+
+def validate(run, global_batch: int) -> None:
+    """Raises a one-line ConfigError for a value the run cannot train with as meant.
+
+    `run`: a RunConfig, or the ConfigDict it is read from.
+    """
+    run = typed(run)
+    loss = run.loss
     lmbda = float(loss.lmbda)
     _check(
         math.isfinite(lmbda) and lmbda > 0,
         f"loss.lmbda={loss.lmbda}: must be > 0 (the rate-distortion trade-off)",
     )
     for key in ("k_p", "k_j", "clip_embed_weight"):
-        if key in loss:
-            value = float(loss[key])
-            _check(math.isfinite(value) and value >= 0, f"loss.{key}={loss[key]}: must be >= 0")
-    crop = int(config.input.crop_size)
+        given = getattr(loss, key)
+        value = float(given)
+        _check(math.isfinite(value) and value >= 0, f"loss.{key}={given}: must be >= 0")
+    crop = int(run.input.crop_size)
     _check(
         crop >= MODEL_STRIDE and crop % MODEL_STRIDE == 0,
         f"input.crop_size={crop}: must be a multiple of the model's stride {MODEL_STRIDE} "
         f"(e.g. {max(MODEL_STRIDE, crop // MODEL_STRIDE * MODEL_STRIDE)})",
     )
-    per_device = int(config.input.batch_size_per_device)
+    per_device = int(run.input.batch_size_per_device)
     _check(per_device >= 1, f"input.batch_size_per_device={per_device}: must be >= 1")
     if float(loss.k_j) > 0:
         _check(
-            config.text.encoder == "clip",
+            run.text.encoder == "clip",
             "loss.k_j > 0 needs text.encoder='clip': the joint term reuses the conditioning tokens",
         )
     from tgic_jax.train import losses  # the joint term's own rule, in one place
@@ -91,16 +97,14 @@ def validate(config: ml_collections.ConfigDict, global_batch: int) -> None:
         losses.check_joint_group(loss, global_batch)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    for key in ("log_every_steps",):
-        if key in config:
-            _check(int(config[key]) >= 1, f"{key}={config[key]}: must be >= 1")
+    _check(int(run.log_every_steps) >= 1, f"log_every_steps={run.log_every_steps}: must be >= 1")
     _check(
-        int(config.ckpt.every_steps) >= 1,
-        f"ckpt.every_steps={config.ckpt.every_steps}: must be >= 1",
+        int(run.ckpt.every_steps) >= 1,
+        f"ckpt.every_steps={run.ckpt.every_steps}: must be >= 1",
     )
 
 
-def check_model_fits(config: ml_collections.ConfigDict, global_batch: int) -> None:
+def check_model_fits(run, global_batch: int) -> None:
     """Raises a one-line ConfigError when the model cannot be built, or when its train state
     (parameters and optimizer state, replicated on every device) exceeds a device's memory.
 
@@ -114,11 +118,13 @@ def check_model_fits(config: ml_collections.ConfigDict, global_batch: int) -> No
     from tgic_jax.model.taco import TACO, ModelConfig
     from tgic_jax.train import optim, train_state
 
+    run = typed(run)
     try:
-        model = TACO(ModelConfig.from_config(config.model))
-        optimizer = optim.make_optimizer(config.optim)
+        model_config = ModelConfig.from_config(run.model)
+        model = TACO(model_config)
+        optimizer = optim.make_optimizer(run.optim)
         shapes = jax.eval_shape(
-            functools.partial(train_state.create_train_state, model, optimizer, int(config.seed))
+            functools.partial(train_state.create_train_state, model, optimizer, int(run.seed))
         )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"model: {err}") from None
@@ -126,7 +132,7 @@ def check_model_fits(config: ml_collections.ConfigDict, global_batch: int) -> No
     have = device_memory_bytes()
     _check(
         have is None or need <= have,
-        f"model.N={config.model.N}, model.M={config.model.M}: the train state needs "
+        f"model.N={model_config.N}, model.M={model_config.M}: the train state needs "
         f"{need / 2**30:,.1f} GiB on every device, more than its "
         f"{(have or 0) / 2**30:,.1f} GiB",
     )
@@ -177,10 +183,10 @@ def _shown(changes: dict[str, tuple]) -> str:
     return ", ".join(f"{k} {json.dumps(o)} -> {json.dumps(n)}" for k, (o, n) in changes.items())
 
 
-def compare_with_workdir(
-    config: ml_collections.ConfigDict, workdir, devices: int | None = None
-) -> dict[str, tuple]:
+def compare_with_workdir(run, workdir, devices: int | None = None) -> dict[str, tuple]:
     """The allowed changes of a rerun against workdir/config.json ({} for a new run).
+
+    `run`: a RunConfig, or the ConfigDict it is read from.
 
     Raises ConfigError naming the keys that would change the model, the optimizer state or
     the data order, or a device count other than the run's (it sets the global batch).
@@ -195,8 +201,8 @@ def compare_with_workdir(
         raise ConfigError(
             f"{path}: not readable JSON ({err}); move it away to start a new run here"
         ) from err
-    # The same normalization (tuples -> lists, older names and -1 as today's).
-    new = config_lib.upgrade(json.loads(config.to_json()))
+    run = typed(run)
+    new = run.to_dict()  # today's names, tuples as lists, as `upgrade` reads the old one
     changes = differences(old, new)
     refused = {k: v for k, v in changes.items() if _frozen(k)}
     if refused:
@@ -204,26 +210,22 @@ def compare_with_workdir(
             f"{workdir} was trained with another config: {_shown(refused)} would not fit its "
             "checkpoints or data order (use a new --workdir, or the run's values)"
         )
-    run = old.get(RUN_KEY) or {}
-    if devices is not None and run.get("devices") not in (None, devices):
-        per_device = int(config.input.batch_size_per_device)
+    ran_on = old.get(RUN_KEY) or {}
+    if devices is not None and ran_on.get("devices") not in (None, devices):
+        per_device = int(run.input.batch_size_per_device)
         raise ConfigError(
-            f"{workdir} was trained on {run['devices']} devices (global batch "
-            f"{run['devices'] * per_device}); this run has {devices} (global batch "
+            f"{workdir} was trained on {ran_on['devices']} devices (global batch "
+            f"{ran_on['devices'] * per_device}); this run has {devices} (global batch "
             f"{devices * per_device}), which would change the data order and the steps per "
-            f"epoch (resume it on {run['devices']} devices, or use a new --workdir)"
+            f"epoch (resume it on {ran_on['devices']} devices, or use a new --workdir)"
         )
     return changes
 
 
-def record_config(
-    config: ml_collections.ConfigDict,
-    workdir,
-    changes: dict[str, tuple],
-    devices: int | None = None,
-) -> None:
-    """Writes workdir/config.json (with the run's device count under "run" when given); a
-    rerun's allowed changes are appended to the history."""
+def record_config(run, workdir, changes: dict[str, tuple], devices: int | None = None) -> None:
+    """Writes workdir/config.json, every key of `run` (a RunConfig or its ConfigDict) with
+    the run's device count under "run" when given; a rerun's allowed changes are appended
+    to the history."""
     if changes:
         entry = {"changes": {k: [o, n] for k, (o, n) in changes.items()}}
         history = workdir / CONFIG_HISTORY
@@ -233,7 +235,7 @@ def record_config(
             f"config: changed since the last run ({_shown(changes)}); recorded in {CONFIG_HISTORY}",
             flush=True,
         )
-    record = json.loads(config.to_json())
+    record = typed(run).to_dict()
     if devices is not None:
         record[RUN_KEY] = {"devices": int(devices)}
     write_text_atomic(workdir / CONFIG_JSON, json.dumps(record, indent=1))

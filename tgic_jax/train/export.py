@@ -17,6 +17,7 @@ import numpy as np
 from etils import epath
 
 from tgic_jax.checkpoints import inference
+from tgic_jax.config import RunConfig
 from tgic_jax.train import checkpoint, selection
 
 
@@ -44,7 +45,7 @@ def export_inference(
     select: a kept best checkpoint ('best_psnr', 'best_ms_ssim', 'best_bpp', 'best_lpips')
     instead of the latest (or given) step.
     """
-    config = load_workdir_config(workdir)
+    run = RunConfig.from_json((inference.as_path(workdir) / "config.json").read_text())
     if select:
         if step is not None:
             raise ValueError("give --step or --select, not both")
@@ -62,4 +63,4 @@ def export_inference(
             f"step {step} has non-finite parameters ({'/'.join(bad[0])}, "
             f"{len(bad)} arrays): export an earlier --step"
         )
-    return selection.save_params(out, config, params, step)
+    return selection.save_params(out, run, params, step)

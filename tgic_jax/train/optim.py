@@ -15,11 +15,11 @@ also keeps the optimizer state's tree, so existing checkpoints restore.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import flax
 import jax
-import ml_collections
 import optax
 
 from tgic_jax.config import OptimConfig, RunConfig
@@ -31,9 +31,12 @@ QUANTILES = ("entropy_bottleneck", "quantiles")
 
 
 # ----------------------------------------------------------------------------- schedule
-def global_batch_size(config, num_devices: int) -> int:
-    """Global batch = batch_size_per_device x devices in the mesh."""
-    return int(config.input.batch_size_per_device) * int(num_devices)
+def global_batch_size(run, num_devices: int) -> int:
+    """Global batch = input.batch_size_per_device x devices in the mesh.
+
+    `run`: a RunConfig, or the ConfigDict it is read from (typed here, at the boundary).
+    """
+    return int(RunConfig.from_config(run).input.batch_size_per_device) * int(num_devices)
 
 
 def steps_per_epoch(optim_config, global_batch: int) -> int:
@@ -41,28 +44,28 @@ def steps_per_epoch(optim_config, global_batch: int) -> int:
     return max(1, int(OptimConfig.from_config(optim_config).epoch_pairs) // int(global_batch))
 
 
-def with_epoch_size(config: ml_collections.ConfigDict, num_pairs: int) -> ml_collections.ConfigDict:
-    """A copy of config whose epoch (optim.epoch_pairs) is the counted number of pairs."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    configured = int(OptimConfig.from_config(config.optim).epoch_pairs)
+def with_epoch_size(run, num_pairs: int) -> RunConfig:
+    """`run` (a RunConfig or its ConfigDict) whose epoch (optim.epoch_pairs) is the data's
+    counted number of pairs."""
+    run = RunConfig.from_config(run)
+    configured = int(run.optim.epoch_pairs)
     if configured > 0 and configured != num_pairs:
         logging.warning(
             "optim.epoch_pairs=%d, the data has %d pairs: using the data's count",
             configured,
             num_pairs,
         )
-    if "train_images" in config.optim:  # an older config's name for it
-        del config.optim["train_images"]
-    config.optim.epoch_pairs = int(num_pairs)
-    return config
+    optim_config = dataclasses.replace(run.optim, epoch_pairs=int(num_pairs))
+    return dataclasses.replace(run, optim=optim_config)
 
 
-def total_steps(config, global_batch: int) -> int:
-    """config.total_steps when set (> 0), else epochs x steps per epoch."""
-    config = RunConfig.from_config(config)
-    if config.total_steps is not None and int(config.total_steps) > 0:
-        return int(config.total_steps)
-    return int(config.optim.epochs) * steps_per_epoch(config.optim, global_batch)
+def total_steps(run, global_batch: int) -> int:
+    """run.total_steps when set (> 0), else epochs x steps per epoch (`run`: a RunConfig or
+    its ConfigDict)."""
+    run = RunConfig.from_config(run)
+    if run.total_steps is not None and int(run.total_steps) > 0:
+        return int(run.total_steps)
+    return int(run.optim.epochs) * steps_per_epoch(run.optim, global_batch)
 
 
 def decay_steps(optim_config, global_batch: int, num_steps: int | None = None) -> list[int]:

@@ -18,12 +18,11 @@ import sys
 from typing import Any
 
 import jax
-import ml_collections
 from etils import epath
 
 from tgic_jax.checkpoints import inference
 from tgic_jax.coding.tables import build_tables
-from tgic_jax.config import EvalConfig, TextConfig
+from tgic_jax.config import EvalConfig, RunConfig
 from tgic_jax.evaluation import sets
 from tgic_jax.files import replace_dir
 from tgic_jax.model.layers import Params
@@ -79,9 +78,11 @@ def evaluate_params(
 
 
 def evaluate_and_record(
-    model, params, text_encoder, config, lpips_fn, writer, workdir, step: int, epoch: int
+    model, params, text_encoder, run, lpips_fn, writer, workdir, step: int, epoch: int
 ) -> None:
     """One evaluation of the loop: TensorBoard, eval.csv and the best checkpoints.
+
+    `run`: the RunConfig (or its ConfigDict): eval's images, model and text for the bests.
 
     A failing evaluation does not stop training: the run's checkpoints are intact and
     eval.py can evaluate them afterwards, while a days-long run lost to, say, one
@@ -89,7 +90,8 @@ def evaluate_and_record(
     the traceback and a line on stderr) and writes no eval.csv row: never a mean over the
     images that happened to work.
     """
-    eval_config = EvalConfig.from_config(config.eval)
+    run = RunConfig.from_config(run)
+    eval_config = run.eval
     try:
         ev = evaluate_params(
             model,
@@ -109,7 +111,7 @@ def evaluate_and_record(
         return
     writer.write_images(step, ev.pop("images", []))
     writer.write(step, ev, "eval")
-    best = record_evaluation(workdir, config, step, epoch, ev, params)
+    best = record_evaluation(workdir, run, step, epoch, ev, params)
     if best:
         announce(f"[eval] step {step} new {', '.join(best)}")
 
@@ -126,33 +128,32 @@ def read_best(workdir: str | os.PathLike) -> dict[str, dict]:
 
 
 def save_params(
-    path: str | os.PathLike,
-    config: ml_collections.ConfigDict,
-    params: Params,
-    step: int,
-    tables: dict | None = None,
+    path: str | os.PathLike, run, params: Params, step: int, tables: dict | None = None
 ) -> epath.Path:
-    """An inference checkpoint of a run's `params` at `step` (its model and text config).
+    """An inference checkpoint of a run's `params` at `step` (its model and text config;
+    `run`: a RunConfig or its ConfigDict).
 
     Like every inference checkpoint it carries the integer entropy path (calibrated here).
     """
-    text = TextConfig.from_config(config.text)
+    run = RunConfig.from_config(run)
+    model_config = ModelConfig.from_config(run.model)
+    text = run.text
     return inference.save_inference(
         path,
-        ModelConfig.from_config(config.model),
+        model_config,
         params,
-        text_config={**dataclasses.asdict(text), "width": text.width or int(config.model.text_dim)},
+        text_config={**dataclasses.asdict(text), "width": text.width or model_config.text_dim},
         tables=tables,
         extra={"train_step": int(step)},
     )
 
 
-def _save_best(folder: epath.Path, config, params: Params, info: dict, tables: dict) -> None:
+def _save_best(folder: epath.Path, run, params: Params, info: dict, tables: dict) -> None:
     """The checkpoint and its metrics.json, written beside and renamed: never a half folder."""
     tmp = folder.parent / (folder.name + ".tmp")
     if tmp.exists():
         tmp.rmtree()
-    save_params(tmp, config, params, info["step"], tables)
+    save_params(tmp, run, params, info["step"], tables)
     (tmp / "metrics.json").write_text(json.dumps(info, indent=1))
     replace_dir(tmp, folder)
 
@@ -170,13 +171,16 @@ def load_best_params(workdir: str | os.PathLike, name: str) -> tuple[Params, dic
 
 def record_evaluation(
     workdir: str | os.PathLike,
-    config: ml_collections.ConfigDict,
+    run,
     step: int,
     epoch: int,
     scalars: dict,
     params: Params,
 ) -> list:
-    """Appends a row to workdir/eval.csv and keeps params that beat a best; returns those."""
+    """Appends a row to workdir/eval.csv and keeps params that beat a best; returns those.
+
+    `run`: the RunConfig (or its ConfigDict) whose model and text the bests record.
+    """
     workdir = inference.as_path(workdir)
     csv_path = workdir / EVAL_CSV
     rows = io.StringIO()
@@ -199,7 +203,7 @@ def record_evaluation(
                 tables = build_tables(params)
             _save_best(
                 workdir / BEST_DIR / name,
-                config,
+                run,
                 params,
                 {"step": step, "epoch": epoch, **scalars},
                 tables,

@@ -58,6 +58,8 @@ from tgic_jax.train.train_state import TrainState
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainState:
     """Trains (resuming from workdir's newest restorable checkpoint), evaluates, checkpoints.
 
+    `config`: the run's ConfigDict (configs/*.py) or a `RunConfig`; typed once, here.
+
     `workdir` may be a URL (gs://bucket/run): checkpoints, config.json and TensorBoard
     events are written there, not to a local folder. One run at a time per workdir (a lock);
     a reason to stop that the user can act on raises a one-line `RunError`. Nothing is
@@ -71,37 +73,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # trained yet, and the loop's handlers would only run after the minute-long compilation.
     startup = StartupSignals("stopping before the first step (nothing trained to save)")
     with startup:
-        # The checks come before anything is written (the workdir included).
+        # The checks come before anything is written (the workdir included). From here on
+        # every module takes its own section of the typed config, never the ConfigDict.
+        run = config_checks.typed(config)
         try:
-            mesh = sharding.make_mesh(config.mesh)
+            mesh = sharding.make_mesh(run.mesh)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        global_batch = optim.global_batch_size(config, mesh.size)
-        config_checks.validate(config, global_batch)
-        config_checks.check_model_fits(config, global_batch)
-        inputs = _checked_inputs(config)
+        global_batch = optim.global_batch_size(run, mesh.size)
+        config_checks.validate(run, global_batch)
+        config_checks.check_model_fits(run, global_batch)
+        inputs = _checked_inputs(run.input)
         workdir.mkdir(parents=True, exist_ok=True)
         lock = WorkdirLock(workdir)
         if jax.process_index() == 0:
             lock.acquire()
         try:
-            return _train(config, workdir, begun, mesh, startup, inputs)
+            return _train(run, workdir, begun, mesh, startup, inputs)
         finally:
             lock.release()
 
 
-def _checked_inputs(config):
+def _checked_inputs(input_config):
     """(pairs or None, this host's folder items or None): the inputs listed and checked.
 
     Raises ConfigError (one line) when the input cannot train: a missing folder, no
     captioned image, no image as large as the crop. TFDS is checked when it is opened.
     """
     try:
-        if input_pipeline.uses_pairs(config.input):
-            return input_pipeline.list_pairs(config.input), None
-        if config.input.source == "folder":
+        if input_pipeline.uses_pairs(input_config):
+            return input_pipeline.list_pairs(input_config), None
+        if input_config.source == "folder":
             items = input_pipeline.folder_items(
-                config.input, jax.process_index(), jax.process_count()
+                input_config, jax.process_index(), jax.process_count()
             )
             return None, items
     except (OSError, ValueError) as err:  # FileNotFoundError, ImageError, caption errors
@@ -109,13 +113,13 @@ def _checked_inputs(config):
     return None, None
 
 
-def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> TrainState:
+def _train(run: RunConfig, workdir: epath.Path, begun: float, mesh, startup, inputs) -> TrainState:
     is_main = jax.process_index() == 0
-    global_batch = optim.global_batch_size(config, mesh.size)
+    global_batch = optim.global_batch_size(run, mesh.size)
     host_batch = sharding.local_batch_size(global_batch, mesh)
-    changes = config_checks.compare_with_workdir(config, workdir, devices=mesh.size)
-    given = config  # what config.json records (the pair sources' epoch size is derived)
-    run = RunConfig.from_config(config)
+    changes = config_checks.compare_with_workdir(run, workdir, devices=mesh.size)
+    given = run  # what config.json records (the pair sources' epoch size is derived)
+    model_config = ModelConfig.from_config(run.model)
 
     precision = run.jax_default_matmul_precision
     if precision:  # before anything is traced; see docs/RECIPE.md (numerics)
@@ -123,27 +127,26 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     if not run.loss.weights_confirmed:
         logging.warning(
             "loss.lmbda=%g: (k_p, k_j)=(%g, %g) are not confirmed by the authors",
-            config.loss.lmbda,
-            config.loss.k_p,
-            config.loss.k_j,
+            run.loss.lmbda,
+            run.loss.k_p,
+            run.loss.k_j,
         )
 
     # (image, caption) pair sources: the epoch is one pass over the pairs, counted here.
     pairs, items = inputs
     if pairs is not None:
-        config = optim.with_epoch_size(config, len(pairs))
-        run = RunConfig.from_config(config)
+        run = optim.with_epoch_size(run, len(pairs))
         announce(
             f"epoch: {len(pairs)} (image, caption) pairs, "
-            f"{optim.steps_per_epoch(config.optim, global_batch)} steps"
+            f"{optim.steps_per_epoch(run.optim, global_batch)} steps"
         )
-    num_steps = optim.total_steps(config, global_batch)
+    num_steps = optim.total_steps(run, global_batch)
 
     # Model, loss, optimizer.
     from tgic_jax.train import losses  # heavy (LPIPS, transformers)
 
-    model = TACO(ModelConfig.from_config(config.model))
-    text_encoder = input_pipeline.build_text_encoder(run.text, config.model.text_dim)
+    model = TACO(model_config)
+    text_encoder = input_pipeline.build_text_encoder(run.text, model_config.text_dim)
     clip_model, clip_text_fn = None, None
     if float(run.loss.k_j) > 0:  # validate: text.encoder is "clip"
         clip_model = losses.build_clip(run.loss.clip_path)
@@ -154,13 +157,13 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
 
     # State: restored from the workdir's newest checkpoint that restores, else fresh.
     distributed.sync_hosts("tgic_jax/start")  # orbax's first barrier is a collective: meet first
-    manager = _checkpoint_manager(config, workdir)
+    manager = _checkpoint_manager(run.ckpt, workdir)
     state, state_shardings, abstract = train_state.init_sharded_state(
-        model, optimizer, int(config.seed), mesh, run.mesh
+        model, optimizer, int(run.seed), mesh, run.mesh
     )
     if manager.all_steps():
         del state
-        state, manager = _resume(config, workdir, manager, abstract)
+        state, manager = _resume(run.ckpt, workdir, manager, abstract)
     start_step = int(state.step)
     # Input: this host's share of every global batch, captions tokenized on the host.
     if pairs is not None:  # order from (seed, epoch): resumes exactly at start_step
@@ -216,7 +219,9 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
         step_fn = step_fn.lower(state, frozen, first, np.float32(0)).compile()
         global_batches = itertools.chain([first], global_batches)
     distributed.sync_hosts("tgic_jax/compiled")
-    meter, profiler = _throughput_instruments(config, step_fn, global_batch, mesh, workdir)
+    meter, profiler = _throughput_instruments(
+        run.profile_steps, step_fn, global_batch, mesh, workdir
+    )
 
     # The run's config is recorded once it has compiled: a start that fails earlier leaves
     # nothing that would refuse its corrected rerun.
@@ -285,7 +290,7 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
                         model,
                         state.params,
                         text_encoder,
-                        config,
+                        run,
                         lpips_fn,
                         writer,
                         workdir,
@@ -330,13 +335,12 @@ def _train(config, workdir: epath.Path, begun: float, mesh, startup, inputs) -> 
     return state
 
 
-def _checkpoint_manager(config, workdir):
-    ckpt = CkptConfig.from_config(config.ckpt)
+def _checkpoint_manager(ckpt: CkptConfig, workdir):
     # every_steps=1: the loop's `checkpoint_due` is the one rule of when to save
     return checkpoint.train_checkpoint_manager(workdir, 1, ckpt.keep, ckpt.use_async)
 
 
-def _resume(config, workdir, manager, abstract):
+def _resume(ckpt: CkptConfig, workdir, manager, abstract):
     """(restored state, manager): the newest step that restores; damaged ones set aside."""
     state, step, skipped = checkpoint.restore_newest(manager, abstract)
     if skipped:
@@ -351,7 +355,7 @@ def _resume(config, workdir, manager, abstract):
                 )
         distributed.sync_hosts("tgic_jax/set_aside")
         manager.close()  # it lists the steps once: a new one sees them gone
-        manager = _checkpoint_manager(config, workdir)
+        manager = _checkpoint_manager(ckpt, workdir)
     announce(f"resumed from step {step}")
     return state, manager
 
@@ -373,7 +377,7 @@ class _Eta:
         return f"{step}/{num_steps} eta {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
 
 
-def _throughput_instruments(config, step_fn, global_batch: int, mesh, workdir):
+def _throughput_instruments(profile_steps: str, step_fn, global_batch: int, mesh, workdir):
     """(ThroughputMeter, StepProfiler) of a run; logs the step's FLOPs and memory once."""
     flops = throughput.compiled_flops(step_fn)
     peak = throughput.peak_flops(jax.devices()[0].device_kind)
@@ -387,7 +391,5 @@ def _throughput_instruments(config, step_fn, global_batch: int, mesh, workdir):
             f"{jax.devices()[0].device_kind}, {peak_text}"
         )
     meter = throughput.ThroughputMeter(global_batch, mesh.size, flops, peak)
-    profiler = throughput.StepProfiler(
-        RunConfig.from_config(config).profile_steps, workdir / "tensorboard"
-    )
+    profiler = throughput.StepProfiler(profile_steps, workdir / "tensorboard")
     return meter, profiler
