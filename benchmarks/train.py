@@ -29,18 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 def _tiny_clip():
     from tgic_jax.model.clip import clip_config, random_clip
 
-    config = clip_config(
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
-        dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=224,
-            patch_size=32,
-        ),
-        projection_dim=512,
-    )
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+    config = clip_config(sizes, dict(sizes, image_size=224, patch_size=32), projection_dim=512)
     return random_clip(config, seed=0)
 
 

@@ -105,6 +105,12 @@ def _optim(**kw):
     return ml_collections.ConfigDict({**base, **kw})
 
 
+def tower_sizes(width: int, ffn: int, layers: int, heads: int, **fields) -> dict:
+    """A tiny transformer tower's config fields, in transformers' names."""
+    sizes = dict(hidden_size=width, intermediate_size=ffn, num_hidden_layers=layers)
+    return dict(sizes, num_attention_heads=heads, **fields)
+
+
 def _train_cmd(workdir, *overrides):
     return [
         sys.executable,
@@ -115,6 +121,20 @@ def _train_cmd(workdir, *overrides):
         str(workdir),
         *overrides,
     ]
+
+
+def _run_train(workdir, *overrides, env=None, **run_kw) -> subprocess.CompletedProcess:
+    """train.py on the tiny config in a new process, run to its end, its output captured."""
+    cmd = _train_cmd(workdir, *overrides)
+    return subprocess.run(
+        cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=600, **run_kw
+    )
+
+
+def _python(code: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """`python -c code args...` in a new process started in the repository, output captured."""
+    cmd = [sys.executable, "-c", code, *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _finished_steps(workdir):

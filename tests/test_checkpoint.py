@@ -3,18 +3,16 @@ its step; no checkpoint that restores is said in one line."""
 
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 from helpers import (
-    REPO,
     _damage,
     _env,
     _finished_steps,
     _restorable_steps,
+    _run_train,
     _tiny_workdir_with_checkpoints,
-    _train_cmd,
 )
 
 
@@ -72,14 +70,7 @@ def test_a_checkpoint_write_that_really_fails_stops_the_run_in_one_line_keeping_
     import resource
 
     workdir = tmp_path / "run"
-    first = subprocess.run(
-        _train_cmd(workdir, "--config.total_steps=10"),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    first = _run_train(workdir, "--config.total_steps=10")
     assert first.returncode == 0, first.stderr[-3000:]
     limit = 300_000  # above every file of the run but the checkpoints' array data (~2 MB)
 
@@ -88,15 +79,7 @@ def test_a_checkpoint_write_that_really_fails_stops_the_run_in_one_line_keeping_
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     env = dict(_env(), JAX_ENABLE_COMPILATION_CACHE="false")  # its entries are larger
-    second = subprocess.run(
-        _train_cmd(workdir, "--config.total_steps=40"),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=limit_file_size,
-    )
+    second = _run_train(workdir, "--config.total_steps=40", env=env, preexec_fn=limit_file_size)
     assert second.returncode == 1
     # Found at the first step after the write ends, or at the next save at the latest (it
     # waits for the write, as orbax would): how many steps that takes depends on the machine.
@@ -166,16 +149,8 @@ def test_a_final_save_that_fails_ends_in_one_line_saying_why(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     workdir = tmp_path / "run"
-    cmd = _train_cmd(workdir, "--config.total_steps=2", "--config.ckpt.every_steps=1000")
-    proc = subprocess.run(
-        cmd,
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=limit_file_size,
-    )
+    overrides = ("--config.total_steps=2", "--config.ckpt.every_steps=1000")
+    proc = _run_train(workdir, *overrides, preexec_fn=limit_file_size)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert re.fullmatch(
         r"train\.py: error: the checkpoint of step 2 failed to write \(found at "

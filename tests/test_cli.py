@@ -536,32 +536,15 @@ def test_cli_compresses_a_folder_and_decodes_it_back(tmp_path, tiny_ckpt, capsys
     assert out.count("bpp") == 3 and "bytes" in out and " ms" in out
     files = sorted((tmp_path / "bits").glob("*.tgic"))
     assert [f.name for f in files] == ["im0.tgic", "im1.tgic", "im2.tgic"]
-    rc = _cli(
-        [
-            "decompress",
-            str(tmp_path / "bits"),
-            "--checkpoint",
-            str(tiny_ckpt),
-            "-o",
-            str(tmp_path / "back"),
-        ]
-    )
+    decompress = ["decompress", str(tmp_path / "bits"), "--checkpoint", str(tiny_ckpt), "-o"]
+    rc = _cli([*decompress, str(tmp_path / "back")])
     assert rc == 0
     back, _ = image_io.load_image(tmp_path / "back" / "im2.png")
     assert back.shape == (40, 50, 3)
     # A damaged file: one clear line on stderr, non-zero exit, the other files still done.
     bad = tmp_path / "bits" / "im1.tgic"
     bad.write_bytes(bad.read_bytes()[:-1])
-    rc = _cli(
-        [
-            "decompress",
-            str(tmp_path / "bits"),
-            "--checkpoint",
-            str(tiny_ckpt),
-            "-o",
-            str(tmp_path / "back2"),
-        ]
-    )
+    rc = _cli([*decompress, str(tmp_path / "back2")])
     err = capsys.readouterr().err
     assert rc == 1 and "im1.tgic" in err and "checksum" in err
     assert sorted(p.name for p in (tmp_path / "back2").iterdir()) == ["im0.png", "im2.png"]

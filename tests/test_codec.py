@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY, synthetic_image, text_states, tiny_model
+from helpers import TINY, _python, synthetic_image, text_states, tiny_model
 
 from tgic_jax import image_io
 from tgic_jax.coding import codec, container, programs
@@ -64,14 +62,7 @@ def _decode_in_subprocess(
 ) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     env["PROGRAM_DIR"] = str(program_dir or "")
-    r = subprocess.run(
-        [sys.executable, "-c", _DECODE_SCRIPT, str(ckpt), str(out), *map(str, files)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    r = _python(_DECODE_SCRIPT, ckpt, out, *files, env=env, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     with np.load(out) as f:
         return {k: f[k] for k in f.files}

@@ -8,6 +8,7 @@ import sys
 
 import ml_collections
 import pytest
+from helpers import _train_cmd
 
 from tgic_jax import config as config_lib
 from tools import dump_configs
@@ -117,6 +118,54 @@ def test_a_config_dict_from_a_test_with_only_some_keys_gets_the_base_defaults():
     assert run.input.prefetch_batches == 2
 
 
+def test_config_json_records_every_key_and_reads_back_as_the_runs_typed_config(tmp_path):
+    from configs.small import get_config
+    from tgic_jax.train import config_checks
+
+    config = get_config("tiny")
+    run = config_lib.RunConfig.from_config(config)
+    config_checks.record_config(run, tmp_path, {}, devices=2)
+    text = (tmp_path / "config.json").read_text()
+    recorded = json.loads(text)
+    assert recorded["run"] == {"devices": 2}  # beside the config, not a key of it
+    assert sorted(dump_configs.flatten(ml_collections.ConfigDict(recorded))) == sorted(
+        config_lib.known_keys() + ["run.devices"]
+    )
+    assert config_lib.RunConfig.from_json(text) == run
+    # The same run given as its ConfigDict or typed: one answer from every module.
+    assert config_checks.compare_with_workdir(config, tmp_path, devices=2) == {}
+    assert config_checks.compare_with_workdir(run, tmp_path, devices=2) == {}
+    config.optim.learning_rate = 5e-3
+    assert config_checks.compare_with_workdir(config, tmp_path) == {
+        "optim.learning_rate": (run.optim.learning_rate, 5e-3)
+    }
+
+
+def test_train_modules_take_the_typed_config_and_read_it_as_the_config_dict_says():
+    from configs.small import get_config
+    from tgic_jax.train import config_checks, optim
+
+    config = get_config("tiny")
+    run = config_lib.RunConfig.from_config(config)
+    assert config_lib.RunConfig.from_config(run) is run
+    assert (
+        optim.global_batch_size(run, 4)
+        == optim.global_batch_size(config, 4)
+        == 4 * int(config.input.batch_size_per_device)
+    )
+    assert optim.total_steps(run, 2) == optim.total_steps(config, 2)
+    counted = optim.with_epoch_size(run, 30)  # a pair source's epoch: the data's count
+    assert counted.optim.epoch_pairs == 30 and run.optim.epoch_pairs == config.optim.epoch_pairs
+    assert optim.steps_per_epoch(counted.optim, 2) == 15
+    config_checks.validate(run, global_batch=4)
+    config.loss.k_p = -1.0
+    with pytest.raises(config_checks.ConfigError, match=r"^loss.k_p=-1.0: must be >= 0$"):
+        config_checks.validate(config, global_batch=4)
+    config.loss.k_q = 1.0
+    with pytest.raises(config_checks.ConfigError, match="did you mean 'loss.k_p'"):
+        config_checks.validate(config, global_batch=4)
+
+
 @pytest.mark.slow  # trains 2 steps, then exports and evaluates: ~1 min on an idle 2-core box
 def test_eval_py_reads_the_runs_config_json_without_config(repo_root, tmp_path, kodak_dir):
     import os
@@ -129,17 +178,12 @@ def test_eval_py_reads_the_runs_config_json_without_config(repo_root, tmp_path, 
     (evalset / "captions.json").write_text(json.dumps({"k.png": "two parrots"}))
     env = dict(os.environ, PYTHONPATH=str(repo_root), JAX_PLATFORMS="cpu")
     workdir = tmp_path / "run"
-    train = [
-        sys.executable,
-        "train.py",
-        "--config",
-        "configs/small.py:tiny",
-        "--workdir",
-        str(workdir),
+    train = _train_cmd(
+        workdir,
         "--config.total_steps=2",
         f"--config.eval.folder={evalset}",
         "--config.eval.every_epochs=0",
-    ]
+    )
     proc = subprocess.run(
         train, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600
     )

@@ -124,27 +124,10 @@ def test_the_readme_numbers_are_those_of_the_schedule_the_demo_trains(repo_root)
 
 
 def test_the_held_out_means_are_those_of_the_given_captions_only():
-    rows = [
-        dict(
-            variant="correct",
-            bpp=0.2,
-            psnr=23.0,
-            lpips=0.4,
-            jpeg_bpp=0.21,
-            jpeg_psnr=23.5,
-            jpeg_lpips=0.5,
-        ),
-        dict(
-            variant="correct",
-            bpp=0.4,
-            psnr=25.0,
-            lpips=0.2,
-            jpeg_bpp=0.39,
-            jpeg_psnr=24.5,
-            jpeg_lpips=0.3,
-        ),
-        dict(variant="empty", bpp=9.0, psnr=0.0, lpips=9.0),
-    ]
+    keys = ("bpp", "psnr", "lpips", "jpeg_bpp", "jpeg_psnr", "jpeg_lpips")
+    given = [(0.2, 23.0, 0.4, 0.21, 23.5, 0.5), (0.4, 25.0, 0.2, 0.39, 24.5, 0.3)]
+    rows = [dict(variant="correct", **dict(zip(keys, values, strict=True))) for values in given]
+    rows.append(dict(variant="empty", bpp=9.0, psnr=0.0, lpips=9.0))
     m = demo.held_out_means(rows)
     assert m == pytest.approx(
         dict(bpp=0.3, psnr=24.0, lpips=0.3, jpeg_bpp=0.3, jpeg_psnr=24.0, jpeg_lpips=0.4)

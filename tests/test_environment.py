@@ -1,17 +1,14 @@
 """`tgic env`: devices, processes, the mesh a config builds, TensorFlow kept off GPUs."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import pytest
+from helpers import REPO, _env
 
 from tgic_jax.cli import environment
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_describe_reports_this_hosts_devices_and_the_mesh_a_config_builds():
@@ -43,13 +40,7 @@ def test_load_config_of_a_missing_file_fails_with_its_name():
 
 
 def test_tgic_env_command_shows_the_mesh_over_four_host_devices():
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=str(REPO),
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
-    )
+    env = _env(devices=4)
     cmd = [
         sys.executable,
         "-m",

@@ -27,8 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+from helpers import REPO, _train_cmd
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "tgic-test"
 _HOP = {
     "connection",
@@ -230,16 +230,7 @@ def _run(args, env, timeout=600):
 def test_train_sigterm_resume_export_and_compress_all_on_gs_against_an_emulator(gcs, tmp_path):
     proxy, env = gcs
     run = f"gs://{BUCKET}/run"
-    train = [
-        sys.executable,
-        "train.py",
-        "--config",
-        "configs/small.py:tiny",
-        "--workdir",
-        run,
-        "--config.log_every_steps=1",
-        "--config.ckpt.every_steps=1000",
-    ]
+    train = _train_cmd(run, "--config.log_every_steps=1", "--config.ckpt.every_steps=1000")
 
     # Train until step 3 is logged, then SIGTERM: the run saves the step it reached.
     proc = subprocess.Popen(

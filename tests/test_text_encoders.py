@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from helpers import tower_sizes
 
 from tgic_jax import minilm_fetch
 from tgic_jax.model import bert, clip, pretrained, text_encoders
@@ -62,18 +63,11 @@ def tiny_clip_folder(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny_clip_text")
     vocab_size = write_tiny_clip_tokenizer(folder)
-    config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=16,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
+    ids = dict(
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1
     )
+    sizes = tower_sizes(32, 37, 2, 4, vocab_size=vocab_size, max_position_embeddings=77, **ids)
+    config = CLIPTextConfig(**sizes, projection_dim=16)
     tower = clip.random_clip(config, seed=0)
     pretrained.save_folder(folder, config, tower.params)
     return folder
@@ -142,14 +136,7 @@ def test_clip_text_loads_from_a_full_clip_folder(tmp_path, tiny_clip_folder):
     text_cfg = CLIPTextConfig.from_pretrained(str(tiny_clip_folder)).to_dict()
     config = CLIPConfig(
         text_config=text_cfg,
-        vision_config=dict(
-            hidden_size=16,
-            intermediate_size=20,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=64,
-            patch_size=32,
-        ),
+        vision_config=tower_sizes(16, 20, 1, 2, image_size=64, patch_size=32),
         projection_dim=8,
     )
     full = clip.random_clip(config, seed=1)

@@ -1,19 +1,16 @@
 """Two processes on localhost (2 CPU devices each, gloo collectives): lockstep, preemption."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, _env
 
 _CHILD = textwrap.dedent(
     """
@@ -50,13 +47,7 @@ def _free_port():
 def test_two_processes_train_three_steps_to_identical_parameters(tmp_path, kodak_dir):
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=str(REPO),
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    )
+    env = _env(devices=2)
     port = _free_port()
     workdir = tmp_path / "run"  # shared, as on a cluster file system
     logs = [tmp_path / f"p{i}.log" for i in range(2)]
@@ -161,13 +152,7 @@ def test_sigterm_seconds_apart_stops_both_hosts_at_one_step_and_so_does_one_host
 ):
     script = tmp_path / "child.py"
     script.write_text(_PREEMPTED_CHILD)
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=str(REPO),
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    )
+    env = _env(devices=2)
     run = tmp_path / "run"
     workdir = f"file://{run}"  # a URL: must stay the shared folder, not <cwd>/file:/...
     cwd = tmp_path / "cwd"
@@ -243,13 +228,7 @@ def test_process_0_keeps_a_best_checkpoint_while_the_other_host_waits_at_a_barri
 
     script = tmp_path / "child.py"
     script.write_text(_BEST_CHILD)
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=str(REPO),
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    )
+    env = _env(devices=2)
     logs = [tmp_path / f"p{i}.log" for i in range(2)]
     (tmp_path / "run").mkdir()  # as the loop leaves it
     procs = _start_pair(script, str(tmp_path / "run"), 0, tmp_path / "unused", REPO, env, logs)

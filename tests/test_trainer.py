@@ -18,6 +18,7 @@ from helpers import (
     _env,
     _finished_steps,
     _restorable_steps,
+    _run_train,
     _start_and_signal,
     _tiny_workdir_with_checkpoints,
     _train_cmd,
@@ -248,14 +249,7 @@ def test_exports_beside_a_live_run_lose_nothing_and_a_resumed_run_sees_the_same_
     # The same run stopped at step 4 and resumed: steps 5-8 see the same batches.
     resumed = tmp_path / "resumed"
     for total in (4, 8):
-        run = subprocess.run(
-            _train_cmd(resumed, f"--config.total_steps={total}", *common),
-            cwd=REPO,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        run = _run_train(resumed, f"--config.total_steps={total}", *common)
         assert run.returncode == 0, run.stderr[-3000:]
     assert "resumed from step 4" in run.stdout
     again = _step_lines(run.stdout)

@@ -46,29 +46,28 @@ def _f32(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().astype(np.float32)
 
 
+def _sizes(width: int, ffn: int, layers: int, heads: int, **fields) -> dict:
+    """A tiny tower's config fields, in transformers' names."""
+    sizes = dict(hidden_size=width, intermediate_size=ffn, num_hidden_layers=layers)
+    return dict(sizes, num_attention_heads=heads, **fields)
+
+
 def make_tiny_clip(out: Path) -> None:
     """Both towers of a tiny CLIP, with eos pooling and padding masks exercised."""
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(
+        text_config=_sizes(
+            32,
+            37,
+            2,
+            4,
             vocab_size=100,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
             max_position_embeddings=16,
             bos_token_id=98,
             eos_token_id=99,
             pad_token_id=99,
         ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
+        vision_config=_sizes(32, 37, 2, 4, image_size=32, patch_size=8),
         projection_dim=16,
         attn_implementation="eager",
     )
@@ -110,15 +109,8 @@ def make_tiny_clip(out: Path) -> None:
 def make_tiny_bert(out: Path) -> None:
     """A tiny BERT written as pytorch_model.bin (the torch-free pickle reader's input)."""
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=40,
-        max_position_embeddings=16,
-        attn_implementation="eager",
-    )
+    sizes = _sizes(24, 40, 2, 4, vocab_size=50, max_position_embeddings=16)
+    config = BertConfig(**sizes, attn_implementation="eager")
     model = BertModel(config, add_pooling_layer=False).eval()
     _randomize(model, seed=3)
     folder = out / "tiny_bert"

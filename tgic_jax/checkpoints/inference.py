@@ -227,8 +227,6 @@ def load_caption_coder(
 
     model, variables, config = load_inference(path)
     label = label or pathlib.Path(path).name
-    coder = CaptionCoder(
-        model, variables, text_encoder, config.get("text") or {}, program_dir, label
-    )
+    coder = CaptionCoder(model, variables, text_encoder, config.text.to_dict(), program_dir, label)
     coder.config = config
     return coder

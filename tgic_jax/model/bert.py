@@ -49,17 +49,8 @@ class BertConfig:
         return cls(**{f.name: merged[f.name] for f in dataclasses.fields(cls)})
 
 
-BERT_DEFAULTS = dict(
-    vocab_size=30522,
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    max_position_embeddings=512,
-    type_vocab_size=2,
-    layer_norm_eps=1e-12,
-    hidden_act="gelu",
-)
+# transformers' BertConfig defaults (the same in 4.57 and 5.x).
+BERT_DEFAULTS = pretrained.TRANSFORMERS_DEFAULTS["bert"]
 
 
 def _layer_norm(config: BertConfig) -> nn.LayerNorm:

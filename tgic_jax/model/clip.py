@@ -76,30 +76,9 @@ class TowerConfig:
         return cls(**{k: v for k, v in merged.items() if k in names})
 
 
-# transformers' CLIPTextConfig / CLIPVisionConfig defaults (the same in 4.57 and 5.x): a
-# config.json that transformers saved leaves out fields equal to them.
-TEXT_DEFAULTS = dict(
-    hidden_size=512,
-    intermediate_size=2048,
-    num_hidden_layers=12,
-    num_attention_heads=8,
-    layer_norm_eps=1e-5,
-    hidden_act="quick_gelu",
-    max_position_embeddings=77,
-    vocab_size=49408,
-    eos_token_id=49407,
-)
-VISION_DEFAULTS = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    layer_norm_eps=1e-5,
-    hidden_act="quick_gelu",
-    image_size=224,
-    patch_size=32,
-    num_channels=3,
-)
+# transformers' CLIPTextConfig / CLIPVisionConfig defaults (the same in 4.57 and 5.x).
+TEXT_DEFAULTS = pretrained.TRANSFORMERS_DEFAULTS["clip_text"]
+VISION_DEFAULTS = pretrained.TRANSFORMERS_DEFAULTS["clip_vision"]
 PROJECTION_DIM = 512
 
 

@@ -28,6 +28,11 @@ import numpy as np
 
 from tgic_jax.model.layers import Params
 
+# transformers' config defaults of the towers we read (CLIP text, CLIP vision, BERT): a
+# config.json that transformers saved leaves out the fields equal to them.
+TRANSFORMERS_DEFAULTS = json.loads(
+    (Path(__file__).parents[1] / "assets" / "towers" / "transformers_defaults.json").read_text()
+)
 _INDEXED = re.compile(r"^(.*)_(\d+)$")  # Flax `layers_3` <-> torch `layers.3`
 # Legacy BERT checkpoints (TF-converted) name LayerNorm parameters gamma / beta.
 _LEGACY = {".gamma": ".weight", ".beta": ".bias"}

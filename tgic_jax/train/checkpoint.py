@@ -297,7 +297,11 @@ def restore_train_params(workdir: str | os.PathLike, step: int | None = None, re
             f"{workdir}: no training checkpoints (no {TRAIN_CHECKPOINTS}/ "
             "folder): not a training workdir, or no step saved yet"
         )
-    for attempt in range(3):
+    # A live run deletes its old steps (it keeps ckpt.keep), maybe the ones being read: list
+    # again while the listing moves. Under load a restore outlasted three listings (a run
+    # saving every 2 steps, keeping 3, beside a busy machine), hence the generous bound.
+    attempts = 20
+    for attempt in range(attempts):
         manager = read_only_checkpoint_manager(workdir)
         listed = sorted(manager.all_steps())
         try:
@@ -305,10 +309,8 @@ def restore_train_params(workdir: str | os.PathLike, step: int | None = None, re
             # are read.
             restored, found, skipped = restore_newest(manager, None, step)
             break
-        except CheckpointError:
-            # A live run deletes its old steps (it keeps ckpt.keep), maybe the one being
-            # read: list again, and give up only when nothing changed meanwhile.
-            if attempt == 2 or sorted(_listing(workdir)) == listed:
+        except CheckpointError:  # give up when nothing changed meanwhile: really damaged
+            if attempt == attempts - 1 or sorted(_listing(workdir)) == listed:
                 raise
         finally:
             manager.close()
