@@ -55,7 +55,9 @@ from tgic_jax.train.train_state import TrainState
 
 
 # ----------------------------------------------------------------------------- loop
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict | RunConfig, workdir: str | os.PathLike
+) -> TrainState:
     """Trains (resuming from workdir's newest restorable checkpoint), evaluates, checkpoints.
 
     `config`: the run's ConfigDict (configs/*.py) or a `RunConfig`; typed once, here.
