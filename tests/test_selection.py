@@ -33,7 +33,7 @@ def test_evaluation_reports_estimated_and_real_bitstream_rates(tmp_path, kodak_d
     assert np.isfinite(out["psnr"]) and np.isfinite(out["psnr_real"])
 
 
-def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_path):
+def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_path, monkeypatch):
     import flax
 
     from configs.small import get_config
@@ -49,6 +49,13 @@ def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_pa
         (20, 21.0, 0.89, 0.60, 0.25),
         (30, 20.5, 0.95, 0.40, 0.35),
     ]
+    calibrations, calibrate = [], inference.integer_entropy_of
+
+    def counted(*args, **kw):
+        calibrations.append(args[1])
+        return calibrate(*args, **kw)
+
+    monkeypatch.setattr(inference, "integer_entropy_of", counted)
     for step, psnr, ssim, bpp, lp in evals:
         scalars = dict(
             psnr_real=psnr,
@@ -64,6 +71,8 @@ def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_pa
         selection.record_evaluation(tmp_path, config, step, step // 10, scalars, params)
     rows = (tmp_path / "eval.csv").read_text().splitlines()
     assert rows[0].split(",") == list(selection.EVAL_COLUMNS) and len(rows) == 4
+    # 4 + 2 + 2 bests set, one calibration of the integer entropy path per evaluation.
+    assert len(calibrations) == 3
     best = selection.read_best(tmp_path)
     assert {k: v["step"] for k, v in best.items()} == {
         "best_psnr": 20,
@@ -77,6 +86,11 @@ def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_pa
     # Each best is an inference checkpoint: the codec loads it as it is.
     _, variables, loaded = inference.load_inference(tmp_path / selection.BEST_DIR / "best_bpp")
     assert loaded.extra.train_step == 30 and "tables" in variables
+    # ... with the integer entropy path of its own params, calibrated once for both bests.
+    own = calibrate(model, calibrations[-1])
+    for key, value in flax.traverse_util.flatten_dict(own).items():
+        stored = flax.traverse_util.flatten_dict(variables["integer_entropy"])[key]
+        np.testing.assert_array_equal(stored, value, err_msg=str(key))
     with pytest.raises(ValueError, match="unknown selection"):
         selection.load_best_params(tmp_path, "best_loss")
 

@@ -128,12 +128,18 @@ def read_best(workdir: str | os.PathLike) -> dict[str, dict]:
 
 
 def save_params(
-    path: str | os.PathLike, run, params: Params, step: int, tables: dict | None = None
+    path: str | os.PathLike,
+    run,
+    params: Params,
+    step: int,
+    tables: dict | None = None,
+    integer_entropy: dict | None = None,
 ) -> epath.Path:
     """An inference checkpoint of a run's `params` at `step` (its model and text config;
     `run`: a RunConfig or its ConfigDict).
 
-    Like every inference checkpoint it carries the integer entropy path (calibrated here).
+    Like every inference checkpoint it carries the integer entropy path: `integer_entropy`
+    when given (`inference.integer_entropy_of` these params), else calibrated here.
     """
     run = RunConfig.from_config(run)
     model_config = ModelConfig.from_config(run.model)
@@ -145,17 +151,29 @@ def save_params(
         text_config={**dataclasses.asdict(text), "width": text.width or model_config.text_dim},
         tables=tables,
         extra={"train_step": int(step)},
+        integer_entropy=True if integer_entropy is None else integer_entropy,
     )
 
 
-def _save_best(folder: epath.Path, run, params: Params, info: dict, tables: dict) -> None:
-    """The checkpoint and its metrics.json, written beside and renamed: never a half folder."""
+def _save_best(folder: epath.Path, run, params: Params, info: dict, coding: tuple) -> None:
+    """The checkpoint and its metrics.json, written beside and renamed: never a half folder.
+
+    coding: (tables, integer entropy path) of `params`.
+    """
     tmp = folder.parent / (folder.name + ".tmp")
     if tmp.exists():
         tmp.rmtree()
-    save_params(tmp, run, params, info["step"], tables)
+    save_params(tmp, run, params, info["step"], *coding)
     (tmp / "metrics.json").write_text(json.dumps(info, indent=1))
     replace_dir(tmp, folder)
+
+
+def _coding_of(run, params: Params) -> tuple[dict, dict]:
+    """(coding tables, calibrated integer entropy path) of `params`: what every inference
+    checkpoint of them stores, computed once for all the bests one evaluation sets."""
+    tables = build_tables(params)
+    model = TACO(ModelConfig.from_config(RunConfig.from_config(run).model))
+    return tables, inference.integer_entropy_of(model, params, tables)
 
 
 def load_best_params(workdir: str | os.PathLike, name: str) -> tuple[Params, dict]:
@@ -193,20 +211,15 @@ def record_evaluation(
     csv_path.write_text(old + rows.getvalue())
     best = read_best(workdir)
     improved = []
-    params, tables = inference.to_numpy(params), None  # one host copy for every best set
+    params, coding = inference.to_numpy(params), None  # one host copy for every best set
     for name, (key, higher) in BEST_BY.items():
         if key not in scalars:
             continue
         old = best.get(name, {}).get(key)
         if old is None or (scalars[key] > old if higher else scalars[key] < old):
-            if tables is None:  # once per evaluation, shared by the bests it sets
-                tables = build_tables(params)
-            _save_best(
-                workdir / BEST_DIR / name,
-                run,
-                params,
-                {"step": step, "epoch": epoch, **scalars},
-                tables,
-            )
+            if coding is None:  # once per evaluation, shared by the bests it sets
+                coding = _coding_of(run, params)
+            info = {"step": step, "epoch": epoch, **scalars}
+            _save_best(workdir / BEST_DIR / name, run, params, info, coding)
             improved.append(name)
     return improved
