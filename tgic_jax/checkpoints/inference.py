@@ -17,6 +17,7 @@ Every path here goes through `as_path` (etils.epath): `gs://bucket/run` stays a 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -94,21 +95,31 @@ def own_entries(path: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 def calibration_images(count: int = len(CALIBRATION_IMAGES)) -> list[np.ndarray]:
     """The images the integer entropy path is calibrated on (float32 [256, 256, 3])."""
+    return list(_calibration_images()[:count])
+
+
+@functools.cache
+def _calibration_images() -> tuple[np.ndarray, ...]:
+    """Read (or made) once per process: every export and per-epoch best calibrates on them."""
     images = []
-    for k, name in enumerate(CALIBRATION_IMAGES[:count]):
+    for k, name in enumerate(CALIBRATION_IMAGES):
         file = os.path.join(_KODAK, name)
         if os.path.isfile(file):
             image = image_io.load_image(file)[0]
             h, w = image.shape[:2]
             top, left = (h - CALIBRATION_CROP) // 2, (w - CALIBRATION_CROP) // 2
-            images.append(image[top : top + CALIBRATION_CROP, left : left + CALIBRATION_CROP])
+            images.append(
+                image[top : top + CALIBRATION_CROP, left : left + CALIBRATION_CROP].copy()
+            )
         else:  # an installed package without the checkout: smooth textures with noise
             rng = np.random.default_rng(k)
             yy, xx = np.mgrid[0:CALIBRATION_CROP, 0:CALIBRATION_CROP] / CALIBRATION_CROP
             base = np.stack([np.sin((6 + k) * xx + c) * np.cos(4 * yy - c) for c in range(3)], -1)
             noise = 0.1 * rng.normal(size=base.shape)
             images.append(np.clip(0.5 + 0.35 * base + noise, 0, 1).astype(np.float32))
-    return images
+    for image in images:
+        image.setflags(write=False)  # shared by every caller
+    return tuple(images)
 
 
 def integer_entropy_of(model: TACO, params, tables: dict | None = None, images=None) -> dict:

@@ -55,7 +55,12 @@ from tgic_jax.coding.container import (
     pack,
     unpack,
 )
-from tgic_jax.coding.programs import integer_scopes, param_scopes, shared_programs
+from tgic_jax.coding.programs import (
+    INTEGER_PROGRAMS,
+    integer_scopes,
+    param_scopes,
+    shared_programs,
+)
 from tgic_jax.coding.range_coder import RangeDecoder, RangeEncoder, Tables, fits
 from tgic_jax.model.taco import DOWNSAMPLING_FACTOR, TACO, checkerboard_masks
 
@@ -162,7 +167,7 @@ class Coder:
         """Program `name` on (its part of the parameters, *args)."""
         params = self._scoped_params.get((name, i))
         if params is None:
-            if name in ("hyper_int", "anchor_int", "nonanchor_int", "combine_int"):
+            if name in INTEGER_PROGRAMS:
                 params = {k: self.integer_params[k] for k in integer_scopes(name, i)}
             else:
                 params = {k: self.params[k] for k in param_scopes(name, i)}

@@ -283,6 +283,19 @@ def _float_chain(config, params, net, x, record: dict) -> jax.Array:
     return x
 
 
+# g_a jitted once per model config: every calibration (each export, each per-epoch best)
+# reuses its compilation instead of tracing a new lambda.
+_ANALYSES: dict[ModelConfig, object] = {}
+
+
+def _analysis(model):
+    if model.config not in _ANALYSES:
+        _ANALYSES[model.config] = jax.jit(
+            lambda p, x, t: model.apply({"params": p}, x, t, method="analysis")
+        )
+    return _ANALYSES[model.config]
+
+
 def calibrate(model, params, z_medians, images: Sequence[np.ndarray], texts: Sequence) -> dict:
     """The largest |value| of z_hat, of each slice's y_hat and of every layer's output.
 
@@ -291,7 +304,7 @@ def calibrate(model, params, z_medians, images: Sequence[np.ndarray], texts: Seq
     the float means, as coding would. What the integer widths are scaled to (`integerize`).
     """
     config = model.config
-    analysis = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, method="analysis"))
+    analysis = _analysis(model)
     record: dict = {}
     med = jnp.asarray(z_medians, jnp.float32)
     for image, text in zip(images, texts, strict=True):

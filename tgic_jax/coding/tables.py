@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 import scipy.special
+from flax.traverse_util import flatten_dict
 
 from tgic_jax.model import entropy_models as em
 
@@ -239,18 +240,8 @@ def fingerprint(model_config: dict, tables, integer_entropy=None) -> bytes:
         h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
         h.update(a.tobytes())
     if integer_entropy is not None:
-        for path, leaf in sorted(_flat(integer_entropy).items()):
+        for path, leaf in sorted(flatten_dict(integer_entropy, sep="/").items()):
             a = np.ascontiguousarray(np.asarray(leaf))
             h.update(f"integer_entropy/{path}:{a.dtype.str}:{a.shape}".encode())
             h.update(a.tobytes())
     return h.digest()
-
-
-def _flat(tree, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if hasattr(v, "items"):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
