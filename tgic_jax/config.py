@@ -70,16 +70,10 @@ class Section:
             return section
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {}
-        # An old name (optim.train_images) is read after the new one: only an older config or
-        # an explicit setting holds it, and then it is the value meant.
-        items = sorted(_items(section).items(), key=lambda kv: f"{cls.name}.{kv[0]}" in RENAMED)
-        for key, value in items:
-            dotted = f"{cls.name}.{key}" if cls.name else key
-            key = RENAMED.get(dotted, dotted).rpartition(".")[2] if cls.name else key
+        for key, value in upgrade({cls.name: _items(section)})[cls.name].items():
             if key not in fields:
-                raise ConfigKeyError(closest(dotted, [f"{cls.name}.{f}" for f in fields]))
-            if dotted in MINUS_ONE_IS_NONE and value == -1:
-                value = None
+                known = [f"{cls.name}.{f}" for f in fields]
+                raise ConfigKeyError(closest(f"{cls.name}.{key}", known))
             values[key] = _plain(value)
         return cls(**values)
 
@@ -184,15 +178,6 @@ SECTIONS = {
     s.name: s
     for s in (TextConfig, LossConfig, OptimConfig, InputConfig, CkptConfig, EvalConfig, MeshConfig)
 }
-# Top-level keys (not sections) with their defaults.
-TOP_LEVEL = {
-    "seed": 0,
-    "total_steps": None,
-    "train_time_limit_minutes": 0.0,
-    "jax_default_matmul_precision": None,
-    "log_every_steps": 100,
-    "profile_steps": "",
-}
 MODEL_KEYS = ("N", "M", "slices", "text_dim", "heads", "compute_dtype")
 
 
@@ -207,10 +192,10 @@ def known_keys() -> list[str]:
 def check_keys(config) -> None:
     """Raises ConfigKeyError (one line, the closest known key) for a key no section declares."""
     known = set(known_keys())
-    for key, value in _items(config).items():
+    for key, value in upgrade(_items(config)).items():
         if key in SECTIONS or key == "model":
             for sub in _items(value):
-                dotted = RENAMED.get(f"{key}.{sub}", f"{key}.{sub}")
+                dotted = f"{key}.{sub}"
                 if dotted not in known:
                     raise ConfigKeyError(closest(dotted, known))
         elif key not in TOP_LEVEL:
@@ -218,12 +203,14 @@ def check_keys(config) -> None:
 
 
 def upgrade(tree: dict) -> dict:
-    """An older run's config.json (a dict) in today's names: renamed keys, -1 as None."""
+    """A config tree (an older run's config.json too) in today's names: renamed keys (the old
+    name wins: only an older config or an explicit setting holds it), -1 as None. The one
+    place either rule is applied."""
     tree = {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
     for old, new in RENAMED.items():
         (sec, _, key), (_, _, new_key) = old.partition("."), new.partition(".")
         if isinstance(tree.get(sec), dict) and key in tree[sec]:
-            tree[sec][new_key] = tree[sec].pop(key)  # the old name wins, as in from_config
+            tree[sec][new_key] = tree[sec].pop(key)
     for dotted in MINUS_ONE_IS_NONE:
         sec, _, key = dotted.rpartition(".")
         holder = tree.get(sec) if sec else tree
@@ -259,11 +246,9 @@ class RunConfig:
         is returned as it is, so a function may take either at its boundary."""
         if isinstance(config, cls):
             return config
-        check_keys(config)
-        items = _items(config)
+        items = upgrade(_items(config))
+        check_keys(items)
         top = {k: items[k] for k in TOP_LEVEL if k in items}
-        if top.get("total_steps") == -1:
-            top["total_steps"] = None
         sections = {n: s.from_config(items.get(n)) for n, s in SECTIONS.items()}
         model = {k: _plain(v) for k, v in _items(items.get("model")).items()}
         return cls(**sections, model=model, **top)
@@ -278,3 +263,11 @@ class RunConfig:
     def to_dict(self) -> dict:
         """The config as JSON would hold it (tuples as lists), every key set."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# Top-level keys (not sections) with their defaults: RunConfig's own fields.
+TOP_LEVEL = {
+    f.name: f.default
+    for f in dataclasses.fields(RunConfig)
+    if f.name not in SECTIONS and f.name != "model"
+}
