@@ -16,6 +16,7 @@ built the way CLIP's SimpleTokenizer builds it: the 256 byte symbols, each again
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -24,6 +25,12 @@ HERE = Path(__file__).resolve().parent
 MERGES = HERE / "fixtures" / "tokenizers" / "clip_merges_8k.txt.gz"
 KODAK = HERE.parent / "data" / "kodak" / "captions.json"
 MAX_LENGTHS = (38, 77)
+
+
+def captions_sha256(texts: list[str]) -> str:
+    """The sha256 of the captions, JSON-encoded: the fixture is for these captions only."""
+    return hashlib.sha256(json.dumps(texts).encode("utf-8")).hexdigest()
+
 
 _DET = "a,an,the,two,three,several,many,some,A,The,Two".split(",")
 _ADJ = (

@@ -15,6 +15,7 @@ only when `overwrite` says so.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -31,21 +32,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 _NOT_DECODED = {".bufr", ".grib", ".h5", ".hdf", ".mpeg", ".mpg", ".eps", ".ps", ".emf", ".wmf"}
 
 
+@functools.cache
 def readable_suffixes() -> frozenset[str]:
     """Every file suffix (lower case, with the dot) whose format Pillow opens here."""
-    global _READABLE
-    if _READABLE is None:
-        from PIL import Image
+    from PIL import Image
 
-        Image.init()
-        found = {
-            ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
-        }
-        _READABLE = frozenset((found - _NOT_DECODED) | set(IMAGE_SUFFIXES))
-    return _READABLE
-
-
-_READABLE: frozenset[str] | None = None
+    Image.init()
+    found = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return frozenset((found - _NOT_DECODED) | set(IMAGE_SUFFIXES))
 
 
 class ImageError(ValueError):

@@ -19,7 +19,6 @@ A 4.57 run starts the file anew; a 5.x run adds to it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -31,15 +30,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from tokenizer_corpus import MAX_LENGTHS, captions, write_clip_folder  # noqa: E402
+from tokenizer_corpus import (  # noqa: E402
+    MAX_LENGTHS,
+    captions,
+    captions_sha256,
+    write_clip_folder,
+)
 
 FIXTURE = REPO / "tests" / "fixtures" / "tokenizers" / "transformers_ids.npz"
 MINILM_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
-
-
-def captions_sha256(texts: list[str]) -> str:
-    """The sha256 of the captions, JSON-encoded: the fixture is for these captions only."""
-    return hashlib.sha256(json.dumps(texts).encode("utf-8")).hexdigest()
 
 
 def _classes():

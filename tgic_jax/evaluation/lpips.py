@@ -36,6 +36,7 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.traverse_util import unflatten_dict
 
 from tgic_jax.files import check_sha256
 
@@ -172,14 +173,8 @@ def load_lpips_params(path: str | os.PathLike | None = None):
     path = check_sha256(
         path or LPIPS_WEIGHTS, LPIPS_SHA256, "reinstall tgic_jax to restore the LPIPS weights"
     )
-    params: dict = {}
-    for key, array in load_file(str(path)).items():  # "AlexNet_0/Conv_0/kernel"
-        *scopes, leaf = key.split("/")
-        node = params
-        for scope in scopes:
-            node = node.setdefault(scope, {})
-        node[leaf] = jnp.asarray(array)
-    return params
+    flat = load_file(str(path))  # {"AlexNet_0/Conv_0/kernel": array, ...}
+    return unflatten_dict({k: jnp.asarray(a) for k, a in flat.items()}, sep="/")
 
 
 def lpips_distance(

@@ -107,6 +107,7 @@ def read_clip_config(folder: str | os.PathLike, text: bool = True) -> CLIPConfig
     """A CLIP folder's config: a full `CLIPModel` one (both towers), or one tower's (the text
     tower's if `text`); transformers' defaults fill absent fields, as its from_pretrained."""
     raw = pretrained.read_config(folder)
+    projection = int(raw.get("projection_dim", PROJECTION_DIM))
     if raw.get("model_type") == "clip":
         # Old hub configs carry `*_config_dict` beside `*_config`; transformers lets it win.
         text_fields = {**(raw.get("text_config") or {}), **(raw.get("text_config_dict") or {})}
@@ -114,15 +115,8 @@ def read_clip_config(folder: str | os.PathLike, text: bool = True) -> CLIPConfig
             **(raw.get("vision_config") or {}),
             **(raw.get("vision_config_dict") or {}),
         }
-        return CLIPConfig(
-            TowerConfig.from_dict(text_fields, TEXT_DEFAULTS),
-            TowerConfig.from_dict(vision_fields, VISION_DEFAULTS),
-            int(raw.get("projection_dim", PROJECTION_DIM)),
-        )
-    projection = int(raw.get("projection_dim", PROJECTION_DIM))
-    if text:
-        return CLIPConfig(TowerConfig.from_dict(raw, TEXT_DEFAULTS), None, projection)
-    return CLIPConfig(None, TowerConfig.from_dict(raw, VISION_DEFAULTS), projection)
+        return clip_config(text_fields, vision_fields, projection)
+    return clip_config(raw, None, projection) if text else clip_config(None, raw, projection)
 
 
 class _Attention(nn.Module):

@@ -115,11 +115,6 @@ def _examples(names: list[str], n: int = 3) -> str:
 
 
 # ----------------------------------------------------------------------------- images
-def _image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file's header (ImageError when Pillow cannot read it)."""
-    return _header(path)[0]
-
-
 def _header(path: str | Path) -> tuple[tuple[int, int], int]:
     """((width, height), frames) from the file's header (ImageError when unreadable)."""
     from PIL import Image

@@ -133,13 +133,13 @@ def save_params(
     params: Params,
     step: int,
     tables: dict | None = None,
-    integer_entropy: dict | None = None,
+    integer_entropy: dict | bool = True,
 ) -> epath.Path:
     """An inference checkpoint of a run's `params` at `step` (its model and text config;
     `run`: a RunConfig or its ConfigDict).
 
     Like every inference checkpoint it carries the integer entropy path: `integer_entropy`
-    when given (`inference.integer_entropy_of` these params), else calibrated here.
+    when given (`inference.integer_entropy_of` these params), else (True) calibrated here.
     """
     run = RunConfig.from_config(run)
     model_config = ModelConfig.from_config(run.model)
@@ -151,7 +151,7 @@ def save_params(
         text_config={**dataclasses.asdict(text), "width": text.width or model_config.text_dim},
         tables=tables,
         extra={"train_step": int(step)},
-        integer_entropy=True if integer_entropy is None else integer_entropy,
+        integer_entropy=integer_entropy,
     )
 
 
