@@ -123,11 +123,11 @@ def _train_cmd(workdir, *overrides):
     ]
 
 
-def _run_train(workdir, *overrides, env=None, **run_kw) -> subprocess.CompletedProcess:
+def _run_train(workdir, *overrides, env=None, timeout=600, **run_kw) -> subprocess.CompletedProcess:
     """train.py on the tiny config in a new process, run to its end, its output captured."""
     cmd = _train_cmd(workdir, *overrides)
     return subprocess.run(
-        cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=600, **run_kw
+        cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=timeout, **run_kw
     )
 
 

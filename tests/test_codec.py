@@ -16,8 +16,6 @@ from tgic_jax import image_io
 from tgic_jax.coding import codec, container, programs
 from tgic_jax.model.taco import TACO
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def tiny():

@@ -6,7 +6,6 @@ import json
 import os
 import textwrap
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.extend
@@ -18,7 +17,6 @@ from helpers import TINY, _python, synthetic_image, text_states, tiny_model
 from tgic_jax import image_io
 from tgic_jax.coding import codec, container, integer_path, programs
 
-REPO = Path(__file__).resolve().parents[1]
 A = integer_path.ACTIVATION_LIMIT
 
 

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import REPO, _train_cmd
+from helpers import REPO, _run_train
 
 _BLOCK = 'import sys\nsys.modules["tensorflow"] = None\nsys.modules["tensorflow_datasets"] = None\n'
 
@@ -61,15 +61,16 @@ def test_tiny_training_resumes_exports_and_round_trips_an_image_without_tensorfl
     env = _no_tf_env(tmp_path)
 
     def train(steps):
-        cmd = _train_cmd(
+        proc = _run_train(
             workdir,
             f"--config.input.folder={folder}",
             f"--config.input.captions={folder}/captions.json",
             f"--config.total_steps={steps}",
             "--config.ckpt.every_steps=2",
             "--config.log_every_steps=1",
+            env=env,
+            timeout=900,
         )
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
         return proc.stdout
 

@@ -44,6 +44,8 @@ def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_pa
     model = TACO(ModelConfig.from_config(config.model))
     flat = flax.traverse_util.flatten_dict(init_variables(model, jax.random.key(0))["params"])
     marker = next(k for k in sorted(flat) if k[0] == "g_s")  # no effect on the coding tables
+    # ... nor this one, but on the integer entropy path: each step's calibration differs.
+    shifted = next(k for k in sorted(flat) if k[0] == "h_s" and k[-1] == "bias")
     evals = [  # step, psnr_real, ms_ssim, bpp_real, lpips
         (10, 20.0, 0.90, 0.50, 0.30),
         (20, 21.0, 0.89, 0.60, 0.25),
@@ -67,6 +69,7 @@ def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_pa
             bpp_estimate=bpp - 0.01,
         )
         params = {**flat, marker: np.full_like(flat[marker], step)}
+        params[shifted] = flat[shifted] + np.float32(1e-2 * step)
         params = flax.traverse_util.unflatten_dict(params)
         selection.record_evaluation(tmp_path, config, step, step // 10, scalars, params)
     rows = (tmp_path / "eval.csv").read_text().splitlines()
@@ -86,11 +89,16 @@ def test_evaluation_rows_go_to_the_csv_and_each_best_keeps_its_own_params(tmp_pa
     # Each best is an inference checkpoint: the codec loads it as it is.
     _, variables, loaded = inference.load_inference(tmp_path / selection.BEST_DIR / "best_bpp")
     assert loaded.extra.train_step == 30 and "tables" in variables
-    # ... with the integer entropy path of its own params, calibrated once for both bests.
-    own = calibrate(model, calibrations[-1])
-    for key, value in flax.traverse_util.flatten_dict(own).items():
-        stored = flax.traverse_util.flatten_dict(variables["integer_entropy"])[key]
-        np.testing.assert_array_equal(stored, value, err_msg=str(key))
+    # ... with the integer entropy path of its own params (calibrated once per evaluation).
+    stored = {}
+    for name, evaluation in (("best_psnr", 1), ("best_bpp", 2)):
+        _, v, _ = inference.load_inference(tmp_path / selection.BEST_DIR / name)
+        stored[name] = flax.traverse_util.flatten_dict(v["integer_entropy"])
+        own = flax.traverse_util.flatten_dict(calibrate(model, calibrations[evaluation]))
+        assert stored[name].keys() == own.keys()
+        for key, value in own.items():
+            np.testing.assert_array_equal(stored[name][key], value, err_msg=f"{name} {key}")
+    assert any((stored["best_psnr"][k] != stored["best_bpp"][k]).any() for k in stored["best_bpp"])
     with pytest.raises(ValueError, match="unknown selection"):
         selection.load_best_params(tmp_path, "best_loss")
 

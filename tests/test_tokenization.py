@@ -11,7 +11,7 @@ import unicodedata
 
 import numpy as np
 import pytest
-from tokenizer_corpus import MAX_LENGTHS, captions, write_clip_folder
+from tokenizer_corpus import MAX_LENGTHS, captions, captions_sha256, write_clip_folder
 
 from tgic_jax import minilm_fetch
 from tgic_jax.model import tokenization
@@ -27,10 +27,7 @@ def fixture():
         arrays = {k: data[k] for k in data.files}
     manifest = json.loads(str(arrays.pop("manifest")))
     texts = captions()
-    import hashlib
-
-    sha = hashlib.sha256(json.dumps(texts).encode("utf-8")).hexdigest()
-    assert manifest["captions_sha256"] == sha and len(texts) == 1200
+    assert manifest["captions_sha256"] == captions_sha256(texts) and len(texts) == 1200
     return manifest, arrays, texts
 
 

@@ -68,9 +68,8 @@ def test_a_time_limited_run_applies_both_decays_before_its_budget_ends(tmp_path)
     # 25,000 planned steps (50 epochs of 1,000 images at batch 2) in a 2.5-minute budget,
     # compile included: the run must fit itself and finish at 1e-3 x 0.1 x 0.1.
     workdir = tmp_path / "run"
-    cmd = _train_cmd(workdir, "--config.train_time_limit_minutes=2.5")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = _run_train(workdir, "--config.train_time_limit_minutes=2.5")
     elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
     fitted = re.findall(r"time budget: (\d+) steps fit, decays at \[(\d+), (\d+)\]", proc.stdout)
@@ -98,15 +97,15 @@ def test_tiny_run_learns_on_kodak_and_codes_unseen_images_within_1pct_of_its_est
     from tgic_jax.model.text_encoders import build_text_encoder
 
     workdir = tmp_path / "run"
-    cmd = _train_cmd(
+    proc = _run_train(
         workdir,
         "--config.total_steps=200",
         "--config.ckpt.every_steps=200",
         "--config.log_every_steps=10",
         f"--config.input.folder={kodak_dir}",
         f"--config.input.captions={kodak_dir / 'captions.json'}",
+        timeout=900,
     )
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     pattern = r"\[train\] step \d+/\d+ .*? loss=([0-9.e+-]+)"
     losses = [float(v) for v in re.findall(pattern, proc.stdout)]
@@ -157,15 +156,15 @@ def test_resume_skips_a_damaged_checkpoint_and_a_nan_loss_stops_with_the_good_on
 
     # Training resumes from step 10 and, at learning_rate=1e6, goes non-finite within a few
     # steps: it stops there, saves nothing after it, and names the last good checkpoint.
-    cmd = _train_cmd(
+    proc = _run_train(
         workdir,
         "--config.total_steps=40",
         "--config.optim.learning_rate=1e6",
         "--config.ckpt.every_steps=1",
         "--config.ckpt.keep=3",
         "--config.log_every_steps=5",
+        timeout=900,
     )
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "resumed from step 10" in proc.stdout
     lines = proc.stderr.strip().splitlines()
